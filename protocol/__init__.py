@@ -1,0 +1,38 @@
+"""The awen wire protocol: envelope, message declarations, codec, errors.
+
+Everything both sides of a wire must agree on lives here, and nothing here does
+I/O. See docs/protocol.md for the wire format.
+"""
+
+from . import system as system
+from ._codec import DEFAULT_MAX_FRAME_BYTES as DEFAULT_MAX_FRAME_BYTES
+from ._codec import Catalog as Catalog
+from ._codec import Codec as Codec
+from ._codec import make_envelope as make_envelope
+from ._errors import AwenError as AwenError
+from ._errors import ConfigError as ConfigError
+from ._errors import ErrorCode as ErrorCode
+from ._errors import FrameTooLarge as FrameTooLarge
+from ._errors import InvalidMessage as InvalidMessage
+from ._errors import MalformedFrame as MalformedFrame
+from ._errors import ProtocolError as ProtocolError
+from ._errors import UnknownMessageType as UnknownMessageType
+from ._errors import UnsupportedVersion as UnsupportedVersion
+from ._message import PROTOCOL_VERSION as PROTOCOL_VERSION
+from ._message import SUPPORTED_VERSIONS as SUPPORTED_VERSIONS
+from ._message import Envelope as Envelope
+from ._message import Event as Event
+from ._message import Message as Message
+from ._message import Notice as Notice
+from ._message import Reply as Reply
+from ._message import Request as Request
+from ._ndarray import NDARRAY_EXT as NDARRAY_EXT
+from ._ndarray import decode_ndarray as decode_ndarray
+from ._ndarray import encode_ndarray as encode_ndarray
+from ._schema import protocol_schema as protocol_schema
+from .system import SYSTEM_MESSAGES as SYSTEM_MESSAGES
+
+CATALOG = Catalog(SYSTEM_MESSAGES)
+"""Every message type awen's actors exchange."""
+
+__all__ = [name for name in dir() if not name.startswith("_")]

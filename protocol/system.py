@@ -1,0 +1,220 @@
+"""Messages of the actor runtime itself: every actor speaks these.
+
+Names: requests are verbs (``sys.get_status``), replies and events nouns or
+past participles (``sys.status``, ``peer.lost``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from ._errors import ErrorCode
+from ._message import Event, Notice, Reply, Request
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+"""An actor name: letters, digits, ``_``, ``.`` and ``-``."""
+
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+
+
+# --- replies every request may get -----------------------------------------------------
+
+
+class Error(Reply, frozen=True, kw_only=True):
+    """The reply to a request that failed, or to a frame that could not be read.
+
+    Attributes:
+        code: A stable code from the table in docs/protocol.md.
+        message: What went wrong, for a human.
+        field: The offending field as a dotted path (``body.shots``), if any.
+    """
+
+    TYPE = "sys.error"
+    code: str
+    message: str
+    field: str | None = None
+
+    @property
+    def error_code(self) -> ErrorCode | None:
+        try:
+            return ErrorCode(self.code)
+        except ValueError:
+            return None
+
+
+class Ok(Reply, frozen=True, kw_only=True):
+    """A reply that carries nothing but success."""
+
+    TYPE = "sys.ok"
+
+
+# --- liveness and introspection -----------------------------------------------------------
+
+
+class Pong(Reply, frozen=True, kw_only=True):
+    TYPE = "sys.pong"
+    data: Any = None
+    pid: int
+    incarnation: int
+
+
+class Ping(Request[Pong], frozen=True, kw_only=True):
+    """Ask an actor to answer at once, echoing ``data`` (bytes, a numpy array, anything)."""
+
+    TYPE = "sys.ping"
+    REPLY = Pong
+    data: Any = None
+
+
+class PeerInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    state: Literal["unknown", "up", "lost", "stopped"]
+    incarnation: int | None = None
+    last_seen_ago: float | None = None
+
+
+class Status(Reply, frozen=True, kw_only=True):
+    """An actor's view of itself.
+
+    Attributes:
+        handled: Messages handled since start.
+        failed: Requests answered with an error.
+        malformed: Frames that could not be decoded.
+        in_flight: Handlers running now.
+        pending: Requests this actor sent that still await a reply.
+        peers: Liveness of every peer in the directory, by name.
+    """
+
+    TYPE = "sys.status"
+    name: str
+    kind: str
+    pid: int
+    incarnation: int
+    uptime: Seconds
+    handled: int
+    failed: int
+    malformed: int
+    in_flight: int
+    pending: int
+    peers: dict[str, PeerInfo] = msgspec.field(default_factory=dict)
+
+
+class GetStatus(Request[Status], frozen=True, kw_only=True):
+    TYPE = "sys.get_status"
+    REPLY = Status
+
+
+class Heartbeat(Event, frozen=True, kw_only=True):
+    """Published by every actor every ``interval`` seconds.
+
+    A peer that misses ``liveness`` consecutive heartbeats is declared lost.
+    ``incarnation`` changes when the actor restarts; ``uptime`` tells which
+    pending requests the new incarnation cannot have received.
+    """
+
+    TYPE = "sys.heartbeat"
+    name: Name
+    pid: int
+    incarnation: int
+    seq: int
+    interval: Seconds
+    uptime: Seconds
+
+
+class Stopping(Event, frozen=True, kw_only=True):
+    """Published by an actor as it begins to stop on purpose; its peers stop expecting heartbeats."""
+
+    TYPE = "sys.stopping"
+    name: Name
+    incarnation: int
+
+
+class Ready(Notice, frozen=True, kw_only=True):
+    """Sent by an actor process to its supervisor once its sockets are bound."""
+
+    TYPE = "sys.ready"
+    name: Name
+    pid: int
+    incarnation: int
+
+
+class PeerUp(Event, frozen=True, kw_only=True):
+    """A peer was heard from for the first time, again after a loss, or after a restart."""
+
+    TYPE = "peer.up"
+    peer: Name
+    incarnation: int
+    restarted: bool = False
+
+
+class PeerLost(Event, frozen=True, kw_only=True):
+    """A peer stopped sending heartbeats, or its supervisor saw its process exit."""
+
+    TYPE = "peer.lost"
+    peer: Name
+    reason: str
+    silent_for: Seconds | None = None
+
+
+# --- supervision ---------------------------------------------------------------------------
+
+
+class ActorStarted(Event, frozen=True, kw_only=True):
+    TYPE = "actor.started"
+    actor: Name
+    pid: int
+    restarts: int = 0
+
+
+class ActorExited(Event, frozen=True, kw_only=True):
+    """An actor stopped. ``expected`` is false for a crash.
+
+    Attributes:
+        returncode: The process exit status; negative for a signal (-9 is SIGKILL).
+            None for an actor running as a task.
+    """
+
+    TYPE = "actor.exited"
+    actor: Name
+    pid: int
+    returncode: int | None
+    expected: bool
+    reason: str
+
+
+class ActorRestarting(Event, frozen=True, kw_only=True):
+    TYPE = "actor.restarting"
+    actor: Name
+    delay: Seconds
+    restarts: int
+    window: Seconds
+
+
+class ActorGaveUp(Event, frozen=True, kw_only=True):
+    """The supervisor stopped restarting an actor: it crashed too often."""
+
+    TYPE = "actor.gave_up"
+    actor: Name
+    restarts: int
+    window: Seconds
+    reason: str
+
+
+SYSTEM_MESSAGES: tuple[type[Request[Any]] | type[Reply] | type[Notice] | type[Event], ...] = (
+    Error,
+    Ok,
+    Ping,
+    Pong,
+    GetStatus,
+    Status,
+    Heartbeat,
+    Stopping,
+    Ready,
+    PeerUp,
+    PeerLost,
+    ActorStarted,
+    ActorExited,
+    ActorRestarting,
+    ActorGaveUp,
+)
