@@ -1,0 +1,219 @@
+"""A system: which actors run, where they listen, how they are restarted.
+
+Read from TOML (`load_system`), then resolved (`SystemConfig.resolve`) into
+concrete addresses: a run directory for ``ipc://`` socket files, free loopback
+ports for ``tcp://``. The resolved form is what child processes receive.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from protocol import ConfigError
+
+from ._config import Address, Directory, RuntimeOptions
+from ._transport import scheme_of
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+Transport = Literal["ipc", "tcp", "inproc", "mem"]
+
+
+class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Restart a crashed actor at most ``max_restarts`` times in ``window`` seconds.
+
+    The n-th restart in the window waits ``backoff * 2**(n-1)`` seconds, at most
+    ``backoff_max``. One crash more, and the supervisor gives up: it logs the
+    reason, publishes ``actor.gave_up``, stops every actor in order and exits
+    with an error.
+    """
+
+    max_restarts: Annotated[int, msgspec.Meta(ge=0)] = 3
+    window: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    backoff: Annotated[float, msgspec.Meta(ge=0)] = 0.1
+    backoff_max: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+
+    def delay(self, restarts: int) -> float:
+        return min(self.backoff * 2.0 ** max(restarts - 1, 0), self.backoff_max)
+
+
+class ActorSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One ``[[actor]]`` table.
+
+    Attributes:
+        name: Unique in the system.
+        factory: ``"module:callable"`` that builds the actor:
+            ``callable(name, runtime, **config)``.
+        process: Run in a child process of its own (True) or as a task in the
+            supervisor's process.
+        address: Where it takes requests; chosen from ``transport`` if omitted.
+        events: Where it publishes events; chosen from ``transport`` if omitted.
+        start_timeout: Seconds it has to report ready after it is started.
+        config: Keyword arguments for the factory.
+    """
+
+    name: Name
+    factory: str = "actors:Actor"
+    process: bool = True
+    address: str | None = None
+    events: str | None = None
+    start_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    restart: RestartPolicy = msgspec.field(default_factory=RestartPolicy)
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class SystemConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A whole system, as written in its TOML file.
+
+    Attributes:
+        transport: Default for addresses not given: ``ipc`` (socket files in
+            the run directory), ``tcp`` (free ports on ``tcp_host``),
+            ``inproc`` or ``mem`` (one process only).
+        tcp_host: Interface for ``tcp`` addresses.
+        run_dir: Directory for ``ipc`` socket files; a fresh temporary
+            directory (removed at exit) if omitted.
+        supervisor: The supervisor's own actor name.
+        log_level: For every process of the system.
+    """
+
+    transport: Transport = "ipc"
+    tcp_host: str = "127.0.0.1"
+    run_dir: str | None = None
+    supervisor: Name = "supervisor"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    runtime: RuntimeOptions = msgspec.field(default_factory=RuntimeOptions)
+    actors: list[ActorSpec] = msgspec.field(default_factory=list, name="actor")
+
+    def __post_init__(self) -> None:
+        names = [self.supervisor, *(spec.name for spec in self.actors)]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"actor names must be unique; repeated: {', '.join(duplicates)}", field="actor.name")
+
+    def resolve(self, run_dir: str) -> ResolvedSystem:
+        """Concrete addresses for every actor; ``run_dir`` holds ipc socket files."""
+        entries: dict[str, Address] = {}
+        for name, address, events in [
+            (self.supervisor, None, None),
+            *((spec.name, spec.address, spec.events) for spec in self.actors),
+        ]:
+            entries[name] = Address(
+                address=_concrete(address) if address else self._default_address(name, run_dir, ""),
+                events=_concrete(events) if events else self._default_address(name, run_dir, ".events"),
+            )
+        for spec in self.actors:
+            if spec.process:
+                for role in ("address", "events"):
+                    where = getattr(entries[spec.name], role)
+                    if scheme_of(where) in ("mem", "inproc"):
+                        raise ConfigError(
+                            f"actor {spec.name!r} runs in a process of its own, so its {role} cannot be {where} "
+                            "(mem:// and inproc:// reach only one process): use transport ipc or tcp, "
+                            "or process = false",
+                            field=f"actor.{role}",
+                        )
+            load_factory(spec.factory)  # fail now, with the file's context, not in a child
+        return ResolvedSystem(
+            supervisor=self.supervisor,
+            run_dir=run_dir,
+            log_level=self.log_level,
+            runtime=self.runtime,
+            directory=entries,
+            actors=self.actors,
+        )
+
+    def _default_address(self, name: str, run_dir: str, suffix: str) -> str:
+        if self.transport == "ipc":
+            return f"ipc://{run_dir}/{name}{suffix}.sock"
+        if self.transport == "tcp":
+            return f"tcp://{self.tcp_host}:{free_tcp_port(self.tcp_host)}"
+        return f"{self.transport}://{name}{suffix}"
+
+
+class ResolvedSystem(msgspec.Struct, frozen=True, kw_only=True):
+    """A `SystemConfig` with every address concrete; handed to child processes as JSON."""
+
+    supervisor: str
+    run_dir: str
+    log_level: str
+    runtime: RuntimeOptions
+    directory: dict[str, Address]
+    actors: list[ActorSpec]
+
+    def spec(self, name: str) -> ActorSpec:
+        for spec in self.actors:
+            if spec.name == name:
+                return spec
+        raise ConfigError(f"no actor named {name!r} in this system (has: {', '.join(s.name for s in self.actors)})")
+
+    def make_directory(self) -> Directory:
+        return Directory(self.directory)
+
+    def dump(self, path: Path) -> None:
+        path.write_bytes(msgspec.json.encode(self))
+
+    @classmethod
+    def load(cls, path: str | Path) -> ResolvedSystem:
+        try:
+            return msgspec.json.decode(Path(path).read_bytes(), type=cls)
+        except (OSError, msgspec.DecodeError) as exc:
+            raise ConfigError(f"cannot read the resolved system {path}: {exc}") from exc
+
+
+def _concrete(address: str) -> str:
+    """``tcp://host:0`` becomes a free port, fixed for the life of the system."""
+    parts = urlsplit(address)
+    if parts.scheme == "tcp" and parts.port == 0:
+        host = parts.hostname or "127.0.0.1"
+        return f"tcp://{host}:{free_tcp_port(host)}"
+    return address
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago; the actor binds it (and keeps it across restarts)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def load_factory(path: str) -> Callable[..., Any]:
+    """The callable named by ``"package.module:attribute"``."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"factory {path!r} must look like 'package.module:Class'", field="actor.factory")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"factory {path!r}: cannot import {module_name}: {exc}", field="actor.factory") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"factory {path!r}: {module_name} has no callable {attr!r}", field="actor.factory")
+    return factory  # type: ignore[no-any-return]
+
+
+def parse_system(data: dict[str, Any], *, source: str = "configuration") -> SystemConfig:
+    try:
+        return msgspec.convert(data, SystemConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_system(path: str | os.PathLike[str]) -> SystemConfig:
+    """Read and validate a system's TOML file; errors name the file and the field."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    return parse_system(data, source=str(path))

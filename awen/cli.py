@@ -1,0 +1,208 @@
+"""The ``awen`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+import msgspec
+import trio
+
+from actors import (
+    Actor,
+    ResolvedSystem,
+    Runtime,
+    configure_logging,
+    describe_failure,
+    first_awen_error,
+    load_system,
+    open_system,
+)
+from protocol import CATALOG, AwenError, Codec, ProtocolError, protocol_schema
+from protocol.system import GetStatus, Ping
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(verbose=args.verbose)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    config = load_system(args.config)
+    configure_logging(config.log_level)
+
+    async def serve() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with open_system(config) as supervisor:
+                await supervisor.wait_started()
+                print(
+                    f"awen: up, supervisor pid {os.getpid()}, system file {supervisor.system_file}",
+                    flush=True,
+                )
+                async for signum in signals:
+                    print(f"awen: {signal.Signals(signum).name}: stopping", flush=True)
+                    supervisor.shutdown()
+                    break
+        print("awen: stopped", flush=True)
+
+    trio.run(serve)
+    return 0
+
+
+async def _client(system: ResolvedSystem) -> Actor:
+    # A name outside the directory makes a client-only actor: it can ask, not be asked.
+    return Actor(f"cli-{os.getpid()}", Runtime(system.make_directory(), system.runtime))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    system = ResolvedSystem.load(args.system)
+    names = args.actors or list(system.directory)
+
+    async def ask() -> list[dict[str, Any]]:
+        client = await _client(system)
+        rows: list[dict[str, Any]] = []
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            for name in names:
+                try:
+                    with trio.fail_after(args.timeout):
+                        status = await client.request(name, GetStatus())
+                    rows.append(msgspec.to_builtins(status))
+                except (AwenError, trio.TooSlowError) as exc:
+                    rows.append({"name": name, "error": str(exc) or f"no answer within {args.timeout:g} s"})
+            nursery.cancel_scope.cancel()
+        return rows
+
+    rows = trio.run(ask)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'actor':<16}{'kind':<12}{'pid':>8}{'uptime':>10}{'handled':>10}{'failed':>8}{'malformed':>10}  peers")
+        for row in rows:
+            if "error" in row:
+                print(f"{row['name']:<16}unreachable: {row['error']}")
+                continue
+            peers = " ".join(f"{n}:{p['state']}" for n, p in row["peers"].items())
+            print(
+                f"{row['name']:<16}{row['kind']:<12}{row['pid']:>8}{row['uptime']:>9.1f}s{row['handled']:>10}"
+                f"{row['failed']:>8}{row['malformed']:>10}  {peers}"
+            )
+    return 0 if all("error" not in row for row in rows) else EXIT_ERROR
+
+
+def _cmd_ping(args: argparse.Namespace) -> int:
+    system = ResolvedSystem.load(args.system)
+
+    async def ping() -> list[float]:
+        client = await _client(system)
+        times: list[float] = []
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            for _ in range(args.count):
+                start = time.perf_counter()
+                with trio.fail_after(args.timeout):
+                    await client.request(args.actor, Ping())
+                times.append(time.perf_counter() - start)
+            nursery.cancel_scope.cancel()
+        return times
+
+    times = sorted(trio.run(ping))
+    p99 = times[min(len(times) - 1, math.ceil(0.99 * len(times)) - 1)]
+    print(
+        f"{args.actor}: {len(times)} pings, round trip p50 {statistics.median(times) * 1e6:.0f} us, "
+        f"p99 {p99 * 1e6:.0f} us"
+    )
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(protocol_schema(CATALOG), indent=2))
+    return 0
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    """Show what a frame holds and whether awen accepts it: for client writers."""
+    try:
+        frame = bytes.fromhex("".join(args.hex))
+    except ValueError as exc:
+        raise AwenError(f"not hexadecimal: {exc}") from exc
+    try:
+        raw = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+        print("MessagePack:", raw)
+    except (msgpack.UnpackException, ValueError) as exc:
+        print(f"MessagePack: not valid ({exc})")
+    try:
+        envelope = Codec(CATALOG).decode(frame)
+    except ProtocolError as exc:
+        print(f"awen: refused [{exc.code}] {exc}")
+        return EXIT_ERROR
+    print("awen: accepted", envelope)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="awen", description="A runtime for photonic lab hardware.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="start a small system of actor processes and show what they do")
+    demo.add_argument("-v", "--verbose", action="store_true", help="also show the runtime's log")
+    demo.set_defaults(run=_cmd_demo)
+
+    up = commands.add_parser("up", help="run a system from its TOML file until SIGINT or SIGTERM")
+    up.add_argument("config", help="the system's TOML file")
+    up.set_defaults(run=_cmd_up)
+
+    status = commands.add_parser("status", help="ask a running system's actors how they are")
+    status.add_argument("system", help="the system file a running `awen up` printed")
+    status.add_argument("actors", nargs="*", help="actor names (default: all)")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each actor")
+    status.set_defaults(run=_cmd_status)
+
+    ping = commands.add_parser("ping", help="measure round trips to one actor")
+    ping.add_argument("system", help="the system file a running `awen up` printed")
+    ping.add_argument("actor")
+    ping.add_argument("-n", "--count", type=int, default=100)
+    ping.add_argument("--timeout", type=float, default=2.0)
+    ping.set_defaults(run=_cmd_ping)
+
+    proto = commands.add_parser("protocol", help="the message protocol")
+    proto_commands = proto.add_subparsers(dest="protocol_command", required=True, metavar="COMMAND")
+    schema = proto_commands.add_parser("schema", help="print the JSON Schema of every message")
+    schema.set_defaults(run=_cmd_schema)
+    decode = proto_commands.add_parser("decode", help="decode a frame given in hex, and say whether awen accepts it")
+    decode.add_argument("hex", nargs="+")
+    decode.set_defaults(run=_cmd_decode)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+        return code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # an ExceptionGroup from trio, usually
+        error = first_awen_error(exc)
+        if error is None:
+            raise
+        print(f"awen: error: {describe_failure(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""Actors in one process: requests, events, errors, timeouts, liveness, backpressure."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+import zmq
+
+from actors import (
+    Actor,
+    Address,
+    Directory,
+    LocalNetwork,
+    PeerLostError,
+    RemoteError,
+    RequestTimeout,
+    Runtime,
+    RuntimeOptions,
+    UnknownPeer,
+)
+from actors._system import free_tcp_port
+from protocol import Codec, ErrorCode, make_envelope
+from protocol.system import GetStatus, Heartbeat, Ping
+
+from .actors import TEST_CATALOG, Add, Changed, Counter, Fail, Note, Stubborn, Total
+from .helpers import recv_message
+
+TRANSPORTS = ["mem", "inproc", "ipc", "tcp"]
+
+
+def directory(transport: str, names: list[str], tmp_path: Any) -> Directory:
+    entries = {}
+    for name in names:
+        if transport == "ipc":
+            entries[name] = Address(address=f"ipc://{tmp_path}/{name}", events=f"ipc://{tmp_path}/{name}.ev")
+        elif transport == "tcp":
+            entries[name] = Address(
+                address=f"tcp://127.0.0.1:{free_tcp_port()}", events=f"tcp://127.0.0.1:{free_tcp_port()}"
+            )
+        else:
+            entries[name] = Address(address=f"{transport}://{name}", events=f"{transport}://{name}.ev")
+    return Directory(entries)
+
+
+def runtime(transport: str, names: list[str], tmp_path: Any, **options: Any) -> Runtime:
+    return Runtime(
+        directory(transport, names, tmp_path),
+        RuntimeOptions(**{"heartbeat_interval": 0.1, **options}),
+        local=LocalNetwork() if transport == "mem" else None,
+        catalog=TEST_CATALOG,
+    )
+
+
+@asynccontextmanager
+async def started(*actors: Actor) -> AsyncIterator[trio.Nursery]:
+    async with trio.open_nursery() as nursery:
+        for actor in actors:
+            await nursery.start(actor.run)
+        yield nursery
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_request_reply_notice_and_events_on_every_transport(transport, tmp_path):
+    rt = runtime(transport, ["client", "counter"], tmp_path)
+    client, counter = Actor("client", rt), Counter("counter", rt)
+    async with started(client, counter):
+        with trio.fail_after(10):
+            await client.wait_peer("counter")
+            async with client.open_event_stream("test.") as events:
+                assert await client.request("counter", Add(n=2)) == Total(total=2)
+                assert await client.request("counter", Add(n=3)) == Total(total=5)
+                first, second = await events.receive(), await events.receive()
+            assert (first.body, second.body) == (Changed(total=2), Changed(total=5))
+            assert first.sender == "counter"
+            for seq in range(5):
+                await client.send("counter", Note(seq=seq))
+            pong = await client.request("counter", Ping(data=b"\x00\x01"))
+            assert pong.data == b"\x00\x01"
+            await counter.wait_notes(5)
+        assert sorted(counter.notes) == [0, 1, 2, 3, 4]
+
+
+async def test_errors_come_back_typed_and_the_actor_keeps_serving(tmp_path):
+    rt = runtime("mem", ["client", "counter"], tmp_path)
+    client, counter = Actor("client", rt), Counter("counter", rt)
+    async with started(client, counter):
+        with pytest.raises(RemoteError) as caught:
+            await client.request("counter", Fail(how="awen"))
+        assert caught.value.code == ErrorCode.BAD_REQUEST
+        assert caught.value.field == "body.shots"
+        assert "shots must be positive" in str(caught.value)
+        with pytest.raises(RemoteError) as caught:
+            await client.request("counter", Fail(how="bug"))
+        assert caught.value.code == ErrorCode.HANDLER_FAILED
+        assert "ZeroDivisionError" in str(caught.value)
+        assert await client.request("counter", Add(n=1)) == Total(total=1)
+        status = await client.request("counter", GetStatus())
+        assert status.failed == 2
+
+
+async def test_a_type_the_actor_does_not_handle_gets_no_handler(tmp_path):
+    rt = runtime("mem", ["client", "plain"], tmp_path)
+    client, plain = Actor("client", rt), Actor("plain", rt)
+    async with started(client, plain):
+        with pytest.raises(RemoteError) as caught:
+            await client.request("plain", Add(n=1))
+        assert caught.value.code == ErrorCode.NO_HANDLER
+        assert caught.value.field == "type"
+
+
+async def test_unknown_peer_fails_at_once(tmp_path):
+    rt = runtime("mem", ["client"], tmp_path)
+    client = Actor("client", rt)
+    async with started(client):
+        with pytest.raises(UnknownPeer, match="'nobody' is not in client's directory"):
+            await client.request("nobody", Ping())
+
+
+async def test_request_to_an_absent_peer_times_out_with_a_clear_error(tmp_path, autojump_clock):
+    rt = runtime("mem", ["client", "absent"], tmp_path, request_timeout=2.0)
+    client = Actor("client", rt)
+    async with started(client):
+        start = trio.current_time()
+        with pytest.raises(
+            RequestTimeout, match=r"no reply from absent to sys\.ping within 2 s: absent has not been heard from"
+        ):
+            await client.request("absent", Ping())
+        assert trio.current_time() - start == pytest.approx(2.0, abs=0.1)
+
+
+async def test_the_callers_deadline_wins_over_the_default(tmp_path, autojump_clock):
+    rt = runtime("mem", ["client", "absent"], tmp_path, request_timeout=100.0)
+    client = Actor("client", rt)
+    async with started(client):
+        start = trio.current_time()
+        with pytest.raises(trio.TooSlowError):
+            with trio.fail_after(0.5):
+                await client.request("absent", Ping())
+        assert trio.current_time() - start == pytest.approx(0.5)
+        # A longer deadline than the default also wins: long operations are allowed.
+        rt_counter = Counter("absent", rt)
+        async with started(rt_counter):
+            with trio.fail_after(300):
+                assert await client.request("absent", Add(n=1, delay=150.0)) == Total(total=1)
+
+
+class Partitioned(Counter):
+    """Stops publishing heartbeats on demand: a peer that is cut off or hung."""
+
+    silent = False
+
+    def publish(self, body: Any) -> None:
+        if not (self.silent and isinstance(body, Heartbeat)):
+            super().publish(body)
+
+
+async def test_heartbeat_loss_is_detected_published_and_fails_pending_requests(tmp_path, autojump_clock):
+    rt = runtime("mem", ["client", "counter"], tmp_path, heartbeat_interval=1.0, liveness=3, request_timeout=60.0)
+    client, counter = Actor("client", rt), Partitioned("counter", rt)
+    async with started(client, counter):
+        await client.wait_peer("counter")
+        async with client.open_event_stream("peer.") as events:
+            counter.silent = True
+            start = trio.current_time()
+            with pytest.raises(PeerLostError, match="counter was lost: no heartbeat for"):
+                await client.request("counter", Add(n=1, delay=1000.0))
+            waited = trio.current_time() - start
+            assert 3.0 <= waited <= 4.5  # liveness x interval, not the 60 s request timeout
+
+            async def next_about_counter() -> Any:
+                async for event in events:
+                    if event.sender == "client" and event.body.peer == "counter":
+                        return event
+                raise AssertionError("event stream ended")
+
+            lost = await next_about_counter()
+            assert lost.type == "peer.lost"
+            assert client.peer_state("counter") == "lost"
+            counter.silent = False
+            back = await next_about_counter()
+            assert (back.type, back.body.restarted) == ("peer.up", False)
+        assert client.peer_state("counter") == "up"
+
+
+async def test_a_stopping_actor_answers_what_it_still_owes(tmp_path):
+    rt = runtime("mem", ["client", "counter"], tmp_path, request_timeout=60.0)
+    client, counter = Actor("client", rt), Counter("counter", rt)
+    async with trio.open_nursery() as outer:
+        await outer.start(client.run)
+        scope = trio.CancelScope()
+
+        async def run_counter(task_status: trio.TaskStatus[None]) -> None:
+            with scope:
+                await counter.run(task_status=task_status)
+
+        await outer.start(run_counter)
+        async with trio.open_nursery() as nursery:
+
+            async def stop_soon() -> None:
+                await counter.adding.wait()
+                scope.cancel()
+
+            nursery.start_soon(stop_soon)
+            with trio.fail_after(5), pytest.raises(RemoteError) as caught:
+                await client.request("counter", Add(n=1, delay=1000.0))
+        assert caught.value.code == ErrorCode.ACTOR_STOPPED
+        outer.cancel_scope.cancel()
+
+
+async def test_teardown_is_cut_off_after_stop_timeout(tmp_path, autojump_clock):
+    rt = runtime("mem", ["stubborn"], tmp_path, stop_timeout=3.0)
+    stubborn = Stubborn("stubborn", rt)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stubborn.run)
+        start = trio.current_time()
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() - start == pytest.approx(3.0)
+
+
+async def test_one_at_a_time_keeps_arrival_order(tmp_path):
+    rt = runtime("mem", ["client", "counter"], tmp_path, max_concurrent=1)
+    client, counter = Actor("client", rt), Counter("counter", rt)
+    async with started(client, counter):
+        for seq in range(200):
+            await client.send("counter", Note(seq=seq))
+        with trio.fail_after(10):
+            await client.request("counter", Add(n=0))  # handled after every note
+        assert counter.notes == list(range(200))
+
+
+async def test_concurrency_is_bounded_and_the_rest_waits(tmp_path):
+    rt = runtime("mem", ["client", "counter"], tmp_path, max_concurrent=3)
+    client, counter = Actor("client", rt), Counter("counter", rt)
+    async with started(client, counter):
+        async with trio.open_nursery() as nursery:
+            for _ in range(30):
+                nursery.start_soon(client.request, "counter", Add(n=1, delay=0.01))
+        assert counter.total == 30
+        assert counter.most_in_flight == 3
+
+
+async def test_a_client_outside_the_directory_can_ask(tmp_path):
+    rt = runtime("ipc", ["counter"], tmp_path)
+    client, counter = Actor("cli", rt), Counter("counter", rt)
+    assert client.address is None
+    async with started(counter, client):
+        with trio.fail_after(5):
+            assert await client.request("counter", Add(n=4)) == Total(total=4)
+
+
+async def test_a_message_for_someone_else_is_refused(tmp_path):
+    rt = runtime("ipc", ["counter"], tmp_path)
+    counter = Counter("counter", rt)
+    codec = Codec(TEST_CATALOG)
+    async with started(counter):
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.connect(rt.directory["counter"].address)
+        sock.send(codec.encode(make_envelope(Add(n=1), sender="x", to="hal", id=5)))
+        with trio.fail_after(5):
+            (frame,) = await recv_message(sock)
+        reply = codec.decode(frame)
+        sock.close(linger=0)
+    assert reply.re == 5
+    assert reply.body.code == ErrorCode.WRONG_RECIPIENT
+    assert counter.total == 0
+
+
+async def test_ten_thousand_malformed_frames_do_not_stop_an_actor(tmp_path):
+    rt = runtime("ipc", ["counter"], tmp_path, hwm=20000)
+    counter = Counter("counter", rt)
+    codec = Codec(TEST_CATALOG)
+    bad = [
+        b"\xc1",
+        b"not msgpack at all",
+        msgspec.msgpack.encode({"v": 1, "id": 1}),
+        msgspec.msgpack.encode(
+            {"v": 99, "id": 2, "type": "test.add", "from": "x", "to": "counter", "ts": 0.0, "body": {}}
+        ),
+        codec.encode(make_envelope(Add(n=1), sender="x", to="counter", id=3))[:-2],
+    ]
+    async with started(counter):
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.SNDHWM, 20000)
+        sock.setsockopt(zmq.RCVHWM, 20000)
+        sock.connect(rt.directory["counter"].address)
+        for i in range(10_000):
+            sock.send(bad[i % len(bad)])
+        sock.send(codec.encode(make_envelope(Add(n=7), sender="x", to="counter", id=99)))
+        replies: list[Any] = []
+        with trio.fail_after(120):
+            while len(replies) < 10_001:
+                (frame,) = await recv_message(sock)
+                replies.append(codec.decode(frame))
+        sock.close(linger=0)
+    errors = [r for r in replies if r.type == "sys.error"]
+    assert len(errors) == 10_000
+    assert {r.body.code for r in errors} == {"malformed", "invalid", "unsupported-version"}
+    answer = [r for r in replies if r.re == 99]
+    assert [r.body for r in answer] == [Total(total=7)]
+    assert counter.malformed == 10_000
