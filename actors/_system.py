@@ -201,10 +201,16 @@ def load_factory(path: str) -> Callable[..., Any]:
 
 
 def parse_system(data: dict[str, Any], *, source: str = "configuration") -> SystemConfig:
+    """Validate a system's settings; every error names ``source`` and the key."""
     try:
-        return msgspec.convert(data, SystemConfig)
+        config = msgspec.convert(data, SystemConfig)
+        for spec in config.actors:
+            load_factory(spec.factory)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}", field=exc.field) from exc.__cause__
+    return config
 
 
 def load_system(path: str | os.PathLike[str]) -> SystemConfig:
