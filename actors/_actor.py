@@ -433,14 +433,14 @@ class Actor:
         frame = self.codec.encode(make_envelope(body, sender=self.name, to=to, id=self._next_id()))
         try:
             outbound.send_nowait(frame)
-            return
         except trio.WouldBlock:
-            pass
-        ceiling = self.options.request_timeout if trio.current_effective_deadline() == math.inf else math.inf
-        with trio.move_on_after(ceiling):
-            await outbound.send(frame)
-            return
-        raise RequestTimeout(f"could not hand {body.TYPE} to {to} within {ceiling:g} s: {self._why_silent(to)}")
+            ceiling = self.options.request_timeout if trio.current_effective_deadline() == math.inf else math.inf
+            with trio.move_on_after(ceiling):
+                await outbound.send(frame)
+                return
+            raise RequestTimeout(
+                f"could not hand {body.TYPE} to {to} within {ceiling:g} s: {self._why_silent(to)}"
+            ) from None
 
     def publish(self, body: Event) -> None:
         """Publish an event to every subscriber, this actor's own included.
@@ -598,12 +598,18 @@ class Actor:
             frame = self.codec.encode(make_envelope(error, sender=self.name, to=to, id=self._next_id(), re=re))
         self._inbound.reply(route, frame)
 
-    def _on_reply(self, frame: bytes) -> None:
+    def _decode_or_count(self, frame: bytes, what: str) -> Envelope | None:
+        """Decode a frame nobody can be answered about (a reply, an event), or count and log it."""
         try:
-            env = self.codec.decode(frame)
+            return self.codec.decode(frame)
         except ProtocolError as exc:
             self.malformed += 1
-            self._bad_frames.warning("%s: refused a reply frame: %s", self.name, exc)
+            self._bad_frames.warning("%s: refused %s frame: %s", self.name, what, exc)
+            return None
+
+    def _on_reply(self, frame: bytes) -> None:
+        env = self._decode_or_count(frame, "a reply")
+        if env is None:
             return
         pending = self._pending.get(env.re) if env.re is not None else None
         if pending is None or pending.done.is_set():
@@ -614,11 +620,8 @@ class Actor:
         pending.done.set()
 
     def _on_event(self, frame: bytes) -> None:
-        try:
-            env = self.codec.decode(frame)
-        except ProtocolError as exc:
-            self.malformed += 1
-            self._bad_frames.warning("%s: refused an event frame: %s", self.name, exc)
+        env = self._decode_or_count(frame, "an event")
+        if env is None:
             return
         body = env.body
         if isinstance(body, Heartbeat):

@@ -104,11 +104,21 @@ def _prepare_bind(address: str) -> str:
     return address
 
 
-class _ZmqInbound(Inbound):
+class _ZmqEndpoint:
+    """What the three ZeroMQ endpoints share: an owned socket and where it is."""
+
     def __init__(self, owner: ZmqSocket, address: str) -> None:
         self._owner = owner
         self.address = address
 
+    def close(self) -> None:
+        self._owner.close()
+
+    async def wait_closed(self) -> None:
+        await self._owner.wait_closed()
+
+
+class _ZmqInbound(_ZmqEndpoint, Inbound):
     def reply(self, route: Any, frame: bytes) -> None:
         try:
             self._owner.send_nowait([*route, frame])
@@ -124,47 +134,21 @@ class _ZmqInbound(Inbound):
     def resume(self) -> None:
         self._owner.resume_reading()
 
-    def close(self) -> None:
-        self._owner.close()
 
-    async def wait_closed(self) -> None:
-        await self._owner.wait_closed()
-
-
-class _ZmqOutbound(Outbound):
-    def __init__(self, owner: ZmqSocket, address: str) -> None:
-        self._owner = owner
-        self.address = address
-
+class _ZmqOutbound(_ZmqEndpoint, Outbound):
     def send_nowait(self, frame: bytes) -> None:
         self._owner.send_nowait((frame,))
 
     async def send(self, frame: bytes) -> None:
         await self._owner.send((frame,))
 
-    def close(self) -> None:
-        self._owner.close()
 
-    async def wait_closed(self) -> None:
-        await self._owner.wait_closed()
-
-
-class _ZmqPublisher(Publisher):
-    def __init__(self, owner: ZmqSocket, address: str) -> None:
-        self._owner = owner
-        self.address = address
-
+class _ZmqPublisher(_ZmqEndpoint, Publisher):
     def publish(self, topic: bytes, frame: bytes) -> None:
         try:
             self._owner.send_nowait((topic, frame))
         except (trio.WouldBlock, trio.ClosedResourceError):
             self._owner.dropped += 1
-
-    def close(self) -> None:
-        self._owner.close()
-
-    async def wait_closed(self) -> None:
-        await self._owner.wait_closed()
 
 
 # --- memory channels ----------------------------------------------------------------------

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import trio
@@ -94,6 +95,63 @@ def measure_raw(address: str, frame: bytes, requests: int, window: int) -> Figur
     return Figures(percentile(times, 0.5) * 1e6, percentile(times, 0.99) * 1e6, requests / elapsed)
 
 
+# --- the trio floor -------------------------------------------------------------------------
+
+
+async def measure_trio_floor(address: str, frame: bytes, requests: int, window: int) -> Figures:
+    """The least any trio client can do: raw pyzmq, one task per request, no codec.
+
+    An owner task waits on the socket and wakes each request's task, as in
+    awen, against the raw echo server. Shows how much of the gap to raw is
+    trio's scheduling on this machine rather than awen.
+    """
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(address)
+    waiters: deque[trio.Event] = deque()
+    pollin = int(zmq.POLLIN)
+
+    def drain() -> None:
+        while sock.getsockopt(zmq.EVENTS) & pollin:  # type: ignore[operator]
+            sock.recv(zmq.NOBLOCK)
+            waiters.popleft().set()
+
+    async def owner() -> None:
+        while True:
+            drain()
+            await trio.lowlevel.wait_readable(sock.FD)
+
+    async def one() -> None:
+        done = trio.Event()
+        waiters.append(done)
+        sock.send(frame, zmq.NOBLOCK)
+        drain()
+        await done.wait()
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            await one()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(owner)
+        for _ in range(WARMUP):
+            await one()
+        times = []
+        for _ in range(requests):
+            start = time.perf_counter()
+            await one()
+            times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        async with trio.open_nursery() as workers:
+            for i in range(window):
+                workers.start_soon(worker, requests // window + (i < requests % window))
+        elapsed = time.perf_counter() - start
+        sock.send(b"stop")
+        nursery.cancel_scope.cancel()
+    trio.lowlevel.notify_closing(sock.FD)
+    sock.close(linger=1000)
+    return Figures(percentile(times, 0.5) * 1e6, percentile(times, 0.99) * 1e6, requests / elapsed)
+
+
 # --- awen actors ----------------------------------------------------------------------------
 
 
@@ -154,11 +212,18 @@ def addresses(transport: str, run_dir: str, tag: str) -> tuple[str, str]:
     return f"tcp://127.0.0.1:{free_tcp_port()}", f"tcp://127.0.0.1:{free_tcp_port()}"
 
 
-def measure_pair(transport: str, run_dir: str, frame: bytes, args: argparse.Namespace) -> tuple[Figures, Figures]:
+def measure_round(
+    transport: str, run_dir: str, frame: bytes, args: argparse.Namespace
+) -> tuple[Figures, Figures, Figures]:
     raw_address, _ = addresses(transport, run_dir, "raw")
     server = start_server("--serve-raw", raw_address)
     try:
         raw = measure_raw(raw_address, frame, args.requests, args.window)
+    finally:
+        server.wait(timeout=10)
+    server = start_server("--serve-raw", raw_address)
+    try:
+        floor = trio.run(measure_trio_floor, raw_address, frame, args.requests, args.window)
     finally:
         server.wait(timeout=10)
     address, events = addresses(transport, run_dir, "actor")
@@ -168,7 +233,7 @@ def measure_pair(transport: str, run_dir: str, frame: bytes, args: argparse.Name
     finally:
         server.terminate()
         server.wait(timeout=10)
-    return raw, actor
+    return raw, floor, actor
 
 
 def median(figures: list[Figures]) -> Figures:
@@ -208,14 +273,17 @@ def main() -> None:
     print("-" * len(header))
     with tempfile.TemporaryDirectory(prefix="awen-bench-") as run_dir:
         for transport in ("ipc", "tcp"):
-            rounds = [measure_pair(transport, run_dir, frame, args) for _ in range(args.rounds)]
-            raw, actor = median([r for r, _ in rounds]), median([a for _, a in rounds])
+            rounds = [measure_round(transport, run_dir, frame, args) for _ in range(args.rounds)]
+            raw, floor, actor = (median([r[i] for r in rounds]) for i in range(3))
             print(f"{transport:<10}{'raw':<7}{raw.p50_us:>9.0f}{raw.p99_us:>9.0f}{raw.per_second:>10.0f}")
-            print(
-                f"{'':<10}{'actor':<7}{actor.p50_us:>9.0f}{actor.p99_us:>9.0f}{actor.per_second:>10.0f}   "
-                f"{actor.p99_us / raw.p99_us:>9.2f}x{actor.per_second / raw.per_second:>13.2f}x"
-            )
+            for side, figures in (("trio", floor), ("actor", actor)):
+                print(
+                    f"{'':<10}{side:<7}{figures.p50_us:>9.0f}{figures.p99_us:>9.0f}{figures.per_second:>10.0f}   "
+                    f"{figures.p99_us / raw.p99_us:>9.2f}x{figures.per_second / raw.per_second:>13.2f}x"
+                )
     print()
+    print("raw: blocking pyzmq client and server. trio: the least a trio client can do (raw pyzmq,")
+    print("one task per request, no codec) against the raw server. actor: awen actors on both sides.")
     print("targets: actor p99 <= 3x raw, actor req/s >= 0.5x raw")
 
 

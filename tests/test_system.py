@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from actors import (
     RequestTimeout,
     ResolvedSystem,
     Runtime,
+    Supervisor,
     SupervisorGaveUp,
     open_system,
     parse_system,
@@ -57,6 +60,17 @@ def alive(pid: int) -> bool:
         return False
 
 
+@asynccontextmanager
+async def running(config: Any) -> AsyncIterator[Supervisor]:
+    """A system whose actors have all started and been heard from."""
+    async with open_system(config) as supervisor:
+        with trio.fail_after(30):
+            await supervisor.wait_started()
+            for spec in config.actors:
+                await supervisor.wait_peer(spec.name)
+        yield supervisor
+
+
 async def next_event(stream: Any, type_: str, **fields: Any) -> Any:
     async for event in stream:
         if event.type == type_ and all(getattr(event.body, k) == v for k, v in fields.items()):
@@ -66,11 +80,8 @@ async def next_event(stream: Any, type_: str, **fields: Any) -> Any:
 
 @pytest.mark.parametrize("transport", ["ipc", "tcp"])
 async def test_actors_in_separate_processes_talk(transport):
-    async with open_system(system(transport=transport)) as supervisor:
+    async with running(system(transport=transport)) as supervisor:
         with trio.fail_after(30):
-            await supervisor.wait_started()
-            await supervisor.wait_peer("alpha")
-            await supervisor.wait_peer("beta")
             # supervisor -> alpha (process) -> beta (process) -> alpha -> supervisor
             array = np.arange(1000, dtype="<f8").reshape(10, 100)
             pong = await supervisor.request("alpha", Ping(data=array))
@@ -87,10 +98,7 @@ async def test_actors_in_separate_processes_talk(transport):
 
 async def test_request_to_a_frozen_process_times_out():
     config = system(runtime={"heartbeat_interval": 0.2, "liveness": 1000, "request_timeout": 1.0})
-    async with open_system(config) as supervisor:
-        with trio.fail_after(30):
-            await supervisor.wait_started()
-            await supervisor.wait_peer("beta")
+    async with running(config) as supervisor:
         beta = supervisor.pid_of("beta")
         os.kill(beta, signal.SIGSTOP)
         try:
@@ -103,10 +111,7 @@ async def test_request_to_a_frozen_process_times_out():
 
 
 async def test_a_hung_process_is_detected_by_heartbeat_killed_and_restarted():
-    async with open_system(system()) as supervisor:
-        with trio.fail_after(30):
-            await supervisor.wait_started()
-            await supervisor.wait_peer("beta")
+    async with running(system()) as supervisor:
         beta = supervisor.pid_of("beta")
         async with supervisor.open_event_stream("") as events:
             os.kill(beta, signal.SIGSTOP)
@@ -126,10 +131,7 @@ async def test_a_hung_process_is_detected_by_heartbeat_killed_and_restarted():
 
 async def test_pending_requests_fail_at_once_when_the_peer_crashes():
     config = system(runtime={"heartbeat_interval": 0.2, "liveness": 3, "request_timeout": 60.0})
-    async with open_system(config) as supervisor:
-        with trio.fail_after(30):
-            await supervisor.wait_started()
-            await supervisor.wait_peer("beta")
+    async with running(config) as supervisor:
         client = Actor("client", Runtime(supervisor.runtime.directory, supervisor.options))
         async with trio.open_nursery() as nursery:
             await nursery.start(client.run)
