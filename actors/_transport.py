@@ -255,23 +255,54 @@ class _LocalInbound(Inbound):
         await self._closed.wait()
 
 
-class _LocalOutbound(Outbound):
-    def __init__(self, network: LocalNetwork, address: str, on_reply: OnFrame, capacity: int) -> None:
+class _LocalQueue:
+    """Frames in through a bounded channel, handed to a callback by one task.
+
+    Like a zmq owner used by an actor, the task is shielded and ends when
+    `close` is called.
+    """
+
+    def __init__(self, network: LocalNetwork, on_frame: OnFrame, capacity: int) -> None:
         self._network = network
-        self.address = address
-        self._on_reply = on_reply
-        self._replies_in, self._replies_out = trio.open_memory_channel[bytes](capacity)
+        self._on_frame = on_frame
+        self._in, self._out = trio.open_memory_channel[bytes](capacity)
         self._closed = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         try:
             with trio.CancelScope(shield=True):
-                async with self._replies_out:
-                    async for frame in self._replies_out:
-                        self._on_reply(frame)
+                async with self._out:
+                    async for frame in self._out:
+                        self._on_frame(frame)
         finally:
+            self._ended()
             self._closed.set()
+
+    def _ended(self) -> None:
+        """Clean-up when the task ends."""
+
+    def deliver(self, frame: bytes) -> bool:
+        """Queue a frame without waiting; False if it was dropped (full or closed)."""
+        try:
+            self._in.send_nowait(frame)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        return True
+
+    def close(self) -> None:
+        self._in.close()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+
+class _LocalOutbound(_LocalQueue, Outbound):
+    """Requests to one mem:// peer; its replies come back through this queue."""
+
+    def __init__(self, network: LocalNetwork, address: str, on_reply: OnFrame, capacity: int) -> None:
+        super().__init__(network, on_reply, capacity)
+        self.address = address
 
     def send_nowait(self, frame: bytes) -> None:
         inbound = self._network._inbound.get(self.address)
@@ -292,19 +323,6 @@ class _LocalOutbound(Outbound):
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 # The peer stopped; like a zmq DEALER, wait for it to come back.
                 self._network._unregister_inbound(inbound)
-
-    def deliver(self, frame: bytes) -> bool:
-        try:
-            self._replies_in.send_nowait(frame)
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            return False
-        return True
-
-    def close(self) -> None:
-        self._replies_in.close()
-
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
 
 
 class _LocalPublisher(Publisher):
@@ -328,46 +346,24 @@ class _LocalPublisher(Publisher):
         await self._closed.wait()
 
 
-class _LocalSubscriber:
-    def __init__(self, network: LocalNetwork, on_event: OnFrame, capacity: int) -> None:
-        self._network = network
-        self._on_event = on_event
-        self._prefixes: set[bytes] = set()
-        self._in, self._out = trio.open_memory_channel[bytes](capacity)
-        self._closed = trio.Event()
+class _LocalSubscriber(_LocalQueue):
+    """Events from mem:// publishers whose topic starts with a subscribed prefix."""
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        try:
-            with trio.CancelScope(shield=True):
-                async with self._out:
-                    async for frame in self._out:
-                        self._on_event(frame)
-        finally:
-            self._network._detach(self)
-            self._closed.set()
+    def __init__(self, network: LocalNetwork, on_event: OnFrame, capacity: int) -> None:
+        super().__init__(network, on_event, capacity)
+        self._prefixes: set[bytes] = set()
+
+    def _ended(self) -> None:
+        self._network._detach(self)
 
     def wants(self, topic: bytes) -> bool:
         return any(topic.startswith(prefix) for prefix in self._prefixes)
-
-    def deliver(self, frame: bytes) -> bool:
-        try:
-            self._in.send_nowait(frame)
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            return False
-        return True
 
     def connect(self, address: str) -> None:
         self._network._attach(address, self)
 
     def subscribe(self, prefix: bytes) -> None:
         self._prefixes.add(prefix)
-
-    def close(self) -> None:
-        self._in.close()
-
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
 
 
 # --- the composite subscriber and the factory -------------------------------------------
