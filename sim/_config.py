@@ -1,0 +1,241 @@
+"""The simulated device's parameters: defaults from published figures, overridable from TOML.
+
+Every number here has a default that docs/simulator.md justifies with a source,
+and every one can be overridden by a device description file (TOML), mode
+count included. Values marked *spread* are the relative (or absolute, for
+phases) standard deviation of the per-component values drawn once from the
+seed: a real chip's fabrication spread.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from protocol.photonica import (
+    DetectorSpec,
+    DeviceDescription,
+    FeedForwardSpec,
+    HeaterSpec,
+    Identity,
+    MemorySpec,
+    SourceSpec,
+)
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class IdentityConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    model: str = "PX-8"
+    serial: str = "SN-000001"
+    firmware: str = "1.4.2"
+
+
+class HeaterConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    resistance_ohm: Positive = 1000.0
+    resistance_spread: NonNegative = 0.05
+    power_per_pi_mw: Positive = 20.0
+    power_per_pi_spread: NonNegative = 0.05
+    v_max: Positive = 7.0
+    crosstalk: Fraction = 0.03
+    crosstalk_spread: NonNegative = 0.2
+    settle_s: Positive = 5e-6
+    drift_rad_per_sqrt_hour: NonNegative = 0.02
+    power_limit_w: Positive | None = None
+    """Default: 35 mW per heater, 1.75 times the mean that a random setting draws."""
+
+
+class LossConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    mzi_db: NonNegative = 0.1
+    """Per MZI; the mesh is balanced, so every path crosses one MZI-equivalent per column."""
+    input_db: NonNegative = 1.5
+    """Source-to-chip coupling, the same on every input."""
+    output_db: NonNegative = 1.0
+    output_spread_db: NonNegative = 0.2
+
+
+class DetectorConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    kind: Literal["threshold", "pnr"] = "threshold"
+    efficiency: Fraction = 0.93
+    efficiency_spread: NonNegative = 0.02
+    dark_rate_hz: NonNegative = 10.0
+    dead_time_s: NonNegative = 40e-9
+    gate_s: Positive = 1e-9
+    powermeter_noise_w: NonNegative = 1e-9
+    powermeter_gain_spread: NonNegative = 0.001
+
+
+class SourceConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    coherent_max_w: Positive = 0.01
+
+
+class MemoryConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    slots: Annotated[int, msgspec.Meta(ge=0)] = 2
+    loop_s: Positive = 25e-9
+    rounds_at_1_over_e: Positive = 30.0
+    max_rounds: Annotated[int, msgspec.Meta(ge=1)] = 60
+
+
+class FeedForwardConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    latency_s: NonNegative = 200e-9
+
+
+class ThermalConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    ambient_c: float = 25.0
+    kelvin_per_watt: NonNegative = 5.0
+
+
+class FaultConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One fault to inject.
+
+    Attributes:
+        kind: ``close`` the connection instead of answering; ``delay`` the
+            reply by ``seconds``; ``corrupt`` one byte of the reply; answer
+            with a device ``error`` (``code``, ``message``) instead of
+            executing; trip the ``interlock``; or keep heater ``heater``
+            ``stuck`` at ``volts`` whatever it is set to.
+        probability: Chance per command.
+        nth: Fire on these commands (counted from 1 over the device's life).
+    """
+
+    kind: Literal["close", "delay", "corrupt", "error", "interlock", "stuck"]
+    probability: Fraction = 0.0
+    nth: list[Annotated[int, msgspec.Meta(ge=1)]] = msgspec.field(default_factory=list)
+    seconds: NonNegative = 1.0
+    code: int = -240
+    message: str = "injected fault"
+    heater: Annotated[int, msgspec.Meta(ge=0)] = 0
+    volts: float = 0.0
+
+
+class SimConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A simulated Photonica device (the ``--device`` TOML file)."""
+
+    modes: Annotated[int, msgspec.Meta(ge=2, le=64)] = 8
+    seed: int | None = None
+    clock: Literal["commands", "wall"] = "commands"
+    """``commands``: device time advances by each command's duration, so the same
+    seed and commands give the same replies. ``wall``: it follows the host clock."""
+    command_s: NonNegative = 20e-6
+    shot_rate_hz: Positive = 1e6
+    max_shots: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
+    watchdog_max_s: Positive = 3600.0
+    identity: IdentityConfig = msgspec.field(default_factory=IdentityConfig)
+    heaters: HeaterConfig = msgspec.field(default_factory=HeaterConfig)
+    loss: LossConfig = msgspec.field(default_factory=LossConfig)
+    detectors: DetectorConfig = msgspec.field(default_factory=DetectorConfig)
+    sources: SourceConfig = msgspec.field(default_factory=SourceConfig)
+    memory: MemoryConfig = msgspec.field(default_factory=MemoryConfig)
+    feedforward: FeedForwardConfig = msgspec.field(default_factory=FeedForwardConfig)
+    thermal: ThermalConfig = msgspec.field(default_factory=ThermalConfig)
+    faults: list[FaultConfig] = msgspec.field(default_factory=list)
+
+    @property
+    def heater_count(self) -> int:
+        return self.modes * self.modes
+
+    @property
+    def power_limit_w(self) -> float:
+        if self.heaters.power_limit_w is not None:
+            return self.heaters.power_limit_w
+        return 0.035 * self.heater_count
+
+    @property
+    def memory_transmission(self) -> float:
+        return math.exp(-1.0 / self.memory.rounds_at_1_over_e)
+
+    def description(self) -> DeviceDescription:
+        """What the device reports about itself: nominal values."""
+        n = self.heater_count
+        return DeviceDescription(
+            identity=Identity(model=self.identity.model, serial=self.identity.serial, firmware=self.identity.firmware),
+            modes=self.modes,
+            heaters=HeaterSpec(
+                count=n,
+                v_max=[self.heaters.v_max] * n,
+                resistance_ohm=[self.heaters.resistance_ohm] * n,
+                power_limit_w=self.power_limit_w,
+                settle_s=self.heaters.settle_s,
+            ),
+            detectors=DetectorSpec(
+                kind=self.detectors.kind,
+                count=self.modes,
+                efficiency=self.detectors.efficiency,
+                dark_rate_hz=self.detectors.dark_rate_hz,
+                dead_time_s=self.detectors.dead_time_s,
+                gate_s=self.detectors.gate_s,
+            ),
+            sources=SourceSpec(coherent_max_w=self.sources.coherent_max_w),
+            memory=MemorySpec(
+                slots=self.memory.slots,
+                loop_s=self.memory.loop_s,
+                transmission=self.memory_transmission,
+                max_rounds=self.memory.max_rounds,
+            ),
+            feedforward=FeedForwardSpec(latency_s=self.feedforward.latency_s, phase_shifters=self.modes),
+            shot_rate_hz=self.shot_rate_hz,
+            max_shots=self.max_shots,
+            watchdog_max_s=self.watchdog_max_s,
+        )
+
+
+class SimConfigError(ValueError):
+    """A device description file that cannot be used; the message names the file and key."""
+
+
+def parse_config(data: dict[str, Any], *, source: str = "device description") -> SimConfig:
+    try:
+        return msgspec.convert(data, SimConfig)
+    except msgspec.ValidationError as exc:
+        raise SimConfigError(f"{source}: {exc}") from None
+
+
+def load_config(path: str | Path) -> SimConfig:
+    """Read a device description TOML file."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise SimConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SimConfigError(f"{path} is not valid TOML: {exc}") from exc
+    return parse_config(data, source=str(path))
+
+
+def parse_fault(spec: str) -> FaultConfig:
+    """A fault from the command line: ``kind[:key=value,...]``.
+
+    Keys: ``p`` (probability), ``nth`` (``3`` or ``3+7+9``), ``seconds``,
+    ``code``, ``message``, ``heater``, ``volts``. For example
+    ``close:p=0.01``, ``delay:nth=3,seconds=0.5``, ``error:nth=2,code=-240``,
+    ``stuck:heater=3,volts=1.5``.
+    """
+    kind, _, rest = spec.partition(":")
+    data: dict[str, Any] = {"kind": kind}
+    try:
+        for item in filter(None, rest.split(",")):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise SimConfigError(f"fault {spec!r}: expected key=value, got {item!r}")
+            key = {"p": "probability"}.get(key, key)
+            if key == "nth":
+                data[key] = [int(v) for v in value.split("+")]
+            elif key in ("probability", "seconds", "volts"):
+                data[key] = float(value)
+            elif key in ("code", "heater"):
+                data[key] = int(value)
+            else:
+                data[key] = value
+        return msgspec.convert(data, FaultConfig)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise SimConfigError(f"fault {spec!r}: {exc}") from None

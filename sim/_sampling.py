@@ -1,0 +1,296 @@
+"""Shots: photons through the mesh, through loss, into detectors.
+
+Loss model (docs/simulator.md): every loss *before* the mesh is the same on all
+inputs (source coupling) and the mesh is balanced (every path crosses one
+MZI-equivalent per column), so that loss commutes with the mesh and is applied
+to the photons where they leave it, together with the per-mode output coupling
+and detector efficiency: each photon reaching detector j is counted with its
+own probability (binomial thinning). This is exact, not an approximation.
+
+Ideal photon patterns come from the exact distribution when the output space
+is small enough, and from Clifford & Clifford's sampler (2018, Algorithm B)
+when it is not. A second pass (delay-line memory and feed-forward) is computed
+exactly from the state conditioned on the first pass's detections.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._boson import output_probabilities, permanent_amplitudes
+from ._fock import state_count
+
+EXACT_LIMIT = 1 << 21
+"""Output spaces up to this many patterns are sampled from the exact distribution."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    """How photons leaving the mesh become detector readings.
+
+    Attributes:
+        survive: Per mode, the chance a photon leaving the mesh there is counted.
+        dark: Per mode, mean dark counts per shot (rate x gate).
+        kind: ``threshold`` (click or not) or ``pnr`` (photon numbers, up to 255).
+        blind_shots: Shots a detector stays blind after a click (dead time
+            longer than the shot period); 0 when the period is longer.
+    """
+
+    survive: np.ndarray
+    dark: np.ndarray
+    kind: str
+    blind_shots: int = 0
+
+    def apply(self, counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        kept = rng.binomial(counts.astype(np.int64), self.survive)
+        if self.dark.any():
+            kept = kept + rng.poisson(self.dark, size=kept.shape)
+        readings = (kept > 0).astype(np.uint8) if self.kind == "threshold" else np.minimum(kept, 255).astype(np.uint8)
+        if self.blind_shots:
+            readings = _dead_time(readings, self.blind_shots)
+        return readings
+
+
+def _dead_time(readings: np.ndarray, blind: int) -> np.ndarray:
+    out = readings.copy()
+    for column in range(out.shape[1]):
+        blind_until = -1
+        values = out[:, column]
+        for shot in np.flatnonzero(values):
+            if shot <= blind_until:
+                values[shot] = 0
+            else:
+                blind_until = int(shot) + blind
+    return out
+
+
+def _pick(probabilities: np.ndarray, shots: int, rng: np.random.Generator) -> np.ndarray:
+    cumulative = np.cumsum(probabilities)
+    draws = rng.random(shots) * cumulative[-1]
+    picked: np.ndarray = np.searchsorted(cumulative, draws, side="right").clip(0, len(cumulative) - 1)
+    return picked
+
+
+def sample_ideal(unitary: np.ndarray, photons: Sequence[int], shots: int, rng: np.random.Generator) -> np.ndarray:
+    """Photon numbers per output mode for ``shots`` shots, ideal and lossless: (shots, m) uint8."""
+    m = len(photons)
+    n = sum(photons)
+    if n == 0:
+        return np.zeros((shots, m), dtype=np.uint8)
+    if state_count(m, n) <= EXACT_LIMIT:
+        states, probabilities = output_probabilities(unitary, photons)
+        picked: np.ndarray = states[_pick(probabilities, shots, rng)]
+        return picked
+    return clifford_clifford(unitary, photons, shots, rng)
+
+
+def _glynn_minors(sub: np.ndarray) -> np.ndarray:
+    """For (S, k-1, k) matrices, the permanents of the k minors dropping one column: (S, k)."""
+    count, rows, cols = sub.shape
+    if rows == 0:
+        return np.ones((count, cols), dtype=np.complex128)
+    # Glynn: Perm(M) = 2^{1-r} sum_{delta, delta_0 = 1} (prod delta) prod_j (sum_i delta_i M_ij)
+    d = 1 << (rows - 1)
+    signs = np.ones((d, rows))
+    for bit in range(rows - 1):
+        signs[(np.arange(d) >> bit) & 1 == 1, bit + 1] = -1
+    weight = signs.prod(axis=1)
+    sums = np.einsum("dr,srj->sdj", signs, sub)  # (S, d, k)
+    prefix = np.ones((count, d, cols + 1), dtype=np.complex128)  # prefix[l] = prod_{j < l}
+    suffix = np.ones((count, d, cols + 1), dtype=np.complex128)  # suffix[l] = prod_{j >= l}
+    prefix[:, :, 1:] = np.cumprod(sums, axis=2)
+    suffix[:, :, :cols] = np.cumprod(sums[:, :, ::-1], axis=2)[:, :, ::-1]
+    excluding = prefix[:, :, :cols] * suffix[:, :, 1:]
+    minors: np.ndarray = np.einsum("d,sdl->sl", weight, excluding) / d
+    return minors
+
+
+def clifford_clifford(unitary: np.ndarray, photons: Sequence[int], shots: int, rng: np.random.Generator) -> np.ndarray:
+    """Exact boson sampling by Clifford & Clifford's Algorithm B, vectorised over shots.
+
+    Each photon's output mode is drawn in turn from weights given by
+    permanents of growing submatrices (Laplace-expanded, Glynn's formula for
+    the minors), over a random order of the input columns: O(n^2 2^n + m n^2)
+    per shot instead of the whole output space.
+    """
+    u = np.asarray(unitary, dtype=np.complex128)
+    m = u.shape[0]
+    columns = [mode for mode, count in enumerate(photons) for _ in range(count)]
+    n = len(columns)
+    a = u[:, columns]  # (m, n)
+    result = np.zeros((shots, m), dtype=np.uint8)
+    chunk = max(1, (1 << 21) // ((1 << max(n - 2, 0)) * n))
+    for start in range(0, shots, chunk):
+        size = min(chunk, shots - start)
+        order = np.argsort(rng.random((size, n)), axis=1)
+        ap = np.transpose(a[:, order], (1, 0, 2))  # (size, m, n): each shot's columns in its own order
+        rows = np.zeros((size, 0), dtype=np.int64)
+        for k in range(1, n + 1):
+            sub = np.take_along_axis(ap[:, :, :k], rows[:, :, None], axis=1) if k > 1 else np.zeros((size, 0, 1))
+            minors = _glynn_minors(sub.astype(np.complex128))  # (size, k)
+            amplitudes = np.einsum("sil,sl->si", ap[:, :, :k], minors)
+            weights = amplitudes.real**2 + amplitudes.imag**2
+            cumulative = np.cumsum(weights, axis=1)
+            draws = rng.random((size, 1)) * cumulative[:, -1:]
+            chosen = (cumulative < draws).sum(axis=1).clip(0, m - 1)
+            rows = np.concatenate([rows, chosen[:, None]], axis=1)
+        for photon in range(n):
+            np.add.at(result[start : start + size], (np.arange(size), rows[:, photon]), 1)
+    return result
+
+
+# --- the second pass: delay-line memory and feed-forward ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A pass-1 output mode routed through a delay line back into the mesh.
+
+    Attributes:
+        out_mode: Where the photon leaves the first pass.
+        in_mode: Where it re-enters for the second.
+        transmission: Its chance to survive loss, delay line and re-coupling.
+        feedforward: Whether it waits long enough for the feed-forward phases.
+    """
+
+    out_mode: int
+    in_mode: int
+    transmission: float
+    feedforward: bool
+
+
+@dataclass
+class TwoPass:
+    """A program with a second pass (docs/device-protocol.md, MEMory and FFORward)."""
+
+    stored: list[Stored]
+    ff_modes: list[int] = field(default_factory=list)
+    rules: dict[str, dict[int, float]] = field(default_factory=dict)
+
+
+def _by_key(states: np.ndarray, columns: list[int]) -> list[tuple[int, ...]]:
+    return [tuple(row) for row in states[:, columns].tolist()]
+
+
+def sample_two_pass(
+    unitary: np.ndarray,
+    photons: Sequence[int],
+    program: TwoPass,
+    first: Detection,
+    second: Detection,
+    shots: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(shots, 2m) readings: first-pass detections (stored modes read 0), then the second pass.
+
+    Exact: the first pass's photon numbers on detected modes are drawn from
+    their marginal; the stored photons carry the conditioned state, lose
+    photons in the delay lines (a mixture, drawn per shot), take the
+    feed-forward phases chosen by the first pass's clicks, and cross the mesh
+    again.
+    """
+    u = np.asarray(unitary, dtype=np.complex128)
+    m = u.shape[0]
+    n = sum(photons)
+    stored_modes = [s.out_mode for s in program.stored]
+    detected = [j for j in range(m) if j not in stored_modes]
+    input_factorial = math.prod(math.factorial(p) for p in photons)
+    states, coefficients = permanent_amplitudes(u, photons)
+    factorials = np.array([math.factorial(k) for k in range(n + 1)], dtype=np.float64)
+    amplitudes = coefficients / np.sqrt(factorials[states.astype(np.int64)].prod(axis=1) * input_factorial)
+    d_keys = _by_key(states, detected)
+    s_keys = _by_key(states, stored_modes)
+    marginal: dict[tuple[int, ...], float] = defaultdict(float)
+    for key, amp in zip(d_keys, amplitudes, strict=True):
+        marginal[key] += abs(amp) ** 2
+    d_outcomes = list(marginal)
+    picks = _pick(np.array([marginal[k] for k in d_outcomes]), shots, rng)
+    counts1 = np.zeros((shots, m), dtype=np.uint8)
+    counts1[:, detected] = np.array(d_outcomes, dtype=np.uint8)[picks] if detected else 0
+    readings1 = first.apply(counts1, rng)
+    readings1[:, stored_modes] = 0
+    clicks = (readings1[:, program.ff_modes] > 0).astype(np.int64)
+    ff_keys = clicks @ (1 << np.arange(len(program.ff_modes))[::-1]) if program.rules else np.zeros(shots, np.int64)
+
+    readings2 = np.zeros((shots, m), dtype=np.uint8)
+    for pick in np.unique(picks).tolist():
+        in_pick = np.flatnonzero(picks == pick)
+        _patterns, probabilities, states_after = _stored_mixture(
+            d_outcomes[pick], d_keys, s_keys, amplitudes, program.stored
+        )
+        lost = _pick(probabilities, len(in_pick), rng)
+        for branch in np.unique(lost).tolist():
+            in_branch = in_pick[lost == branch]
+            for key in np.unique(ff_keys[in_branch]).tolist():
+                members = in_branch[ff_keys[in_branch] == key]
+                bits = format(key, f"0{len(program.ff_modes)}b") if program.rules else ""
+                phases = program.rules.get(bits, {})
+                probabilities2, outputs2 = _second_pass(u, states_after[branch], program.stored, phases)
+                readings2[members] = outputs2[_pick(probabilities2, len(members), rng)]
+    readings2 = second.apply(readings2, rng)
+    return np.concatenate([readings1, readings2], axis=1)
+
+
+def _stored_mixture(
+    d_outcome: tuple[int, ...],
+    d_keys: list[tuple[int, ...]],
+    s_keys: list[tuple[int, ...]],
+    amplitudes: np.ndarray,
+    stored: list[Stored],
+) -> tuple[list[tuple[int, ...]], np.ndarray, list[dict[tuple[int, ...], complex]]]:
+    """The stored photons' state given the first-pass outcome, after delay-line loss.
+
+    Returns the possible patterns of lost photons, their probabilities, and for
+    each the (normalised) state of the surviving photons over stored-mode patterns.
+    """
+    conditional = {s: complex(a) for d, s, a in zip(d_keys, s_keys, amplitudes, strict=True) if d == d_outcome}
+    norm = math.sqrt(sum(abs(a) ** 2 for a in conditional.values()))
+    branches: dict[tuple[int, ...], dict[tuple[int, ...], complex]] = defaultdict(lambda: defaultdict(complex))
+    for pattern, amp in conditional.items():
+        for lost in np.ndindex(*(k + 1 for k in pattern)):
+            factor = 1.0
+            for k, gone, slot in zip(pattern, lost, stored, strict=True):
+                t = slot.transmission
+                factor *= math.comb(k, gone) * t ** (k - gone) * (1 - t) ** gone
+            if factor > 0:
+                kept = tuple(k - gone for k, gone in zip(pattern, lost, strict=True))
+                branches[tuple(lost)][kept] += amp / norm * math.sqrt(factor)
+    patterns = list(branches)
+    probabilities = np.array([sum(abs(a) ** 2 for a in branches[p].values()) for p in patterns])
+    states = []
+    for p, probability in zip(patterns, probabilities, strict=True):
+        scale = 1 / math.sqrt(probability) if probability > 0 else 0.0
+        states.append({k: a * scale for k, a in branches[p].items()})
+    return patterns, probabilities, states
+
+
+def _second_pass(
+    u: np.ndarray, state: dict[tuple[int, ...], complex], stored: list[Stored], phases: dict[int, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Output distribution of the stored photons' state sent through the mesh again."""
+    m = u.shape[0]
+    total: np.ndarray | None = None
+    outputs: np.ndarray = np.zeros((0, m), dtype=np.uint8)
+    for pattern, amp in state.items():
+        if amp == 0:
+            continue
+        occupation = [0] * m
+        phase = 0.0
+        for k, slot in zip(pattern, stored, strict=True):
+            occupation[slot.in_mode] += k
+            if slot.feedforward:
+                phase += k * phases.get(slot.in_mode, 0.0)
+        outputs, coefficients = permanent_amplitudes(u, occupation)
+        norm = math.sqrt(math.prod(math.factorial(x) for x in occupation))
+        contribution = amp * complex(math.cos(phase), math.sin(phase)) * coefficients / norm
+        total = contribution if total is None else total + contribution
+    if total is None:
+        return np.ones(1), np.zeros((1, m), dtype=np.uint8)
+    factorials = np.array([math.factorial(k) for k in range(int(outputs.max(initial=0)) + 1)], dtype=np.float64)
+    probabilities = (total.real**2 + total.imag**2) / factorials[outputs.astype(np.int64)].prod(axis=1)
+    return probabilities, outputs
