@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
 import os
@@ -11,6 +13,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -27,7 +30,7 @@ from actors import (
     load_system,
     open_system,
 )
-from protocol import CATALOG, AwenError, Codec, ProtocolError, protocol_schema
+from protocol import CATALOG, AwenError, Codec, ConfigError, ProtocolError, protocol_schema
 from protocol.system import GetStatus, Ping
 
 EXIT_ERROR = 1
@@ -153,6 +156,42 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sim_serve(args: argparse.Namespace) -> int:
+    import sim
+
+    try:
+        config = sim.load_config(args.device) if args.device else sim.SimConfig()
+        faults = [sim.parse_fault(spec) for spec in args.fault]
+    except sim.SimConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+    if faults:
+        config = msgspec.structs.replace(config, faults=[*config.faults, *faults])
+    configure_logging(args.log_level)
+    server = sim.DeviceServer(config, seed=args.seed)
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            if args.tcp is not None:
+                host, _, port = args.tcp.rpartition(":")
+                if not port.isdigit():
+                    raise ConfigError(f"--tcp expects HOST:PORT, got {args.tcp!r}")
+                bound = await nursery.start(sim.serve_tcp, server, host or "127.0.0.1", int(port))
+                print(f"awen sim: {server.banner()} listening on {bound[0]}:{bound[1]}", flush=True)
+            else:
+                link = Path(args.link) if args.link else None
+
+                def moved(path: str) -> None:
+                    print(path, flush=True)
+
+                path = await nursery.start(functools.partial(sim.serve_pty, server, link=link, on_path=moved))
+                print(path, flush=True)
+                print(f"awen sim: {server.banner()} on {path}" + (f" (link {link})" if link else ""), flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(serve)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="awen", description="A runtime for photonic lab hardware.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -178,6 +217,27 @@ def _parser() -> argparse.ArgumentParser:
     ping.add_argument("-n", "--count", type=int, default=100)
     ping.add_argument("--timeout", type=float, default=2.0)
     ping.set_defaults(run=_cmd_ping)
+
+    simulator = commands.add_parser("sim", help="the Photonica device simulator")
+    sim_commands = simulator.add_subparsers(dest="sim_command", required=True, metavar="COMMAND")
+    serve = sim_commands.add_parser("serve", help="serve a simulated device on TCP or a pseudo-terminal")
+    where = serve.add_mutually_exclusive_group(required=True)
+    where.add_argument("--tcp", metavar="HOST:PORT", help="listen on a raw TCP port (port 0: any free one)")
+    where.add_argument("--pty", action="store_true", help="open a pseudo-terminal and print its path")
+    serve.add_argument("--link", metavar="PATH", help="with --pty: keep a symlink to the current terminal here")
+    serve.add_argument("--seed", type=int, help="seed of the chip and its noise (default: the device file's, or 0)")
+    serve.add_argument("--device", metavar="FILE", help="device description (TOML) overriding the defaults")
+    serve.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help=(
+            "inject a fault: close|delay|corrupt|error|interlock|stuck[:p=P,nth=N+M,seconds=S,code=C,heater=H,volts=V]"
+        ),
+    )
+    serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(run=_cmd_sim_serve)
 
     proto = commands.add_parser("protocol", help="the message protocol")
     proto_commands = proto.add_subparsers(dest="protocol_command", required=True, metavar="COMMAND")

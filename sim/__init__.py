@@ -1,5 +1,32 @@
 """The Photonica device simulator: physics in numpy, the device protocol on the wire.
 
-Issue 3 builds it here. It imports only `protocol`, never `actors`, `hal` or
-`drivers`.
+Import what you need to check the physics against another tool::
+
+    from sim import output_distribution, clements, mesh_unitary
+
+`Device` is the simulated controller (sans-IO); `serve_tcp` and `serve_pty`
+put it on a TCP port or a pseudo-terminal (``awen sim serve``). This package
+imports only `protocol`: it is a separate program that speaks the same wire
+protocol as the hardware.
 """
+
+from ._boson import output_distribution as output_distribution
+from ._boson import output_probabilities as output_probabilities
+from ._boson import permanent_amplitudes as permanent_amplitudes
+from ._config import FaultConfig as FaultConfig
+from ._config import SimConfig as SimConfig
+from ._config import SimConfigError as SimConfigError
+from ._config import load_config as load_config
+from ._config import parse_config as parse_config
+from ._config import parse_fault as parse_fault
+from ._device import Device as Device
+from ._linear import clements as clements
+from ._linear import mesh_unitary as mesh_unitary
+from ._linear import mzi as mzi
+from ._sampling import clifford_clifford as clifford_clifford
+from ._sampling import sample_ideal as sample_ideal
+from ._server import DeviceServer as DeviceServer
+from ._server import serve_pty as serve_pty
+from ._server import serve_tcp as serve_tcp
+
+__all__ = [name for name in dir() if not name.startswith("_")]

@@ -30,6 +30,8 @@ from actors import (
 )
 from protocol.system import GetStatus, Ping
 
+from .helpers import LineReader
+
 pytestmark = pytest.mark.system
 
 REPO = Path(__file__).resolve().parents[1]
@@ -190,19 +192,6 @@ async def test_crashing_actor_is_restarted_then_given_up_on(in_process):
     assert not await trio.Path(run_dir).exists()
 
 
-def _read_line(proc: subprocess.Popen[str], prefix: str, deadline: float) -> str:
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        if ready:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith(prefix):
-                return line
-    raise AssertionError(f"no line starting with {prefix!r}; exit status {proc.poll()}")
-
-
 @pytest.fixture
 def awen_up(tmp_path):
     """``awen up`` on a two-actor system, as an operator starts it."""
@@ -229,8 +218,9 @@ address = "tcp://127.0.0.1:0"
         cwd=REPO,
     )
     try:
-        line = _read_line(proc, "awen: up", time.monotonic() + 60)
-        yield proc, Path(line.rsplit(" ", 1)[1].strip())
+        reader = LineReader(proc.stdout)
+        line = reader.until("awen: up", timeout=60)
+        yield proc, Path(line.rsplit(" ", 1)[1].strip()), reader
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -256,22 +246,34 @@ def child_pids(system_file: Path) -> dict[str, int]:
 
 
 def wait_gone(pids: dict[str, int], seconds: float) -> list[str]:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and any(alive(p) for p in pids.values()):
-        select.select([], [], [], 0.05)
+    """Wait (on pidfds, no polling) until these processes exit; the names still running."""
+    fds = {}
+    for name, pid in pids.items():
+        try:
+            fds[name] = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+    try:
+        deadline = time.monotonic() + seconds
+        waiting = dict(fds)
+        while waiting and time.monotonic() < deadline:
+            ready, _, _ = select.select(list(waiting.values()), [], [], deadline - time.monotonic())
+            waiting = {name: fd for name, fd in waiting.items() if fd not in ready}
+    finally:
+        for fd in fds.values():
+            os.close(fd)
     return [name for name, pid in pids.items() if alive(pid)]
 
 
 def test_sigterm_stops_everything_in_order_and_leaves_nothing(awen_up):
-    proc, system_file = awen_up
+    proc, system_file, reader = awen_up
     run_dir = system_file.parent
     pids = child_pids(system_file)
     assert sorted(p.name for p in run_dir.glob("*.sock")) != []
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
-    assert proc.stdout is not None
+    reader.until("awen: stopped", timeout=10)
     assert proc.stderr is not None
-    assert "awen: stopped" in proc.stdout.read()
     log = proc.stderr.read()
     assert log.index("stopping beta") < log.index("stopping alpha")  # reverse start order
     assert wait_gone(pids, 5) == []
@@ -279,7 +281,7 @@ def test_sigterm_stops_everything_in_order_and_leaves_nothing(awen_up):
 
 
 def test_killed_supervisor_leaves_no_orphans(awen_up):
-    proc, system_file = awen_up
+    proc, system_file, _reader = awen_up
     pids = child_pids(system_file)
     proc.kill()
     proc.wait(timeout=10)

@@ -1,0 +1,631 @@
+"""The simulated controller: SCPI messages in, replies out, sans-IO.
+
+`Device.handle` takes one message (a line) and returns the reply line, or
+None when the message held no query that succeeded. Errors go to the error
+queue (``SYSTem:ERRor?``) with their SCPI number, as on a real instrument; a
+failed query answers nothing. Nothing here waits or does I/O: the servers in
+`sim._server` own the sockets and the clock.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from protocol import scpi
+from protocol.photonica import (
+    INTERLOCK_TRIPPED,
+    SOURCES_DISABLED,
+    WATCHDOG_EXPIRED,
+    Command,
+    device_error,
+    encode_description,
+    find_command,
+)
+from protocol.scpi import ScpiError
+
+from ._chip import Chip
+from ._config import FaultConfig, SimConfig
+from ._sampling import Detection, Stored, TwoPass, sample_ideal, sample_two_pass
+
+ERROR_QUEUE = 32
+TRANSPORT_FAULTS = ("close", "delay", "corrupt")
+
+
+@dataclass
+class FaultPlan:
+    """Which injected faults fire on which message, decided once per message."""
+
+    faults: list[FaultConfig]
+    rng: np.random.Generator
+    count: int = 0
+
+    def next(self) -> list[FaultConfig]:
+        """The faults firing on the next message (messages are counted from 1)."""
+        self.count += 1
+        return [
+            fault
+            for fault in self.faults
+            if fault.kind != "stuck"
+            and (self.count in fault.nth or (fault.probability and self.rng.random() < fault.probability))
+        ]
+
+
+@dataclass
+class Input:
+    kind: str = "VAC"  # PHOT, COH or VAC
+    power: float = 0.0
+    phase: float = 0.0
+
+
+@dataclass
+class Results:
+    patterns: np.ndarray
+    width: int
+
+
+@dataclass
+class Program:
+    ff_modes: list[int] = field(default_factory=list)
+    rules: dict[str, dict[int, float]] = field(default_factory=dict)
+    memory: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # slot -> (out, in, rounds)
+
+
+class Device:
+    """A simulated Photonica controller and chip.
+
+    Args:
+        config: The device description.
+        seed: Overrides ``config.seed``; the same seed and the same messages
+            give the same replies (with the default ``commands`` clock).
+        host_clock: Seconds, for the watchdog and the ``wall`` device clock.
+    """
+
+    def __init__(self, config: SimConfig, *, seed: int | None = None, host_clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.seed = seed if seed is not None else (config.seed if config.seed is not None else 0)
+        chip_seed, shot_seed, fault_seed = np.random.SeedSequence(self.seed).spawn(3)
+        self.chip = Chip(config, np.random.default_rng(chip_seed))
+        self.rng = np.random.default_rng(shot_seed)
+        self.faults = FaultPlan(list(config.faults), np.random.default_rng(fault_seed))
+        for fault in config.faults:
+            if fault.kind == "stuck":
+                self.chip.stuck[fault.heater] = fault.volts
+        self.description = config.description()
+        self._description_json = encode_description(self.description)
+        self.host_clock = host_clock
+        self._host_start = host_clock()
+        self.clock = 0.0
+        self.errors: deque[ScpiError] = deque()
+        self.inputs = [Input() for _ in range(config.modes)]
+        self.sources_on = True
+        self.interlock = False
+        self.watchdog = 0.0
+        self.watchdog_expired = False
+        self._last_command = self._host_start
+        self.program = Program()
+        self.results: Results | None = None
+        self.received: list[tuple[float, np.ndarray]] = []
+        """Every voltage vector put on the heaters, with its device time: what a
+        test checks to prove nothing out of limits ever reached the chip."""
+        self._handlers: dict[str, Callable[[Command, list[Any]], str | bytes | None]] = {
+            "*IDN": lambda c, a: self.description.identity.idn(),
+            "*RST": self._reset,
+            "*CLS": lambda c, a: self.errors.clear(),
+            "*OPC": self._opc,
+            "*TST": lambda c, a: "0",
+            "SYSTem:ERRor": self._next_error,
+            "SYSTem:CAPabilities": lambda c, a: scpi.block(self._description_json),
+            "SYSTem:WATChdog": self._watchdog,
+            "SYSTem:INTerlock": self._interlock,
+            "SYSTem:INTerlock:RESet": self._interlock_reset,
+            "STATus": self._status,
+            "STATus:TEMPerature": lambda c, a: scpi.format_number(self.chip.temperature()),
+            "STATus:SETTled": lambda c, a: "1" if self.chip.settled(self.clock) else "0",
+            "HEATer:VOLTage": self._heater,
+            "HEATer:VOLTage:ALL": self._heaters,
+            "HEATer:POWer": lambda c, a: scpi.format_number(self.chip.power()),
+            "INPut:STATe": self._input,
+            "INPut:CLEar": self._clear_inputs,
+            "SOURce:ENABle": self._sources,
+            "RUN:SHOTs": self._run,
+            "FETCh:WIDTh": lambda c, a: str(self._results().width),
+            "FETCh:SHOTs": lambda c, a: str(len(self._results().patterns)),
+            "FETCh:PATTerns": lambda c, a: scpi.block(self._results().patterns.tobytes()),
+            "FETCh:HISTogram": self._histogram,
+            "FETCh:COUNts": self._counts,
+            "MEASure:POWer": self._powers,
+            "FFORward:MEASure": self._ff_modes,
+            "FFORward:RULE": self._ff_rule,
+            "FFORward:CLEar": self._ff_clear,
+            "FFORward:LATency": lambda c, a: scpi.format_number(self.config.feedforward.latency_s),
+            "MEMory:STORe": self._memory,
+            "MEMory:CLEar": self._memory_clear,
+            "MEMory:LOOP": lambda c, a: scpi.format_number(self.config.memory.loop_s),
+        }
+
+    # --- the entry point ----------------------------------------------------------------
+
+    def handle(self, message: bytes, faults: list[FaultConfig] | None = None) -> bytes | None:
+        """Carry out one message; the reply line (without newline), or None."""
+        self.check_watchdog()
+        self._last_command = self.host_clock()
+        replies: list[bytes] = []
+        for fault in faults or []:
+            if fault.kind == "error":
+                self._push(ScpiError(fault.code, fault.message))
+                return None
+            if fault.kind == "interlock":
+                self._trip(f"injected: {fault.message}")
+        for parsed in scpi.parse_message(message):
+            self._tick(self.config.command_s)
+            if isinstance(parsed, ScpiError):
+                self._push(parsed)
+                continue
+            try:
+                reply = self._execute(parsed)
+            except ScpiError as exc:
+                self._push(exc)
+                continue
+            if parsed.query and reply is not None:
+                replies.append(reply.encode("ascii", "backslashreplace") if isinstance(reply, str) else reply)
+        return b";".join(replies) if replies else None
+
+    def overrun(self, size: int) -> None:
+        """The reader discarded a message over the length limit."""
+        self._push(ScpiError(scpi.INPUT_BUFFER_OVERRUN, f"message of {size} bytes exceeds {scpi.MAX_MESSAGE}"))
+
+    def check_watchdog(self) -> bool:
+        """Go to the safe state if the armed watchdog has run out; True if it just did."""
+        if self.watchdog and self.host_clock() - self._last_command > self.watchdog:
+            self.safe_state()
+            self.watchdog_expired = True
+            self._push(
+                device_error(WATCHDOG_EXPIRED, f"no command for {self.watchdog:g} s: heaters at 0 V, sources off")
+            )
+            self.watchdog = 0.0
+            return True
+        return False
+
+    def watchdog_deadline(self) -> float | None:
+        """Host time at which the watchdog runs out, if armed."""
+        return self._last_command + self.watchdog if self.watchdog else None
+
+    def safe_state(self) -> None:
+        """All heaters to 0 V, sources off."""
+        self._apply(np.zeros(self.config.heater_count))
+        self.sources_on = False
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    def _tick(self, seconds: float) -> None:
+        if self.config.clock == "wall":
+            self.clock = max(self.clock, self.host_clock() - self._host_start)
+        else:
+            self.clock += seconds
+
+    def _push(self, error: ScpiError) -> None:
+        if len(self.errors) >= ERROR_QUEUE:
+            self.errors[-1] = ScpiError(scpi.QUEUE_OVERFLOW)
+            return
+        self.errors.append(error)
+
+    def _execute(self, parsed: scpi.Parsed) -> str | bytes | None:
+        command = find_command(parsed.header, parsed.query)
+        if command is None:
+            other = find_command(parsed.header, not parsed.query)
+            if other is not None:
+                form = "only as a query" if other.query else "only as a command, not a query"
+                raise ScpiError(scpi.UNDEFINED_HEADER, f"{parsed.header} exists {form}")
+            raise ScpiError(scpi.UNDEFINED_HEADER, f"unknown command {parsed.header!r}")
+        args = _convert(command, list(parsed.params))
+        return self._handlers[command.pattern](command, args)
+
+    def _apply(self, voltages: np.ndarray) -> None:
+        self.chip.set_voltages(voltages, self.clock)
+        self.received.append((self.clock, self.chip.applied_voltages()))
+
+    def _trip(self, why: str) -> None:
+        self.interlock = True
+        self._apply(np.zeros(self.config.heater_count))
+        self._push(device_error(INTERLOCK_TRIPPED, f"{why}; heaters at 0 V until SYST:INT:RES"))
+
+    def _check_heater(self, heater: int) -> None:
+        n = self.config.heater_count
+        if not 0 <= heater < n:
+            raise ScpiError(scpi.DATA_OUT_OF_RANGE, f"heater {heater} does not exist (0-{n - 1})")
+
+    def _check_mode(self, mode: int) -> None:
+        if not 0 <= mode < self.config.modes:
+            raise ScpiError(scpi.DATA_OUT_OF_RANGE, f"mode {mode} does not exist (0-{self.config.modes - 1})")
+
+    def _set_heaters(self, voltages: np.ndarray) -> None:
+        if self.interlock:
+            raise device_error(INTERLOCK_TRIPPED, "heater writes are refused until SYST:INT:RES")
+        v_max = self.config.heaters.v_max
+        bad = np.flatnonzero((voltages < 0) | (voltages > v_max) | ~np.isfinite(voltages))
+        if len(bad):
+            h = int(bad[0])
+            raise ScpiError(scpi.DATA_OUT_OF_RANGE, f"heater {h}: {voltages[h]:g} V is outside 0-{v_max:g} V")
+        power = self.chip.power(voltages)
+        limit = self.config.power_limit_w
+        if power > limit:
+            self._trip(f"total heater power {power:.3f} W exceeds {limit:.3f} W")
+            return
+        self._apply(voltages)
+
+    # --- commands -----------------------------------------------------------------------
+
+    def _reset(self, command: Command, args: list[Any]) -> None:
+        if not self.interlock:
+            self._apply(np.zeros(self.config.heater_count))
+        self.inputs = [Input() for _ in range(self.config.modes)]
+        self.sources_on = True
+        self.program = Program()
+        self.results = None
+        self.watchdog = 0.0
+
+    def _opc(self, command: Command, args: list[Any]) -> str:
+        self._tick(self.chip.settle_time(self.clock))
+        return "1"
+
+    def _next_error(self, command: Command, args: list[Any]) -> str:
+        if not self.errors:
+            return f'{scpi.NO_ERROR},"No error"'
+        return self.errors.popleft().entry()
+
+    def _watchdog(self, command: Command, args: list[Any]) -> str | None:
+        if command.query:
+            return scpi.format_number(float(self.watchdog))
+        (timeout,) = args
+        if not 0 <= timeout <= self.config.watchdog_max_s:
+            raise ScpiError(
+                scpi.DATA_OUT_OF_RANGE, f"watchdog timeout {timeout:g} s is outside 0-{self.config.watchdog_max_s:g} s"
+            )
+        self.watchdog = float(timeout)
+        self.watchdog_expired = False
+        return None
+
+    def _interlock(self, command: Command, args: list[Any]) -> str:
+        return "1" if self.interlock else "0"
+
+    def _interlock_reset(self, command: Command, args: list[Any]) -> None:
+        self.interlock = False
+
+    def _status(self, command: Command, args: list[Any]) -> bytes:
+        status = {
+            "temperature_c": self.chip.temperature(),
+            "power_w": self.chip.power(),
+            "interlock": self.interlock,
+            "settled": self.chip.settled(self.clock),
+            "watchdog_s": self.watchdog,
+            "watchdog_expired": self.watchdog_expired,
+            "sources": self.sources_on,
+            "time_s": self.clock,
+        }
+        return scpi.block(json.dumps(status).encode())
+
+    def _heater(self, command: Command, args: list[Any]) -> str | None:
+        heater = args[0]
+        self._check_heater(heater)
+        if command.query:
+            return scpi.format_number(float(self.chip.applied_voltages()[heater]))
+        voltages = self.chip.voltages.copy()
+        voltages[heater] = args[1]
+        self._set_heaters(voltages)
+        return None
+
+    def _heaters(self, command: Command, args: list[Any]) -> bytes | None:
+        n = self.config.heater_count
+        if command.query:
+            return scpi.block(self.chip.applied_voltages().astype("<f8").tobytes())
+        values = args[0]
+        if len(values) == 1 and isinstance(values[0], bytes):
+            raw = values[0]
+            if len(raw) != 8 * n:
+                raise ScpiError(scpi.INVALID_BLOCK_DATA, f"expected {n} float64 ({8 * n} bytes), got {len(raw)} bytes")
+            voltages = np.frombuffer(raw, dtype="<f8").astype(np.float64)
+        else:
+            if len(values) != n:
+                code = scpi.MISSING_PARAMETER if len(values) < n else scpi.PARAMETER_NOT_ALLOWED
+                raise ScpiError(code, f"expected {n} voltages, got {len(values)}")
+            voltages = np.array([_float(v) for v in values])
+        self._set_heaters(voltages)
+        return None
+
+    def _input(self, command: Command, args: list[Any]) -> str | None:
+        mode: int = args[0]
+        self._check_mode(mode)
+        if command.query:
+            item = self.inputs[mode]
+            if item.kind == "COH":
+                return f"COH,{scpi.format_number(item.power)},{scpi.format_number(item.phase)}"
+            kind: str = item.kind
+            return kind
+        kind = args[1]
+        power, phase = [*args[2:], None, None][:2]
+        if kind == "COHerent":
+            if power is None:
+                raise ScpiError(scpi.MISSING_PARAMETER, "coherent light needs a power in W")
+            limit = self.config.sources.coherent_max_w
+            if not 0 < power <= limit:
+                raise ScpiError(scpi.DATA_OUT_OF_RANGE, f"coherent power {power:g} W is outside (0, {limit:g}] W")
+            self.inputs[mode] = Input("COH", power, phase or 0.0)
+            return None
+        if power is not None:
+            raise ScpiError(scpi.PARAMETER_NOT_ALLOWED, f"{kind.upper()} takes no power or phase")
+        self.inputs[mode] = Input("PHOT" if kind == "PHOTon" else "VAC")
+        return None
+
+    def _clear_inputs(self, command: Command, args: list[Any]) -> None:
+        self.inputs = [Input() for _ in range(self.config.modes)]
+
+    def _sources(self, command: Command, args: list[Any]) -> str | None:
+        if command.query:
+            return "1" if self.sources_on else "0"
+        self.sources_on = bool(args[0])
+        return None
+
+    def _detection(self, mesh_passes: int, include_input: bool) -> Detection:
+        chip = self.chip
+        transmission = chip.mesh_transmission**mesh_passes * (chip.input_transmission if include_input else 1.0)
+        survive = transmission * chip.output_transmission * chip.efficiency
+        period = 1.0 / self.config.shot_rate_hz
+        dead = self.config.detectors.dead_time_s
+        blind = max(0, math.ceil(dead / period) - 1) if dead > period else 0
+        return Detection(
+            survive=survive,
+            dark=chip.dark_rate * self.config.detectors.gate_s,
+            kind=self.config.detectors.kind,
+            blind_shots=blind,
+        )
+
+    def _run(self, command: Command, args: list[Any]) -> None:
+        (shots,) = args
+        if not 1 <= shots <= self.config.max_shots:
+            raise ScpiError(scpi.DATA_OUT_OF_RANGE, f"{shots} shots is outside 1-{self.config.max_shots}")
+        coherent = [j for j, item in enumerate(self.inputs) if item.kind == "COH"]
+        if coherent:
+            raise ScpiError(
+                scpi.SETTINGS_CONFLICT,
+                f"coherent light on mode(s) {coherent} would latch the single-photon detectors; set them to VAC",
+            )
+        if not self.sources_on:
+            raise device_error(SOURCES_DISABLED, "switch them on with SOUR:ENAB ON")
+        photons = [1 if item.kind == "PHOT" else 0 for item in self.inputs]
+        unitary = self.chip.unitary(self.clock)
+        if self.program.memory:
+            patterns = sample_two_pass(
+                unitary,
+                photons,
+                self._two_pass(),
+                self._detection(1, True),
+                self._detection(1, False),
+                shots,
+                self.rng,
+            )
+            width = 2 * self.config.modes
+        else:
+            counts = sample_ideal(unitary, photons, shots, self.rng)
+            patterns = self._detection(1, True).apply(counts, self.rng)
+            width = self.config.modes
+        self.results = Results(np.ascontiguousarray(patterns, dtype=np.uint8), width)
+        self._tick(shots / self.config.shot_rate_hz)
+
+    def _two_pass(self) -> TwoPass:
+        memory = self.config.memory
+        chip = self.chip
+        stored = []
+        for _slot, (out_mode, in_mode, rounds) in sorted(self.program.memory.items()):
+            survives = rounds <= memory.max_rounds
+            transmission = (
+                chip.input_transmission * chip.mesh_transmission * self.config.memory_transmission**rounds
+                if survives
+                else 0.0
+            )
+            waited = rounds * memory.loop_s
+            stored.append(Stored(out_mode, in_mode, transmission, waited >= self.config.feedforward.latency_s))
+        return TwoPass(stored=stored, ff_modes=list(self.program.ff_modes), rules=dict(self.program.rules))
+
+    def _results(self) -> Results:
+        if self.results is None:
+            raise ScpiError(scpi.DATA_STALE, "no results: run shots first (RUN:SHOT <n>)")
+        return self.results
+
+    def _histogram(self, command: Command, args: list[Any]) -> bytes:
+        results = self._results()
+        patterns, counts = np.unique(results.patterns, axis=0, return_counts=True)
+        records = bytearray()
+        for row, count in zip(patterns, counts, strict=True):
+            records += row.astype(np.uint8).tobytes() + int(count).to_bytes(4, "little")
+        return scpi.block(bytes(records))
+
+    def _counts(self, command: Command, args: list[Any]) -> str:
+        totals = self._results().patterns.astype(np.int64).sum(axis=0)
+        return ",".join(str(int(t)) for t in totals)
+
+    def _powers(self, command: Command, args: list[Any]) -> str:
+        fields = np.array(
+            [
+                math.sqrt(item.power) * complex(math.cos(item.phase), math.sin(item.phase))
+                if item.kind == "COH" and self.sources_on
+                else 0.0
+                for item in self.inputs
+            ],
+            dtype=np.complex128,
+        )
+        powers = self.chip.powers(self.clock, fields, self.rng)
+        if args and args[0] is not None:
+            self._check_mode(args[0])
+            return scpi.format_number(float(powers[args[0]]))
+        return ",".join(scpi.format_number(float(p)) for p in powers)
+
+    def _ff_modes(self, command: Command, args: list[Any]) -> str | None:
+        if command.query:
+            return ",".join(str(m) for m in self.program.ff_modes)
+        modes = args[0]
+        for mode in modes:
+            self._check_mode(mode)
+        if len(set(modes)) != len(modes):
+            raise ScpiError(scpi.ILLEGAL_PARAMETER_VALUE, f"modes repeat: {modes}")
+        stored = [out for out, _, _ in self.program.memory.values() if out in modes]
+        if stored:
+            raise ScpiError(scpi.SETTINGS_CONFLICT, f"mode(s) {stored} are stored in memory, not detected")
+        self.program.ff_modes = list(modes)
+        self.program.rules = {}
+        return None
+
+    def _ff_rule(self, command: Command, args: list[Any]) -> bytes | None:
+        if command.query:
+            return scpi.block(
+                json.dumps({k: {str(m): p for m, p in v.items()} for k, v in self.program.rules.items()}).encode()
+            )
+        bits, rest = args
+        if not self.program.ff_modes:
+            raise ScpiError(scpi.SETTINGS_CONFLICT, "set the feed-forward modes first (FFOR:MEAS <modes>)")
+        if len(bits) != len(self.program.ff_modes):
+            raise ScpiError(
+                scpi.ILLEGAL_PARAMETER_VALUE,
+                f"pattern {bits!r} has {len(bits)} bits for {len(self.program.ff_modes)} feed-forward modes",
+            )
+        if len(rest) % 2:
+            raise ScpiError(scpi.MISSING_PARAMETER, "phases come in pairs: <mode>,<radians>")
+        phases: dict[int, float] = {}
+        for mode_text, phase_text in zip(rest[::2], rest[1::2], strict=True):
+            mode = _int(mode_text)
+            self._check_mode(mode)
+            phases[mode] = _float(phase_text)
+        self.program.rules[bits] = phases
+        return None
+
+    def _ff_clear(self, command: Command, args: list[Any]) -> None:
+        self.program.ff_modes, self.program.rules = [], {}
+
+    def _memory(self, command: Command, args: list[Any]) -> bytes | None:
+        if command.query:
+            table = {str(s): {"out": o, "in": i, "rounds": r} for s, (o, i, r) in sorted(self.program.memory.items())}
+            return scpi.block(json.dumps(table).encode())
+        slot, out_mode, in_mode, rounds = args
+        if not 0 <= slot < self.config.memory.slots:
+            raise ScpiError(scpi.DATA_OUT_OF_RANGE, f"slot {slot} does not exist (0-{self.config.memory.slots - 1})")
+        self._check_mode(out_mode)
+        self._check_mode(in_mode)
+        if not 1 <= rounds <= 100 * self.config.memory.max_rounds:
+            raise ScpiError(
+                scpi.DATA_OUT_OF_RANGE, f"{rounds} round trips is outside 1-{100 * self.config.memory.max_rounds}"
+            )
+        others = {s: v for s, v in self.program.memory.items() if s != slot}
+        if any(o == out_mode for o, _, _ in others.values()):
+            raise ScpiError(scpi.SETTINGS_CONFLICT, f"output mode {out_mode} is already stored in another slot")
+        if any(i == in_mode for _, i, _ in others.values()):
+            raise ScpiError(scpi.SETTINGS_CONFLICT, f"input mode {in_mode} already takes another slot's photon")
+        if out_mode in self.program.ff_modes:
+            raise ScpiError(scpi.SETTINGS_CONFLICT, f"mode {out_mode} is a feed-forward mode, so it is detected")
+        self.program.memory[slot] = (out_mode, in_mode, rounds)
+        return None
+
+    def _memory_clear(self, command: Command, args: list[Any]) -> None:
+        self.program.memory = {}
+
+
+# --- parameter conversion ---------------------------------------------------------------------
+
+
+def _show(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def _int(text: str | bytes) -> int:
+    if isinstance(text, bytes):
+        raise ScpiError(scpi.DATA_TYPE_ERROR, "expected a number, got a block")
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise ScpiError(scpi.DATA_TYPE_ERROR, f"expected an integer, got {_show(text)}") from None
+    if not value.is_integer():
+        raise ScpiError(scpi.DATA_TYPE_ERROR, f"expected an integer, got {_show(text)}")
+    return int(value)
+
+
+def _float(text: str | bytes) -> float:
+    if isinstance(text, bytes):
+        raise ScpiError(scpi.DATA_TYPE_ERROR, "expected a number, got a block")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ScpiError(scpi.DATA_TYPE_ERROR, f"expected a number, got {_show(text)}") from None
+    if not math.isfinite(value):
+        raise ScpiError(scpi.DATA_OUT_OF_RANGE, f"{_show(text)} is not a finite number")
+    return value
+
+
+def _choice(text: str | bytes, choices: tuple[str, ...]) -> str:
+    if isinstance(text, bytes):
+        raise ScpiError(scpi.DATA_TYPE_ERROR, "expected a mnemonic, got a block")
+    word = text.upper()
+    for choice in choices:
+        short = "".join(ch for ch in choice if ch.isupper())
+        if word in (choice.upper(), short):
+            return choice
+    shorts = "|".join("".join(ch for ch in c if ch.isupper()) for c in choices)
+    raise ScpiError(scpi.ILLEGAL_PARAMETER_VALUE, f"{_show(text)} is not one of {shorts}")
+
+
+def _bool(text: str | bytes) -> bool:
+    if isinstance(text, bytes):
+        raise ScpiError(scpi.DATA_TYPE_ERROR, "expected ON or OFF, got a block")
+    word = text.upper()
+    if word in ("ON", "1"):
+        return True
+    if word in ("OFF", "0"):
+        return False
+    raise ScpiError(scpi.ILLEGAL_PARAMETER_VALUE, f"expected ON, OFF, 1 or 0, got {_show(text)}")
+
+
+def _convert(command: Command, params: list[str | bytes]) -> list[Any]:
+    values: list[Any] = []
+    for i, spec in enumerate(command.params):
+        if spec.kind in ("rest", "int_list"):
+            remaining = params[i:]
+            if not remaining and not spec.optional:
+                raise ScpiError(scpi.MISSING_PARAMETER, f"{command.short} needs <{spec.name}>")
+            values.append([_int(p) for p in remaining] if spec.kind == "int_list" else remaining)
+            return values
+        if i >= len(params):
+            if spec.optional:
+                values.append(None)
+                continue
+            raise ScpiError(scpi.MISSING_PARAMETER, f"{command.short} needs <{spec.name}>")
+        raw = params[i]
+        if spec.kind == "int":
+            values.append(_int(raw))
+        elif spec.kind == "float":
+            values.append(_float(raw))
+        elif spec.kind == "bool":
+            values.append(_bool(raw))
+        elif spec.kind == "choice":
+            values.append(_choice(raw, spec.choices))
+        elif spec.kind == "bits":
+            if isinstance(raw, bytes) or not raw or set(raw) - {"0", "1"}:
+                raise ScpiError(scpi.ILLEGAL_PARAMETER_VALUE, f"expected a pattern of 0 and 1, got {_show(str(raw))}")
+            values.append(raw)
+        else:  # block
+            if not isinstance(raw, bytes):
+                raise ScpiError(scpi.DATA_TYPE_ERROR, f"expected a block, got {_show(raw)}")
+            values.append(raw)
+    if len(params) > len(command.params):
+        raise ScpiError(
+            scpi.PARAMETER_NOT_ALLOWED, f"{command.short} takes {len(command.params)} parameter(s), got {len(params)}"
+        )
+    return values
