@@ -51,3 +51,22 @@ def test_docs_link_only_to_files_that_exist():
             if "://" in target:
                 continue
             assert (page.parent / target).exists(), f"{page.relative_to(root)} links to missing {target}"
+
+
+def test_device_protocol_doc_lists_every_command():
+    from protocol.photonica import COMMANDS
+
+    text = (DOCS / "device-protocol.md").read_text()
+    missing = [c.short for c in COMMANDS if f"`{c.short}" not in text]
+    assert missing == []
+    for command in COMMANDS:
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{command.short}"))
+        assert row.rstrip().endswith("| yes |" if command.idempotent else "| no |"), row
+
+
+def test_simulator_doc_names_every_top_level_setting():
+    from sim import SimConfig
+
+    text = (DOCS / "simulator.md").read_text()
+    sections = [f for f in SimConfig.__struct_fields__ if f not in ("seed", "clock", "command_s", "faults")]
+    assert [f for f in sections if f"`{f}" not in text] == []
