@@ -10,6 +10,7 @@ imports only `protocol`: it is a separate program that speaks the same wire
 protocol as the hardware.
 """
 
+from ._boson import lossy_probabilities as lossy_probabilities
 from ._boson import output_distribution as output_distribution
 from ._boson import output_probabilities as output_probabilities
 from ._boson import permanent_amplitudes as permanent_amplitudes

@@ -91,10 +91,58 @@ def output_probabilities(unitary: np.ndarray, photons: Sequence[int]) -> tuple[n
     return states, probabilities
 
 
-def output_distribution(unitary: np.ndarray, photons: Sequence[int]) -> dict[tuple[int, ...], float]:
-    """``{output occupation: probability}`` for ``photons`` through ``unitary``, ideal and lossless.
+def lossy_probabilities(
+    unitary: np.ndarray, photons: Sequence[int], transmission: float | Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities of the photon numbers that survive loss, for every pattern of 0..n photons.
 
-    Every pattern with the right photon number is present, zeros included.
+    ``transmission`` is each output mode's chance to keep a photon (one number
+    for all, or one per mode). Loss that is the same on every input commutes
+    with the network, so it belongs here too (docs/simulator.md). Each
+    photon leaving mode j survives independently: binomial thinning of the
+    exact lossless distribution, mode by mode.
     """
     states, probabilities = output_probabilities(unitary, photons)
+    m = states.shape[1]
+    eta = np.broadcast_to(np.asarray(transmission, dtype=np.float64), (m,))
+    if np.any((eta < 0) | (eta > 1)):
+        raise ValueError(f"transmissions must lie in [0, 1], got {eta.tolist()}")
+    current = states.astype(np.int64)
+    weights = probabilities
+    n = sum(photons)
+    for j in range(m):
+        counts = current[:, j]
+        rows, kept, probs = [], [], []
+        for k in range(n + 1):
+            # Keep k of the photons in mode j, where there are at least k.
+            has = np.flatnonzero(counts >= k)
+            if len(has) == 0:
+                break
+            t = counts[has]
+            binomial = np.array([math.comb(int(x), k) for x in t], dtype=np.float64)
+            rows.append(has)
+            kept.append(np.full(len(has), k))
+            probs.append(weights[has] * binomial * eta[j] ** k * (1 - eta[j]) ** (t - k))
+        index = np.concatenate(rows)
+        expanded = current[index].copy()
+        expanded[:, j] = np.concatenate(kept)
+        merged, inverse = np.unique(expanded, axis=0, return_inverse=True)
+        weights = np.bincount(inverse.ravel(), weights=np.concatenate(probs), minlength=len(merged))
+        current = merged
+    return current.astype(np.uint8), weights
+
+
+def output_distribution(
+    unitary: np.ndarray, photons: Sequence[int], transmission: float | Sequence[float] | None = None
+) -> dict[tuple[int, ...], float]:
+    """``{output occupation: probability}`` for ``photons`` through ``unitary``.
+
+    Ideal and lossless by default: every pattern with the right photon number
+    is present, zeros included. With ``transmission`` (per output mode, or one
+    number), the distribution of the photons that survive loss.
+    """
+    if transmission is None:
+        states, probabilities = output_probabilities(unitary, photons)
+    else:
+        states, probabilities = lossy_probabilities(unitary, photons, transmission)
     return dict(zip(map(tuple, states.tolist()), probabilities.tolist(), strict=True))

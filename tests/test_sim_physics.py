@@ -100,6 +100,48 @@ def test_probabilities_sum_to_one(m, n, seed):
     assert (p >= 0).all()
 
 
+def dilated(u: np.ndarray, output_eta: np.ndarray, input_eta: float) -> np.ndarray:
+    """U with loss made explicit: a beam splitter to its own loss mode on every input and output."""
+    m = len(u)
+
+    def splitters(eta: np.ndarray) -> np.ndarray:
+        b = np.eye(2 * m, dtype=complex)
+        for j, e in enumerate(eta):
+            t, r = math.sqrt(e), math.sqrt(1 - e)
+            b[np.ix_([j, m + j], [j, m + j])] = [[t, -r], [r, t]]
+        return b
+
+    big = np.eye(2 * m, dtype=complex)
+    big[:m, :m] = u
+    # Input loss modes and output loss modes are different modes: use a 3m-mode network.
+    full = np.eye(3 * m, dtype=complex)
+    inp = splitters(np.full(m, input_eta))
+    out = splitters(output_eta)
+    full[: 2 * m, : 2 * m] = big @ inp
+    step = np.eye(3 * m, dtype=complex)
+    index = [*range(m), *range(2 * m, 3 * m)]
+    step[np.ix_(index, index)] = out
+    result: np.ndarray = step @ full
+    return result
+
+
+def test_loss_commutes_to_the_outputs_exactly():
+    # Equal loss on every input plus per-output loss, made explicit with loss
+    # modes, gives exactly the binomial thinning sim applies at the outputs.
+    rng = np.random.default_rng(21)
+    m, photons = 3, (1, 1, 0)
+    u = haar(m, rng)
+    output_eta, input_eta = np.array([0.9, 0.6, 0.75]), 0.8
+    explicit: dict[tuple[int, ...], float] = {}
+    for pattern, p in output_distribution(dilated(u, output_eta, input_eta), (*photons, 0, 0, 0, 0, 0, 0)).items():
+        key = pattern[:m]
+        explicit[key] = explicit.get(key, 0.0) + p
+    thinned = output_distribution(u, photons, transmission=input_eta * output_eta)
+    assert len(thinned) == 10  # every pattern of 0, 1 or 2 photons in 3 modes
+    assert max(abs(thinned.get(k, 0.0) - explicit.get(k, 0.0)) for k in {*thinned, *explicit}) < 1e-12
+    assert sum(thinned.values()) == pytest.approx(1)
+
+
 def total_variation(samples: np.ndarray, exact: dict[tuple[int, ...], float]) -> float:
     patterns, counts = np.unique(samples, axis=0, return_counts=True)
     seen = {tuple(p): c / len(samples) for p, c in zip(patterns.tolist(), counts, strict=True)}
