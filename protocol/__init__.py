@@ -4,6 +4,7 @@ Everything both sides of a wire must agree on lives here, and nothing here does
 I/O. See docs/protocol.md for the wire format.
 """
 
+from . import hal as hal
 from . import system as system
 from ._codec import DEFAULT_MAX_FRAME_BYTES as DEFAULT_MAX_FRAME_BYTES
 from ._codec import Catalog as Catalog
@@ -11,11 +12,15 @@ from ._codec import Codec as Codec
 from ._codec import make_envelope as make_envelope
 from ._errors import AwenError as AwenError
 from ._errors import ConfigError as ConfigError
+from ._errors import DeviceError as DeviceError
 from ._errors import ErrorCode as ErrorCode
 from ._errors import FrameTooLarge as FrameTooLarge
+from ._errors import InterlockError as InterlockError
 from ._errors import InvalidMessage as InvalidMessage
+from ._errors import LinkError as LinkError
 from ._errors import MalformedFrame as MalformedFrame
 from ._errors import ProtocolError as ProtocolError
+from ._errors import SafetyLimitError as SafetyLimitError
 from ._errors import UnknownMessageType as UnknownMessageType
 from ._errors import UnsupportedVersion as UnsupportedVersion
 from ._message import PROTOCOL_VERSION as PROTOCOL_VERSION
@@ -32,7 +37,7 @@ from ._ndarray import encode_ndarray as encode_ndarray
 from ._schema import protocol_schema as protocol_schema
 from .system import SYSTEM_MESSAGES as SYSTEM_MESSAGES
 
-CATALOG = Catalog(SYSTEM_MESSAGES)
+CATALOG = Catalog([*SYSTEM_MESSAGES, *hal.HAL_MESSAGES])
 """Every message type awen's actors exchange."""
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -28,6 +28,11 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_PEER = "unknown-peer"
     CONFIG = "config"
     BAD_REQUEST = "bad-request"
+    DEVICE_ERROR = "device-error"
+    LINK_ERROR = "link-error"
+    SAFETY_LIMIT = "safety-limit"
+    INTERLOCK = "interlock"
+    UNKNOWN_DEVICE = "unknown-device"
 
     @property
     def meaning(self) -> str:
@@ -50,6 +55,11 @@ _MEANINGS = {
     ErrorCode.UNKNOWN_PEER: "The recipient is not in the sender's directory.",
     ErrorCode.CONFIG: "A configuration value is wrong.",
     ErrorCode.BAD_REQUEST: "The request is well formed but cannot be carried out as asked.",
+    ErrorCode.DEVICE_ERROR: "The device refused or failed the command; the message has its SCPI number and text.",
+    ErrorCode.LINK_ERROR: "The link to the device failed and the command may or may not have been carried out.",
+    ErrorCode.SAFETY_LIMIT: "Refused before reaching the device: a voltage or the total power is over its limit.",
+    ErrorCode.INTERLOCK: "The device's power interlock has tripped; heater writes wait for a reset.",
+    ErrorCode.UNKNOWN_DEVICE: "No device of that name is configured.",
 }
 
 
@@ -106,3 +116,39 @@ class UnsupportedVersion(ProtocolError):
 
 class FrameTooLarge(ProtocolError):
     code = ErrorCode.TOO_LARGE
+
+
+class DeviceError(AwenError):
+    """The device answered a command with an error from its queue.
+
+    Attributes:
+        scpi_code: The SCPI (negative) or device-specific (positive) number.
+        scpi_text: The device's text for it.
+    """
+
+    code = ErrorCode.DEVICE_ERROR
+
+    def __init__(self, scpi_code: int, scpi_text: str, *, command: str = "", device: str = "") -> None:
+        where = f"{device}: " if device else ""
+        what = f" (after {command!r})" if command else ""
+        super().__init__(f"{where}device error {scpi_code}: {scpi_text}{what}")
+        self.scpi_code = scpi_code
+        self.scpi_text = scpi_text
+
+
+class LinkError(AwenError):
+    """The link to a device failed: dropped, silent past its timeout, or garbled."""
+
+    code = ErrorCode.LINK_ERROR
+
+
+class SafetyLimitError(AwenError):
+    """A request would put a voltage or a total power over its limit; nothing was sent."""
+
+    code = ErrorCode.SAFETY_LIMIT
+
+
+class InterlockError(AwenError):
+    """The device's power interlock has tripped; heater writes are refused until it is reset."""
+
+    code = ErrorCode.INTERLOCK

@@ -8,6 +8,7 @@ them. docs/device-protocol.md documents the same table for people.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -200,6 +201,7 @@ COMMANDS: tuple[Command, ...] = (
         reply='<code>,"<text>"',
         idempotent=False,
     ),
+    _c("SYSTem:ECHO?", (P("token", "int"),), "Answer <token>: marks a point in the reply stream.", reply="<token>"),
     _c("SYSTem:CAPabilities?", (), "Everything the device offers.", reply="block: DeviceDescription as JSON"),
     _c(
         "SYSTem:WATChdog",
@@ -278,8 +280,9 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 
+@functools.lru_cache(maxsize=1024)
 def find_command(header: str, query: bool) -> Command | None:
-    """The command a received header names, or None."""
+    """The command a received header names, or None (cached: headers repeat)."""
     for command in COMMANDS:
         if command.query == query and header_matches(command.pattern, header):
             return command

@@ -114,6 +114,8 @@ def parse_error_entry(reply: str) -> tuple[int, str]:
 
 # --- framing ---------------------------------------------------------------------------------
 
+_SPECIAL = re.compile(rb"[\n#\"']")
+
 
 @dataclass
 class Overrun:
@@ -146,6 +148,13 @@ class Framer:
         buf.extend(data)
         i = self._scan
         while i < len(buf):
+            if not (self._discarding or self._block_left or self._quote):
+                # Jump to the next byte that matters: a newline, a block's '#', a quote.
+                found = _SPECIAL.search(buf, i)
+                if found is None:
+                    i = len(buf)
+                    break
+                i = found.start()
             if self._discarding:
                 nl = buf.find(b"\n", i)
                 if nl < 0:

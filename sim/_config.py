@@ -103,7 +103,8 @@ class FaultConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
             reply by ``seconds``; ``corrupt`` one byte of the reply; answer
             with a device ``error`` (``code``, ``message``) instead of
             executing; trip the ``interlock``; or keep heater ``heater``
-            ``stuck`` at ``volts`` whatever it is set to.
+            ``stuck`` at ``volts`` whatever it is set to. An ``error`` fails
+            the message's first command; the rest of the message runs.
         probability: Chance per command.
         nth: Fire on these commands (counted from 1 over the device's life).
     """

@@ -122,6 +122,7 @@ class Device:
             "*OPC": self._opc,
             "*TST": lambda c, a: "0",
             "SYSTem:ERRor": self._next_error,
+            "SYSTem:ECHO": lambda c, a: str(a[0]),
             "SYSTem:CAPabilities": lambda c, a: scpi.block(self._description_json),
             "SYSTem:WATChdog": self._watchdog,
             "SYSTem:INTerlock": self._interlock,
@@ -158,14 +159,18 @@ class Device:
         self.check_watchdog()
         self._last_command = self.host_clock()
         replies: list[bytes] = []
+        fail_first = False
         for fault in faults or []:
             if fault.kind == "error":
+                fail_first = True  # the message's first command fails with it, the rest runs
                 self._push(ScpiError(fault.code, fault.message))
-                return None
             if fault.kind == "interlock":
                 self._trip(f"injected: {fault.message}")
         for parsed in scpi.parse_message(message):
             self._tick(self.config.command_s)
+            if fail_first:
+                fail_first = False
+                continue
             if isinstance(parsed, ScpiError):
                 self._push(parsed)
                 continue

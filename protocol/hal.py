@@ -1,0 +1,292 @@
+"""Messages of the HAL actor: requests about devices, events about them.
+
+The HAL speaks volts; phases are calibration's business. Every request names
+its device; arrays (voltages, shot patterns, powers) travel as numpy arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+
+from ._message import Event, Reply, Request
+from .photonica import DeviceDescription
+from .system import Ok
+
+DeviceName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Mode = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class DeviceInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    url: str
+    state: Literal["connecting", "connected", "reconnecting", "interlocked", "refused", "unreachable"]
+    identity: str | None = None
+    detail: str = ""
+
+
+class Devices(Reply, frozen=True, kw_only=True):
+    TYPE = "hal.devices"
+    devices: list[DeviceInfo]
+
+
+class ListDevices(Request[Devices], frozen=True, kw_only=True):
+    """Every configured device and the state of its link."""
+
+    TYPE = "hal.list_devices"
+    REPLY = Devices
+
+
+class Description(Reply, frozen=True, kw_only=True):
+    TYPE = "hal.description"
+    device: DeviceName
+    description: DeviceDescription
+    limits_v: list[float]
+    """The voltage limit the HAL enforces per heater (the stricter of device and configuration)."""
+    power_budget_w: float
+    """The total power the HAL allows (below the device's interlock)."""
+
+
+class Describe(Request[Description], frozen=True, kw_only=True):
+    """What the device reported about itself, and the limits the HAL enforces."""
+
+    TYPE = "hal.describe"
+    REPLY = Description
+    device: DeviceName
+
+
+class HeatersSet(Reply, frozen=True, kw_only=True):
+    """Read-back after a write; ``mismatched`` lists heaters whose read differs from the set value."""
+
+    TYPE = "hal.heaters_set"
+    device: DeviceName
+    readback: np.ndarray
+    mismatched: list[int] = msgspec.field(default_factory=list)
+
+
+class SetHeaters(Request[HeatersSet], frozen=True, kw_only=True):
+    """Set every heater (``volts``, one value per heater) or some (``changes``, heater -> V).
+
+    Refused with ``safety-limit`` if any voltage or the total power would
+    exceed its limit, before anything reaches the device.
+    """
+
+    TYPE = "hal.set_heaters"
+    REPLY = HeatersSet
+    device: DeviceName
+    volts: np.ndarray | None = None
+    changes: dict[int, float] = msgspec.field(default_factory=dict)
+
+
+class Heaters(Reply, frozen=True, kw_only=True):
+    TYPE = "hal.heaters"
+    device: DeviceName
+    volts: np.ndarray
+
+
+class GetHeaters(Request[Heaters], frozen=True, kw_only=True):
+    """Every heater's voltage as the device reads it back."""
+
+    TYPE = "hal.get_heaters"
+    REPLY = Heaters
+    device: DeviceName
+
+
+class HeaterVolts(Reply, frozen=True, kw_only=True):
+    TYPE = "hal.heater_volts"
+    device: DeviceName
+    heater: int
+    volts: float
+
+
+class GetHeater(Request[HeaterVolts], frozen=True, kw_only=True):
+    """One heater's voltage, read back: one short query to the device."""
+
+    TYPE = "hal.get_heater"
+    REPLY = HeaterVolts
+    device: DeviceName
+    heater: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class InputSetting(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    mode: Mode
+    state: Literal["photon", "coherent", "vacuum"]
+    power_w: float = 0.0
+    phase_rad: float = 0.0
+
+
+class ConfigureInputs(Request[Ok], frozen=True, kw_only=True):
+    """Set the listed modes' inputs; with ``clear``, every other mode to vacuum first.
+
+    The sources are switched on when any input carries light (the HAL starts
+    with them off, and `SafeState` switches them off).
+    """
+
+    TYPE = "hal.configure_inputs"
+    REPLY = Ok
+    device: DeviceName
+    inputs: list[InputSetting]
+    clear: bool = True
+
+
+class MemorySlot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    slot: Annotated[int, msgspec.Meta(ge=0)]
+    out_mode: Mode
+    in_mode: Mode
+    rounds: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Program(Request[Ok], frozen=True, kw_only=True):
+    """Replace the device's feed-forward and delay-line program.
+
+    ``rules`` maps a click pattern of ``ff_modes`` (``"10"``) to fast phases
+    per second-pass input mode.
+    """
+
+    TYPE = "hal.program"
+    REPLY = Ok
+    device: DeviceName
+    ff_modes: list[Mode] = msgspec.field(default_factory=list)
+    rules: dict[str, dict[int, float]] = msgspec.field(default_factory=dict)
+    memory: list[MemorySlot] = msgspec.field(default_factory=list)
+
+
+class Shots(Reply, frozen=True, kw_only=True):
+    """``patterns`` is (shots, width) uint8: one detection value per column per shot."""
+
+    TYPE = "hal.shots"
+    device: DeviceName
+    patterns: np.ndarray
+    width: int
+
+
+class RunShots(Request[Shots], frozen=True, kw_only=True):
+    TYPE = "hal.run_shots"
+    REPLY = Shots
+    device: DeviceName
+    shots: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Powers(Reply, frozen=True, kw_only=True):
+    TYPE = "hal.powers"
+    device: DeviceName
+    watts: np.ndarray
+
+
+class ReadPowers(Request[Powers], frozen=True, kw_only=True):
+    """Photodiode power per output mode, in W."""
+
+    TYPE = "hal.read_powers"
+    REPLY = Powers
+    device: DeviceName
+
+
+class DeviceStatus(Reply, frozen=True, kw_only=True):
+    TYPE = "hal.device_status"
+    device: DeviceName
+    state: str
+    temperature_c: float
+    power_w: float
+    interlock: bool
+    settled: bool
+    watchdog_s: float
+    sources: bool
+    reconnects: int
+    status: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class GetDeviceStatus(Request[DeviceStatus], frozen=True, kw_only=True):
+    TYPE = "hal.get_device_status"
+    REPLY = DeviceStatus
+    device: DeviceName
+
+
+class ResetInterlock(Request[Ok], frozen=True, kw_only=True):
+    """Re-arm a tripped interlock (heaters stay at 0 V)."""
+
+    TYPE = "hal.reset_interlock"
+    REPLY = Ok
+    device: DeviceName
+
+
+class SafeState(Request[Ok], frozen=True, kw_only=True):
+    """Every heater to 0 V and the sources off, now."""
+
+    TYPE = "hal.safe_state"
+    REPLY = Ok
+    device: DeviceName
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+class DeviceConnected(Event, frozen=True, kw_only=True):
+    TYPE = "hal.connected"
+    device: DeviceName
+    identity: str
+
+
+class DeviceDisconnected(Event, frozen=True, kw_only=True):
+    TYPE = "hal.disconnected"
+    device: DeviceName
+    reason: str
+
+
+class DeviceReconnected(Event, frozen=True, kw_only=True):
+    TYPE = "hal.reconnected"
+    device: DeviceName
+    identity: str
+
+
+class InterlockTripped(Event, frozen=True, kw_only=True):
+    TYPE = "hal.interlock"
+    device: DeviceName
+    reason: str
+
+
+class Temperature(Event, frozen=True, kw_only=True):
+    TYPE = "hal.temperature"
+    device: DeviceName
+    celsius: float
+
+
+class ReadbackMismatch(Event, frozen=True, kw_only=True):
+    """An alarm: heaters read back a different voltage than was set (stuck or disconnected)."""
+
+    TYPE = "hal.readback_mismatch"
+    device: DeviceName
+    heaters: list[int]
+    set_v: list[float]
+    read_v: list[float]
+
+
+HAL_MESSAGES = (
+    ListDevices,
+    Devices,
+    Describe,
+    Description,
+    SetHeaters,
+    HeatersSet,
+    GetHeaters,
+    Heaters,
+    GetHeater,
+    HeaterVolts,
+    ConfigureInputs,
+    Program,
+    RunShots,
+    Shots,
+    ReadPowers,
+    Powers,
+    GetDeviceStatus,
+    DeviceStatus,
+    ResetInterlock,
+    SafeState,
+    DeviceConnected,
+    DeviceDisconnected,
+    DeviceReconnected,
+    InterlockTripped,
+    Temperature,
+    ReadbackMismatch,
+)
