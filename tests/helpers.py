@@ -32,14 +32,17 @@ class LineReader:
         self.seen: list[str] = []
 
         def pump() -> None:
-            for line in stream:
-                self._lines.put(line.rstrip("\n"))
+            try:
+                for line in stream:
+                    self._lines.put(line.rstrip("\n"))
+            except (ValueError, OSError):  # the stream was closed under us: the test is over
+                pass
             self._lines.put(None)
 
         threading.Thread(target=pump, daemon=True).start()
 
-    def until(self, prefix: str, timeout: float = 60.0) -> str:
-        """The first line starting with ``prefix``; AssertionError if none comes in time."""
+    def until(self, prefix: str, timeout: float = 60.0, *, anywhere: bool = False) -> str:
+        """The first line starting with ``prefix`` (holding it, if ``anywhere``); AssertionError if none comes."""
         import queue
         import time
 
@@ -54,5 +57,5 @@ class LineReader:
             if line is None:
                 raise AssertionError(f"output ended without a line starting with {prefix!r}; saw {self.seen}")
             self.seen.append(line)
-            if line.startswith(prefix):
+            if line.startswith(prefix) or (anywhere and prefix in line):
                 return line

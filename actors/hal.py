@@ -1,0 +1,171 @@
+"""The HAL actor: the devices of `hal` on the message bus.
+
+It owns every configured device (`hal.ManagedDevice`), answers ``hal.*``
+requests, and publishes what happens to the devices as ``hal.*`` events. On
+stopping, each device is left in its safe state; if the actor dies without
+stopping (``kill -9``), the device's own watchdog, which the HAL armed, does it.
+
+Configured in the system file::
+
+    [[actor]]
+    name = "hal"
+    factory = "actors.hal:HalActor"
+    config = { devices = [{ name = "chip", url = "tcp://10.0.0.5:5025" }] }
+
+or with ``config = { config_file = "hal.toml" }`` holding ``[[device]]`` tables.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hal import HalConfig, ManagedDevice, load_hal_config, parse_hal_config
+from protocol import AwenError, ErrorCode
+from protocol.hal import (
+    ConfigureInputs,
+    Describe,
+    Description,
+    Devices,
+    DeviceStatus,
+    GetDeviceStatus,
+    GetHeater,
+    GetHeaters,
+    Heaters,
+    HeatersSet,
+    HeaterVolts,
+    ListDevices,
+    Powers,
+    Program,
+    ReadPowers,
+    ResetInterlock,
+    RunShots,
+    SafeState,
+    SetHeaters,
+    Shots,
+)
+from protocol.system import Ok
+
+from ._actor import Actor, handles
+from ._config import Runtime
+
+
+class UnknownDevice(AwenError):
+    code = ErrorCode.UNKNOWN_DEVICE
+
+
+class HalActor(Actor):
+    """Owns the devices; serialises access per device; other devices proceed in parallel.
+
+    Args:
+        devices: ``[[device]]`` entries (see `hal.DeviceConfig`), or
+        config_file: a TOML file holding them.
+    """
+
+    KIND = "hal"
+
+    def __init__(
+        self,
+        name: str,
+        runtime: Runtime,
+        *,
+        devices: list[dict[str, Any]] | None = None,
+        config_file: str | None = None,
+    ) -> None:
+        super().__init__(name, runtime)
+        if config_file is not None:
+            config = load_hal_config(config_file)
+        else:
+            config = parse_hal_config({"device": devices or []}, source=f"{name} configuration")
+        self.config: HalConfig = config
+        self.devices = {d.name: ManagedDevice(d, self.publish) for d in config.devices}
+
+    async def setup(self) -> None:
+        assert self._work is not None
+        for device in self.devices.values():
+            await self._work.start(device.run)
+
+    def device(self, name: str) -> ManagedDevice:
+        device = self.devices.get(name)
+        if device is None:
+            known = ", ".join(sorted(self.devices)) or "none"
+            raise UnknownDevice(f"no device named {name!r} (configured: {known})", field="device")
+        return device
+
+    @handles(ListDevices)
+    def _list(self, msg: ListDevices, env: Any) -> Devices:
+        return Devices(devices=[d.info() for d in self.devices.values()])
+
+    @handles(Describe)
+    def _describe(self, msg: Describe, env: Any) -> Description:
+        device = self.device(msg.device)
+        if device.description is None:
+            raise AwenError(f"{msg.device} is not connected ({device.detail or device.state})")
+        return Description(
+            device=msg.device,
+            description=device.description,
+            limits_v=device.limits.tolist(),
+            power_budget_w=device.power_budget,
+        )
+
+    @handles(SetHeaters)
+    async def _set_heaters(self, msg: SetHeaters, env: Any) -> HeatersSet:
+        device = self.device(msg.device)
+        readback, mismatched = await device.set_heaters(msg.volts, {int(k): float(v) for k, v in msg.changes.items()})
+        return HeatersSet(device=msg.device, readback=readback, mismatched=mismatched)
+
+    @handles(GetHeaters)
+    async def _get_heaters(self, msg: GetHeaters, env: Any) -> Heaters:
+        return Heaters(device=msg.device, volts=await self.device(msg.device).get_heaters())
+
+    @handles(GetHeater)
+    async def _get_heater(self, msg: GetHeater, env: Any) -> HeaterVolts:
+        volts = await self.device(msg.device).get_heater(msg.heater)
+        return HeaterVolts(device=msg.device, heater=msg.heater, volts=volts)
+
+    @handles(ConfigureInputs)
+    async def _configure_inputs(self, msg: ConfigureInputs, env: Any) -> Ok:
+        await self.device(msg.device).configure_inputs(msg.inputs, msg.clear)
+        return Ok()
+
+    @handles(Program)
+    async def _program(self, msg: Program, env: Any) -> Ok:
+        await self.device(msg.device).program(msg.ff_modes, msg.rules, msg.memory)
+        return Ok()
+
+    @handles(RunShots)
+    async def _run_shots(self, msg: RunShots, env: Any) -> Shots:
+        patterns, width = await self.device(msg.device).run_shots(msg.shots)
+        return Shots(device=msg.device, patterns=patterns, width=width)
+
+    @handles(ReadPowers)
+    async def _read_powers(self, msg: ReadPowers, env: Any) -> Powers:
+        return Powers(device=msg.device, watts=np.asarray(await self.device(msg.device).read_powers()))
+
+    @handles(GetDeviceStatus)
+    async def _status(self, msg: GetDeviceStatus, env: Any) -> DeviceStatus:
+        device = self.device(msg.device)
+        status = await device.status()
+        return DeviceStatus(
+            device=msg.device,
+            state=device.state,
+            temperature_c=float(status.get("temperature_c", float("nan"))),
+            power_w=float(status.get("power_w", float("nan"))),
+            interlock=bool(status.get("interlock")),
+            settled=bool(status.get("settled")),
+            watchdog_s=float(status.get("watchdog_s", 0.0)),
+            sources=bool(status.get("sources")),
+            reconnects=device.driver.reconnects if device.driver else 0,
+            status=status,
+        )
+
+    @handles(ResetInterlock)
+    async def _reset_interlock(self, msg: ResetInterlock, env: Any) -> Ok:
+        await self.device(msg.device).reset_interlock()
+        return Ok()
+
+    @handles(SafeState)
+    async def _safe_state(self, msg: SafeState, env: Any) -> Ok:
+        await self.device(msg.device).safe_state()
+        return Ok()

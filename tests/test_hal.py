@@ -1,0 +1,355 @@
+"""The HAL against the simulator over TCP and over a pty: requests, faults, safety, reconnects."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from actors import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions
+from actors.hal import HalActor
+from protocol import ErrorCode
+from protocol.hal import (
+    ConfigureInputs,
+    Describe,
+    GetDeviceStatus,
+    GetHeater,
+    GetHeaters,
+    InputSetting,
+    ListDevices,
+    MemorySlot,
+    Program,
+    ReadPowers,
+    ResetInterlock,
+    RunShots,
+    SafeState,
+    SetHeaters,
+)
+from sim import DeviceServer, SimConfig, parse_config, parse_fault, serve_pty, serve_tcp
+
+CHIP = parse_config({"modes": 4})
+
+
+@dataclass
+class Bench:
+    server: DeviceServer
+    hal: HalActor
+    client: Actor
+    url: str
+    hal_scope: trio.CancelScope
+    hal_stopped: trio.Event
+
+    async def stop_hal(self) -> None:
+        self.hal_scope.cancel()
+        await self.hal_stopped.wait()
+
+    async def ask(self, request: Any) -> Any:
+        with trio.fail_after(30):
+            return await self.client.request("hal", request)
+
+    def fault_next(self, spec: str, offset: int = 1) -> None:
+        """Inject a fault on the device's ``offset``-th message from now."""
+        plan = self.server.device.faults
+        separator = "," if ":" in spec else ":"
+        plan.faults.append(parse_fault(f"{spec}{separator}nth={plan.count + offset}"))
+
+
+@asynccontextmanager
+async def bench(kind: str = "tcp", config: SimConfig = CHIP, seed: int = 1, **device: Any) -> AsyncIterator[Bench]:
+    """A simulator, and a HAL actor and a client on it. The HAL stops first, as it would in a lab."""
+    server = DeviceServer(config, seed=seed)
+    async with trio.open_nursery() as outside:
+        if kind == "tcp":
+            host, port = await outside.start(serve_tcp, server, "127.0.0.1", 0)
+            url = f"tcp://{host}:{port}"
+        else:
+            path = await outside.start(functools.partial(serve_pty, server))
+            url = f"serial://{path}?baud=115200"
+        directory = Directory(
+            {
+                "hal": Address(address="mem://hal", events="mem://hal.ev"),
+                "me": Address(address="mem://me", events="mem://me.ev"),
+            }
+        )
+        runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork())
+        hal = HalActor("hal", runtime, devices=[{"name": "chip", "url": url, "timeout_s": 1.0, **device}])
+        client = Actor("me", runtime)
+        hal_scope, hal_stopped = trio.CancelScope(), trio.Event()
+
+        async def run_hal(task_status: trio.TaskStatus[None]) -> None:
+            try:
+                with hal_scope:
+                    await hal.run(task_status=task_status)
+            finally:
+                hal_stopped.set()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_hal)
+            await nursery.start(client.run)
+            with trio.fail_after(10):
+                await hal.devices["chip"].wait_connected()
+            yield Bench(server, hal, client, url, hal_scope, hal_stopped)
+            nursery.cancel_scope.cancel()
+        outside.cancel_scope.cancel()
+
+
+def with_faults(*specs: str, base: SimConfig = CHIP) -> SimConfig:
+    return msgspec.structs.replace(base, faults=[parse_fault(s) for s in specs])
+
+
+@pytest.mark.parametrize("kind", ["tcp", "pty"])
+async def test_every_request_over_tcp_and_serial(kind):
+    async with bench(kind) as b:
+        devices = (await b.ask(ListDevices())).devices
+        assert [(d.name, d.state) for d in devices] == [("chip", "connected")]
+        assert devices[0].identity == "Photonica,PX-8,SN-000001,1.4.2"
+        description = await b.ask(Describe(device="chip"))
+        assert description.description.modes == 4
+        assert description.limits_v == [7.0] * 16
+        assert description.power_budget_w == pytest.approx(0.035 * 16 * 0.9)
+        volts = np.linspace(0, 2, 16)
+        result = await b.ask(SetHeaters(device="chip", volts=volts))
+        assert np.allclose(result.readback, volts)
+        assert result.mismatched == []
+        result = await b.ask(SetHeaters(device="chip", changes={5: 1.25}))
+        assert result.readback[5] == 1.25
+        assert np.allclose(np.delete(result.readback, 5), np.delete(volts, 5))
+        assert np.allclose((await b.ask(GetHeaters(device="chip"))).volts, result.readback)
+        assert (await b.ask(GetHeater(device="chip", heater=5))).volts == 1.25
+        await b.ask(
+            ConfigureInputs(
+                device="chip", inputs=[InputSetting(mode=0, state="photon"), InputSetting(mode=1, state="photon")]
+            )
+        )
+        shots = await b.ask(RunShots(device="chip", shots=2000))
+        assert shots.patterns.shape == (2000, 4)
+        assert shots.patterns.dtype == np.uint8
+        assert 0 < shots.patterns.sum() < 4000
+        await b.ask(
+            Program(
+                device="chip",
+                memory=[MemorySlot(slot=0, out_mode=3, in_mode=3, rounds=10)],
+                ff_modes=[0],
+                rules={"1": {3: 1.5}},
+            )
+        )
+        shots = await b.ask(RunShots(device="chip", shots=100))
+        assert shots.width == 8
+        await b.ask(Program(device="chip"))
+        await b.ask(ConfigureInputs(device="chip", inputs=[InputSetting(mode=2, state="coherent", power_w=1e-3)]))
+        powers = (await b.ask(ReadPowers(device="chip"))).watts
+        assert powers.shape == (4,)
+        assert 0 < powers.sum() < 1e-3
+        status = await b.ask(GetDeviceStatus(device="chip"))
+        assert (status.state, status.interlock, status.sources) == ("connected", False, True)
+        assert status.watchdog_s == 5.0  # armed by the HAL
+        await b.ask(SafeState(device="chip"))
+        assert b.server.device.chip.voltages.max() == 0
+        assert b.server.device.sources_on is False
+        await b.ask(ResetInterlock(device="chip"))
+
+
+async def test_a_stopping_hal_leaves_the_device_safe():
+    async with bench() as b:
+        await b.ask(SetHeaters(device="chip", changes={4: 3.0}))
+        await b.ask(ConfigureInputs(device="chip", inputs=[InputSetting(mode=0, state="photon")]))
+        device = b.server.device
+        assert device.chip.voltages[4] == 3.0
+        assert device.sources_on
+        with trio.fail_after(10):
+            await b.stop_hal()  # the simulator goes on
+        assert device.chip.voltages.max() == 0
+        assert device.sources_on is False
+        assert device.watchdog == 5.0  # still armed: were anything left on, the device would act alone
+
+
+async def test_limits_are_enforced_before_the_wire():
+    async with bench(v_max=5.0, power_limit_w=0.3) as b:
+        sent_before = len(b.server.device.received)
+        with pytest.raises(RemoteError) as caught:
+            await b.ask(SetHeaters(device="chip", changes={2: 5.5}))
+        assert caught.value.code == ErrorCode.SAFETY_LIMIT
+        assert "heater 2" in str(caught.value)
+        assert "outside 0-5 V" in str(caught.value)
+        with pytest.raises(RemoteError) as caught:
+            await b.ask(SetHeaters(device="chip", volts=np.full(16, 4.9)))
+        assert caught.value.code == ErrorCode.SAFETY_LIMIT
+        assert "over the budget" in str(caught.value)
+        with pytest.raises(RemoteError) as caught:
+            await b.ask(SetHeaters(device="chip", volts=np.zeros(15)))
+        assert "expected 16 voltages" in str(caught.value)
+        assert len(b.server.device.received) == sent_before  # nothing reached the device
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.one_of(
+            st.lists(st.floats(-2, 9, allow_nan=False), min_size=16, max_size=16).map(lambda v: ("all", v)),
+            st.dictionaries(st.integers(0, 17), st.floats(-2, 9, allow_nan=False), max_size=4).map(
+                lambda c: ("some", c)
+            ),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+async def test_no_sequence_of_requests_puts_an_out_of_limit_voltage_on_the_wire(requests):
+    refusals: list[str] = []
+    async with bench(v_max=6.5) as b:
+        for kind, values in requests:
+            request = (
+                SetHeaters(device="chip", volts=np.array(values))
+                if kind == "all"
+                else SetHeaters(device="chip", changes=values)
+            )
+            try:
+                await b.ask(request)
+            except RemoteError as exc:
+                refusals.append(exc.code)
+        assert set(refusals) <= {ErrorCode.SAFETY_LIMIT}
+        chip = b.server.device.chip
+        limit = b.server.device.config.power_limit_w
+        for _, applied in b.server.device.received:
+            assert applied.min() >= 0
+            assert applied.max() <= 6.5
+            assert float(np.sum(applied**2 / chip.resistance)) <= limit
+        assert not b.server.device.interlock
+
+
+async def test_a_dropped_connection_is_healed_and_idempotent_commands_repeated():
+    events: list[str] = []
+    async with bench(watchdog_s=30) as b:
+        async with b.client.open_event_stream("hal.") as stream:
+            b.fault_next("close")
+            assert (await b.ask(GetHeater(device="chip", heater=0))).volts == 0
+            while len(events) < 2:
+                events.append((await stream.receive()).type)
+        assert events == ["hal.disconnected", "hal.reconnected"]
+        assert (await b.ask(GetDeviceStatus(device="chip"))).reconnects == 1
+
+
+async def test_a_shot_run_cut_off_by_the_link_is_reported_not_repeated():
+    async with bench(watchdog_s=30) as b:
+        await b.ask(ConfigureInputs(device="chip", inputs=[InputSetting(mode=0, state="photon")]))
+        b.fault_next("close")
+        before = b.server.device.results
+        with pytest.raises(RemoteError) as caught:
+            await b.ask(RunShots(device="chip", shots=10))
+        assert caught.value.code == ErrorCode.LINK_ERROR
+        assert "may or may not have been carried out" in str(caught.value)
+        assert b.server.device.results is before  # the run itself never happened: the link dropped first
+        assert (await b.ask(RunShots(device="chip", shots=10))).patterns.shape == (10, 4)
+
+
+async def test_a_late_reply_is_discarded_and_the_command_repeated():
+    async with bench(watchdog_s=30) as b:
+        b.fault_next("delay:seconds=1.5")
+        assert (await b.ask(GetHeater(device="chip", heater=3))).volts == 0
+        # The late reply must not be taken as the answer to the next command.
+        await b.ask(SetHeaters(device="chip", changes={3: 2.0}))
+        for _ in range(5):
+            assert (await b.ask(GetHeater(device="chip", heater=3))).volts == 2.0
+
+
+async def test_corrupted_replies_never_desynchronise_the_link():
+    async with bench(watchdog_s=30) as b:
+        await b.ask(SetHeaters(device="chip", changes={1: 1.5}))
+        b.server.device.faults.faults.append(parse_fault("corrupt:p=0.3"))
+        readings = []
+        failures: list[str] = []
+        for _ in range(40):
+            try:
+                readings.append((await b.ask(GetHeater(device="chip", heater=1))).volts)
+            except RemoteError as exc:
+                failures.append(exc.code)
+        assert set(failures) <= {ErrorCode.LINK_ERROR, ErrorCode.DEVICE_ERROR}
+        b.server.device.faults.faults.clear()
+        # A flipped bit inside a number can pass for a number; a flipped bit
+        # anywhere else is caught and the query repeated.
+        assert sum(r == 1.5 for r in readings) >= len(readings) * 0.6
+        # And the link never slips: every answer after the faults stop is the
+        # answer to its own question.
+        for heater, volts in [(1, 1.5), (2, 0.0), (1, 1.5)]:
+            assert (await b.ask(GetHeater(device="chip", heater=heater))).volts == volts
+
+
+async def test_device_errors_come_back_with_their_scpi_number():
+    async with bench(watchdog_s=30) as b:
+        b.fault_next("error:code=-240,message=heater driver fault")
+        with pytest.raises(RemoteError) as caught:
+            await b.ask(SetHeaters(device="chip", changes={0: 1.0}))
+        assert caught.value.code == ErrorCode.DEVICE_ERROR
+        assert "-240" in str(caught.value)
+        assert "heater driver fault" in str(caught.value)
+        assert (await b.ask(SetHeaters(device="chip", changes={0: 1.0}))).readback[0] == 1.0
+
+
+async def test_an_interlock_trip_is_published_and_blocks_writes_until_reset():
+    async with bench(watchdog_s=30) as b:
+        b.fault_next("interlock")
+        async with b.client.open_event_stream("hal.interlock") as stream:
+            with pytest.raises(RemoteError) as caught:
+                await b.ask(SetHeaters(device="chip", changes={0: 1.0}))
+            assert caught.value.code == ErrorCode.INTERLOCK
+            with trio.fail_after(5):
+                event = await stream.receive()
+            assert event.body.device == "chip"
+        with pytest.raises(RemoteError) as caught:
+            await b.ask(SetHeaters(device="chip", changes={0: 1.0}))
+        assert caught.value.code == ErrorCode.INTERLOCK
+        assert "reset it" in str(caught.value)
+        await b.ask(ResetInterlock(device="chip"))
+        assert (await b.ask(SetHeaters(device="chip", changes={0: 1.0}))).readback[0] == 1.0
+
+
+async def test_a_stuck_heater_raises_the_read_differs_from_set_alarm():
+    async with bench(config=with_faults("stuck:heater=6,volts=0.5")) as b:
+        async with b.client.open_event_stream("hal.readback_mismatch") as stream:
+            result = await b.ask(SetHeaters(device="chip", changes={6: 3.0, 7: 2.0}))
+            assert result.mismatched == [6]
+            assert result.readback[6] == 0.5
+            with trio.fail_after(5):
+                alarm = (await stream.receive()).body
+        assert (alarm.heaters, alarm.set_v, alarm.read_v) == ([6], [3.0], [0.5])
+
+
+async def test_reconnects_within_a_second_of_the_device_coming_back():
+    server = DeviceServer(CHIP, seed=1)
+    async with trio.open_nursery() as outer:
+        first = trio.CancelScope()
+
+        async def serve_once(scope: trio.CancelScope, port: int, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+            with scope:
+                await serve_tcp(server, "127.0.0.1", port, task_status=task_status)
+
+        host, port = await outer.start(serve_once, first, 0)
+        directory = Directory({"hal": Address(address="mem://hal", events="mem://hal.ev")})
+        runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork())
+        hal = HalActor("hal", runtime, devices=[{"name": "chip", "url": f"tcp://{host}:{port}", "watchdog_s": 1.5}])
+        await outer.start(hal.run)
+        device = hal.devices["chip"]
+        await device.wait_connected()
+        async with hal.open_event_stream("hal.") as stream:
+            first.cancel()  # the device goes away
+            with trio.fail_after(10):
+                while (await stream.receive()).type != "hal.disconnected":
+                    pass
+            await trio.sleep(2)  # away for a while
+            await outer.start(serve_once, trio.CancelScope(), port)
+            back = trio.current_time()
+            with trio.fail_after(5):
+                while (await stream.receive()).type != "hal.reconnected":
+                    pass
+            assert trio.current_time() - back < 1.0
+        assert device.state == "connected"
+        outer.cancel_scope.cancel()
