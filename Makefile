@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/messaging.py
 	$(BIN)/python benchmarks/simulator.py
+	$(BIN)/python benchmarks/hal.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
