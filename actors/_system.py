@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import os
 import socket
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,7 +17,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from protocol import ConfigError
+from protocol import ConfigError, convert_settings, load_settings
 
 from ._config import Address, Directory, RuntimeOptions
 from ._transport import scheme_of
@@ -201,25 +200,19 @@ def load_factory(path: str) -> Callable[..., Any]:
 
 
 def parse_system(data: dict[str, Any], *, source: str = "configuration") -> SystemConfig:
-    """Validate a system's settings; every error names ``source`` and the key."""
-    try:
-        config = msgspec.convert(data, SystemConfig)
-        for spec in config.actors:
-            load_factory(spec.factory)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}", field=exc.field) from exc.__cause__
-    return config
+    return _check_factories(convert_settings(data, SystemConfig, source=source), source)
 
 
 def load_system(path: str | os.PathLike[str]) -> SystemConfig:
     """Read and validate a system's TOML file; errors name the file and the field."""
+    return _check_factories(load_settings(path, SystemConfig), str(path))
+
+
+def _check_factories(config: SystemConfig, source: str) -> SystemConfig:
+    """Import every actor's factory now, so a typo is reported with the file's name."""
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    return parse_system(data, source=str(path))
+        for spec in config.actors:
+            load_factory(spec.factory)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}", field=exc.field) from exc.__cause__
+    return config

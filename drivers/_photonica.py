@@ -290,8 +290,11 @@ class PhotonicaDriver:
         try:
             with trio.fail_after(self.timeout * 2):
                 await stream.send_all(b"*CLS;:SYST:ECHO? " + token + b"\n")
+                stale = 0
                 while await self._read_message(stream) != token:
-                    pass
+                    stale += 1
+                if stale:
+                    log.info("%s: discarded %d stale repl%s", self.name, stale, "y" if stale == 1 else "ies")
                 identity = await self._identity(stream)
         except trio.TooSlowError:
             raise LinkError(f"{self.name}: no answer while resynchronising") from None

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 
-from protocol import ConfigError
+from protocol import ConfigError, convert_settings, load_settings
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -55,19 +54,9 @@ class HalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
 
 def parse_hal_config(data: dict[str, Any], *, source: str = "HAL configuration") -> HalConfig:
-    try:
-        return msgspec.convert(data, HalConfig)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+    return convert_settings(data, HalConfig, source=source)
 
 
 def load_hal_config(path: str | Path) -> HalConfig:
     """Read the HAL's TOML file (``[[device]]`` tables)."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    return parse_hal_config(data, source=str(path))
+    return load_settings(path, HalConfig)

@@ -23,6 +23,8 @@ from ._errors import ProtocolError as ProtocolError
 from ._errors import SafetyLimitError as SafetyLimitError
 from ._errors import UnknownMessageType as UnknownMessageType
 from ._errors import UnsupportedVersion as UnsupportedVersion
+from ._files import convert_settings as convert_settings
+from ._files import load_settings as load_settings
 from ._message import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._message import SUPPORTED_VERSIONS as SUPPORTED_VERSIONS
 from ._message import Envelope as Envelope

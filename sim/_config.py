@@ -10,12 +10,12 @@ seed: a real chip's fabrication spread.
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
 
+from protocol import convert_settings, load_settings
 from protocol.photonica import (
     DetectorSpec,
     DeviceDescription,
@@ -32,7 +32,7 @@ Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
 
 
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
+    """A table of the device file: frozen, and a misspelt key is an error, not a silent default."""
 
 
 class IdentityConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -195,22 +195,12 @@ class SimConfigError(ValueError):
 
 
 def parse_config(data: dict[str, Any], *, source: str = "device description") -> SimConfig:
-    try:
-        return msgspec.convert(data, SimConfig)
-    except msgspec.ValidationError as exc:
-        raise SimConfigError(f"{source}: {exc}") from None
+    return convert_settings(data, SimConfig, source=source, error=SimConfigError)
 
 
 def load_config(path: str | Path) -> SimConfig:
     """Read a device description TOML file."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise SimConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise SimConfigError(f"{path} is not valid TOML: {exc}") from exc
-    return parse_config(data, source=str(path))
+    return load_settings(path, SimConfig, error=SimConfigError)
 
 
 def parse_fault(spec: str) -> FaultConfig:

@@ -550,10 +550,8 @@ def _show(text: str) -> str:
 def _int(text: str | bytes) -> int:
     if isinstance(text, bytes):
         raise ScpiError(scpi.DATA_TYPE_ERROR, "expected a number, got a block")
-    try:
+    if text.lstrip("+-").isdigit():
         return int(text)
-    except ValueError:
-        pass
     try:
         value = float(text)
     except ValueError:
