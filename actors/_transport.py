@@ -104,6 +104,17 @@ def _prepare_bind(address: str) -> str:
     return address
 
 
+def _bind(sock: zmq.Socket[Any], address: str) -> str:
+    """Bind, or close the socket and say why; the address actually bound (a port 0 made real)."""
+    try:
+        sock.bind(_prepare_bind(address))
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        raise ConfigError(f"cannot bind {address}: {exc}") from exc
+    bound: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    return bound
+
+
 class _ZmqEndpoint:
     """What the three ZeroMQ endpoints share: an owned socket and where it is."""
 
@@ -475,12 +486,7 @@ class Transport:
             return local
         sock = self.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        try:
-            sock.bind(_prepare_bind(address))
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
-            raise ConfigError(f"cannot bind {address}: {exc}") from exc
-        bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        bound = _bind(sock, address)
 
         def on_recv(frames: list[bytes]) -> None:
             on_request(frames[:-1], frames[-1])
@@ -531,12 +537,7 @@ class Transport:
             network._register_publisher(publisher)
             return publisher
         sock = self.socket(zmq.PUB)
-        try:
-            sock.bind(_prepare_bind(address))
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
-            raise ConfigError(f"cannot bind {address}: {exc}") from exc
-        bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        bound = _bind(sock, address)
         owner = ZmqSocket(
             sock, name=f"pub {bound}", outbox_limit=self.hwm, drop_when_full=True, linger=self.linger, shield=True
         )
