@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import trio
 import zmq
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 async def recv_message(sock: zmq.Socket[Any]) -> list[bytes]:
@@ -59,3 +66,30 @@ class LineReader:
             self.seen.append(line)
             if line.startswith(prefix) or (anywhere and prefix in line):
                 return line
+
+
+@contextmanager
+def awen_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], LineReader]]:
+    """``python -m awen.cli ARGS`` as an operator runs it; its stdout and stderr as one stream of lines.
+
+    Ended on the way out (SIGTERM, then SIGKILL if it does not go), never left behind.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "awen.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        yield proc, LineReader(proc.stdout)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,32 +19,9 @@ from protocol import scpi
 from protocol.hal import ConfigureInputs, InputSetting, ListDevices, SetHeaters
 from protocol.system import GetStatus
 
-from .helpers import LineReader
+from .helpers import LineReader, awen_process
 
 pytestmark = pytest.mark.system
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@contextmanager
-def process(*args: str) -> Iterator[tuple[subprocess.Popen[str], LineReader]]:
-    """A child process; its stdout and stderr as one stream of lines."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "awen.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO,
-    )
-    try:
-        yield proc, LineReader(proc.stdout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 class Sim:
@@ -74,7 +50,8 @@ class Sim:
 def lab(
     tmp_path: Path, *, hal_in_process: bool = False
 ) -> Iterator[tuple[Sim, subprocess.Popen[str], Path, LineReader, LineReader]]:
-    with process("sim", "serve", "--tcp", "127.0.0.1:0", "--seed", "3", "--log-level", "info") as (sim_proc, sim_out):
+    simulator = ("sim", "serve", "--tcp", "127.0.0.1:0", "--seed", "3", "--log-level", "info")
+    with awen_process(*simulator) as (sim_proc, sim_out):
         port = int(sim_out.until("awen sim:", timeout=60).rsplit(":", 1)[1])
         config = tmp_path / "lab.toml"
         config.write_text(
@@ -91,7 +68,7 @@ restart = {{ max_restarts = 5, window = 60, backoff = 0.1 }}
 config = {{ devices = [{{ name = "chip", url = "tcp://127.0.0.1:{port}", watchdog_s = 1.0 }}] }}
 """
         )
-        with process("up", str(config)) as (up, up_out):
+        with awen_process("up", str(config)) as (up, up_out):
             system_file = Path(up_out.until("awen: up", timeout=60).rsplit(" ", 1)[1])
             yield Sim(port), up, system_file, up_out, sim_out
         assert sim_proc.poll() is None  # the simulator outlived the HAL

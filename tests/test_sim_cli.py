@@ -7,40 +7,22 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import serial
 
 from protocol import scpi
 
-from .helpers import LineReader
+from .helpers import REPO, awen_process
 
 pytestmark = pytest.mark.system
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
 def awen_sim(*args: str) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "awen.cli", "sim", "serve", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    try:
-        assert proc.stdout is not None
-        reader = LineReader(proc.stdout)
+    with awen_process("sim", "serve", *args) as (proc, reader):
         reader.until("awen sim:", timeout=30)
         yield proc, reader.seen
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def ask_tcp(port: int, *lines: bytes) -> list[bytes]:
