@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/messaging.py
 	$(BIN)/python benchmarks/simulator.py
 	$(BIN)/python benchmarks/hal.py
+	$(BIN)/python benchmarks/memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -73,6 +73,10 @@ def handles(*types: type[Message]) -> Callable[[F], F]:
     The method takes ``(body, envelope)``; for a request it returns the reply
     (``None`` means `Ok` where the request's reply type is `Ok`) or raises an
     `AwenError`, which becomes a ``sys.error`` reply with its code.
+
+    A plain (non-async) method runs inline, at once; it may return an awaitable
+    instead of the reply when only some requests need to wait (a write that
+    also commits): the awaitable then runs as a task, like an async handler.
     """
 
     def mark(fn: F) -> F:
@@ -521,29 +525,35 @@ class Actor:
             else:
                 log.debug("%s: no handler for notice %s", self.name, env.type)
             return
+        rest: Awaitable[Reply | None] | None = None
         if self._inline[env.type]:
-            self.handled += 1
             try:
                 result = handler(body, env)
             except Exception as exc:  # noqa: BLE001 - a handler's bug must not stop the actor
+                self.handled += 1
                 self._answer_failure(route, env, exc)
-            else:
+                return
+            if not inspect.isawaitable(result):
+                self.handled += 1
                 if is_request:
-                    self._answer(route, env, result)  # type: ignore[arg-type]
-            return
+                    self._answer(route, env, result)
+                return
+            rest = result  # the quick part is done; the rest needs to wait, so it runs as a task
         self.in_flight += 1
         if self.in_flight >= self.options.max_concurrent and self._inbound is not None:
             self._inbound.pause()
         assert self._work is not None
-        self._work.start_soon(self._run_handler, handler, route, env)
+        self._work.start_soon(self._run_handler, handler, route, env, rest)
 
-    async def _run_handler(self, handler: Handler, route: Any, env: Envelope) -> None:
+    async def _run_handler(
+        self, handler: Handler, route: Any, env: Envelope, rest: Awaitable[Reply | None] | None = None
+    ) -> None:
         token = next(self._handler_ids)
         is_request = isinstance(env.body, Request)
         if is_request:
             self._unanswered[token] = (route, env)
         try:
-            result = await handler(env.body, env)  # type: ignore[misc]
+            result = await (rest if rest is not None else handler(env.body, env))  # type: ignore[misc]
         except Exception as exc:  # noqa: BLE001 - a handler's bug must not stop the actor
             self._unanswered.pop(token, None)
             self._answer_failure(route, env, exc)

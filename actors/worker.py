@@ -20,7 +20,7 @@ from protocol.system import Ready
 
 from ._actor import Actor
 from ._config import Runtime
-from ._logging import configure_logging, describe_failure
+from ._logging import configure_logging, describe_failure, first_awen_error
 from ._system import ActorSpec, ResolvedSystem, load_factory
 
 log = logging.getLogger("awen.worker")
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             return 0
-        log.critical("%s: %s", spec.name, describe_failure(exc), exc_info=not isinstance(exc, AwenError))
+        log.critical("%s: %s", spec.name, describe_failure(exc), exc_info=first_awen_error(exc) is None)
         return 1
     return 0
 

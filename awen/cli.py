@@ -192,6 +192,78 @@ def _cmd_sim_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_store(args: argparse.Namespace) -> Any:
+    from actors.memory import default_data_dir, open_store
+
+    return open_store(args.data_dir or default_data_dir())
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _cmd_store_jobs(args: argparse.Namespace) -> int:
+    from actors.memory import _store as ops
+
+    store = _open_store(args)
+    jobs = store.read(ops.query_jobs(states=args.state or (), device=args.device, limit=args.limit))
+    if args.json:
+        print(msgspec.json.encode(jobs).decode())
+        return 0
+    print(
+        f"{'job':<24} {'state':<12} {'prio':>4} {'device':<10} {'frames':>6} {'results':>7}  {'submitted':<19}  reason"
+    )
+    for j in jobs:
+        print(
+            f"{j.job:<24} {j.state:<12} {j.priority:>4} {j.device:<10} {j.frames:>6} {j.results:>7}  "
+            f"{_when(j.submitted)}  {j.reason}"
+        )
+    return 0
+
+
+def _cmd_store_show(args: argparse.Namespace) -> int:
+    from actors.memory import _store as ops
+
+    store = _open_store(args)
+    record = store.read(ops.get_job(args.job))
+    _, results = store.read(ops.query_results(args.job, values=False))
+    if args.json:
+        print(msgspec.json.encode({"job": record, "results": results}, enc_hook=repr).decode())
+        return 0
+    print(f"job {record.job}: {record.state}{f' ({record.reason})' if record.reason else ''}")
+    print(f"  device {record.device or '-'}, plan {record.plan or '-'}, calibration {record.calibration or '-'}")
+    print(f"  {record.shots} shots, priority {record.priority}, {record.frames} frames, {record.results} results")
+    for t in record.transitions:
+        print(f"  {_when(t.ts)}  {t.previous or '':>11} -> {t.state:<11} {t.reason}")
+    slots: dict[str, int] = {}
+    for r in results:
+        slots[r.slot] = slots.get(r.slot, 0) + 1
+    for slot, count in slots.items():
+        first = next(r for r in results if r.slot == slot)
+        print(f"  slot {slot}: {first.dtype}{first.shape}, {count} frames")
+    return 0
+
+
+def _cmd_store_export(args: argparse.Namespace) -> int:
+    from actors.memory import _store as ops
+
+    store = _open_store(args)
+    out = Path(args.out or f"{args.job}.{args.format}")
+    size = store.read(lambda conn: ops.export_job(conn, args.job, args.format, out))
+    print(f"awen: wrote {out} ({size:,} bytes)")
+    return 0
+
+
+def _cmd_store_events(args: argparse.Namespace) -> int:
+    from actors.memory import _store as ops
+
+    store = _open_store(args)
+    events = store.read(ops.query_events(prefix=args.prefix, since=None, until=None, after_seq=0, limit=args.limit))
+    for e in events:
+        print(f"{e.seq:>6} {_when(e.ts)} {e.sender:<10} {e.type:<24} {json.dumps(e.body, default=repr)}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="awen", description="A runtime for photonic lab hardware.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -238,6 +310,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_cmd_sim_serve)
+
+    store = commands.add_parser("store", help="read the store of a data directory (also while awen runs)")
+    store_commands = store.add_subparsers(dest="store_command", required=True, metavar="COMMAND")
+    jobs = store_commands.add_parser("jobs", help="list jobs in acceptance order")
+    jobs.add_argument("--state", action="append", help="only jobs in this state (repeatable)")
+    jobs.add_argument("--device")
+    jobs.add_argument("--limit", type=int, default=1000)
+    jobs.add_argument("--json", action="store_true")
+    jobs.set_defaults(run=_cmd_store_jobs)
+    show = store_commands.add_parser("show", help="one job: its transitions and its results")
+    show.add_argument("job")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(run=_cmd_store_show)
+    export = store_commands.add_parser("export", help="write a job's results to .npz or .json")
+    export.add_argument("job")
+    export.add_argument("--format", choices=["npz", "json"], default="npz")
+    export.add_argument("--out", help="file to write (default: JOB.FORMAT here)")
+    export.set_defaults(run=_cmd_store_export)
+    events = store_commands.add_parser("events", help="the event log, oldest first")
+    events.add_argument("--prefix", default="", help="only event types starting with this")
+    events.add_argument("--limit", type=int, default=1000)
+    events.set_defaults(run=_cmd_store_events)
+    for sub in (jobs, show, export, events):
+        sub.add_argument(
+            "--data-dir", help="the memory actor's data_dir (default: $AWEN_DATA_DIR or ~/.local/share/awen)"
+        )
 
     proto = commands.add_parser("protocol", help="the message protocol")
     proto_commands = proto.add_subparsers(dest="protocol_command", required=True, metavar="COMMAND")

@@ -5,6 +5,7 @@ I/O. See docs/protocol.md for the wire format.
 """
 
 from . import hal as hal
+from . import memory as memory
 from . import system as system
 from ._codec import DEFAULT_MAX_FRAME_BYTES as DEFAULT_MAX_FRAME_BYTES
 from ._codec import Catalog as Catalog
@@ -14,13 +15,18 @@ from ._errors import AwenError as AwenError
 from ._errors import ConfigError as ConfigError
 from ._errors import DeviceError as DeviceError
 from ._errors import ErrorCode as ErrorCode
+from ._errors import Exists as Exists
 from ._errors import FrameTooLarge as FrameTooLarge
+from ._errors import IllegalTransition as IllegalTransition
 from ._errors import InterlockError as InterlockError
 from ._errors import InvalidMessage as InvalidMessage
 from ._errors import LinkError as LinkError
 from ._errors import MalformedFrame as MalformedFrame
+from ._errors import NotFound as NotFound
 from ._errors import ProtocolError as ProtocolError
 from ._errors import SafetyLimitError as SafetyLimitError
+from ._errors import StoreFull as StoreFull
+from ._errors import StoreUnavailable as StoreUnavailable
 from ._errors import UnknownMessageType as UnknownMessageType
 from ._errors import UnsupportedVersion as UnsupportedVersion
 from ._files import convert_settings as convert_settings
@@ -36,10 +42,12 @@ from ._message import Request as Request
 from ._ndarray import NDARRAY_EXT as NDARRAY_EXT
 from ._ndarray import decode_ndarray as decode_ndarray
 from ._ndarray import encode_ndarray as encode_ndarray
+from ._ndarray import pack as pack
+from ._ndarray import unpack as unpack
 from ._schema import protocol_schema as protocol_schema
 from .system import SYSTEM_MESSAGES as SYSTEM_MESSAGES
 
-CATALOG = Catalog([*SYSTEM_MESSAGES, *hal.HAL_MESSAGES])
+CATALOG = Catalog([*SYSTEM_MESSAGES, *hal.HAL_MESSAGES, *memory.MEMORY_MESSAGES])
 """Every message type awen's actors exchange."""
 
 __all__ = [name for name in dir() if not name.startswith("_")]

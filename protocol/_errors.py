@@ -33,6 +33,14 @@ class ErrorCode(enum.StrEnum):
     SAFETY_LIMIT = "safety-limit"
     INTERLOCK = "interlock"
     UNKNOWN_DEVICE = "unknown-device"
+    NOT_FOUND = "not-found"
+    EXISTS = "exists"
+    SLOT_CONFLICT = "slot-conflict"
+    BAD_VALUE = "bad-value"
+    MEMORY_LIMIT = "memory-limit"
+    ILLEGAL_TRANSITION = "illegal-transition"
+    STORE_FULL = "store-full"
+    STORE_UNAVAILABLE = "store-unavailable"
 
     @property
     def meaning(self) -> str:
@@ -60,6 +68,14 @@ _MEANINGS = {
     ErrorCode.SAFETY_LIMIT: "Refused before reaching the device: a voltage or the total power is over its limit.",
     ErrorCode.INTERLOCK: "The device's power interlock has tripped; heater writes wait for a reset.",
     ErrorCode.UNKNOWN_DEVICE: "No device of that name is configured.",
+    ErrorCode.NOT_FOUND: "No job, slot, plan or calibration by that name or number.",
+    ErrorCode.EXISTS: "Something by that id is stored already, with different content.",
+    ErrorCode.SLOT_CONFLICT: "The slot was written already in this frame; the message names both writers.",
+    ErrorCode.BAD_VALUE: "A value has another dtype or shape than its slot; nothing is converted.",
+    ErrorCode.MEMORY_LIMIT: "The allocation would take a job (or all jobs) past the configured byte limit.",
+    ErrorCode.ILLEGAL_TRANSITION: "The job cannot move from its state to the one asked.",
+    ErrorCode.STORE_FULL: "The store's disk (or its configured size) is full; nothing was written.",
+    ErrorCode.STORE_UNAVAILABLE: "The store cannot be opened or written; the message says why and what to do.",
 }
 
 
@@ -152,3 +168,33 @@ class InterlockError(AwenError):
     """The device's power interlock has tripped; heater writes are refused until it is reset."""
 
     code = ErrorCode.INTERLOCK
+
+
+class NotFound(AwenError):
+    """No job, slot, plan or calibration by that name or number."""
+
+    code = ErrorCode.NOT_FOUND
+
+
+class Exists(AwenError):
+    """Something by that id is stored already, with different content."""
+
+    code = ErrorCode.EXISTS
+
+
+class IllegalTransition(AwenError):
+    """A job cannot move from its state to the one asked."""
+
+    code = ErrorCode.ILLEGAL_TRANSITION
+
+
+class StoreUnavailable(AwenError):
+    """The store cannot be opened or written: corrupt, no permission, newer schema, I/O error."""
+
+    code = ErrorCode.STORE_UNAVAILABLE
+
+
+class StoreFull(StoreUnavailable):
+    """The disk holding the store, or the store's configured size, is full."""
+
+    code = ErrorCode.STORE_FULL

@@ -87,3 +87,17 @@ def dec_hook(type_: type, obj: Any) -> Any:
     if type_ is np.ndarray and isinstance(obj, np.ndarray):
         return obj
     raise msgspec.ValidationError(f"expected a numpy array (ext type {NDARRAY_EXT}), got {type(obj).__name__}")
+
+
+_packer = msgspec.msgpack.Encoder(enc_hook=enc_hook)
+_unpacker = msgspec.msgpack.Decoder(ext_hook=ext_hook)
+
+
+def pack(obj: Any) -> bytes:
+    """``obj`` as MessagePack, numpy arrays as ext type 1: how awen stores free-form values."""
+    return _packer.encode(obj)
+
+
+def unpack(data: bytes) -> Any:
+    """The value `pack` wrote; arrays come back as (read-only) numpy arrays."""
+    return _unpacker.decode(data)

@@ -67,6 +67,21 @@ class LineReader:
             if line.startswith(prefix) or (anywhere and prefix in line):
                 return line
 
+    def rest(self, timeout: float = 60.0) -> list[str]:
+        """Every line still to come, once the stream ends (the process exited)."""
+        import queue
+
+        lines: list[str] = []
+        while True:
+            try:
+                line = self._lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"the output did not end within {timeout:g} s") from None
+            if line is None:
+                return lines
+            self.seen.append(line)
+            lines.append(line)
+
 
 @contextmanager
 def awen_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], LineReader]]:

@@ -1,0 +1,390 @@
+"""The memory actor: result slots for running jobs, and the store on the message bus.
+
+Slots are answered inline from memory (`SlotTable`). Everything durable goes
+through one writer task that gathers the requests waiting at that moment into
+one transaction (group commit) run in a worker thread; each is answered only
+after that transaction has committed. Reads run on a second connection in
+another thread, beside the writer.
+
+Configured in the system file::
+
+    [[actor]]
+    name = "memory"
+    factory = "actors.memory:MemoryActor"
+    config = { data_dir = "/var/lib/awen" }
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+import trio
+
+from protocol import AwenError, Envelope, convert_settings, pack
+from protocol.memory import (
+    TERMINAL_STATES,
+    Allocate,
+    Allocated,
+    Calibration,
+    Calibrations,
+    CalibrationStored,
+    Clear,
+    CommitFrame,
+    DeviceResults,
+    EventLog,
+    Export,
+    Exported,
+    FrameCommitted,
+    Free,
+    GetCalibration,
+    GetJob,
+    GetPlan,
+    GetStoreInfo,
+    Job,
+    Jobs,
+    JobStateChanged,
+    JobStateSet,
+    JobStored,
+    ListCalibrations,
+    Plan,
+    PlanStored,
+    PutCalibration,
+    PutJob,
+    PutPlan,
+    QueryDeviceResults,
+    QueryEvents,
+    QueryJobs,
+    QueryResults,
+    Read,
+    Results,
+    ResultsComplete,
+    SetJobState,
+    StoreInfo,
+    Values,
+    Write,
+    Written,
+)
+
+from .._actor import Actor, handles
+from .._config import Runtime
+from . import _store as ops
+from ._slots import SlotTable
+from ._store import Store
+
+T = TypeVar("T")
+
+MiB = 2**20
+
+
+def default_data_dir() -> str:
+    """``$AWEN_DATA_DIR``, else ``$XDG_DATA_HOME/awen``, else ``~/.local/share/awen``."""
+    if "AWEN_DATA_DIR" in os.environ:
+        return os.environ["AWEN_DATA_DIR"]
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "awen")
+
+
+class MemoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The memory actor's ``config`` table.
+
+    Attributes:
+        data_dir: Where ``store.sqlite3`` and ``exports/`` live.
+        synchronous: ``full``: every acknowledged write survives power loss;
+            ``normal``: it survives a crash of awen, not necessarily of the machine.
+        max_job_bytes: Most bytes one job's slots and state buffer may take.
+        max_total_bytes: Most bytes all running jobs' slots may take together.
+        max_store_bytes: Refuse writes past this store size (none: the disk is the limit).
+        batch: Most write requests gathered into one transaction.
+        log_events: Event type prefixes written to the store's event log
+            (job state changes are always logged).
+    """
+
+    data_dir: str = msgspec.field(default_factory=default_data_dir)
+    synchronous: Literal["full", "normal"] = "full"
+    max_job_bytes: Annotated[int, msgspec.Meta(gt=0)] = 256 * MiB
+    max_total_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1024 * MiB
+    max_store_bytes: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 512
+    log_events: list[str] = msgspec.field(
+        default_factory=lambda: ["hal.", "actor.", "peer.", "sched.", "exec.", "cal."]
+    )
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.data_dir).expanduser() / "store.sqlite3"
+
+
+@dataclass(slots=True)
+class _Op:
+    run: Callable[[sqlite3.Connection], Any]
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Any = None
+
+
+class MemoryActor(Actor):
+    """Allocates slots, enforces one writer per slot per frame, and keeps the store.
+
+    Args:
+        config: `MemoryConfig` keys (``data_dir``, ``synchronous``, limits, ...).
+    """
+
+    KIND = "memory"
+
+    def __init__(self, name: str, runtime: Runtime, **config: Any) -> None:
+        super().__init__(name, runtime)
+        self.config = convert_settings(config, MemoryConfig, source=f"{name} configuration")
+        self.slots = SlotTable(max_job_bytes=self.config.max_job_bytes, max_total_bytes=self.config.max_total_bytes)
+        self.store: Store | None = None
+        self.transactions = 0
+        self._ops_in, self._ops_out = trio.open_memory_channel[_Op](math.inf)
+        self._writer = trio.CapacityLimiter(1)
+        self._reader = trio.CapacityLimiter(1)
+        for prefix in self.config.log_events:
+            self.subscribe(prefix, self._log_event)
+
+    async def setup(self) -> None:
+        path = self.config.store_path
+        self.store = await trio.to_thread.run_sync(
+            partial(Store, path, synchronous=self.config.synchronous, max_bytes=self.config.max_store_bytes)
+        )
+        assert self._work is not None
+        await self._work.start(self._write_loop)
+        for job, reason in self.store.interrupted:
+            self.publish(JobStateChanged(job=job, state="interrupted", previous="running", reason=reason))
+
+    async def teardown(self) -> None:
+        if self.store is not None:
+            self.store.close()  # the writer's last transaction has ended: its task was cancelled and waited
+
+    # --- the writer -------------------------------------------------------------------------
+
+    async def _write_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        assert self.store is not None
+        store = self.store
+        task_status.started()
+        async for first in self._ops_out:
+            batch = [first]
+            while len(batch) < self.config.batch:
+                try:
+                    batch.append(self._ops_out.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                results = await trio.to_thread.run_sync(store.run_batch, [op.run for op in batch], limiter=self._writer)
+                self.transactions += 1
+            except Exception as exc:  # noqa: BLE001 - StoreUnavailable, or a bug: every waiter hears of it
+                results = [exc] * len(batch)
+            for op, result in zip(batch, results, strict=True):
+                op.result = result
+                op.done.set()
+
+    async def _write(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a write operation in the next transaction; returns once it has committed."""
+        op = _Op(run)
+        self._ops_in.send_nowait(op)
+        await op.done.wait()
+        if isinstance(op.result, Exception):
+            raise op.result
+        return op.result  # type: ignore[no-any-return]
+
+    async def _read(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        assert self.store is not None
+        return await trio.to_thread.run_sync(self.store.read, run, limiter=self._reader)
+
+    def _log_event(self, body: Any, env: Envelope) -> None:
+        self._ops_in.send_nowait(_Op(ops.log_events([(env.ts, env.type, env.sender, pack(body))])))
+
+    # --- slots ------------------------------------------------------------------------------
+
+    @handles(Allocate)
+    async def _allocate(self, msg: Allocate, env: Envelope) -> Allocated:
+        frames, state = await self._read(ops.load_state(msg.job))
+        slots = self.slots.allocate(
+            msg.job,
+            msg.slots,
+            msg.state,
+            msg.constants,
+            device=msg.device,
+            plan=msg.plan,
+            calibration=msg.calibration,
+        )
+        self.slots.restore(msg.job, frames, state if msg.resume else {})
+        return Allocated(job=msg.job, slots=[s.info() for s in slots.slots], frame=slots.frame, nbytes=slots.nbytes)
+
+    @handles(Write)
+    def _write_slots(self, msg: Write, env: Envelope) -> Written | Awaitable[Written]:
+        self.slots.write(msg.job, msg.frame, msg.writer, [(v.slot, v.value) for v in msg.values])
+        if not msg.commit:
+            return Written(job=msg.job, frame=msg.frame, committed=False)
+        return self._write_and_commit(msg)
+
+    async def _write_and_commit(self, msg: Write) -> Written:
+        await self._commit(msg.job, msg.frame, None)
+        return Written(job=msg.job, frame=msg.frame, committed=True)
+
+    @handles(Read)
+    def _read_slots(self, msg: Read, env: Envelope) -> Values:
+        values = self.slots.read(msg.job, msg.slots)
+        return Values(job=msg.job, frame=self.slots.job(msg.job).frame, values=values)
+
+    @handles(Clear)
+    def _clear(self, msg: Clear, env: Envelope) -> None:
+        self.slots.clear(msg.job, msg.slots)
+
+    @handles(CommitFrame)
+    async def _commit_frame(self, msg: CommitFrame, env: Envelope) -> FrameCommitted:
+        results = await self._commit(msg.job, msg.frame, msg.phase)
+        return FrameCommitted(job=msg.job, frame=msg.frame, results=results)
+
+    async def _commit(self, job: str, frame: int, phase: int | None) -> int:
+        snapshot = self.slots.prepare_commit(job, frame)
+        slots = self.slots.job(job)
+        try:
+            stored = await self._write(
+                ops.commit_frame(
+                    snapshot, phase=phase, device=slots.device, plan=slots.plan, calibration=slots.calibration
+                )
+            )
+        except BaseException:
+            self.slots.abort_commit(job)
+            raise
+        self.slots.finish_commit(job)
+        return stored
+
+    @handles(Free)
+    def _free(self, msg: Free, env: Envelope) -> None:
+        self.slots.free(msg.job)
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    @handles(PutJob)
+    async def _put_job(self, msg: PutJob, env: Envelope) -> JobStored:
+        seq, created = await self._write(
+            ops.put_job(
+                msg.job,
+                msg.circuit,
+                shots=msg.shots,
+                priority=msg.priority,
+                device=msg.device,
+                deadline=msg.deadline,
+                submitter=msg.submitter or env.sender,
+            )
+        )
+        if created:
+            self.publish(JobStateChanged(job=msg.job, state="queued", previous=None, reason="accepted"))
+        return JobStored(job=msg.job, seq=seq, created=created)
+
+    @handles(SetJobState)
+    async def _set_job_state(self, msg: SetJobState, env: Envelope) -> JobStateSet:
+        previous, frames, results = await self._write(
+            ops.set_job_state(
+                msg.job, msg.state, msg.reason, expect=msg.expect, plan=msg.plan, calibration=msg.calibration
+            )
+        )
+        self.publish(JobStateChanged(job=msg.job, state=msg.state, previous=previous, reason=msg.reason))  # type: ignore[arg-type]
+        if msg.state in TERMINAL_STATES:
+            self.publish(
+                ResultsComplete(
+                    job=msg.job, state=msg.state, frames=frames, results=results, partial=msg.state != "completed"
+                )
+            )
+        return JobStateSet(job=msg.job, state=msg.state, previous=previous)  # type: ignore[arg-type]
+
+    @handles(GetJob)
+    async def _get_job(self, msg: GetJob, env: Envelope) -> Job:
+        return Job(record=await self._read(ops.get_job(msg.job)))
+
+    @handles(QueryJobs)
+    async def _query_jobs(self, msg: QueryJobs, env: Envelope) -> Jobs:
+        query = ops.query_jobs(states=msg.states, device=msg.device, since=msg.since, until=msg.until, limit=msg.limit)
+        return Jobs(jobs=await self._read(query))
+
+    # --- plans, results, calibrations -------------------------------------------------------
+
+    @handles(PutPlan)
+    async def _put_plan(self, msg: PutPlan, env: Envelope) -> PlanStored:
+        created = await self._write(
+            ops.put_plan(
+                msg.plan, msg.body, job=msg.job, device=msg.device, calibration=msg.calibration, metrics=msg.metrics
+            )
+        )
+        return PlanStored(plan=msg.plan, created=created)
+
+    @handles(GetPlan)
+    async def _get_plan(self, msg: GetPlan, env: Envelope) -> Plan:
+        return Plan(**await self._read(ops.get_plan(msg.plan)))
+
+    @handles(QueryResults)
+    async def _query_results(self, msg: QueryResults, env: Envelope) -> Results:
+        state, results = await self._read(ops.query_results(msg.job, slots=msg.slots, values=msg.values))
+        return Results(job=msg.job, state=state, partial=state != "completed", results=results)  # type: ignore[arg-type]
+
+    @handles(QueryDeviceResults)
+    async def _query_device_results(self, msg: QueryDeviceResults, env: Envelope) -> DeviceResults:
+        query = ops.query_device_results(msg.device, since=msg.since, until=msg.until, limit=msg.limit)
+        return DeviceResults(results=await self._read(query))
+
+    @handles(Export)
+    async def _export(self, msg: Export, env: Envelope) -> Exported:
+        exports = self.config.store_path.parent / "exports"
+        path = exports / (msg.path or f"{msg.job}.{msg.format}")  # an absolute path replaces the directory
+        assert self.store is not None
+        store = self.store
+
+        def export() -> int:
+            return store.read(lambda conn: ops.export_job(conn, msg.job, msg.format, path))
+
+        try:
+            size = await trio.to_thread.run_sync(export, limiter=self._reader)
+        except OSError as exc:
+            raise AwenError(f"cannot write the export {path}: {exc.strerror}", field="path") from None
+        return Exported(job=msg.job, path=str(path), size=size)
+
+    @handles(PutCalibration)
+    async def _put_calibration(self, msg: PutCalibration, env: Envelope) -> CalibrationStored:
+        body = {"fits": msg.fits, "uncertainties": msg.uncertainties, "residuals": msg.residuals, "data": msg.data}
+        version = await self._write(ops.put_calibration(msg.device, msg.identity, body, msg.note))
+        return CalibrationStored(device=msg.device, version=version)
+
+    @handles(GetCalibration)
+    async def _get_calibration(self, msg: GetCalibration, env: Envelope) -> Calibration:
+        return Calibration(**await self._read(ops.get_calibration(msg.device, msg.version)))
+
+    @handles(ListCalibrations)
+    async def _list_calibrations(self, msg: ListCalibrations, env: Envelope) -> Calibrations:
+        return Calibrations(calibrations=await self._read(ops.list_calibrations(msg.device)))
+
+    @handles(QueryEvents)
+    async def _query_events(self, msg: QueryEvents, env: Envelope) -> EventLog:
+        query = ops.query_events(
+            prefix=msg.prefix, since=msg.since, until=msg.until, after_seq=msg.after_seq, limit=msg.limit
+        )
+        return EventLog(events=await self._read(query))
+
+    @handles(GetStoreInfo)
+    async def _store_info(self, msg: GetStoreInfo, env: Envelope) -> StoreInfo:
+        assert self.store is not None
+        counts = await self._read(ops.counts())
+        path = self.store.path
+        size = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+        return StoreInfo(
+            path=str(path),
+            schema_version=self.store.schema_version,
+            file_bytes=size,
+            allocated_jobs=len(self.slots.jobs),
+            allocated_bytes=self.slots.nbytes,
+            **counts,
+        )
+
+
+def open_store(data_dir: str | os.PathLike[str], *, readonly: bool = True) -> Store:
+    """The store in a data directory, for tools that read it without a running actor."""
+    return Store(Path(data_dir).expanduser() / "store.sqlite3", readonly=readonly)

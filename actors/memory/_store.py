@@ -1,0 +1,878 @@
+"""The durable store: one SQLite file in WAL mode, a versioned schema, nothing acknowledged lost.
+
+Synchronous on purpose: the memory actor runs it in worker threads, all writes
+through one writer connection (`Store.run_batch`: several operations in one
+transaction, the group commit that keeps fsyncs few), reads through a second
+connection that WAL lets run beside the writer. Anything the store returns has
+been committed; anything it refuses names the problem and what to do.
+
+Arrays are stored as their raw bytes with dtype and shape; free-form values
+(circuits, plan bodies, fits, event bodies) as MessagePack with numpy arrays
+as the protocol's ext type.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from protocol import AwenError, Exists, IllegalTransition, NotFound, StoreFull, StoreUnavailable, pack, unpack
+from protocol.memory import (
+    JOB_TRANSITIONS,
+    CalibrationInfo,
+    JobRecord,
+    LoggedEvent,
+    ResultRecord,
+    Transition,
+)
+
+from ._slots import NUMPY_DTYPES, FrameSnapshot
+
+log = logging.getLogger("awen.memory.store")
+
+T = TypeVar("T")
+Synchronous = Literal["full", "normal"]
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "jobs, transitions, plans, frames, results, state buffers, calibrations, event log",
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+        CREATE TABLE jobs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            priority INTEGER NOT NULL,
+            shots INTEGER NOT NULL,
+            device TEXT NOT NULL,
+            deadline REAL,
+            submitter TEXT NOT NULL,
+            circuit BLOB NOT NULL,
+            submitted REAL NOT NULL,
+            updated REAL NOT NULL,
+            plan TEXT,
+            calibration INTEGER,
+            frames INTEGER NOT NULL DEFAULT 0,
+            last_phase INTEGER,
+            results INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX jobs_by_state ON jobs (state, seq);
+        CREATE INDEX jobs_by_device ON jobs (device, submitted);
+        CREATE INDEX jobs_by_time ON jobs (submitted);
+        CREATE TABLE transitions (
+            id INTEGER PRIMARY KEY,
+            job TEXT NOT NULL REFERENCES jobs (id),
+            state TEXT NOT NULL,
+            previous TEXT,
+            reason TEXT NOT NULL,
+            ts REAL NOT NULL
+        );
+        CREATE INDEX transitions_by_job ON transitions (job, id);
+        CREATE TABLE plans (
+            id TEXT PRIMARY KEY,
+            job TEXT,
+            device TEXT NOT NULL,
+            calibration INTEGER,
+            body BLOB NOT NULL,
+            metrics TEXT NOT NULL,
+            created REAL NOT NULL
+        );
+        CREATE TABLE frames (
+            job TEXT NOT NULL REFERENCES jobs (id),
+            frame INTEGER NOT NULL,
+            phase INTEGER,
+            ts REAL NOT NULL,
+            PRIMARY KEY (job, frame)
+        ) WITHOUT ROWID;
+        CREATE TABLE results (
+            id INTEGER PRIMARY KEY,
+            job TEXT NOT NULL REFERENCES jobs (id),
+            slot TEXT NOT NULL,
+            frame INTEGER NOT NULL,
+            phase INTEGER,
+            device TEXT NOT NULL,
+            calibration INTEGER,
+            plan TEXT,
+            dtype TEXT NOT NULL,
+            shape TEXT NOT NULL,
+            data BLOB NOT NULL,
+            ts REAL NOT NULL,
+            UNIQUE (job, slot, frame)
+        );
+        CREATE INDEX results_by_device ON results (device, ts);
+        CREATE TABLE job_state (
+            job TEXT NOT NULL REFERENCES jobs (id),
+            slot TEXT NOT NULL,
+            frame INTEGER NOT NULL,
+            dtype TEXT NOT NULL,
+            shape TEXT NOT NULL,
+            data BLOB NOT NULL,
+            PRIMARY KEY (job, slot)
+        ) WITHOUT ROWID;
+        CREATE TABLE calibrations (
+            device TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            identity TEXT NOT NULL,
+            created REAL NOT NULL,
+            note TEXT NOT NULL,
+            body BLOB NOT NULL,
+            PRIMARY KEY (device, version)
+        ) WITHOUT ROWID;
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            type TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            body BLOB NOT NULL
+        );
+        CREATE INDEX events_by_time ON events (ts);
+        """,
+    ),
+)
+"""Every schema change, in order. A store is at the version of the last one applied
+(``PRAGMA user_version``); opening it applies the ones it lacks, each in a transaction."""
+
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+_JOB_COLUMNS = (
+    "id, seq, state, reason, priority, shots, device, deadline, submitter, submitted, updated, "
+    "plan, calibration, frames, last_phase, results"
+)
+_RESULT_COLUMNS = "id, job, slot, frame, phase, device, calibration, plan, dtype, shape, ts"
+
+
+def _explain(exc: sqlite3.Error, path: Path, doing: str) -> StoreUnavailable:
+    """A store error that says which problem it is and what to do about it."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name == "SQLITE_FULL":
+        return StoreFull(
+            f"the store {path} is full while {doing}: free space on its disk (or raise the memory actor's "
+            f"max_store_bytes); nothing of this request was written ({exc})"
+        )
+    if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT") or "not a database" in str(exc) or "malformed" in str(exc):
+        return StoreUnavailable(
+            f"the store {path} is corrupt ({exc}) while {doing}: stop awen, move the file (and its -wal and -shm "
+            "files) aside and restore it from a backup, or start with an empty data directory"
+        )
+    if name in ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH"):
+        return StoreUnavailable(
+            f"the store {path} cannot be written ({exc}) while {doing}: check that the user running awen may "
+            "write the file and its directory, and that the disk is not mounted read-only"
+        )
+    if name == "SQLITE_BUSY" or "locked" in str(exc):
+        return StoreUnavailable(
+            f"the store {path} is locked by another process ({exc}) while {doing}: is a second awen using the same "
+            "data directory? Stop it, or give each its own data_dir"
+        )
+    return StoreUnavailable(f"the store {path} failed while {doing}: {exc}")
+
+
+class Store:
+    """One awen store: ``store.sqlite3`` in a data directory.
+
+    Args:
+        path: The database file.
+        synchronous: ``full`` (default) syncs the WAL on every commit, so an
+            acknowledged write survives a power cut too; ``normal`` survives a
+            crash of the process but may lose the last commits on power loss.
+        max_bytes: Refuse writes (``store-full``) past this file size.
+        migrations: The schema history (tests pass a longer one).
+        readonly: Open for reading only (the CLI's queries); never migrates.
+
+    Raises:
+        StoreUnavailable: the file cannot be opened, with why and what to do.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Synchronous = "full",
+        max_bytes: int | None = None,
+        migrations: Sequence[Migration] = MIGRATIONS,
+        readonly: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.migrations = tuple(migrations)
+        self.readonly = readonly
+        self.interrupted: list[tuple[str, str]] = []
+        """Jobs found running on opening (job, reason): now marked interrupted."""
+        self._check_path()
+        try:
+            self._w = self._connect(readonly)
+            self._prepare(self._w, synchronous, max_bytes)
+            self.schema_version = self._migrate()
+            if not readonly:
+                self.interrupted = self._mark_interrupted()
+            self._r = self._connect(True)
+            self._r.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            raise _explain(exc, self.path, "opening it") from None
+
+    def _check_path(self) -> None:
+        directory = self.path.parent
+        if self.readonly:
+            if not self.path.exists():
+                raise StoreUnavailable(f"there is no store at {self.path}: is the data directory right?")
+            if not os.access(self.path, os.R_OK):
+                raise StoreUnavailable(f"the store {self.path} cannot be read: no permission for this user")
+            return
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"cannot create the data directory {directory} ({exc.strerror}): create it, or set data_dir to a "
+                "directory this user may write"
+            ) from None
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise StoreUnavailable(
+                f"the data directory {directory} is not writable by this user: fix its permissions, or set data_dir "
+                "elsewhere (SQLite needs to create its -wal and -shm files next to the store)"
+            )
+        if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
+            raise StoreUnavailable(
+                f"the store {self.path} is not readable and writable by this user: fix its permissions "
+                f"(owner uid {self.path.stat().st_uid})"
+            )
+
+    def _connect(self, readonly: bool) -> sqlite3.Connection:
+        uri = f"{self.path.absolute().as_uri()}?mode={'ro' if readonly else 'rwc'}"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5.0)
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection, synchronous: Synchronous, max_bytes: int | None) -> None:
+        if self.readonly:
+            conn.execute("PRAGMA query_only = ON")
+            conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()  # a corrupt file fails here
+            return
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise StoreUnavailable(f"the store {self.path} could not be put in WAL mode (got {mode})")
+        conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        if max_bytes is not None:
+            page = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page)}")
+
+    def _migrate(self) -> int:
+        conn = self._w
+        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        known = self.migrations[-1].version if self.migrations else 0
+        if version > known:
+            raise StoreUnavailable(
+                f"the store {self.path} has schema version {version}, newer than this awen knows ({known}): it was "
+                "written by a newer awen. Upgrade awen, or point data_dir at another directory; do not downgrade "
+                "the file"
+            )
+        pending = [m for m in self.migrations if m.version > version]
+        if pending and self.readonly:
+            raise StoreUnavailable(
+                f"the store {self.path} has schema version {version}; this awen needs {known}: start the memory "
+                "actor once to migrate it"
+            )
+        for migration in pending:
+            log.info("store %s: migrating to schema %d (%s)", self.path, migration.version, migration.description)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(migration.sql):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {migration.version}")
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('migrated_at', ?), ('schema', ?)",
+                    (repr(time.time()), str(migration.version)),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return known
+
+    def _mark_interrupted(self) -> list[tuple[str, str]]:
+        """Jobs that were running when the process ended become interrupted, with their progress kept."""
+        rows = self._w.execute("SELECT id, frames FROM jobs WHERE state = 'running' ORDER BY seq").fetchall()
+        if not rows:
+            return []
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        found = [
+            (job, f"awen stopped while the job was running (found at restart, {stamp}); {frames} frames were committed")
+            for job, frames in rows
+        ]
+        self._w.execute("BEGIN IMMEDIATE")
+        try:
+            for job, reason in found:
+                _transition(self._w, job, "interrupted", "running", reason, now)
+            self._w.execute("COMMIT")
+        except BaseException:
+            self._w.execute("ROLLBACK")
+            raise
+        return found
+
+    def close(self) -> None:
+        for conn in (getattr(self, "_r", None), getattr(self, "_w", None)):
+            if conn is not None:
+                conn.close()
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def run_batch(self, ops: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+        """Run write operations in one transaction: each result, or the `AwenError` it raised.
+
+        An operation that refuses (unknown job, illegal transition) is rolled
+        back alone; a failure of the database itself (disk full, I/O error)
+        rolls back the whole batch and is raised: nothing of it was written.
+        """
+        conn = self._w
+        results: list[Any] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for op in ops:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        results.append(op(conn))
+                    except AwenError as exc:  # the operation refused; the others go on
+                        conn.execute("ROLLBACK TO op")
+                        results.append(exc)
+                    conn.execute("RELEASE op")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _explain(exc, self.path, f"writing {len(ops)} operation(s)") from None
+        return results
+
+    def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """One operation in its own transaction (tests and tools; the actor batches)."""
+        (result,) = self.run_batch([op])
+        if isinstance(result, Exception):
+            raise result
+        return result  # type: ignore[no-any-return]
+
+    def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """A read on the reader connection, in one snapshot."""
+        conn = self._r
+        try:
+            conn.execute("BEGIN")
+            try:
+                return op(conn)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise _explain(exc, self.path, "reading") from None
+
+
+# --- write operations: functions of a connection, run inside `Store.run_batch` -----------------
+
+
+def _statements(sql: str) -> Iterable[str]:
+    return (s.strip() for s in sql.split(";") if s.strip())
+
+
+def _transition(conn: sqlite3.Connection, job: str, state: str, previous: str | None, reason: str, ts: float) -> None:
+    conn.execute("UPDATE jobs SET state = ?, reason = ?, updated = ? WHERE id = ?", (state, reason, ts, job))
+    conn.execute(
+        "INSERT INTO transitions (job, state, previous, reason, ts) VALUES (?, ?, ?, ?, ?)",
+        (job, state, previous, reason, ts),
+    )
+    body = pack({"job": job, "state": state, "previous": previous, "reason": reason})
+    conn.execute(
+        "INSERT INTO events (ts, type, sender, body) VALUES (?, 'mem.job_state_changed', 'memory', ?)", (ts, body)
+    )
+
+
+def put_job(
+    job: str, circuit: Any, *, shots: int, priority: int, device: str, deadline: float | None, submitter: str
+) -> Callable[[sqlite3.Connection], tuple[int, bool]]:
+    """Store a job as queued: (its sequence number, whether it is new)."""
+    blob = pack(circuit)
+
+    def op(conn: sqlite3.Connection) -> tuple[int, bool]:
+        row = conn.execute(
+            "SELECT seq, circuit, shots, priority, device, deadline FROM jobs WHERE id = ?", (job,)
+        ).fetchone()
+        if row is not None:
+            if tuple(row[1:]) == (blob, shots, priority, device, deadline):
+                return row[0], False
+            raise Exists(f"a different job {job!r} is stored already (same id, other content)", field="job")
+        now = time.time()
+        cursor = conn.execute(
+            "INSERT INTO jobs (id, state, priority, shots, device, deadline, submitter, circuit, submitted, updated) "
+            "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job, priority, shots, device, deadline, submitter, blob, now, now),
+        )
+        _transition(conn, job, "queued", None, "accepted", now)
+        return int(cursor.lastrowid or 0), True
+
+    return op
+
+
+def set_job_state(
+    job: str,
+    state: str,
+    reason: str,
+    *,
+    expect: Sequence[str] | None = None,
+    plan: str | None = None,
+    calibration: int | None = None,
+) -> Callable[[sqlite3.Connection], tuple[str, int, int]]:
+    """Move a job to ``state``; returns the state it left, and its frames and results so far."""
+
+    def op(conn: sqlite3.Connection) -> tuple[str, int, int]:
+        row = conn.execute("SELECT state, frames, results FROM jobs WHERE id = ?", (job,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job!r} in the store", field="job")
+        previous: str = row[0]
+        if expect is not None and previous not in expect:
+            raise IllegalTransition(
+                f"job {job!r} is {previous}, not {' or '.join(expect)}: not moved to {state}", field="state"
+            )
+        if state not in JOB_TRANSITIONS[previous]:
+            allowed = ", ".join(sorted(JOB_TRANSITIONS[previous])) or "nothing (it is final)"
+            raise IllegalTransition(
+                f"job {job!r} cannot go from {previous} to {state}; from {previous} it may go to {allowed}",
+                field="state",
+            )
+        now = time.time()
+        _transition(conn, job, state, previous, reason, now)
+        if plan is not None or calibration is not None:
+            conn.execute(
+                "UPDATE jobs SET plan = coalesce(?, plan), calibration = coalesce(?, calibration) WHERE id = ?",
+                (plan, calibration, job),
+            )
+        return previous, row[1], row[2]
+
+    return op
+
+
+def put_plan(
+    plan: str, body: Any, *, job: str | None, device: str, calibration: int | None, metrics: dict[str, float]
+) -> Callable[[sqlite3.Connection], bool]:
+    blob = pack(body)
+
+    def op(conn: sqlite3.Connection) -> bool:
+        row = conn.execute("SELECT body FROM plans WHERE id = ?", (plan,)).fetchone()
+        if row is not None:
+            if row[0] != blob:
+                raise Exists(f"a different plan {plan!r} is stored already (same id, other content)", field="plan")
+            return False
+        conn.execute(
+            "INSERT INTO plans (id, job, device, calibration, body, metrics, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (plan, job, device, calibration, blob, json.dumps(metrics), time.time()),
+        )
+        return True
+
+    return op
+
+
+def _array_row(value: np.ndarray | bytes) -> tuple[str, str, bytes]:
+    if isinstance(value, bytes):
+        return "bytes", json.dumps([len(value)]), value
+    return value.dtype.name, json.dumps(list(value.shape)), value.tobytes()
+
+
+def commit_frame(
+    snapshot: FrameSnapshot, *, phase: int | None, device: str, plan: str | None, calibration: int | None
+) -> Callable[[sqlite3.Connection], int]:
+    """Store a frame's results and the job's state buffer; returns the result rows written."""
+    results = [(name, *_array_row(value)) for name, value in snapshot.results]
+    state = [(name, *_array_row(value)) for name, value in snapshot.state]
+    job, frame = snapshot.job, snapshot.frame
+
+    def op(conn: sqlite3.Connection) -> int:
+        if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job,)).fetchone() is None:
+            raise NotFound(f"no job {job!r} in the store: store it (mem.put_job) before committing frames", field="job")
+        now = time.time()
+        try:
+            conn.execute("INSERT INTO frames (job, frame, phase, ts) VALUES (?, ?, ?, ?)", (job, frame, phase, now))
+        except sqlite3.IntegrityError:
+            raise Exists(f"frame {frame} of job {job!r} was committed before", field="frame") from None
+        conn.executemany(
+            "INSERT INTO results (job, slot, frame, phase, device, calibration, plan, dtype, shape, data, ts) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(job, name, frame, phase, device, calibration, plan, dt, sh, data, now) for name, dt, sh, data in results],
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO job_state (job, slot, frame, dtype, shape, data) VALUES (?, ?, ?, ?, ?, ?)",
+            [(job, name, frame, dt, sh, data) for name, dt, sh, data in state],
+        )
+        conn.execute(
+            "UPDATE jobs SET frames = frames + 1, last_phase = ?, results = results + ?, updated = ? WHERE id = ?",
+            (phase, len(results), now, job),
+        )
+        return len(results)
+
+    return op
+
+
+def put_calibration(device: str, identity: str, body: dict[str, Any], note: str) -> Callable[[sqlite3.Connection], int]:
+    blob = pack(body)
+
+    def op(conn: sqlite3.Connection) -> int:
+        (latest,) = conn.execute("SELECT max(version) FROM calibrations WHERE device = ?", (device,)).fetchone()
+        version = (latest or 0) + 1
+        conn.execute(
+            "INSERT INTO calibrations (device, version, identity, created, note, body) VALUES (?, ?, ?, ?, ?, ?)",
+            (device, version, identity, time.time(), note, blob),
+        )
+        return version
+
+    return op
+
+
+def log_events(events: Sequence[tuple[float, str, str, bytes]]) -> Callable[[sqlite3.Connection], int]:
+    def op(conn: sqlite3.Connection) -> int:
+        conn.executemany("INSERT INTO events (ts, type, sender, body) VALUES (?, ?, ?, ?)", events)
+        return len(events)
+
+    return op
+
+
+# --- read operations --------------------------------------------------------------------------
+
+
+def _job_record(row: Sequence[Any], *, circuit: Any = None, transitions: list[Transition] | None = None) -> JobRecord:
+    (job, seq, state, reason, priority, shots, device, deadline, submitter, submitted, updated) = row[:11]
+    plan, calibration, frames, last_phase, results = row[11:16]
+    return JobRecord(
+        job=job,
+        seq=seq,
+        state=state,
+        reason=reason,
+        priority=priority,
+        shots=shots,
+        device=device,
+        deadline=deadline,
+        submitter=submitter,
+        submitted=submitted,
+        updated=updated,
+        plan=plan,
+        calibration=calibration,
+        frames=frames,
+        last_phase=last_phase,
+        results=results,
+        circuit=circuit,
+        transitions=transitions or [],
+    )
+
+
+def get_job(job: str) -> Callable[[sqlite3.Connection], JobRecord]:
+    def op(conn: sqlite3.Connection) -> JobRecord:
+        row = conn.execute(f"SELECT {_JOB_COLUMNS}, circuit FROM jobs WHERE id = ?", (job,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job!r} in the store", field="job")
+        transitions = [
+            Transition(state=s, previous=p, reason=r, ts=ts)
+            for s, p, r, ts in conn.execute(
+                "SELECT state, previous, reason, ts FROM transitions WHERE job = ? ORDER BY id", (job,)
+            )
+        ]
+        return _job_record(row, circuit=unpack(row[16]), transitions=transitions)
+
+    return op
+
+
+def query_jobs(
+    *,
+    states: Sequence[str] = (),
+    device: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    limit: int = 1000,
+) -> Callable[[sqlite3.Connection], list[JobRecord]]:
+    where, args = _where(
+        ("state IN ({})".format(",".join("?" * len(states))), list(states)) if states else None,
+        ("device = ?", [device]) if device is not None else None,
+        ("submitted >= ?", [since]) if since is not None else None,
+        ("submitted < ?", [until]) if until is not None else None,
+    )
+
+    def op(conn: sqlite3.Connection) -> list[JobRecord]:
+        rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs{where} ORDER BY seq LIMIT ?", (*args, limit))
+        return [_job_record(row) for row in rows]
+
+    return op
+
+
+def _where(*clauses: tuple[str, list[Any]] | None) -> tuple[str, list[Any]]:
+    present = [c for c in clauses if c is not None]
+    if not present:
+        return "", []
+    return " WHERE " + " AND ".join(sql for sql, _ in present), [a for _, args in present for a in args]
+
+
+def get_plan(plan: str) -> Callable[[sqlite3.Connection], dict[str, Any]]:
+    def op(conn: sqlite3.Connection) -> dict[str, Any]:
+        row = conn.execute(
+            "SELECT id, job, device, calibration, body, metrics, created FROM plans WHERE id = ?", (plan,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no plan {plan!r} in the store", field="plan")
+        return {
+            "plan": row[0],
+            "job": row[1],
+            "device": row[2],
+            "calibration": row[3],
+            "body": unpack(row[4]),
+            "metrics": json.loads(row[5]),
+            "created": row[6],
+        }
+
+    return op
+
+
+def _value(dtype: str, shape: str, data: bytes) -> np.ndarray | bytes:
+    if dtype == "bytes":
+        return bytes(data)
+    return np.frombuffer(data, dtype=NUMPY_DTYPES[dtype]).reshape(json.loads(shape))
+
+
+def _result(row: Sequence[Any], data: bytes | None) -> ResultRecord:
+    rid, job, slot, frame, phase, device, calibration, plan, dtype, shape, ts = row[:11]
+    return ResultRecord(
+        id=rid,
+        job=job,
+        slot=slot,
+        frame=frame,
+        phase=phase,
+        device=device,
+        calibration=calibration,
+        plan=plan,
+        dtype=dtype,
+        shape=json.loads(shape),
+        ts=ts,
+        value=None if data is None else _value(dtype, shape, data),
+    )
+
+
+def query_results(
+    job: str, *, slots: Sequence[str] = (), values: bool = True
+) -> Callable[[sqlite3.Connection], tuple[str, list[ResultRecord]]]:
+    """A job's state and its results in frame order."""
+    columns = _RESULT_COLUMNS + (", data" if values else "")
+    where = " AND slot IN ({})".format(",".join("?" * len(slots))) if slots else ""
+
+    def op(conn: sqlite3.Connection) -> tuple[str, list[ResultRecord]]:
+        row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job!r} in the store", field="job")
+        rows = conn.execute(f"SELECT {columns} FROM results WHERE job = ?{where} ORDER BY frame, id", (job, *slots))
+        return row[0], [_result(r, r[11] if values else None) for r in rows]
+
+    return op
+
+
+def query_device_results(
+    device: str, *, since: float | None, until: float | None, limit: int
+) -> Callable[[sqlite3.Connection], list[ResultRecord]]:
+    where, args = _where(
+        ("device = ?", [device]),
+        ("ts >= ?", [since]) if since is not None else None,
+        ("ts < ?", [until]) if until is not None else None,
+    )
+
+    def op(conn: sqlite3.Connection) -> list[ResultRecord]:
+        rows = conn.execute(f"SELECT {_RESULT_COLUMNS} FROM results{where} ORDER BY ts, id LIMIT ?", (*args, limit))
+        return [_result(r, None) for r in rows]
+
+    return op
+
+
+def load_state(job: str) -> Callable[[sqlite3.Connection], tuple[int, dict[str, np.ndarray | bytes]]]:
+    """A job's committed frames and its state buffer as last committed: what a resumed job starts from."""
+
+    def op(conn: sqlite3.Connection) -> tuple[int, dict[str, np.ndarray | bytes]]:
+        row = conn.execute("SELECT frames FROM jobs WHERE id = ?", (job,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job!r} in the store: store it (mem.put_job) before allocating", field="job")
+        state = {
+            slot: _value(dtype, shape, data)
+            for slot, dtype, shape, data in conn.execute(
+                "SELECT slot, dtype, shape, data FROM job_state WHERE job = ?", (job,)
+            )
+        }
+        return int(row[0]), state
+
+    return op
+
+
+def get_calibration(device: str, version: int | None) -> Callable[[sqlite3.Connection], dict[str, Any]]:
+    def op(conn: sqlite3.Connection) -> dict[str, Any]:
+        if version is None:
+            row = conn.execute(
+                "SELECT version, identity, created, note, body FROM calibrations WHERE device = ? "
+                "ORDER BY version DESC LIMIT 1",
+                (device,),
+            ).fetchone()
+        else:
+            row = conn.execute(
+                "SELECT version, identity, created, note, body FROM calibrations WHERE device = ? AND version = ?",
+                (device, version),
+            ).fetchone()
+        if row is None:
+            which = "no calibration" if version is None else f"no calibration version {version}"
+            raise NotFound(f"{which} of device {device!r} in the store", field="version")
+        body: dict[str, Any] = unpack(row[4])
+        return {"device": device, "version": row[0], "identity": row[1], "created": row[2], "note": row[3], **body}
+
+    return op
+
+
+def list_calibrations(device: str | None) -> Callable[[sqlite3.Connection], list[CalibrationInfo]]:
+    where, args = _where(("device = ?", [device]) if device is not None else None)
+
+    def op(conn: sqlite3.Connection) -> list[CalibrationInfo]:
+        rows = conn.execute(
+            f"SELECT device, version, identity, created, note FROM calibrations{where} ORDER BY created, version", args
+        )
+        return [CalibrationInfo(device=d, version=v, identity=i, created=c, note=n) for d, v, i, c, n in rows]
+
+    return op
+
+
+def query_events(
+    *, prefix: str, since: float | None, until: float | None, after_seq: int, limit: int
+) -> Callable[[sqlite3.Connection], list[LoggedEvent]]:
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    where, args = _where(
+        ("seq > ?", [after_seq]),
+        ("type LIKE ? ESCAPE '\\'", [escaped + "%"]) if prefix else None,
+        ("ts >= ?", [since]) if since is not None else None,
+        ("ts < ?", [until]) if until is not None else None,
+    )
+
+    def op(conn: sqlite3.Connection) -> list[LoggedEvent]:
+        rows = conn.execute(
+            f"SELECT seq, ts, type, sender, body FROM events{where} ORDER BY seq LIMIT ?", (*args, limit)
+        )
+        return [LoggedEvent(seq=s, ts=ts, type=t, sender=f, body=unpack(b)) for s, ts, t, f, b in rows]
+
+    return op
+
+
+def counts() -> Callable[[sqlite3.Connection], dict[str, Any]]:
+    def op(conn: sqlite3.Connection) -> dict[str, Any]:
+        return {
+            "jobs": dict(conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()),
+            "results": conn.execute("SELECT count(*) FROM results").fetchone()[0],
+            "calibrations": conn.execute("SELECT count(*) FROM calibrations").fetchone()[0],
+            "events": conn.execute("SELECT count(*) FROM events").fetchone()[0],
+        }
+
+    return op
+
+
+# --- export -----------------------------------------------------------------------------------
+
+
+def export_job(conn: sqlite3.Connection, job: str, fmt: Literal["npz", "json"], path: Path) -> int:
+    """Write a job's results and provenance to ``path`` (atomically); returns the bytes written."""
+    record = get_job(job)(conn)
+    _, results = query_results(job)(conn)
+    meta = _export_meta(record, results)
+    buffer = io.BytesIO()
+    if fmt == "npz":
+        arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta)), "frames": np.array(meta["frames"])}
+        for slot, rows in _by_slot(results).items():
+            if rows[0].dtype == "bytes":
+                for r in rows:
+                    arrays[f"{slot}@{r.frame}"] = np.frombuffer(r.value, dtype=np.uint8)
+            else:
+                arrays[slot] = np.stack([r.value for r in rows])
+                arrays[f"{slot}.frames"] = np.array([r.frame for r in rows], dtype=np.int64)
+        np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
+    else:
+        meta["results"] = {
+            slot: {
+                "dtype": rows[0].dtype,
+                "shape": rows[0].shape,
+                "frames": [r.frame for r in rows],
+                "values": [_jsonable(r.value) for r in rows],
+            }
+            for slot, rows in _by_slot(results).items()
+        }
+        buffer.write(json.dumps(meta, indent=1, allow_nan=True).encode())
+    data = buffer.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+    return len(data)
+
+
+def _by_slot(results: list[ResultRecord]) -> dict[str, list[ResultRecord]]:
+    grouped: dict[str, list[ResultRecord]] = {}
+    for r in results:
+        grouped.setdefault(r.slot, []).append(r)
+    return grouped
+
+
+def _export_meta(record: JobRecord, results: list[ResultRecord]) -> dict[str, Any]:
+    return {
+        "job": record.job,
+        "state": record.state,
+        "reason": record.reason,
+        "partial": record.state != "completed",
+        "device": record.device,
+        "shots": record.shots,
+        "priority": record.priority,
+        "submitted": record.submitted,
+        "plan": record.plan,
+        "calibration": record.calibration,
+        "circuit": _jsonable(record.circuit),
+        "frames": sorted({r.frame for r in results}),
+        "provenance": [
+            {
+                "slot": r.slot,
+                "frame": r.frame,
+                "phase": r.phase,
+                "device": r.device,
+                "calibration": r.calibration,
+                "plan": r.plan,
+                "ts": r.ts,
+            }
+            for r in results
+        ],
+        "transitions": [{"state": t.state, "reason": t.reason, "ts": t.ts} for t in record.transitions],
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return {"base64": base64.b64encode(value).decode()}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return value

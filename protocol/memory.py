@@ -1,0 +1,601 @@
+"""Messages of the memory actor: result slots while a job runs, and the durable store.
+
+Two halves. *Slots* are typed numpy storage the memory actor allocates for a
+running job: results written once per frame (one writer per slot per frame) and
+a state buffer that lives across frames. The *store* is the durable record:
+jobs and their state transitions, plans, results, calibrations and an event log.
+Every store request is answered only after its transaction has committed.
+
+A slot value on the wire is a numpy array (ext type 1) of exactly the slot's
+dtype and shape, ``bytes`` for a ``bytes`` slot, or for a 0-d slot a plain
+bool, int or float of the slot's kind. Nothing is converted silently.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from ._message import Event, Reply, Request
+from .system import Ok
+
+JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+SlotName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]
+SlotRef = SlotName | Annotated[int, msgspec.Meta(ge=0)]
+"""A slot by name, or by the dense id `Allocated` gave it."""
+Frame = Annotated[int, msgspec.Meta(ge=0)]
+Dtype = Literal["float64", "float32", "int64", "int32", "uint32", "bool", "bytes"]
+DTYPES: Final = ("float64", "float32", "int64", "int32", "uint32", "bool", "bytes")
+
+JobState = Literal["queued", "planned", "running", "completed", "failed", "cancelled", "interrupted"]
+TERMINAL_STATES: Final = frozenset({"completed", "failed", "cancelled"})
+JOB_TRANSITIONS: Final[dict[str, frozenset[str]]] = {
+    "queued": frozenset({"planned", "failed", "cancelled"}),
+    "planned": frozenset({"queued", "running", "failed", "cancelled"}),
+    "running": frozenset({"planned", "completed", "failed", "cancelled", "interrupted"}),
+    "interrupted": frozenset({"queued", "planned", "running", "failed", "cancelled"}),
+    "completed": frozenset(),
+    "failed": frozenset(),
+    "cancelled": frozenset(),
+}
+"""Which state a job may move to from each state. ``running -> planned`` is a
+preemption at a phase boundary; ``interrupted`` is what a restart finds a job
+that was running when its process ended."""
+
+
+class _Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+# --- slots --------------------------------------------------------------------------------
+
+
+class SlotSpec(_Body, frozen=True, kw_only=True):
+    """One slot of a job's layout.
+
+    ``shape`` is the array shape (``[]`` for a scalar); for a ``bytes`` slot it
+    is ``[capacity]``, the most bytes the slot holds.
+    """
+
+    name: SlotName
+    dtype: Dtype
+    shape: list[Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=list)
+
+
+class SlotInfo(_Body, frozen=True, kw_only=True):
+    id: int
+    name: str
+    dtype: Dtype
+    shape: list[int]
+    nbytes: int
+    state: bool
+    """True for a state-buffer slot (lives across frames), False for a result slot."""
+
+
+class Allocated(Reply, frozen=True, kw_only=True):
+    TYPE = "mem.allocated"
+    job: JobId
+    slots: list[SlotInfo]
+    frame: int
+    """The open frame: 0 for a new job, the one after the last committed frame on resume."""
+    nbytes: int
+
+
+class Allocate(Request[Allocated], frozen=True, kw_only=True):
+    """Allocate a job's result slots and state buffer.
+
+    ``constants`` gives the initial value of state slots (the constant pool);
+    a state slot without one starts at zero. ``device``, ``plan`` and
+    ``calibration`` are recorded with every result the job commits. With
+    ``resume``, a job that has committed frames before (a restarted executor)
+    continues at the next frame with the state buffer as last committed.
+    Refused with ``memory-limit`` if the job would hold more bytes than allowed.
+    """
+
+    TYPE = "mem.allocate"
+    REPLY = Allocated
+    job: JobId
+    slots: list[SlotSpec]
+    state: list[SlotSpec] = msgspec.field(default_factory=list)
+    constants: dict[str, Any] = msgspec.field(default_factory=dict)
+    device: str
+    plan: str | None = None
+    calibration: int | None = None
+    resume: bool = False
+
+
+class SlotValue(_Body, frozen=True, kw_only=True):
+    slot: SlotRef
+    value: Any
+
+
+class Written(Reply, frozen=True, kw_only=True):
+    TYPE = "mem.written"
+    job: JobId
+    frame: int
+    committed: bool
+    """True if ``commit`` was asked and the frame is now durable."""
+
+
+class Write(Request[Written], frozen=True, kw_only=True):
+    """Write slots in the open frame, all or none; with ``commit``, commit the frame too.
+
+    Refused with ``slot-conflict`` if another writer (or this one) already
+    wrote a slot in this frame, ``bad-value`` for a wrong dtype or shape.
+    """
+
+    TYPE = "mem.write"
+    REPLY = Written
+    job: JobId
+    frame: Frame
+    writer: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    values: list[SlotValue]
+    commit: bool = False
+
+
+class Values(Reply, frozen=True, kw_only=True):
+    TYPE = "mem.values"
+    job: JobId
+    frame: int
+    values: dict[str, Any]
+
+
+class Read(Request[Values], frozen=True, kw_only=True):
+    """Current values of some slots (``slots`` empty: every slot), by name."""
+
+    TYPE = "mem.read"
+    REPLY = Values
+    job: JobId
+    slots: list[SlotRef] = msgspec.field(default_factory=list)
+
+
+class Clear(Request[Ok], frozen=True, kw_only=True):
+    """Reset slots (``slots`` empty: every slot): results to zero, state to its constant."""
+
+    TYPE = "mem.clear"
+    REPLY = Ok
+    job: JobId
+    slots: list[SlotRef] = msgspec.field(default_factory=list)
+
+
+class FrameCommitted(Reply, frozen=True, kw_only=True):
+    TYPE = "mem.frame_committed"
+    job: JobId
+    frame: int
+    results: int
+    """Result rows this frame stored (one per slot written in it)."""
+
+
+class CommitFrame(Request[FrameCommitted], frozen=True, kw_only=True):
+    """Make the open frame durable and open the next one.
+
+    Stores every result slot written in the frame, and the state buffer, in one
+    transaction; the reply comes after it has committed. ``phase`` is the plan
+    phase the frame belongs to, journalled for resuming after a crash.
+    """
+
+    TYPE = "mem.commit_frame"
+    REPLY = FrameCommitted
+    job: JobId
+    frame: Frame
+    phase: int | None = None
+
+
+class Free(Request[Ok], frozen=True, kw_only=True):
+    """Release a job's slots and state buffer (its committed results stay in the store)."""
+
+    TYPE = "mem.free"
+    REPLY = Ok
+    job: JobId
+
+
+# --- jobs ---------------------------------------------------------------------------------
+
+
+class Transition(_Body, frozen=True, kw_only=True):
+    state: JobState
+    previous: JobState | None
+    reason: str
+    ts: float
+
+
+class JobRecord(_Body, frozen=True, kw_only=True):
+    """A job as the store holds it. ``circuit`` and ``transitions`` only from `GetJob`."""
+
+    job: str
+    seq: int
+    """Order of acceptance: the queue's FIFO order within a priority."""
+    state: JobState
+    reason: str
+    priority: int
+    shots: int
+    device: str
+    deadline: float | None
+    submitter: str
+    submitted: float
+    updated: float
+    plan: str | None
+    calibration: int | None
+    frames: int
+    """Frames committed so far."""
+    last_phase: int | None
+    """The plan phase of the last committed frame."""
+    results: int
+    circuit: Any = None
+    transitions: list[Transition] = msgspec.field(default_factory=list)
+
+
+class JobStored(Reply, frozen=True, kw_only=True):
+    TYPE = "mem.job_stored"
+    job: JobId
+    seq: int
+    created: bool
+    """False if the same job was stored before (a repeated submission): nothing changed."""
+
+
+class PutJob(Request[JobStored], frozen=True, kw_only=True):
+    """Store a new job in state ``queued``.
+
+    Repeating it with the same content is harmless (``created`` is False); the
+    same id with different content is refused with ``exists``.
+    """
+
+    TYPE = "mem.put_job"
+    REPLY = JobStored
+    job: JobId
+    circuit: Any
+    shots: Annotated[int, msgspec.Meta(ge=0)] = 0
+    priority: int = 0
+    device: str = ""
+    deadline: float | None = None
+    submitter: str = ""
+
+
+class JobStateSet(Reply, frozen=True, kw_only=True):
+    TYPE = "mem.job_state"
+    job: JobId
+    state: JobState
+    previous: JobState
+
+
+class SetJobState(Request[JobStateSet], frozen=True, kw_only=True):
+    """Move a job to another state, with the reason when it is not a success.
+
+    Refused with ``illegal-transition`` if `JOB_TRANSITIONS` does not allow it,
+    or if ``expect`` is given and the job is in none of those states.
+    ``plan`` and ``calibration`` record what the job runs with.
+    """
+
+    TYPE = "mem.set_job_state"
+    REPLY = JobStateSet
+    job: JobId
+    state: JobState
+    reason: str = ""
+    expect: list[JobState] | None = None
+    plan: str | None = None
+    calibration: int | None = None
+
+
+class Job(Reply, frozen=True, kw_only=True):
+    TYPE = "mem.job"
+    record: JobRecord
+
+
+class GetJob(Request[Job], frozen=True, kw_only=True):
+    """One job with its circuit and every state transition."""
+
+    TYPE = "mem.get_job"
+    REPLY = Job
+    job: JobId
+
+
+class Jobs(Reply, frozen=True, kw_only=True):
+    TYPE = "mem.jobs"
+    jobs: list[JobRecord]
+
+
+class QueryJobs(Request[Jobs], frozen=True, kw_only=True):
+    """Jobs in acceptance order, filtered by state, device and submission time (unix seconds)."""
+
+    TYPE = "mem.query_jobs"
+    REPLY = Jobs
+    states: list[JobState] = msgspec.field(default_factory=list)
+    device: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+
+
+# --- plans --------------------------------------------------------------------------------
+
+
+class PlanStored(Reply, frozen=True, kw_only=True):
+    TYPE = "mem.plan_stored"
+    plan: str
+    created: bool
+
+
+class PutPlan(Request[PlanStored], frozen=True, kw_only=True):
+    """Store an execution plan under its id (a content hash: storing it again changes nothing)."""
+
+    TYPE = "mem.put_plan"
+    REPLY = PlanStored
+    plan: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    job: str | None = None
+    device: str = ""
+    calibration: int | None = None
+    body: Any
+    metrics: dict[str, float] = msgspec.field(default_factory=dict)
+
+
+class Plan(Reply, frozen=True, kw_only=True):
+    TYPE = "mem.plan"
+    plan: str
+    job: str | None
+    device: str
+    calibration: int | None
+    body: Any
+    metrics: dict[str, float]
+    created: float
+
+
+class GetPlan(Request[Plan], frozen=True, kw_only=True):
+    TYPE = "mem.get_plan"
+    REPLY = Plan
+    plan: str
+
+
+# --- results ------------------------------------------------------------------------------
+
+
+class ResultRecord(_Body, frozen=True, kw_only=True):
+    """One slot's value in one frame, and where it came from."""
+
+    id: int
+    job: str
+    slot: str
+    frame: int
+    phase: int | None
+    device: str
+    calibration: int | None
+    plan: str | None
+    dtype: Dtype
+    shape: list[int]
+    ts: float
+    value: Any = None
+    """The array (or bytes); None when the query asked for metadata only."""
+
+
+class Results(Reply, frozen=True, kw_only=True):
+    TYPE = "mem.results"
+    job: JobId
+    state: JobState
+    partial: bool
+    """True unless the job completed: the results are what was committed before it stopped."""
+    results: list[ResultRecord]
+
+
+class QueryResults(Request[Results], frozen=True, kw_only=True):
+    """A job's results in frame order, optionally only some slots, optionally without values."""
+
+    TYPE = "mem.query_results"
+    REPLY = Results
+    job: JobId
+    slots: list[str] = msgspec.field(default_factory=list)
+    values: bool = True
+
+
+class DeviceResults(Reply, frozen=True, kw_only=True):
+    TYPE = "mem.device_results"
+    results: list[ResultRecord]
+
+
+class QueryDeviceResults(Request[DeviceResults], frozen=True, kw_only=True):
+    """Result metadata (no values) taken on a device within a time range, oldest first."""
+
+    TYPE = "mem.query_device_results"
+    REPLY = DeviceResults
+    device: str
+    since: float | None = None
+    until: float | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+
+
+class Exported(Reply, frozen=True, kw_only=True):
+    TYPE = "mem.exported"
+    job: JobId
+    path: str
+    size: int
+    """Bytes written."""
+
+
+class Export(Request[Exported], frozen=True, kw_only=True):
+    """Write a job's results and provenance to a file on the memory actor's machine.
+
+    ``npz``: one array per slot stacked over frames (``frames`` holds the frame
+    numbers) and ``meta`` the job record as JSON. ``json``: one document.
+    Without ``path``, the file goes to the store's ``exports`` directory.
+    """
+
+    TYPE = "mem.export"
+    REPLY = Exported
+    job: JobId
+    format: Literal["npz", "json"] = "npz"
+    path: str | None = None
+
+
+# --- calibrations -------------------------------------------------------------------------
+
+
+class CalibrationStored(Reply, frozen=True, kw_only=True):
+    TYPE = "mem.calibration_stored"
+    device: str
+    version: int
+
+
+class PutCalibration(Request[CalibrationStored], frozen=True, kw_only=True):
+    """Store a new calibration of a device; versions count up from 1 per device."""
+
+    TYPE = "mem.put_calibration"
+    REPLY = CalibrationStored
+    device: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    identity: str
+    fits: dict[str, Any]
+    uncertainties: dict[str, Any] = msgspec.field(default_factory=dict)
+    residuals: dict[str, Any] = msgspec.field(default_factory=dict)
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+    note: str = ""
+
+
+class Calibration(Reply, frozen=True, kw_only=True):
+    TYPE = "mem.calibration"
+    device: str
+    version: int
+    identity: str
+    created: float
+    fits: dict[str, Any]
+    uncertainties: dict[str, Any]
+    residuals: dict[str, Any]
+    data: dict[str, Any]
+    note: str
+
+
+class GetCalibration(Request[Calibration], frozen=True, kw_only=True):
+    """One version of a device's calibration; the latest if ``version`` is not given."""
+
+    TYPE = "mem.get_calibration"
+    REPLY = Calibration
+    device: str
+    version: int | None = None
+
+
+class CalibrationInfo(_Body, frozen=True, kw_only=True):
+    device: str
+    version: int
+    identity: str
+    created: float
+    note: str
+
+
+class Calibrations(Reply, frozen=True, kw_only=True):
+    TYPE = "mem.calibrations"
+    calibrations: list[CalibrationInfo]
+
+
+class ListCalibrations(Request[Calibrations], frozen=True, kw_only=True):
+    """Every stored calibration version (of one device, if given), oldest first."""
+
+    TYPE = "mem.list_calibrations"
+    REPLY = Calibrations
+    device: str | None = None
+
+
+# --- event log and status -----------------------------------------------------------------
+
+
+class LoggedEvent(_Body, frozen=True, kw_only=True):
+    seq: int
+    ts: float
+    type: str
+    sender: str
+    body: Any
+
+
+class EventLog(Reply, frozen=True, kw_only=True):
+    TYPE = "mem.event_log"
+    events: list[LoggedEvent]
+
+
+class QueryEvents(Request[EventLog], frozen=True, kw_only=True):
+    """Logged events whose type starts with ``prefix``, oldest first, after ``after_seq``."""
+
+    TYPE = "mem.query_events"
+    REPLY = EventLog
+    prefix: str = ""
+    since: float | None = None
+    until: float | None = None
+    after_seq: int = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+
+
+class StoreInfo(Reply, frozen=True, kw_only=True):
+    TYPE = "mem.store_info"
+    path: str
+    schema_version: int
+    file_bytes: int
+    jobs: dict[str, int]
+    """Jobs per state."""
+    results: int
+    calibrations: int
+    events: int
+    allocated_jobs: int
+    allocated_bytes: int
+
+
+class GetStoreInfo(Request[StoreInfo], frozen=True, kw_only=True):
+    TYPE = "mem.get_store_info"
+    REPLY = StoreInfo
+
+
+class JobStateChanged(Event, frozen=True, kw_only=True):
+    TYPE = "mem.job_state_changed"
+    job: str
+    state: JobState
+    previous: JobState | None
+    reason: str
+
+
+class ResultsComplete(Event, frozen=True, kw_only=True):
+    """A job reached a final state: its results are all in the store."""
+
+    TYPE = "mem.results_complete"
+    job: str
+    state: JobState
+    frames: int
+    results: int
+    partial: bool
+
+
+MEMORY_MESSAGES: Final = (
+    Allocate,
+    Allocated,
+    Write,
+    Written,
+    Read,
+    Values,
+    Clear,
+    CommitFrame,
+    FrameCommitted,
+    Free,
+    PutJob,
+    JobStored,
+    SetJobState,
+    JobStateSet,
+    GetJob,
+    Job,
+    QueryJobs,
+    Jobs,
+    PutPlan,
+    PlanStored,
+    GetPlan,
+    Plan,
+    QueryResults,
+    Results,
+    QueryDeviceResults,
+    DeviceResults,
+    Export,
+    Exported,
+    PutCalibration,
+    CalibrationStored,
+    GetCalibration,
+    Calibration,
+    ListCalibrations,
+    Calibrations,
+    QueryEvents,
+    EventLog,
+    GetStoreInfo,
+    StoreInfo,
+    JobStateChanged,
+    ResultsComplete,
+)

@@ -1,0 +1,487 @@
+"""The memory actor: slots with one writer per frame, and a store that keeps what it acknowledged."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+from actors import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions
+from actors.memory import (
+    MIGRATIONS,
+    BadValue,
+    MemoryActor,
+    MemoryLimit,
+    Migration,
+    SlotConflict,
+    SlotTable,
+    Store,
+)
+from actors.memory import _store as ops
+from protocol import ConfigError, IllegalTransition, NotFound, StoreFull, StoreUnavailable
+from protocol.hal import Temperature
+from protocol.memory import (
+    Allocate,
+    Clear,
+    CommitFrame,
+    Export,
+    Free,
+    GetCalibration,
+    GetJob,
+    GetPlan,
+    GetStoreInfo,
+    ListCalibrations,
+    PutCalibration,
+    PutJob,
+    PutPlan,
+    QueryDeviceResults,
+    QueryEvents,
+    QueryJobs,
+    QueryResults,
+    Read,
+    SetJobState,
+    SlotSpec,
+    SlotValue,
+    Write,
+)
+
+# --- slots ---------------------------------------------------------------------------------
+
+
+def table(**limits: int) -> SlotTable:
+    t = SlotTable(max_job_bytes=limits.get("job", 1 << 20), max_total_bytes=limits.get("total", 1 << 22))
+    t.allocate(
+        "j",
+        [SlotSpec(name="counts", dtype="int64", shape=[4]), SlotSpec(name="blob", dtype="bytes", shape=[8])],
+        [SlotSpec(name="reg", dtype="int32"), SlotSpec(name="hist", dtype="float64", shape=[2])],
+        {"reg": 5},
+        device="chip",
+    )
+    return t
+
+
+def test_a_second_writer_in_the_same_frame_is_refused_naming_the_slot_and_both_writers():
+    t = table()
+    t.write("j", 0, "executor", [("counts", np.arange(4))])
+    with pytest.raises(SlotConflict, match=r"slot 'counts' .* frame 0 by 'executor'; 'feedforward' may not"):
+        t.write("j", 0, "feedforward", [("counts", np.ones(4, dtype=np.int64))])
+    assert list(t.read("j", ["counts"])["counts"]) == [0, 1, 2, 3]  # the first write stands
+    snapshot = t.prepare_commit("j", 0)
+    t.finish_commit("j")
+    assert [name for name, _ in snapshot.results] == ["counts"]
+    t.write("j", 1, "feedforward", [(0, np.ones(4, dtype=np.int64))])  # next frame, by dense id
+    with pytest.raises(SlotConflict, match=r"frame 0 .* was committed already; the open frame is 1"):
+        t.write("j", 0, "late", [("blob", b"x")])
+
+
+@pytest.mark.parametrize(
+    ("slot", "value", "problem"),
+    [
+        ("counts", np.arange(4.0), "is int64, got an array of float64"),
+        ("counts", np.arange(4, dtype=np.int32), "is int64, got an array of int32"),
+        ("counts", np.arange(5), r"has shape \(4,\), got \(5,\)"),
+        ("counts", np.arange(4, dtype=">i8"), "non-native byte order"),
+        ("counts", 3, r"has shape \(4,\), got a scalar int"),
+        ("reg", 2.0, "is int32, got float"),
+        ("reg", 2**40, "out of its range"),
+        ("reg", True, "is int32, got bool"),
+        ("hist", [1.0, 2.0], "is float64, got list"),
+        ("blob", "text", "holds bytes, got str"),
+        ("blob", b"123456789", "at most 8 bytes, got 9"),
+    ],
+)
+def test_a_value_of_another_dtype_or_shape_is_refused_never_converted(slot, value, problem):
+    t = table()
+    good = ("hist", np.array([1.0, 2.0])) if slot != "hist" else ("reg", 3)
+    with pytest.raises(BadValue, match=problem):
+        t.write("j", 0, "w", [good, (slot, value)])
+    assert not np.any(t.read("j", [good[0]])[good[0]] == good[1])  # all or nothing: the good value was not stored
+    t.write("j", 0, "w", [good])  # and nobody holds its slot
+
+
+def test_the_state_buffer_starts_from_the_constant_pool_survives_frames_and_clears_to_it():
+    t = table()
+    assert t.read("j", ["reg"])["reg"] == 5
+    t.write("j", 0, "ff", [("reg", 9), ("hist", np.array([1.0, 2.0]))])
+    t.prepare_commit("j", 0)
+    t.finish_commit("j")
+    assert t.read("j", ["reg"])["reg"] == 9
+    t.clear("j", ["reg"])
+    assert t.read("j", ["reg"])["reg"] == 5
+    t.clear("j")
+    assert list(t.read("j")["hist"]) == [0.0, 0.0]
+
+
+def test_allocations_past_the_byte_limits_fail_at_allocation():
+    t = SlotTable(max_job_bytes=1000, max_total_bytes=1500)
+    with pytest.raises(MemoryLimit, match="job 'big' asks for 8,000 bytes of slots; the limit per job is 1,000"):
+        t.allocate("big", [SlotSpec(name="x", dtype="float64", shape=[1000])], device="chip")
+    t.allocate("a", [SlotSpec(name="x", dtype="float64", shape=[100])], device="chip")
+    with pytest.raises(MemoryLimit, match="800 of 1,500 are held by other jobs"):
+        t.allocate("b", [SlotSpec(name="x", dtype="float64", shape=[100])], device="chip")
+    t.free("a")
+    t.allocate("b", [SlotSpec(name="x", dtype="float64", shape=[100])], device="chip")
+
+
+def test_layout_mistakes_are_named():
+    t = SlotTable(max_job_bytes=1000, max_total_bytes=1000)
+    with pytest.raises(Exception, match="repeated: x"):
+        t.allocate("j", [SlotSpec(name="x", dtype="bool")], [SlotSpec(name="x", dtype="bool")], device="d")
+    with pytest.raises(Exception, match="not state slots: y"):
+        t.allocate("j", [SlotSpec(name="y", dtype="bool")], [], {"y": True}, device="d")
+    with pytest.raises(BadValue, match="slot 'r' is int32, got float"):
+        t.allocate("j", [], [SlotSpec(name="r", dtype="int32")], {"r": 1.5}, device="d")
+    with pytest.raises(NotFound, match="no slot 'z' \\(slots: none\\)"):
+        t.allocate("j", [], device="d").slot("z")
+
+
+# --- the store on its own --------------------------------------------------------------------
+
+
+def store_with_a_job(path: Path, **kwargs: Any) -> Store:
+    store = Store(path, **kwargs)
+    store.write(ops.put_job("j1", {"modes": 2}, shots=10, priority=1, device="chip", deadline=None, submitter="me"))
+    return store
+
+
+def test_the_schema_is_versioned_and_migrated_forward_keeping_the_data(tmp_path):
+    path = tmp_path / "store.sqlite3"
+    store_with_a_job(path).close()
+    extra = Migration(MIGRATIONS[-1].version + 1, "a note per job", "ALTER TABLE jobs ADD COLUMN note TEXT")
+    store = Store(path, migrations=(*MIGRATIONS, extra))
+    assert store.schema_version == extra.version
+    assert store.read(ops.get_job("j1")).circuit == {"modes": 2}
+    store.close()
+    with pytest.raises(StoreUnavailable, match=r"schema version 2, newer than this awen knows \(1\).*Upgrade awen"):
+        Store(path)
+
+
+def test_a_corrupt_store_is_refused_with_what_to_do(tmp_path):
+    path = tmp_path / "store.sqlite3"
+    path.write_bytes(b"this is not a database, it is a text file " * 100)
+    with pytest.raises(StoreUnavailable, match=r"is corrupt .* move the file .* aside and restore it from a backup"):
+        Store(path)
+
+
+def test_a_data_directory_that_cannot_be_created_is_refused_with_what_to_do(tmp_path):
+    (tmp_path / "file").write_text("a file where the data directory should be")
+    with pytest.raises(StoreUnavailable, match=r"cannot create the data directory .*: create it, or set data_dir"):
+        Store(tmp_path / "file" / "data" / "store.sqlite3")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_a_store_without_permission_is_refused_with_what_to_do(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(StoreUnavailable, match=r"data directory .* is not writable by this user"):
+            Store(locked / "store.sqlite3")
+    finally:
+        locked.chmod(0o700)
+    path = tmp_path / "store.sqlite3"
+    store_with_a_job(path).close()
+    path.chmod(0o400)
+    with pytest.raises(StoreUnavailable, match="not readable and writable by this user: fix its permissions"):
+        Store(path)
+
+
+def test_a_full_store_refuses_the_write_keeps_everything_before_and_recovers(tmp_path):
+    path = tmp_path / "store.sqlite3"
+    store = store_with_a_job(path, max_bytes=512 * 1024)
+    snapshot = table().prepare_commit("j", 0)
+    big = ops.put_calibration("chip", "id", {"fits": {"raw": np.zeros(200_000)}}, "too large")
+    with pytest.raises(StoreFull, match=r"is full while writing .* free space .*nothing of this request was written"):
+        store.write(big)
+    store.write(ops.put_job("j", None, shots=0, priority=0, device="chip", deadline=None, submitter=""))
+    assert store.write(ops.commit_frame(snapshot, phase=0, device="chip", plan=None, calibration=None)) == 0
+    assert store.read(ops.get_job("j")).frames == 1
+    assert store.read(ops.get_job("j1")).state == "queued"
+    store.close()
+
+
+def test_a_job_that_was_running_when_the_process_ended_is_marked_interrupted(tmp_path):
+    path = tmp_path / "store.sqlite3"
+    store = store_with_a_job(path)
+    store.write(ops.set_job_state("j1", "planned", ""))
+    store.write(ops.set_job_state("j1", "running", ""))
+    store.close()
+    reopened = Store(path)
+    assert reopened.interrupted
+    assert reopened.interrupted[0][0] == "j1"
+    record = reopened.read(ops.get_job("j1"))
+    assert record.state == "interrupted"
+    assert "awen stopped while the job was running" in record.reason
+    assert [t.state for t in record.transitions] == ["queued", "planned", "running", "interrupted"]
+
+
+def test_illegal_transitions_are_refused_with_the_allowed_ones(tmp_path):
+    store = store_with_a_job(tmp_path / "store.sqlite3")
+    with pytest.raises(IllegalTransition, match=r"cannot go from queued to completed; .* may go to cancelled, failed"):
+        store.write(ops.set_job_state("j1", "completed", ""))
+    store.write(ops.set_job_state("j1", "cancelled", "user asked"))
+    with pytest.raises(IllegalTransition, match=r"nothing \(it is final\)"):
+        store.write(ops.set_job_state("j1", "queued", ""))
+
+
+def test_a_refused_operation_does_not_undo_the_others_in_its_transaction(tmp_path):
+    store = store_with_a_job(tmp_path / "store.sqlite3")
+    results = store.run_batch(
+        [
+            ops.set_job_state("nope", "planned", ""),
+            ops.put_calibration("chip", "id", {"fits": {}}, ""),
+            ops.set_job_state("j1", "planned", ""),
+        ]
+    )
+    assert isinstance(results[0], NotFound)
+    assert results[1] == 1
+    assert store.read(ops.get_job("j1")).state == "planned"
+
+
+# --- the actor ---------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def memory(data_dir: Path, **config: Any) -> AsyncIterator[tuple[MemoryActor, Actor]]:
+    directory = Directory(
+        {
+            "memory": Address(address="mem://memory", events="mem://memory.ev"),
+            "me": Address(address="mem://me", events="mem://me.ev"),
+        }
+    )
+    runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork())
+    actor = MemoryActor("memory", runtime, data_dir=str(data_dir), **config)
+    client = Actor("me", runtime)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        await nursery.start(client.run)
+        yield actor, client
+        nursery.cancel_scope.cancel()
+
+
+SLOTS = [SlotSpec(name="counts", dtype="int64", shape=[4]), SlotSpec(name="raw", dtype="float32", shape=[512, 512])]
+
+
+async def test_a_job_from_submission_to_exported_results(tmp_path):
+    async with memory(tmp_path) as (_, me), me.open_event_stream("mem.") as events:
+        ask = me.request
+        assert (await ask("memory", PutJob(job="hom-1", circuit={"modes": 2}, shots=100, device="chip"))).created
+        again = await ask("memory", PutJob(job="hom-1", circuit={"modes": 2}, shots=100, device="chip"))
+        assert (again.seq, again.created) == (1, False)
+        with pytest.raises(RemoteError, match=r"a different job 'hom-1' is stored already .*\[exists\]"):
+            await ask("memory", PutJob(job="hom-1", circuit={"modes": 3}, shots=100, device="chip"))
+        version = (await ask("memory", PutCalibration(device="chip", identity="PHX", fits={"alpha": [1.0]}))).version
+        plan = PutPlan(plan="p-abc", job="hom-1", device="chip", calibration=version, body={"phases": [1, 2]})
+        assert (await ask("memory", plan)).created
+        assert not (await ask("memory", plan)).created
+        await ask("memory", SetJobState(job="hom-1", state="planned", plan="p-abc", calibration=version))
+        await ask("memory", SetJobState(job="hom-1", state="running"))
+        allocated = await ask(
+            "memory", Allocate(job="hom-1", slots=SLOTS, device="chip", plan="p-abc", calibration=version)
+        )
+        assert allocated.nbytes == 32 + 512 * 512 * 4
+        assert allocated.frame == 0
+        raw = np.random.default_rng(1).random((512, 512), dtype=np.float32)  # 1 MiB through the wire
+        for frame in range(3):
+            values = [SlotValue(slot="counts", value=np.arange(4) * frame), SlotValue(slot=1, value=raw)]
+            await ask("memory", Write(job="hom-1", frame=frame, writer="executor", values=values, commit=True))
+        await ask(
+            "memory",
+            Write(job="hom-1", frame=3, writer="executor", values=[SlotValue(slot=0, value=np.ones(4, np.int64))]),
+        )
+        assert list((await ask("memory", Read(job="hom-1", slots=["counts"]))).values["counts"]) == [1, 1, 1, 1]
+        await ask("memory", CommitFrame(job="hom-1", frame=3, phase=7))
+        await ask("memory", SetJobState(job="hom-1", state="completed"))
+
+        results = await ask("memory", QueryResults(job="hom-1", slots=["counts"]))
+        assert not results.partial
+        assert [list(r.value) for r in results.results] == [[0, 0, 0, 0], [0, 1, 2, 3], [0, 2, 4, 6], [1, 1, 1, 1]]
+        last = results.results[-1]
+        assert (last.device, last.calibration, last.plan, last.phase) == ("chip", version, "p-abc", 7)
+        raws = await ask("memory", QueryResults(job="hom-1", slots=["raw"]))
+        assert len(raws.results) == 3
+        assert np.array_equal(raws.results[0].value, raw)
+
+        npz = await ask("memory", Export(job="hom-1"))
+        with np.load(npz.path) as exported:
+            assert exported["counts"].shape == (4, 4)
+            assert list(exported["counts.frames"]) == [0, 1, 2, 3]
+            assert np.array_equal(exported["raw"][2], raw)
+            meta = json.loads(str(exported["meta"]))
+        assert (meta["calibration"], meta["plan"], meta["partial"]) == (version, "p-abc", False)
+        json_path = trio.Path((await ask("memory", Export(job="hom-1", format="json"))).path)
+        as_json = json.loads(await json_path.read_text())
+        assert as_json["results"]["counts"]["values"][2] == [0, 2, 4, 6]
+        assert as_json["provenance"][0]["calibration"] == version
+
+        seen = []
+        with trio.fail_after(5):
+            async for event in events:
+                seen.append((event.type, getattr(event.body, "state", None)))
+                if event.type == "mem.results_complete":
+                    assert (event.body.frames, event.body.results, event.body.partial) == (4, 7, False)
+                    break
+        assert seen[:4] == [
+            ("mem.job_state_changed", "queued"),
+            ("mem.job_state_changed", "planned"),
+            ("mem.job_state_changed", "running"),
+            ("mem.job_state_changed", "completed"),
+        ]
+        record = (await ask("memory", GetJob(job="hom-1"))).record
+        assert (record.state, record.frames, record.results, record.calibration) == ("completed", 4, 7, version)
+        assert (await ask("memory", GetPlan(plan="p-abc"))).body == {"phases": [1, 2]}
+        await ask("memory", Free(job="hom-1"))
+        with pytest.raises(RemoteError, match=r"job 'hom-1' has no slots allocated .*\[not-found\]"):
+            await ask("memory", Read(job="hom-1"))
+
+
+async def test_queries_by_state_device_and_time_and_calibration_versions(tmp_path):
+    async with memory(tmp_path) as (_, me):
+        for i, device in enumerate(["a", "b", "a", "b"]):
+            await me.request("memory", PutJob(job=f"j{i}", circuit=None, device=device))
+        await me.request("memory", SetJobState(job="j2", state="cancelled", reason="user"))
+        queued = await me.request("memory", QueryJobs(states=["queued"]))
+        assert [j.job for j in queued.jobs] == ["j0", "j1", "j3"]
+        on_a = await me.request("memory", QueryJobs(device="a"))
+        assert [(j.job, j.state, j.reason) for j in on_a.jobs] == [
+            ("j0", "queued", "accepted"),
+            ("j2", "cancelled", "user"),
+        ]
+        cut = on_a.jobs[1].submitted
+        assert [j.job for j in (await me.request("memory", QueryJobs(since=cut))).jobs] == ["j2", "j3"]
+        assert [j.job for j in (await me.request("memory", QueryJobs(until=cut))).jobs] == ["j0", "j1"]
+
+        for k in range(3):
+            await me.request("memory", PutCalibration(device="a", identity="PHX", fits={"k": k}))
+        await me.request("memory", PutCalibration(device="b", identity="PHX", fits={"k": 9}))
+        assert (await me.request("memory", GetCalibration(device="a"))).fits == {"k": 2}
+        assert (await me.request("memory", GetCalibration(device="a", version=1))).fits == {"k": 0}
+        with pytest.raises(RemoteError, match="no calibration version 7 of device 'a'"):
+            await me.request("memory", GetCalibration(device="a", version=7))
+        listed = await me.request("memory", ListCalibrations(device="a"))
+        assert [c.version for c in listed.calibrations] == [1, 2, 3]
+
+        await me.request("memory", Allocate(job="j1", slots=SLOTS[:1], device="b"))
+        await me.request(
+            "memory",
+            Write(job="j1", frame=0, writer="x", values=[SlotValue(slot=0, value=np.zeros(4, np.int64))], commit=True),
+        )
+        on_b = await me.request("memory", QueryDeviceResults(device="b"))
+        assert [(r.job, r.slot, r.value) for r in on_b.results] == [("j1", "counts", None)]
+        info = await me.request("memory", GetStoreInfo())
+        assert info.jobs == {"queued": 3, "cancelled": 1}
+        assert info.calibrations == 4
+        assert info.allocated_jobs == 1
+
+
+async def test_other_actors_events_go_to_the_event_log(tmp_path):
+    async with memory(tmp_path) as (_, me):
+        me.publish(Temperature(device="chip", celsius=25.5))
+        with trio.fail_after(10):
+            while True:
+                logged = (await me.request("memory", QueryEvents(prefix="hal."))).events
+                if logged:
+                    break
+                await trio.sleep(0.05)
+        assert (logged[0].type, logged[0].sender, logged[0].body["celsius"]) == ("hal.temperature", "me", 25.5)
+
+
+async def test_errors_are_answered_and_the_actor_keeps_serving(tmp_path):
+    async with memory(tmp_path, max_job_bytes=4096) as (_, me):
+        with pytest.raises(RemoteError, match=r"no job 'ghost' in the store: store it .* \[not-found\]"):
+            await me.request("memory", Allocate(job="ghost", slots=SLOTS[:1], device="chip"))
+        await me.request("memory", PutJob(job="j", circuit=None))
+        with pytest.raises(RemoteError, match=r"the limit per job is 4,096 \[memory-limit\]"):
+            await me.request("memory", Allocate(job="j", slots=SLOTS, device="chip"))
+        await me.request("memory", Allocate(job="j", slots=SLOTS[:1], device="chip"))
+        with pytest.raises(RemoteError, match=r"got an array of float64 \[bad-value\]"):
+            await me.request(
+                "memory", Write(job="j", frame=0, writer="a", values=[SlotValue(slot="counts", value=np.zeros(4))])
+            )
+        await me.request(
+            "memory",
+            Write(job="j", frame=0, writer="a", values=[SlotValue(slot="counts", value=np.zeros(4, np.int64))]),
+        )
+        with pytest.raises(RemoteError, match=r"by 'a'; 'b' may not write it again .* \[slot-conflict\]"):
+            await me.request(
+                "memory",
+                Write(job="j", frame=0, writer="b", values=[SlotValue(slot="counts", value=np.zeros(4, np.int64))]),
+            )
+        with pytest.raises(RemoteError, match=r"cannot go from queued to running; .*\[illegal-transition\]"):
+            await me.request("memory", SetJobState(job="j", state="running"))
+        await me.request("memory", Clear(job="j"))
+        assert (await me.request("memory", CommitFrame(job="j", frame=0))).results == 1
+
+
+async def test_a_resumed_job_continues_at_its_next_frame_with_its_state(tmp_path):
+    state = [SlotSpec(name="shots_done", dtype="int64")]
+    async with memory(tmp_path) as (_, me):
+        await me.request("memory", PutJob(job="long", circuit=None))
+        await me.request("memory", Allocate(job="long", slots=SLOTS[:1], state=state, device="chip"))
+        for frame in range(2):
+            values = [SlotValue(slot="shots_done", value=100 * (frame + 1))]
+            await me.request("memory", Write(job="long", frame=frame, writer="x", values=values, commit=True))
+    async with memory(tmp_path) as (_, me):  # a new memory actor on the same store
+        resumed = await me.request(
+            "memory", Allocate(job="long", slots=SLOTS[:1], state=state, device="chip", resume=True)
+        )
+        assert resumed.frame == 2
+        assert (await me.request("memory", Read(job="long", slots=["shots_done"]))).values["shots_done"] == 200
+        fresh = await me.request("memory", Allocate(job="long", slots=SLOTS[:1], state=state, device="chip"))
+        assert fresh.frame == 2  # frame numbers never repeat, even without resume
+        assert (await me.request("memory", Read(job="long", slots=["shots_done"]))).values["shots_done"] == 0
+
+
+def test_bad_configuration_is_named():
+    runtime = Runtime(Directory({}), local=LocalNetwork())
+    with pytest.raises(ConfigError, match=r"memory configuration: .*synchronous"):
+        MemoryActor("memory", runtime, synchronous="sometimes")
+    with pytest.raises(ConfigError, match="unknown field `datadir`"):
+        MemoryActor("memory", runtime, datadir="/tmp")
+
+
+def test_acknowledged_means_committed_on_disk(tmp_path):
+    """What the store returns is readable by a separate connection at once (it is in the file, not a cache)."""
+    store = store_with_a_job(tmp_path / "store.sqlite3")
+    other = sqlite3.connect(tmp_path / "store.sqlite3")
+    assert other.execute("SELECT id, state FROM jobs").fetchall() == [("j1", "queued")]
+    assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    other.close()
+    store.close()
+
+
+def test_the_store_commands_read_a_data_directory(tmp_path):
+    import subprocess
+    import sys
+
+    from .helpers import REPO
+
+    store = store_with_a_job(tmp_path / "store.sqlite3")
+    store.write(ops.set_job_state("j1", "cancelled", "nobody wanted it"))
+    store.close()
+
+    def awen(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "awen.cli", "store", *args, "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=False,
+        )
+        return done.stdout + done.stderr
+
+    assert "j1                       cancelled" in awen("jobs")
+    assert "queued -> cancelled   nobody wanted it" in awen("show", "j1")
+    assert "mem.job_state_changed" in awen("events")
+    exported = awen("export", "j1", "--format", "json", "--out", str(tmp_path / "j1.json"))
+    assert "wrote" in exported
+    assert json.loads((tmp_path / "j1.json").read_text())["state"] == "cancelled"
+    assert "no job 'ghost' in the store" in awen("show", "ghost")
