@@ -28,6 +28,7 @@ from protocol.hal import (
     DeviceInfo,
     DeviceReconnected,
     InputSetting,
+    InterlockReset,
     InterlockTripped,
     MemorySlot,
     ReadbackMismatch,
@@ -394,6 +395,7 @@ class ManagedDevice:
         self.interlocked = False
         self.state = "connected"
         await self.get_heaters()
+        self.emit(InterlockReset(device=self.name))
 
     async def safe_state(self) -> None:
         """Heaters to 0 V (unless the interlock already put them there) and sources off."""

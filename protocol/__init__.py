@@ -6,6 +6,7 @@ I/O. See docs/protocol.md for the wire format.
 
 from . import hal as hal
 from . import memory as memory
+from . import scheduler as scheduler
 from . import system as system
 from ._codec import DEFAULT_MAX_FRAME_BYTES as DEFAULT_MAX_FRAME_BYTES
 from ._codec import Catalog as Catalog
@@ -47,7 +48,7 @@ from ._ndarray import unpack as unpack
 from ._schema import protocol_schema as protocol_schema
 from .system import SYSTEM_MESSAGES as SYSTEM_MESSAGES
 
-CATALOG = Catalog([*SYSTEM_MESSAGES, *hal.HAL_MESSAGES, *memory.MEMORY_MESSAGES])
+CATALOG = Catalog([*SYSTEM_MESSAGES, *hal.HAL_MESSAGES, *memory.MEMORY_MESSAGES, *scheduler.SCHEDULER_MESSAGES])
 """Every message type awen's actors exchange."""
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -41,6 +41,8 @@ class ErrorCode(enum.StrEnum):
     ILLEGAL_TRANSITION = "illegal-transition"
     STORE_FULL = "store-full"
     STORE_UNAVAILABLE = "store-unavailable"
+    INVALID_CIRCUIT = "invalid-circuit"
+    UNAVAILABLE = "unavailable"
 
     @property
     def meaning(self) -> str:
@@ -76,6 +78,8 @@ _MEANINGS = {
     ErrorCode.ILLEGAL_TRANSITION: "The job cannot move from its state to the one asked.",
     ErrorCode.STORE_FULL: "The store's disk (or its configured size) is full; nothing was written.",
     ErrorCode.STORE_UNAVAILABLE: "The store cannot be opened or written; the message says why and what to do.",
+    ErrorCode.INVALID_CIRCUIT: "The circuit cannot run on the device; the message lists every problem with its op.",
+    ErrorCode.UNAVAILABLE: "Something the request needs (the device, another actor) is not available now.",
 }
 
 

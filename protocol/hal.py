@@ -246,6 +246,13 @@ class InterlockTripped(Event, frozen=True, kw_only=True):
     reason: str
 
 
+class InterlockReset(Event, frozen=True, kw_only=True):
+    """The interlock was reset (``hal.reset_interlock``): heater writes are accepted again."""
+
+    TYPE = "hal.interlock_reset"
+    device: DeviceName
+
+
 class Temperature(Event, frozen=True, kw_only=True):
     TYPE = "hal.temperature"
     device: DeviceName
@@ -287,6 +294,7 @@ HAL_MESSAGES = (
     DeviceDisconnected,
     DeviceReconnected,
     InterlockTripped,
+    InterlockReset,
     Temperature,
     ReadbackMismatch,
 )

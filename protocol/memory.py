@@ -519,6 +519,16 @@ class QueryEvents(Request[EventLog], frozen=True, kw_only=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
 
 
+class LogEvent(Request[Ok], frozen=True, kw_only=True):
+    """Append a record to the event log durably (answered after it has committed), for state an
+    actor must find again after a restart; published events are logged too, but may be missed."""
+
+    TYPE = "mem.log_event"
+    REPLY = Ok
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    body: Any = None
+
+
 class StoreInfo(Reply, frozen=True, kw_only=True):
     TYPE = "mem.store_info"
     path: str
@@ -594,6 +604,7 @@ MEMORY_MESSAGES: Final = (
     Calibrations,
     QueryEvents,
     EventLog,
+    LogEvent,
     GetStoreInfo,
     StoreInfo,
     JobStateChanged,

@@ -21,12 +21,23 @@ An MZI with phases (theta, phi) has the transfer matrix, on its two modes,
 
 (couplers (1/sqrt 2)[[1, i], [i, 1]]): theta = 0 swaps the modes, theta = pi
 passes them straight through.
+
+`mesh_unitary` builds the m x m transfer matrix from the m**2 heater phases;
+`clements` finds phases that give a requested unitary (Clements et al.,
+Optica 3, 1460 (2016)): null the unitary's lower triangle by MZIs applied
+alternately from the right and the left, then move the left ones through the
+remaining diagonal. The simulator builds its chip with the first; the
+scheduler compiles circuits with the second.
 """
 
 from __future__ import annotations
 
+import cmath
 import functools
+import math
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -112,3 +123,157 @@ def clements_layout(modes: int) -> MeshLayout:
             k = len(mzis)
             mzis.append(Mzi(index=k, column=column, top=top, theta_heater=2 * k, phi_heater=2 * k + 1))
     return MeshLayout(modes=modes, mzis=tuple(mzis))
+
+
+TWO_PI = 2 * math.pi
+_EPS = 1e-14
+
+
+def mzi(theta: float, phi: float) -> np.ndarray:
+    """The 2x2 transfer matrix of one MZI (see `protocol.mesh`)."""
+    s, c = math.sin(theta / 2), math.cos(theta / 2)
+    e = complex(math.cos(phi), math.sin(phi))
+    g = 1j * complex(math.cos(theta / 2), math.sin(theta / 2))
+    return g * np.array([[e * s, c], [e * c, -s]], dtype=np.complex128)
+
+
+def _layout(modes: int | None, phases: np.ndarray) -> MeshLayout:
+    if modes is None:
+        modes = math.isqrt(len(phases))
+    if len(phases) != modes * modes:
+        raise ValueError(f"a {modes}-mode mesh has {modes * modes} phases, got {len(phases)}")
+    return clements_layout(modes)
+
+
+def mesh_unitary(phases: np.ndarray, modes: int | None = None) -> np.ndarray:
+    """The transfer matrix of the mesh with these heater phases (radians, m**2 of them)."""
+    phases = np.asarray(phases, dtype=np.float64)
+    layout = _layout(modes, phases)
+    m = layout.modes
+    u = np.eye(m, dtype=np.complex128)
+    for block in layout.mzis:
+        top = block.top
+        u[top : top + 2, :] = mzi(phases[block.theta_heater], phases[block.phi_heater]) @ u[top : top + 2, :]
+    out = phases[2 * layout.mzi_count :]
+    result: np.ndarray = np.exp(1j * out)[:, None] * u
+    return result
+
+
+def mzi_entries(theta: float, phi: float) -> tuple[complex, complex, complex, complex]:
+    """The four entries of `mzi` as Python complex numbers (no array: this runs m**2 times per decomposition)."""
+    s, c = math.sin(theta / 2), math.cos(theta / 2)
+    e = cmath.exp(1j * phi)
+    g = 1j * cmath.exp(0.5j * theta)
+    return g * e * s, g * c, g * e * c, -g * s
+
+
+def _split(w00: complex, w01: complex, w10: complex, w11: complex) -> tuple[complex, complex, float, float]:
+    """(x, y, theta, phi) with [[w00, w01], [w10, w11]] == diag(x, y) @ mzi(theta, phi)."""
+    s, c = abs(w00), abs(w01)
+    theta = 2 * math.atan2(s, c)
+    g = 1j * cmath.exp(0.5j * theta)
+    norm_s, norm_c = math.sin(theta / 2), math.cos(theta / 2)
+    phi = cmath.phase(w00) - cmath.phase(w01) if s > _EPS and c > _EPS else 0.0
+    e = cmath.exp(1j * phi)
+    x = w01 / (g * norm_c) if c > _EPS else w00 / (g * e * norm_s)
+    y = -w11 / (g * norm_s) if s > _EPS else w10 / (g * e * norm_c)
+    return x, y, theta, phi % TWO_PI
+
+
+def clements(unitary: np.ndarray) -> np.ndarray:
+    """Mesh phases (m**2, numbered as in `protocol.mesh`) whose `mesh_unitary` is ``unitary``.
+
+    Raises:
+        ValueError: the matrix is not square and unitary (to 1e-8).
+    """
+    u = np.array(unitary, dtype=np.complex128)
+    m = u.shape[0]
+    if u.ndim != 2 or u.shape[1] != m:
+        raise ValueError(f"expected a square matrix, got shape {u.shape}")
+    error = np.abs(u.conj().T @ u - np.eye(m)).max()
+    if error > 1e-8:
+        raise ValueError(f"the matrix is not unitary: |U^dagger U - 1| reaches {error:.2e}")
+    right: list[tuple[int, float, float]] = []  # applied first, in this order
+    left: list[tuple[int, float, float]] = []
+    columns = u.T.copy()  # the right steps mix columns: keep them as contiguous rows
+    for i in range(m - 1):
+        if i % 2 == 0:
+            for j in range(i + 1):
+                r, c = m - 1 - j, i - j
+                a, b = complex(columns[c, r]), complex(columns[c + 1, r])
+                theta = 2 * math.atan2(abs(b), abs(a))
+                phi = (cmath.phase(a) - cmath.phase(-b)) % TWO_PI
+                m00, m01, m10, m11 = mzi_entries(theta, phi)
+                x, y = columns[c].copy(), columns[c + 1]
+                # columns @ M^dagger: new_c = x conj(m00) + y conj(m01); new_c1 = x conj(m10) + y conj(m11)
+                columns[c] = x * m00.conjugate() + y * m01.conjugate()
+                columns[c + 1] = x * m10.conjugate() + y * m11.conjugate()
+                right.append((c, theta, phi))
+        else:
+            u = columns.T.copy()
+            for j in range(1, i + 2):
+                r, c = m + j - i - 2, j - 1
+                a, b = complex(u[r - 1, c]), complex(u[r, c])
+                theta = 2 * math.atan2(abs(a), abs(b))
+                phi = (cmath.phase(b) - cmath.phase(a)) % TWO_PI
+                m00, m01, m10, m11 = mzi_entries(theta, phi)
+                x, y = u[r - 1].copy(), u[r]
+                u[r - 1] = m00 * x + m01 * y
+                u[r] = m10 * x + m11 * y
+                left.append((r - 1, theta, phi))
+            columns = u.T.copy()
+    diagonal = [complex(z) for z in np.diag(columns.T)]
+    moved: list[tuple[int, float, float]] = []
+    for top, theta, phi in reversed(left):
+        m00, m01, m10, m11 = mzi_entries(theta, phi)
+        d0, d1 = diagonal[top], diagonal[top + 1]
+        # mzi^dagger @ diag(d0, d1)
+        x, y, theta2, phi2 = _split(
+            m00.conjugate() * d0, m10.conjugate() * d1, m01.conjugate() * d0, m11.conjugate() * d1
+        )
+        diagonal[top], diagonal[top + 1] = x, y
+        moved.append((top, theta2, phi2))
+    # Application order: the right ones, then the moved left ones (the one
+    # moved first acts first), then the output phases. Place each MZI in the earliest column
+    # its modes allow; the Clements order fills the rectangle exactly.
+    layout = clements_layout(m)
+    phases = np.zeros(m * m)
+    free = [0] * m
+    for top, theta, phi in [*right, *moved]:
+        column = max(free[top], free[top + 1])
+        if column % 2 != top % 2:
+            column += 1
+        block = layout.at(column, top)
+        phases[block.theta_heater], phases[block.phi_heater] = theta, phi
+        free[top] = free[top + 1] = column + 1
+    phases[2 * layout.mzi_count :] = np.angle(np.array(diagonal)) % TWO_PI
+    return phases
+
+
+IDENTITY_MZI = (math.pi, math.pi)
+"""(theta, phi) of an MZI that passes both modes straight through with no phase: mzi(pi, pi) is the identity."""
+
+
+def embed_phases(block_phases: np.ndarray, modes: int) -> np.ndarray:
+    """Phases of an ``modes``-mode mesh that acts as a smaller mesh's unitary on its top modes, identity below.
+
+    The b-mode rectangular mesh is the top-left corner of the m-mode one (same
+    columns, same tops); every other MZI is set to the identity and every
+    other output phase to 0. Decomposing only the b x b block a job uses is
+    what keeps compiling cheap: O(b**3), not O(m**3).
+    """
+    block_phases = np.asarray(block_phases, dtype=np.float64)
+    b = math.isqrt(len(block_phases))
+    if b * b != len(block_phases) or b > modes:
+        raise ValueError(f"{len(block_phases)} phases are not a mesh of at most {modes} modes")
+    small, big = clements_layout(b), clements_layout(modes)
+    phases = np.empty(modes * modes)
+    theta_heaters = np.arange(0, 2 * big.mzi_count, 2)
+    phases[theta_heaters], phases[theta_heaters + 1] = IDENTITY_MZI
+    for block in small.mzis:
+        target = big.at(block.column, block.top)
+        phases[target.theta_heater] = block_phases[block.theta_heater]
+        phases[target.phi_heater] = block_phases[block.phi_heater]
+    phases[2 * big.mzi_count :] = 0.0
+    phases[2 * big.mzi_count : 2 * big.mzi_count + b] = block_phases[2 * small.mzi_count :]
+    return phases

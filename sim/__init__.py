@@ -10,6 +10,10 @@ imports only `protocol`: it is a separate program that speaks the same wire
 protocol as the hardware.
 """
 
+from protocol.mesh import clements as clements
+from protocol.mesh import mesh_unitary as mesh_unitary
+from protocol.mesh import mzi as mzi
+
 from ._boson import lossy_probabilities as lossy_probabilities
 from ._boson import output_distribution as output_distribution
 from ._boson import output_probabilities as output_probabilities
@@ -21,9 +25,6 @@ from ._config import load_config as load_config
 from ._config import parse_config as parse_config
 from ._config import parse_fault as parse_fault
 from ._device import Device as Device
-from ._linear import clements as clements
-from ._linear import mesh_unitary as mesh_unitary
-from ._linear import mzi as mzi
 from ._sampling import clifford_clifford as clifford_clifford
 from ._sampling import sample_ideal as sample_ideal
 from ._server import DeviceServer as DeviceServer

@@ -14,10 +14,9 @@ import math
 
 import numpy as np
 
-from protocol.mesh import MeshLayout, clements_layout
+from protocol.mesh import MeshLayout, clements_layout, mesh_unitary
 
 from ._config import SimConfig
-from ._linear import mesh_unitary
 
 HOUR = 3600.0
 

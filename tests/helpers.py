@@ -108,3 +108,16 @@ def awen_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], LineReader
         proc.wait(timeout=30)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+async def eventually(check: Any, *, within: float = 30.0, every: float = 0.02) -> Any:
+    """Await ``check()`` until it returns something true (and return that); fail after ``within`` seconds.
+
+    For state another process or actor reaches in its own time (a job's state in the store).
+    """
+    with trio.fail_after(within):
+        while True:
+            result = await check()
+            if result:
+                return result
+            await trio.sleep(every)

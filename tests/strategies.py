@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import msgspec.inspect as mi
 import numpy as np
+from hypothesis import reject
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -94,12 +95,25 @@ def for_type(info: Any) -> st.SearchStrategy[Any]:
     if isinstance(info, mi.CustomType) and info.cls is np.ndarray:
         return arrays()
     if isinstance(info, mi.StructType):
-        return st.builds(info.cls, **{f.name: for_type(f.type) for f in info.fields if f.required}).flatmap(
-            lambda base: st.fixed_dictionaries(
-                {}, optional={f.name: for_type(f.type) for f in info.fields if not f.required}
-            ).map(lambda extra: msgspec.structs.replace(base, **extra))
-        )
+        return _struct(info)
     raise TypeError(f"no strategy for {info!r}: extend tests/strategies.py")
+
+
+def _struct(info: Any) -> st.SearchStrategy[Any]:
+    """A struct from its fields; combinations its own checks refuse (``__post_init__``) are skipped."""
+    fields = st.fixed_dictionaries(
+        {f.name: for_type(f.type) for f in info.fields if f.required},
+        optional={f.name: for_type(f.type) for f in info.fields if not f.required},
+    )
+
+    @st.composite
+    def build(draw: st.DrawFn) -> Any:
+        try:
+            return info.cls(**draw(fields))
+        except (ValueError, msgspec.ValidationError):
+            reject()
+
+    return build()
 
 
 def message_of(cls: type[Message]) -> st.SearchStrategy[Message]:

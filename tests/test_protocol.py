@@ -56,7 +56,7 @@ def frame_of(message: msgspec.Struct, **header: object) -> bytes:
 
 
 @pytest.mark.parametrize("cls", list(CATALOG), ids=lambda cls: cls.TYPE)
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(data=st.data())
 def test_every_message_type_round_trips(cls, data):
     body = data.draw(message_of(cls))

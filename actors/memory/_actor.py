@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -54,6 +55,7 @@ from protocol.memory import (
     JobStateSet,
     JobStored,
     ListCalibrations,
+    LogEvent,
     Plan,
     PlanStored,
     PutCalibration,
@@ -368,6 +370,10 @@ class MemoryActor(Actor):
             prefix=msg.prefix, since=msg.since, until=msg.until, after_seq=msg.after_seq, limit=msg.limit
         )
         return EventLog(events=await self._read(query))
+
+    @handles(LogEvent)
+    async def _log_event_durably(self, msg: LogEvent, env: Envelope) -> None:
+        await self._write(ops.log_events([(time.time(), msg.type, env.sender, pack(msg.body))]))
 
     @handles(GetStoreInfo)
     async def _store_info(self, msg: GetStoreInfo, env: Envelope) -> StoreInfo:

@@ -1,0 +1,21 @@
+"""The scheduler: circuits in, execution plans out, a queue that loses no accepted job.
+
+`compile_circuit` validates a circuit against a device and plans it;
+`validate_plan` checks every invariant of a plan; `SchedulerActor` (factory
+``actors.scheduler:SchedulerActor``) runs the queue on the message bus.
+"""
+
+from ._actor import SchedulerActor as SchedulerActor
+from ._actor import SchedulerConfig as SchedulerConfig
+from ._compile import Health as Health
+from ._compile import Limits as Limits
+from ._compile import analyse as analyse
+from ._compile import compile_circuit as compile_circuit
+from ._strategy import Feedback as Feedback
+from ._strategy import apply_strategy as apply_strategy
+from ._strategy import combined_health as combined_health
+from ._validate import PlanInvalid as PlanInvalid
+from ._validate import plan_problems as plan_problems
+from ._validate import validate_plan as validate_plan
+
+__all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,0 +1,659 @@
+"""The scheduler actor: accepts circuits, plans them ahead of their turn, hands them to the executor.
+
+A submission is validated against the device the HAL describes, stored by the
+memory actor, and only then acknowledged. A planner task plans queued jobs in
+queue order (large circuits in worker processes), stores each plan, and marks
+the job planned; a plan cache keyed by circuit, device, calibration version
+and strategy means an identical circuit is never compiled twice.
+
+The executor pulls work (``sched.next_job``) and reports every phase boundary
+(``sched.checkpoint``), where the scheduler may take the device back for a
+higher-priority job, or stop a cancelled one. An executor that asks for work
+holds none: a job still marked running is offered to it again, from its next
+phase. After a restart the queue is rebuilt from the store in the same order.
+
+Configured in the system file::
+
+    [[actor]]
+    name = "scheduler"
+    factory = "actors.scheduler:SchedulerActor"
+    config = { device = "chip", strategy = { kind = "dynamic", objectives = ["min_duration"] } }
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import logging
+import multiprocessing
+import secrets
+import time
+from typing import Any
+
+import msgspec
+import trio
+
+from protocol import AwenError, Envelope, ErrorCode, NotFound, convert_settings
+from protocol.circuit import Circuit, CircuitError, circuit_hash
+from protocol.hal import (
+    Describe,
+    DeviceConnected,
+    DeviceDisconnected,
+    DeviceReconnected,
+    InterlockReset,
+    InterlockTripped,
+)
+from protocol.memory import (
+    GetCalibration,
+    GetJob,
+    GetPlan,
+    LogEvent,
+    PutJob,
+    PutPlan,
+    QueryEvents,
+    QueryJobs,
+    SetJobState,
+)
+from protocol.photonica import DeviceDescription
+from protocol.plan import Plan
+from protocol.scheduler import (
+    Accepted,
+    Assignment,
+    Cancel,
+    Checkpoint,
+    GetQueue,
+    JobDispatched,
+    JobFinished,
+    JobPlanned,
+    JobPreempted,
+    JobRefused,
+    NextJob,
+    Pause,
+    Proceed,
+    QueueEntry,
+    QueuePaused,
+    QueueResumed,
+    QueueState,
+    ReportHealth,
+    Resume,
+    SetStrategy,
+    StrategyConfig,
+    Submit,
+    Suspend,
+    Suspended,
+    Unsuspend,
+    Unsuspended,
+    Validate,
+    Validation,
+)
+from protocol.system import Ok
+
+from .._actor import Actor, handles, subscribes
+from .._config import Runtime
+from .._errors import RemoteError
+from ._compile import Health, Limits, analyse, compile_circuit, device_key, plan_id
+from ._queue import JobQueue, QueuedJob
+from ._strategy import Feedback, apply_strategy, combined_health
+from ._validate import validate_plan
+
+log = logging.getLogger("awen.scheduler")
+
+PAUSE_RECORD = "sched.pause_state"
+"""The event-log record of pausing and resuming the queue (written durably, read back on start)."""
+
+
+class Unavailable(AwenError):
+    code = ErrorCode.UNAVAILABLE
+
+
+class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The scheduler's ``config`` table.
+
+    Attributes:
+        device: The device (as the HAL names it) jobs run on.
+        hal, memory: The actors it asks for the device's description and to store jobs.
+        limits: What circuits may ask for (`Limits`).
+        strategy: How plans are made and the device shared (`StrategyConfig`).
+        plan_ahead: Queued jobs planned before their turn.
+        plan_workers: Worker processes for large circuits (0: plan everything in threads).
+        process_threshold_ops: Circuits with more operations than this go to a worker process.
+        deadline_check_s: How often waiting jobs' deadlines are checked.
+    """
+
+    device: str = "chip"
+    hal: str = "hal"
+    memory: str = "memory"
+    limits: Limits = msgspec.field(default_factory=Limits)
+    strategy: StrategyConfig = msgspec.field(default_factory=StrategyConfig)
+    plan_ahead: int = msgspec.field(default=8)
+    plan_workers: int = 1
+    process_threshold_ops: int = 5000
+    deadline_check_s: float = 0.5
+
+
+def _new_job_id() -> str:
+    return time.strftime("job-%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def _plan_in_process(circuit: Circuit, device: DeviceDescription, kwargs: dict[str, Any]) -> Plan:
+    return compile_circuit(circuit, device, **kwargs)
+
+
+class SchedulerActor(Actor):
+    """The queue and the planner. Args: `SchedulerConfig` keys."""
+
+    KIND = "scheduler"
+
+    def __init__(self, name: str, runtime: Runtime, **config: Any) -> None:
+        super().__init__(name, runtime)
+        self.config = convert_settings(config, SchedulerConfig, source=f"{name} configuration")
+        self.strategy = self.config.strategy
+        self.queue = JobQueue()
+        self.description: DeviceDescription | None = None
+        self.health = Health()
+        self.feedback = Feedback()
+        self.cache: dict[str, Plan] = {}
+        self.plans_compiled = 0
+        self.cache_hits = 0
+        self._ready = trio.Event()
+        self._changed = trio.Event()
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._planning = trio.CapacityLimiter(2)
+        self._inflight: dict[str, trio.Event] = {}
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        assert self._work is not None
+        self._work.start_soon(self._start)
+        self._work.start_soon(self._deadline_loop)
+
+    async def teardown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    async def _start(self) -> None:
+        """Learn the device, rebuild the queue from the store, then plan."""
+        await self._describe()
+        await self._recover()
+        self._ready.set()
+        log.info(
+            "%s: ready; %d jobs in the queue%s",
+            self.name,
+            len(self.queue.jobs),
+            " (paused)" if self.queue.paused else "",
+        )
+        self._wake()
+        await self._planner()
+
+    async def _describe(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                with trio.fail_after(5):
+                    reply = await self.request(self.config.hal, Describe(device=self.config.device))
+            except (AwenError, trio.TooSlowError) as exc:
+                log.info("%s: waiting for %s to describe %s: %s", self.name, self.config.hal, self.config.device, exc)
+                await trio.sleep(delay)
+                delay = min(2.0, delay * 2)
+                continue
+            if self.description is not None and reply.description != self.description:
+                log.warning(
+                    "%s: %s describes itself differently now; plans are made again", self.name, self.config.device
+                )
+                for job in self.queue.jobs.values():
+                    if job.job != self.queue.running:
+                        job.plan = None
+            self.description = reply.description
+            return
+
+    async def _recover(self) -> None:
+        memory = self.config.memory
+        await self.wait_peer(memory)
+        states = ["queued", "planned", "running", "interrupted"]
+        records = (await self.request(memory, QueryJobs(states=states, device=self.config.device, limit=100_000))).jobs  # type: ignore[arg-type]
+        for record in records:
+            full = (await self.request(memory, GetJob(job=record.job))).record
+            try:
+                circuit = msgspec.convert(full.circuit, Circuit)
+            except msgspec.ValidationError as exc:
+                log.error("%s: stored job %s has an unreadable circuit (%s); failing it", self.name, record.job, exc)
+                await self._set_state(record.job, "failed", f"its stored circuit cannot be read: {exc}")
+                continue
+            job = QueuedJob(
+                job=record.job,
+                seq=record.seq,
+                circuit=circuit,
+                priority=record.priority,
+                deadline=record.deadline,
+                state=record.state,
+                next_phase=0 if record.last_phase is None else record.last_phase + 1,
+            )
+            self.queue.add(job)
+            if record.state == "running":
+                self.queue.running = record.job
+        pauses = (await self.request(memory, QueryEvents(prefix=PAUSE_RECORD, limit=100_000))).events
+        if pauses and isinstance(pauses[-1].body, dict) and pauses[-1].body.get("paused"):
+            self.queue.paused = True
+
+    async def _ready_or_unavailable(self) -> DeviceDescription:
+        with trio.move_on_after(10):
+            await self._ready.wait()
+        if not self._ready.is_set() or self.description is None:
+            raise Unavailable(
+                f"{self.name} is not ready: it has no description of {self.config.device} from "
+                f"{self.config.hal}, or cannot reach {self.config.memory}"
+            )
+        return self.description
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _set_state(self, job: str, state: str, reason: str = "", **extra: Any) -> None:
+        await self.request(self.config.memory, SetJobState(job=job, state=state, reason=reason, **extra))  # type: ignore[arg-type]
+
+    # --- submission ---------------------------------------------------------------------------
+
+    @handles(Submit)
+    async def _submit(self, msg: Submit, env: Envelope) -> Accepted:
+        device = await self._ready_or_unavailable()
+        circuit = msg.circuit
+        analysis = await trio.to_thread.run_sync(analyse, circuit, device, self.config.limits, self.health)
+        if analysis.problems:
+            raise CircuitError(analysis.problems)
+        job_id = msg.job or _new_job_id()
+        stored = await self.request(
+            self.config.memory,
+            PutJob(
+                job=job_id,
+                circuit=msgspec.to_builtins(circuit),
+                shots=circuit.shots,
+                priority=circuit.priority,
+                device=self.config.device,
+                deadline=circuit.deadline,
+                submitter=env.sender,
+            ),
+        )
+        if job_id not in self.queue.jobs and stored.created:
+            self.queue.add(
+                QueuedJob(
+                    job=job_id, seq=stored.seq, circuit=circuit, priority=circuit.priority, deadline=circuit.deadline
+                )
+            )
+            self._wake()
+        position = self.queue.position(job_id) if job_id in self.queue.jobs else 0
+        return Accepted(job=job_id, seq=stored.seq, position=position, created=stored.created)
+
+    @handles(Validate)
+    async def _validate(self, msg: Validate, env: Envelope) -> Validation:
+        device = await self._ready_or_unavailable()
+        try:
+            plan = await trio.to_thread.run_sync(
+                functools.partial(compile_circuit, msg.circuit, device, limits=self.config.limits, health=self.health)
+            )
+        except CircuitError as exc:
+            return Validation(ok=False, problems=exc.problems)
+        return Validation(ok=True, problems=[], metrics=plan.metrics)
+
+    # --- planning -----------------------------------------------------------------------------
+
+    async def _planner(self) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                changed = self._changed
+                candidates = [j for j in self.queue.waiting() if j.plan is None and not j.planning]
+                planning = sum(1 for j in self.queue.jobs.values() if j.planning)
+                for job in candidates[: max(0, self.config.plan_ahead - planning)]:
+                    job.planning = True
+                    nursery.start_soon(self._plan_job, job)
+                await changed.wait()
+
+    async def _plan_job(self, job: QueuedJob) -> None:
+        try:
+            async with self._planning:
+                plan, cached = await self._plan(job.circuit)
+            await self._accept_plan(job, plan, cached)
+        except CircuitError as exc:
+            await self._refuse(job, f"it cannot be planned any more: {exc.message}")
+        except AwenError as exc:
+            log.error("%s: planning %s failed: %s", self.name, job.job, exc)
+            await self._refuse(job, f"planning failed: {exc.message}")
+        finally:
+            job.planning = False
+            self._wake()
+
+    async def _plan(self, circuit: Circuit) -> tuple[Plan, bool]:
+        device = self.description
+        assert device is not None
+        calibration = await self._calibration()
+        health = combined_health(self.health, self.strategy, self.feedback)
+        strategy_key = (
+            "static"
+            if self.strategy.kind == "static" or self.feedback.empty
+            else msgspec.json.encode(self.strategy).decode() + self.feedback.key()
+        )
+        key = plan_id(circuit_hash(circuit), device_key(device, health), calibration, strategy_key)
+        while key in self._inflight:  # the same plan is being made for another job: wait for it
+            await self._inflight[key].wait()
+        if key in self.cache:
+            self.cache_hits += 1
+            return self.cache[key], True
+        try:  # made before (by this scheduler before a restart, or for an earlier job): the store has it
+            stored = await self.request(self.config.memory, GetPlan(plan=key))
+        except RemoteError as exc:
+            if exc.code != ErrorCode.NOT_FOUND:
+                raise
+        else:
+            plan = msgspec.convert(stored.body, Plan)
+            self.cache[key] = plan
+            self.cache_hits += 1
+            return plan, True
+        self._inflight[key] = trio.Event()
+        try:
+            plan = await self._compile(circuit, device, key, calibration, health)
+        finally:
+            self._inflight.pop(key).set()
+        return plan, False
+
+    async def _compile(
+        self, circuit: Circuit, device: DeviceDescription, key: str, calibration: int | None, health: Health
+    ) -> Plan:
+        kwargs: dict[str, Any] = {
+            "device_name": self.config.device,
+            "calibration": calibration,
+            "limits": self.config.limits,
+            "health": health,
+        }
+        ops = sum(1 for _ in walk_raw(circuit))
+        if self.config.plan_workers > 0 and ops > self.config.process_threshold_ops:
+            pool = self._worker_pool()
+            future = pool.submit(_plan_in_process, circuit, device, kwargs)
+            plan = await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+        else:
+            plan = await trio.to_thread.run_sync(functools.partial(compile_circuit, circuit, device, **kwargs))
+        plan = msgspec.structs.replace(apply_strategy(plan, self.strategy, self.feedback), id=key)
+        validate_plan(plan, device)
+        self.plans_compiled += 1
+        self.cache[key] = plan
+        return plan
+
+    def _worker_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.config.plan_workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._pool
+
+    async def _calibration(self) -> int | None:
+        try:
+            reply = await self.request(self.config.memory, GetCalibration(device=self.config.device))
+        except RemoteError as exc:
+            if exc.code == ErrorCode.NOT_FOUND:
+                return None
+            raise
+        return reply.version
+
+    async def _accept_plan(self, job: QueuedJob, plan: Plan, cached: bool) -> None:
+        longest = max((p.duration_s for p in plan.phases), default=0.0)
+        if longest > self.strategy.max_phase_s:
+            await self._refuse(
+                job,
+                f"its longest phase would take {longest:.3g} s; max_phase_s is "
+                f"{self.strategy.max_phase_s:g} s (split its shots into several jobs)",
+            )
+            return
+        if plan.metrics.total_duration_s > self.strategy.max_job_s:
+            await self._refuse(
+                job, f"it would take {plan.metrics.total_duration_s:.3g} s; max_job_s is {self.strategy.max_job_s:g} s"
+            )
+            return
+        await self.request(
+            self.config.memory,
+            PutPlan(
+                plan=plan.id,
+                job=job.job,
+                device=self.config.device,
+                calibration=plan.calibration,
+                body=msgspec.to_builtins(plan),
+                metrics={
+                    "total_duration_s": plan.metrics.total_duration_s,
+                    "phases": plan.metrics.phases,
+                    "compile_s": plan.metrics.compile_s,
+                    "min_slack_ns": plan.metrics.min_slack_ns if plan.metrics.min_slack_ns is not None else -1.0,
+                },
+            ),
+        )
+        if job.job not in self.queue.jobs:
+            return  # cancelled while it was being planned
+        if job.state in ("queued", "interrupted"):
+            await self._set_state(job.job, "planned", f"plan {plan.id}", plan=plan.id, calibration=plan.calibration)
+            job.state = "planned"
+        job.plan = plan
+        self.publish(JobPlanned(job=job.job, plan=plan.id, metrics=plan.metrics, cached=cached))
+
+    async def _refuse(self, job: QueuedJob, reason: str) -> None:
+        if self.queue.remove(job.job) is None:
+            return
+        log.warning("%s: job %s failed: %s", self.name, job.job, reason)
+        try:
+            await self._set_state(job.job, "failed", reason)
+        except RemoteError as exc:
+            log.error("%s: could not record that %s failed: %s", self.name, job.job, exc)
+        self.publish(JobRefused(job=job.job, reason=reason))
+        self._wake()
+
+    async def _deadline_loop(self) -> None:
+        await self._ready.wait()
+        while True:
+            await trio.sleep(self.config.deadline_check_s)
+            for job, why in self.queue.hopeless(time.time()):
+                await self._refuse(job, why)
+
+    # --- the queue ----------------------------------------------------------------------------
+
+    @handles(Cancel)
+    async def _cancel(self, msg: Cancel, env: Envelope) -> None:
+        await self._ready_or_unavailable()
+        job = self.queue.jobs.get(msg.job)
+        if job is None:
+            record = (await self.request(self.config.memory, GetJob(job=msg.job))).record
+            raise AwenError(f"job {msg.job} is {record.state} already; nothing to cancel", field="job")
+        if msg.job == self.queue.running:
+            job.cancel_reason = msg.reason  # the executor learns it at the next phase boundary
+            return
+        self.queue.remove(msg.job)
+        await self._set_state(msg.job, "cancelled", msg.reason)
+        self._wake()
+
+    @handles(Pause)
+    async def _pause(self, msg: Pause, env: Envelope) -> None:
+        reason = msg.reason or f"paused by {env.sender}"
+        await self._record_pause(True, reason)
+        self.queue.paused = True
+        self.publish(QueuePaused(reason=reason))
+
+    @handles(Resume)
+    async def _resume(self, msg: Resume, env: Envelope) -> None:
+        await self._record_pause(False, f"resumed by {env.sender}")
+        self.queue.paused = False
+        self.publish(QueueResumed())
+        self._wake()
+
+    async def _record_pause(self, paused: bool, reason: str) -> None:
+        """In the store before the reply: a restarted scheduler finds the queue as it was left."""
+        await self._ready_or_unavailable()
+        await self.request(self.config.memory, LogEvent(type=PAUSE_RECORD, body={"paused": paused, "reason": reason}))
+
+    @handles(GetQueue)
+    async def _get_queue(self, msg: GetQueue, env: Envelope) -> QueueState:
+        await self._ready_or_unavailable()  # before recovery the queue would look empty
+        return QueueState(
+            paused=self.queue.paused,
+            suspended=dict(self.queue.suspended),
+            running=self.queue.running,
+            jobs=[
+                QueueEntry(
+                    job=j.job,
+                    seq=j.seq,
+                    priority=j.priority,
+                    state=j.state,  # type: ignore[arg-type]
+                    planned=j.plan is not None,
+                    next_phase=j.next_phase,
+                    phases=len(j.plan.phases) if j.plan else 0,
+                    expected_s=j.remaining_s(),
+                    deadline=j.deadline,
+                )
+                for j in self.queue.ordered()
+            ],
+            plans_compiled=self.plans_compiled,
+            plan_cache_hits=self.cache_hits,
+        )
+
+    @handles(SetStrategy)
+    def _set_strategy(self, msg: SetStrategy, env: Envelope) -> None:
+        self.strategy = msg.strategy
+        log.info("%s: strategy now %s (from %s)", self.name, msgspec.json.encode(msg.strategy).decode(), env.sender)
+
+    @handles(ReportHealth)
+    def _report_health(self, msg: ReportHealth, env: Envelope) -> None:
+        if msg.device != self.config.device:
+            return
+        self.health = Health(modes=frozenset(msg.modes), detectors=frozenset(msg.detectors), slots=frozenset(msg.slots))
+        for job in self.queue.jobs.values():  # plans made for the old health are made again
+            if job.job != self.queue.running and not job.planning:
+                job.plan = None
+        self._wake()
+
+    # --- suspenders ---------------------------------------------------------------------------
+
+    def _suspend(self, condition: str, reason: str) -> None:
+        if condition not in self.queue.suspended:
+            log.warning("%s: dispatch suspended: %s", self.name, reason)
+            self.publish(Suspended(condition=condition, reason=reason))
+        self.queue.suspended[condition] = reason
+
+    def _unsuspend(self, condition: str) -> None:
+        if self.queue.suspended.pop(condition, None) is not None:
+            log.info("%s: %s cleared", self.name, condition)
+            self.publish(Unsuspended(condition=condition))
+            self._wake()
+
+    @handles(Suspend)
+    def _suspend_request(self, msg: Suspend, env: Envelope) -> None:
+        self._suspend(msg.condition, msg.reason)
+
+    @handles(Unsuspend)
+    def _unsuspend_request(self, msg: Unsuspend, env: Envelope) -> None:
+        self._unsuspend(msg.condition)
+
+    @subscribes("hal.")
+    def _hal_event(self, body: Any, env: Envelope) -> None:
+        if getattr(body, "device", None) != self.config.device:
+            return
+        device = self.config.device
+        if isinstance(body, InterlockTripped):
+            self._suspend(f"interlock:{device}", f"{device}: interlock tripped ({body.reason})")
+        elif isinstance(body, InterlockReset):
+            self._unsuspend(f"interlock:{device}")
+        elif isinstance(body, DeviceDisconnected):
+            self._suspend(f"link:{device}", f"{device} disconnected ({body.reason})")
+        elif isinstance(body, DeviceConnected | DeviceReconnected):
+            self._unsuspend(f"link:{device}")
+            if self._ready.is_set() and self._work is not None:
+                self._work.start_soon(self._describe)
+
+    # --- dispatch -----------------------------------------------------------------------------
+
+    @handles(NextJob)
+    async def _next_job(self, msg: NextJob, env: Envelope) -> Assignment:
+        await self._ready_or_unavailable()
+        deadline = trio.current_time() + msg.wait_s
+        while True:
+            running = self.queue.jobs.get(self.queue.running) if self.queue.running else None
+            if running is not None and running.plan is not None:
+                # An executor that asks for work holds none: what was running is offered again.
+                log.warning(
+                    "%s: %s asks for work while %s is marked running; offering it again from phase %d",
+                    self.name,
+                    msg.executor,
+                    running.job,
+                    running.next_phase,
+                )
+                return self._assign(running, msg.executor)
+            job = self.queue.next_ready()
+            if job is not None:
+                assert job.plan is not None
+                self.queue.running = job.job
+                try:
+                    await self._set_state(
+                        job.job, "running", f"dispatched to {msg.executor}", expect=["planned", "interrupted"]
+                    )
+                except AwenError:
+                    self.queue.running = None
+                    raise
+                job.state = "running"
+                return self._assign(job, msg.executor)
+            changed = self._changed
+            with trio.move_on_at(deadline):
+                await changed.wait()
+            if trio.current_time() >= deadline:
+                return Assignment()
+
+    def _assign(self, job: QueuedJob, executor: str) -> Assignment:
+        assert job.plan is not None
+        self.publish(JobDispatched(job=job.job, executor=executor, start_phase=job.next_phase))
+        return Assignment(job=job.job, plan=job.plan, start_phase=job.next_phase)
+
+    def _running(self, job: str) -> QueuedJob:
+        found = self.queue.jobs.get(job)
+        if found is None or self.queue.running != job:
+            raise NotFound(f"job {job} is not running", field="job")
+        return found
+
+    @handles(Checkpoint)
+    async def _checkpoint(self, msg: Checkpoint, env: Envelope) -> Proceed:
+        job = self._running(msg.job)
+        assert job.plan is not None
+        if 0 <= msg.phase < len(job.plan.phases):
+            failed = list(msg.failures)
+            self.feedback.record(job.plan.phases[msg.phase], ok=msg.ok, duration_s=msg.duration_s, failed=failed)
+        if msg.ok:
+            job.next_phase = max(job.next_phase, msg.phase + 1)
+        if job.cancel_reason is not None:
+            return Proceed(action="cancel", reason=job.cancel_reason)
+        if job.next_phase >= len(job.plan.phases):
+            return Proceed(action="continue", reason="that was the last phase")
+        why = None
+        if self.queue.paused:
+            why = "the queue is paused"
+        elif self.queue.suspended:
+            why = "dispatch is suspended: " + "; ".join(self.queue.suspended.values())
+        elif self.strategy.preempt and (other := self.queue.preemptor()) is not None:
+            why = f"preempted by {other.job} (priority {other.priority} > {job.priority})"
+        if why is None:
+            return Proceed(action="continue")
+        await self._set_state(job.job, "planned", f"{why}; resumes at phase {job.next_phase}", expect=["running"])
+        job.state = "planned"
+        self.queue.running = None
+        self.publish(JobPreempted(job=job.job, by=why, next_phase=job.next_phase))
+        self._wake()
+        return Proceed(action="preempt", reason=why)
+
+    @handles(JobFinished)
+    async def _job_finished(self, msg: JobFinished, env: Envelope) -> Ok:
+        self._running(msg.job)
+        await self._set_state(msg.job, msg.state, msg.reason)
+        self.queue.remove(msg.job)
+        self._wake()
+        return Ok()
+
+
+def walk_raw(circuit: Circuit) -> Any:
+    """Operations of a circuit as sent, conditionals' bodies included (a cheap count for routing work)."""
+    stack = list(circuit.ops)
+    while stack:
+        op = stack.pop()
+        yield op
+        if isinstance(op, dict) and isinstance(op.get("ops"), list):
+            stack.extend(op["ops"])

@@ -1,0 +1,1152 @@
+"""From a circuit to an execution plan: validate against the device, place, decompose, schedule.
+
+One pass over the operations (O(V + E)) does the bookkeeping a shot of the
+device imposes (docs/circuits.md, "How a circuit runs"):
+
+* A *round* is one shot structure: inputs, a first pass through the mesh,
+  stored photons waiting in delay lines, a second pass with the loaded
+  photons, detection. A new round starts when a mode that was measured gets
+  a new input.
+* Within a round, operations that share modes, delay lines or registers form
+  *components*. A component must fit the device in one shot; components
+  that do not fit together are serialised into separate *phases*.
+* A phase's unitary is the first pass's operations on its first-pass modes
+  and the second pass's on its second-pass modes, placed on disjoint physical
+  modes (block diagonal), decomposed on the smallest top corner of the mesh
+  that holds them (`protocol.mesh.embed_phases`).
+
+Every problem is collected with its op's index path; nothing is planned
+unless there are none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from protocol.circuit import (
+    BeamSplitter,
+    Circuit,
+    CircuitError,
+    CircuitProblem,
+    If,
+    Input,
+    Load,
+    Measure,
+    MziOp,
+    Op,
+    PhaseShift,
+    Store,
+    UnitaryOp,
+    Wait,
+    circuit_hash,
+    flatten,
+    parse_ops,
+    walk,
+)
+from protocol.hal import InputSetting, MemorySlot
+from protocol.mesh import clements, embed_phases, mzi
+from protocol.photonica import DeviceDescription
+from protocol.plan import Branch, Deadline, Phase, Placement, Plan, PlanMetrics, RegisterRead, Resources
+
+UNITARY_TOLERANCE = 1e-8
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Configured limits on what the scheduler accepts (``[limits]`` of its configuration).
+
+    Attributes:
+        max_ops: Operations in one circuit, conditionals' bodies included.
+        max_modes: Logical modes a circuit may declare.
+        max_shots: Shots of one job.
+        max_ff_bits: Register bits one component's feed-forward may read (2**bits branches are planned).
+        coherence_margin: Fraction of a delay line's window kept unused as a safety margin.
+        readout_s_per_shot: Time to fetch one shot's pattern, for duration estimates.
+        settle_factor: Heater settling waited, in time constants (5: within 1 %).
+    """
+
+    max_ops: int = 1_000_000
+    max_modes: int = 1024
+    max_shots: int = 100_000_000
+    max_ff_bits: int = 10
+    coherence_margin: float = 0.1
+    readout_s_per_shot: float = 2e-7
+    settle_factor: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.coherence_margin < 1:
+            raise ValueError(f"limits.coherence_margin must be in [0, 1), got {self.coherence_margin}")
+
+
+@dataclass(frozen=True)
+class Health:
+    """Components calibration or the executor found degraded: the compiler places nothing on them."""
+
+    modes: frozenset[int] = frozenset()
+    detectors: frozenset[int] = frozenset()
+    slots: frozenset[int] = frozenset()
+
+    def key(self) -> str:
+        return f"m{sorted(self.modes)}d{sorted(self.detectors)}s{sorted(self.slots)}"
+
+
+# --- the pass over the operations ----------------------------------------------------------------
+
+
+@dataclass
+class _Register:
+    name: str
+    round: int
+    pass_: int
+    modes: list[int]
+    path: str
+
+
+@dataclass
+class _Held:
+    slot: str
+    mode: int
+    path: str
+    at_ns: float
+    index: int
+
+
+@dataclass
+class _Loaded:
+    mode: int
+    slot: str
+    store_path: str
+    load_path: str
+    stored_ns: float
+    rounds: int
+    from_mode: int
+
+
+@dataclass
+class Component:
+    """Operations of one round that must share a shot."""
+
+    round: int
+    first_op: int
+    ops: list[str] = field(default_factory=list)
+    pass1: list[int] = field(default_factory=list)
+    pass2: list[int] = field(default_factory=list)
+    measured: set[tuple[int, int]] = field(default_factory=set)
+    """(pass, logical mode) of every detection."""
+    inputs: dict[int, Input] = field(default_factory=dict)
+    seen1: set[int] = field(default_factory=set)
+    seen2: set[int] = field(default_factory=set)
+    gates: list[tuple[int, Any, Op]] = field(default_factory=list)
+    """(pass, logical modes, gate op) in order."""
+    loads: dict[int, _Loaded] = field(default_factory=dict)
+    """Second-pass mode -> what was loaded into it."""
+    registers: list[_Register] = field(default_factory=list)
+    conditions: list[tuple[str, int, int, float]] = field(default_factory=list)
+    """(register, value, second-pass mode, phase)."""
+
+    @property
+    def ff_modes(self) -> list[int]:
+        return sorted({mode for _, _, mode, _ in self.conditions})
+
+
+@dataclass
+class Analysis:
+    ops: list[Op | None]
+    problems: list[CircuitProblem]
+    components: list[Component]
+    rounds: int
+    edges: int
+    predecessors: list[list[int]]
+    """Op-level dependency graph (flattened op order): each op's predecessors."""
+    slack_ns: float | None = None
+    """Least slack before a stored photon's deadline, propagated backwards through the graph."""
+
+
+class _Find:
+    """Union-find over small integer keys, with path halving."""
+
+    def __init__(self) -> None:
+        self.parent: dict[Any, Any] = {}
+
+    def find(self, x: Any) -> Any:
+        parent = self.parent
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(self, a: Any, b: Any) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+
+_KIND_PS, _KIND_BS, _KIND_MZI = 0, 1, 2
+
+
+def _compose(blocks: list[tuple[list[int], list[tuple[int, Any, Op]], int]]) -> list[np.ndarray]:
+    """Each block's unitary (its pass's gates on its logical modes, in order: U <- G U), all at once.
+
+    A block is (logical modes, gates, pass). Every gate gets a depth (one more
+    than the last gate on either of its modes); gates of equal depth act on
+    different rows, so all blocks' gates of one depth are applied together in
+    a few numpy calls. Work in Python is a few list appends per gate; the
+    arithmetic is vectorised over blocks and over the gates of a layer.
+    """
+    if not blocks:
+        return []
+    kmax = max(len(modes) for modes, _, _ in blocks)
+    dummy = kmax  # a spare row: a phase shift is a 2-row update whose second row stays zero
+    u = np.zeros((len(blocks), kmax + 1, kmax), dtype=np.complex128)
+    blk: list[int] = []
+    rows_a: list[int] = []
+    rows_b: list[int] = []
+    kinds: list[int] = []
+    thetas: list[float] = []
+    phis: list[float] = []
+    depths: list[int] = []
+    general: dict[int, list[tuple[int, Any, Op]]] = {}
+    for b, (modes, gates, stage) in enumerate(blocks):
+        k = len(modes)
+        u[b, np.arange(k), np.arange(k)] = 1.0
+        if any(type(op) is UnitaryOp for s_, _, op in gates if s_ == stage):
+            general[b] = gates
+            continue
+        at = {q: i for i, q in enumerate(modes)}
+        depth = [0] * (k + 1)
+        for gate_stage, gate_modes, op in gates:
+            if gate_stage != stage:
+                continue
+            kind = type(op)
+            i = at[gate_modes[0]]
+            if kind is PhaseShift:
+                d = depth[i] + 1
+                depth[i] = d
+                rows_b.append(dummy)
+                kinds.append(_KIND_PS)
+                thetas.append(0.0)
+            else:
+                j = at[gate_modes[1]]
+                d = max(depth[i], depth[j]) + 1
+                depth[i] = depth[j] = d
+                rows_b.append(j)
+                kinds.append(_KIND_BS if kind is BeamSplitter else _KIND_MZI)
+                thetas.append(op.theta)  # type: ignore[union-attr]
+            blk.append(b)
+            rows_a.append(i)
+            phis.append(op.phi)  # type: ignore[union-attr]
+            depths.append(d)
+    if blk:
+        kind_a = np.array(kinds)
+        theta = np.array(thetas)
+        e = np.exp(1j * np.array(phis))
+        m00 = np.empty(len(kind_a), dtype=np.complex128)
+        m01, m10, m11 = np.empty_like(m00), np.empty_like(m00), np.empty_like(m00)
+        ps, bs, mz = kind_a == _KIND_PS, kind_a == _KIND_BS, kind_a == _KIND_MZI
+        m00[ps], m01[ps], m10[ps], m11[ps] = e[ps], 0, 0, 1
+        c, s = np.cos(theta[bs]), np.sin(theta[bs])
+        m00[bs], m01[bs], m10[bs], m11[bs] = c, 1j * s / e[bs], 1j * s * e[bs], c
+        half = theta[mz] / 2
+        g = 1j * np.exp(1j * half)
+        sh, ch = np.sin(half), np.cos(half)
+        m00[mz], m01[mz], m10[mz], m11[mz] = g * e[mz] * sh, g * ch, g * e[mz] * ch, -g * sh
+        depth_a = np.array(depths)
+        order = np.argsort(depth_a, kind="stable")
+        cuts = np.flatnonzero(np.diff(depth_a[order])) + 1
+        blk_a, ra_a, rb_a = np.array(blk), np.array(rows_a), np.array(rows_b)
+        for layer in np.split(order, cuts):
+            bl, a, b_ = blk_a[layer], ra_a[layer], rb_a[layer]
+            top, bottom = u[bl, a], u[bl, b_]
+            u[bl, a] = m00[layer, None] * top + m01[layer, None] * bottom
+            u[bl, b_] = m10[layer, None] * top + m11[layer, None] * bottom
+    results = []
+    for b, (modes, gates, stage) in enumerate(blocks):
+        k = len(modes)
+        if b in general:
+            results.append(_compose_general(gates, stage, modes))
+        else:
+            results.append(u[b, :k, :k].copy())
+    return results
+
+
+def _compose_general(gates: list[tuple[int, Any, Op]], stage: int, modes: list[int]) -> np.ndarray:
+    """One block with arbitrary unitaries among its gates, gate by gate."""
+    at = {q: i for i, q in enumerate(modes)}
+    u = np.eye(len(modes), dtype=np.complex128)
+    for gate_stage, gate_modes, op in gates:
+        if gate_stage == stage:
+            index = [at[q] for q in gate_modes]
+            u[index, :] = _gate(op) @ u[index, :]
+    return u
+
+
+def _gate(op: Op) -> np.ndarray:
+    if isinstance(op, PhaseShift):
+        return np.array([[complex(math.cos(op.phi), math.sin(op.phi))]])
+    if isinstance(op, BeamSplitter):
+        c, s = math.cos(op.theta), math.sin(op.theta)
+        e = complex(math.cos(op.phi), math.sin(op.phi))
+        return np.array([[c, 1j * s / e], [1j * s * e, c]])
+    if isinstance(op, MziOp):
+        return mzi(op.theta, op.phi)
+    assert isinstance(op, UnitaryOp)
+    return op.matrix()
+
+
+def _modes_of(op: Op) -> list[int]:
+    if isinstance(op, Input | PhaseShift | Store | Load):
+        return [op.mode]
+    if isinstance(op, BeamSplitter | MziOp):
+        return list(op.modes)
+    if isinstance(op, UnitaryOp | Measure):
+        return list(op.modes)
+    return []
+
+
+def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health: Health = Health()) -> Analysis:
+    """Check the circuit against the device and limits; group its operations into components."""
+    ops, problems = parse_ops(circuit)
+
+    def problem(path: str | None, field_: str | None, message: str) -> None:
+        problems.append(CircuitProblem(op=path, field=field_, message=message))
+
+    if circuit.modes > limits.max_modes:
+        problem(None, "modes", f"{circuit.modes} modes is more than the configured limit of {limits.max_modes}")
+    if circuit.shots > limits.max_shots:
+        problem(None, "shots", f"{circuit.shots} shots is more than the configured limit of {limits.max_shots}")
+    flat = flatten(ops)
+    if len(flat) > limits.max_ops:
+        problem(None, "ops", f"{len(flat)} operations is more than the configured limit of {limits.max_ops}")
+        return Analysis(ops, problems, [], 0, 0, [])
+
+    loop_ns = device.memory.loop_s * 1e9
+    window_ns = device.memory.max_rounds * loop_ns
+    limit_ns = window_ns * (1 - limits.coherence_margin)
+    ff_latency_ns = device.feedforward.latency_s * 1e9
+
+    # Per-mode state within the current round: fresh, p1, stored, measured, p2.
+    state: list[str] = ["fresh"] * circuit.modes
+    touched2: list[bool] = [False] * circuit.modes
+    loaded: dict[int, _Loaded] = {}
+    held: dict[str, _Held] = {}
+    registers: dict[str, _Register] = {}
+    round_index = 0
+    round_has_load = False
+    clock = 0.0
+    find = _Find()
+    # Dependency graph: the last op that touched each mode / slot / register.
+    last_on: dict[Any, int] = {}
+    predecessors: list[list[int]] = []
+    edges = 0
+    # What each op contributes to its component, applied once components are known.
+    contributions: list[tuple[int, Any, str, Any, int]] = []  # (round, key, path, op, pass)
+    durations: dict[int, float] = {}
+    load_limits: dict[int, tuple[int, float]] = {}  # load index -> (its store's index, window less margin)
+
+    def depend(index: int, keys: Sequence[Any]) -> None:
+        nonlocal edges
+        preds = []
+        for key in keys:
+            before = last_on.get(key)
+            if before is not None and before not in preds:
+                preds.append(before)
+            last_on[key] = index
+        edges += len(preds)
+        predecessors.append(preds)
+
+    def start_round() -> None:
+        nonlocal round_index, round_has_load, clock
+        round_index += 1
+        round_has_load = False
+        clock = 0.0
+        for q in range(circuit.modes):
+            state[q] = "fresh"
+            touched2[q] = False
+        loaded.clear()
+
+    n_modes = circuit.modes
+    pairs: set[tuple[int, int]] = set()  # modes a gate joins: unions done once per distinct pair, after the pass
+    clock_at: list[float] = []  # each op's time within its shot (waits are the only ops that take time)
+    for index, (path, op, cond) in enumerate(flat):
+        clock_at.append(clock)
+        # Fast path: a gate on photons already in flight in one pass (most of any long circuit).
+        kind = type(op)
+        if cond is None and (kind is BeamSplitter or kind is MziOp or kind is PhaseShift):
+            if kind is PhaseShift:
+                a = op.mode  # type: ignore[union-attr]
+                if a < n_modes and (state[a] == "p1" or state[a] == "p2"):
+                    before = last_on.get(a)
+                    last_on[a] = index
+                    predecessors.append([] if before is None else [before])
+                    edges += before is not None
+                    stage = 1 if state[a] == "p1" else 2
+                    if stage == 2:
+                        touched2[a] = True
+                    contributions.append((round_index, round_index * n_modes + a, path, op, stage))
+                    continue
+            else:
+                a, b = op.modes  # type: ignore[union-attr]
+                if a != b and a < n_modes and b < n_modes:
+                    sa = state[a]
+                    if sa == state[b] and (sa == "p1" or sa == "p2"):
+                        pa, pb = last_on.get(a), last_on.get(b)
+                        if pa is None:
+                            preds = [] if pb is None else [pb]
+                        else:
+                            preds = [pa] if pb is None or pb == pa else [pa, pb]
+                        last_on[a] = last_on[b] = index
+                        predecessors.append(preds)
+                        edges += len(preds)
+                        if sa == "p1":
+                            stage = 1
+                        else:
+                            stage = 2
+                            touched2[a] = touched2[b] = True
+                        key = round_index * n_modes + a
+                        pairs.add((key, key - a + b))
+                        contributions.append((round_index, key, path, op, stage))
+                        continue
+        modes = _modes_of(op)
+        bad = [q for q in modes if q >= circuit.modes]
+        keys: list[Any] = list(modes)
+        if isinstance(op, Store | Load):
+            keys.append(("s", op.slot))
+        if isinstance(op, Measure):
+            keys.append(("r", op.into))
+        if isinstance(op, If):
+            keys.append(("r", op.register))
+        if cond is not None:
+            keys.append(("r", cond.register))
+        if isinstance(op, Wait):  # the time it stands for passes for every photon held in memory
+            keys.extend(("s", slot) for slot in held)
+            durations[index] = op.ns
+        depend(index, keys)
+        if bad:
+            problem(
+                path,
+                "mode" if len(modes) == 1 else "modes",
+                f"mode {bad[0]} is out of range: the circuit declares {circuit.modes} modes (0-{circuit.modes - 1})",
+            )
+            continue
+        if len(set(modes)) != len(modes):
+            problem(path, "modes", f"the modes {modes} repeat: an operation acts on distinct modes")
+            continue
+        if cond is not None and not isinstance(op, PhaseShift):
+            problem(
+                path,
+                "op",
+                f"a conditional block may hold only phase shifts (ps): the device's feed-forward "
+                f"sets fast phase shifters; {type(op).__name__} is not one",
+            )
+            continue
+
+        if isinstance(op, Input):
+            if state[op.mode] != "fresh":
+                busy = [q for q in range(circuit.modes) if state[q] in ("p1", "p2")]
+                if held or any(state[q] == "stored" for q in range(circuit.modes)) or busy:
+                    what = f"slots {sorted(held)} hold photons" if held else f"modes {busy} are still in flight"
+                    problem(
+                        path,
+                        "mode",
+                        f"mode {op.mode} gets a new input while {what}: a new shot starts only "
+                        "when the previous one is fully measured",
+                    )
+                    continue
+                start_round()
+            if op.state == "coherent" and op.power_w > device.sources.coherent_max_w:
+                problem(
+                    path,
+                    "power_w",
+                    f"{op.power_w} W of coherent light is more than the device's {device.sources.coherent_max_w} W",
+                )
+            if op.state == "photon" and not device.sources.single_photon:
+                problem(path, "state", "the device has no single-photon sources")
+            state[op.mode] = "p1"
+            contributions.append((round_index, (round_index * n_modes + op.mode), path, op, 1))
+            continue
+
+        if isinstance(op, Wait):
+            if cond is not None:
+                problem(path, "op", "a wait cannot be conditional")
+            clock += op.ns
+            continue
+
+        if isinstance(op, If):
+            reg = registers.get(op.register)
+            if any(c is not None for _, _, c in walk(op.ops)) or any(isinstance(o, If) for o in op.ops):
+                problem(path, "ops", "conditional blocks cannot be nested")
+            if reg is None:
+                problem(
+                    path,
+                    "register",
+                    f"register {op.register!r} is read before it is written (no measure "
+                    f"into {op.register!r} comes earlier)",
+                )
+            elif reg.round != round_index:
+                problem(
+                    path,
+                    "register",
+                    f"register {op.register!r} was measured in an earlier shot (op {reg.path}); "
+                    "feed-forward acts within the shot that measured it",
+                )
+            elif reg.pass_ != 1:
+                problem(
+                    path,
+                    "register",
+                    f"register {op.register!r} is measured in the second pass (op {reg.path}); "
+                    "the device's feed-forward reads first-pass detections only",
+                )
+            elif op.equals >= 2 ** len(reg.modes):
+                problem(
+                    path, "equals", f"register {op.register!r} has {len(reg.modes)} bits; it never reads {op.equals}"
+                )
+            continue
+
+        if isinstance(op, PhaseShift | BeamSplitter | MziOp | UnitaryOp):
+            if isinstance(op, UnitaryOp):
+                matrix = op.matrix() if op.re else np.zeros((0, 0))
+                k = len(op.modes)
+                if matrix.shape != (k, k):
+                    problem(
+                        path,
+                        "re",
+                        f"the matrix is {matrix.shape[0]}x{matrix.shape[1] if matrix.ndim == 2 else 0}"
+                        f" for {k} modes; it must be {k}x{k}",
+                    )
+                    continue
+                error = float(np.abs(matrix.conj().T @ matrix - np.eye(k)).max())
+                if error > UNITARY_TOLERANCE:
+                    problem(path, "re", f"the matrix is not unitary: |U^dagger U - 1| reaches {error:.2e}")
+                    continue
+            stored = [q for q in modes if state[q] == "stored"]
+            if stored:
+                slot = next((h.slot for h in held.values() if h.mode == stored[0]), "?")
+                problem(
+                    path,
+                    "modes" if len(modes) > 1 else "mode",
+                    f"mode {stored[0]} is empty: its photon is in memory slot {slot!r}; load it before acting on it",
+                )
+                continue
+            states = {state[q] for q in modes}
+            if "p1" in states and "p2" in states:
+                p1 = [q for q in modes if state[q] == "p1"]
+                p2 = [q for q in modes if state[q] == "p2"]
+                problem(
+                    path,
+                    "modes",
+                    f"modes {p1} are in the first pass and {p2} in the second (loaded from "
+                    "memory); a second-pass photon meets only other loaded photons and vacuum",
+                )
+                continue
+            stage = 2 if "p2" in states or ("p1" not in states and round_has_load) else 1
+            if "done" in states:
+                q = next(q for q in modes if state[q] == "done")
+                problem(
+                    path,
+                    "modes" if len(modes) > 1 else "mode",
+                    f"mode {q} was measured in the second pass: this shot is over for it; a new input starts the next",
+                )
+                continue
+            if stage == 1 and "gone" in states:
+                q = next(q for q in modes if state[q] == "gone")
+                problem(
+                    path,
+                    "modes" if len(modes) > 1 else "mode",
+                    f"mode {q} is empty: its photon went into memory; the first pass is over for it",
+                )
+                continue
+            if stage == 1 and "measured" in states:
+                q = next(q for q in modes if state[q] == "measured")
+                problem(
+                    path,
+                    "modes" if len(modes) > 1 else "mode",
+                    f"mode {q} was measured; after a measurement a "
+                    "mode is used again only by a new input (a new shot) or as vacuum in the second pass",
+                )
+                continue
+            if cond is not None:
+                q = op.mode  # type: ignore[union-attr]
+                if state[q] != "p2" or q not in loaded:
+                    problem(
+                        path,
+                        "mode",
+                        f"a conditional phase acts on a photon loaded from memory; mode {q} holds "
+                        "none (the device's fast phase shifters sit at the second-pass inputs)",
+                    )
+                    continue
+                if touched2[q]:
+                    problem(
+                        path,
+                        "mode",
+                        f"mode {q} was acted on after its load; the fast phase shifters sit at the "
+                        "second-pass inputs: put the conditional right after the load",
+                    )
+                    continue
+                waited = loaded[q].stored_ns
+                if waited < ff_latency_ns:
+                    problem(
+                        path,
+                        "register",
+                        f"needs feed-forward within {waited:g} ns of the measurement (the photon "
+                        f"waits {waited:g} ns in slot {loaded[q].slot!r}); the device's feed-forward takes "
+                        f"{ff_latency_ns:g} ns: add a wait of at least {ff_latency_ns - waited:g} ns before the load",
+                    )
+                    continue
+            for q in modes:
+                state[q] = f"p{stage}"
+                if stage == 2 and cond is None:
+                    touched2[q] = True
+            contributions.append((round_index, (round_index * n_modes + modes[0]), path, op, stage))
+            for q in modes[1:]:
+                find.union((round_index * n_modes + modes[0]), (round_index * n_modes + q))
+            if cond is not None:
+                contributions[-1] = (round_index, (round_index * n_modes + modes[0]), path, (cond, op), stage)
+                reg = registers.get(cond.register)
+                if reg is not None:
+                    find.union((round_index * n_modes + reg.modes[0]), (round_index * n_modes + modes[0]))
+            continue
+
+        if isinstance(op, Store):
+            if state[op.mode] != "p1":
+                why = {
+                    "fresh": "holds no photon (no input)",
+                    "p2": "is in the second pass: a photon can be stored once per shot",
+                    "stored": "is already stored",
+                    "measured": "was measured",
+                    "done": "was measured in the second pass",
+                    "gone": "is empty: its photon went into memory",
+                }[state[op.mode]]
+                problem(path, "mode", f"mode {op.mode} {why}")
+                continue
+            if op.slot in held:
+                problem(
+                    path,
+                    "slot",
+                    f"memory slot {op.slot!r} is used twice at once: it holds the photon stored at op "
+                    f"{held[op.slot].path} until it is loaded",
+                )
+                continue
+            held[op.slot] = _Held(op.slot, op.mode, path, clock, index)
+            state[op.mode] = "stored"
+            find.union((round_index * n_modes + op.mode), ("s", round_index, op.slot))
+            contributions.append((round_index, (round_index * n_modes + op.mode), path, op, 1))
+            continue
+
+        if isinstance(op, Load):
+            h = held.get(op.slot)
+            if h is None:
+                problem(
+                    path,
+                    "slot",
+                    f"memory slot {op.slot!r} holds no photon here (nothing stored in it, or it was loaded already)",
+                )
+                continue
+            if state[op.mode] == "done":
+                problem(
+                    path,
+                    "mode",
+                    f"mode {op.mode} was measured in the second pass: its detector is used in this "
+                    "shot; load into another mode",
+                )
+                continue
+            if state[op.mode] not in ("fresh", "measured", "gone"):
+                problem(path, "mode", f"mode {op.mode} is not empty: a photon is loaded only into an empty mode")
+                continue
+            stored_ns = clock - h.at_ns
+            if stored_ns > limit_ns:
+                problem(
+                    path,
+                    "slot",
+                    f"the photon stored in slot {op.slot!r} at op {h.path} is loaded after "
+                    f"{stored_ns:g} ns; a delay line keeps it {window_ns:g} ns ({device.memory.max_rounds} round "
+                    f"trips) less a {limits.coherence_margin:.0%} safety margin ({limit_ns:g} ns): "
+                    f"{stored_ns - limit_ns:g} ns too late",
+                )
+                del held[op.slot]  # reported once, not again as "never loaded"
+                continue
+            del held[op.slot]
+            state[h.mode] = "gone"  # empty: its photon left through the delay line
+            rounds = max(1, math.ceil(stored_ns / loop_ns - 1e-9))
+            loaded[op.mode] = _Loaded(op.mode, op.slot, h.path, path, stored_ns, rounds, h.mode)
+            state[op.mode] = "p2"
+            touched2[op.mode] = False
+            round_has_load = True
+            find.union(("s", round_index, op.slot), (round_index * n_modes + op.mode))
+            contributions.append((round_index, (round_index * n_modes + op.mode), path, loaded[op.mode], 2))
+            load_limits[index] = (h.index, limit_ns)
+            continue
+
+        if isinstance(op, Measure):
+            states = {state[q] for q in op.modes}
+            if states & {"stored", "measured", "gone", "done"}:
+                q = next(q for q in op.modes if state[q] in ("stored", "measured", "gone", "done"))
+                what = {
+                    "stored": "stored in memory",
+                    "measured": "measured already",
+                    "done": "measured already",
+                    "gone": "empty: its photon went into memory",
+                }[state[q]]
+                problem(path, "modes", f"mode {q} is {what}")
+                continue
+            if "p1" in states and "p2" in states:
+                problem(path, "modes", "a register is measured within one pass: these modes are in both")
+                continue
+            if op.into in registers:
+                problem(path, "into", f"register {op.into!r} is written twice (first at op {registers[op.into].path})")
+                continue
+            stage = 2 if "p2" in states else 1
+            registers[op.into] = _Register(op.into, round_index, stage, list(op.modes), path)
+            for q in op.modes:
+                state[q] = "measured" if stage == 1 else "done"
+                find.union((round_index * n_modes + op.modes[0]), (round_index * n_modes + q))
+            contributions.append((round_index, (round_index * n_modes + op.modes[0]), path, op, stage))
+            continue
+
+    for h in held.values():
+        problems.append(
+            CircuitProblem(
+                op=h.path,
+                field="slot",
+                message=f"memory slot {h.slot!r} is never loaded: the photon stored here would be lost",
+            )
+        )
+
+    for a, b in pairs:
+        find.union(a, b)
+    components = _components(contributions, find)
+    _check_fit(components, device, limits, health, problems)
+    slack = _slack(predecessors, durations, load_limits, clock_at)
+    return Analysis(ops, problems, components, round_index + 1, edges, predecessors, slack)
+
+
+def _slack(
+    predecessors: list[list[int]],
+    durations: dict[int, float],
+    load_limits: dict[int, tuple[int, float]],
+    clock_at: list[float],
+) -> float | None:
+    """Least slack (ns) before any stored photon's deadline, with deadlines propagated backwards.
+
+    Each op's earliest time is its time in the shot (``clock_at``). A load's
+    latest time is its store's time plus the window less the margin; walking
+    the dependency graph backwards from the load, every op after the store
+    must end early enough for its successors to meet theirs. The walk stops at
+    the store, so it costs the ops inside storage windows, not the circuit.
+    """
+    best: float | None = None
+    for load, (store, limit) in load_limits.items():
+        latest = {load: clock_at[store] + limit}
+        stack = [load]
+        while stack:
+            i = stack.pop()
+            for p in predecessors[i]:
+                if p < store:
+                    continue
+                bound = latest[i] - durations.get(p, 0.0)
+                if bound < latest.get(p, math.inf):
+                    latest[p] = bound
+                    stack.append(p)
+        for i, bound in latest.items():
+            slack = bound - clock_at[i]
+            if best is None or slack < best:
+                best = slack
+    return best
+
+
+def _components(contributions: list[tuple[int, Any, str, Any, int]], find: _Find) -> list[Component]:
+    by_root: dict[Any, Component] = {}
+    order: list[Component] = []
+    roots: dict[Any, Any] = {}  # the union-find is complete: each key's root is looked up once
+    for position, (round_index, key, path, op, stage) in enumerate(contributions):
+        root = roots.get(key)
+        if root is None:
+            root = roots[key] = find.find(key)
+        component = by_root.get(root)
+        if component is None:
+            component = by_root[root] = Component(round=round_index, first_op=position)
+            order.append(component)
+        component.ops.append(path)
+        kind = type(op)
+        if kind is BeamSplitter or kind is MziOp or kind is PhaseShift:  # most ops: keep this short
+            modes = op.modes if kind is not PhaseShift else (op.mode,)
+            if stage == 1:
+                seen, listed = component.seen1, component.pass1
+            else:
+                seen, listed = component.seen2, component.pass2
+            for q in modes:
+                if q not in seen:
+                    seen.add(q)
+                    listed.append(q)
+            component.gates.append((stage, modes, op))
+            continue
+        if kind is tuple:  # a conditional phase: (If, PhaseShift)
+            cond, ps = op
+            component.conditions.append((cond.register, cond.equals, ps.mode, ps.phi))
+            continue
+        if kind is _Loaded:
+            component.loads[op.mode] = op
+            if op.mode not in component.seen2:
+                component.pass2.append(op.mode)
+                component.seen2.add(op.mode)
+            continue
+        modes = _modes_of(op)
+        target = component.pass2 if stage == 2 else component.pass1
+        for q in modes:
+            if q not in target and not isinstance(op, Store):
+                target.append(q)
+                (component.seen2 if stage == 2 else component.seen1).add(q)
+        if isinstance(op, Store) and op.mode not in component.pass1:
+            component.pass1.append(op.mode)
+            component.seen1.add(op.mode)
+        if isinstance(op, Input):
+            component.inputs[op.mode] = op
+        elif isinstance(op, UnitaryOp):
+            component.gates.append((stage, modes, op))
+        elif isinstance(op, Measure):
+            component.measured.update((stage, q) for q in op.modes)
+            component.registers.append(_Register(op.into, round_index, stage, list(op.modes), path))
+    return order
+
+
+def _check_fit(
+    components: list[Component],
+    device: DeviceDescription,
+    limits: Limits,
+    health: Health,
+    problems: list[CircuitProblem],
+) -> None:
+    usable_modes = device.modes - len(health.modes)
+    usable_slots = device.memory.slots - len(health.slots)
+    for c in components:
+        where = c.ops[0]
+        modes = len(c.pass1) + len(c.pass2)
+        if modes > usable_modes:
+            problems.append(
+                CircuitProblem(
+                    op=where,
+                    field="modes",
+                    message=(
+                        f"the operations from here on need {modes} physical modes in one shot ({len(c.pass1)} in "
+                        f"the first pass, {len(c.pass2)} in the second); the device has {usable_modes} usable"
+                    ),
+                )
+            )
+        slots = len(c.loads)
+        if slots > usable_slots:
+            problems.append(
+                CircuitProblem(
+                    op=where,
+                    field="slot",
+                    message=(
+                        f"the operations from here on hold {slots} photons in memory at once; the device has "
+                        f"{usable_slots} usable delay lines"
+                    ),
+                )
+            )
+        ff = c.ff_modes
+        if len(ff) > device.feedforward.phase_shifters:
+            problems.append(
+                CircuitProblem(
+                    op=where,
+                    field="ops",
+                    message=(
+                        f"feed-forward on {len(ff)} modes; the device has {device.feedforward.phase_shifters} "
+                        "fast phase shifters"
+                    ),
+                )
+            )
+        bits = sum(len(r.modes) for r in c.registers if any(r.name == reg for reg, _, _, _ in c.conditions))
+        if bits > limits.max_ff_bits:
+            problems.append(
+                CircuitProblem(
+                    op=where,
+                    field="register",
+                    message=(
+                        f"feed-forward reads {bits} register bits ({2**bits} branches); the configured limit is "
+                        f"{limits.max_ff_bits} bits"
+                    ),
+                )
+            )
+        measured = sum(1 for _ in c.measured)
+        good_detectors = device.modes - len(health.detectors | health.modes)
+        if measured > good_detectors:
+            problems.append(
+                CircuitProblem(
+                    op=where,
+                    field="modes",
+                    message=(f"{measured} detections in one shot; the device has {good_detectors} working detectors"),
+                )
+            )
+
+
+# --- from components to phases ---------------------------------------------------------------------
+
+
+@dataclass
+class _PhaseBuild:
+    round: int
+    components: list[Component] = field(default_factory=list)
+    modes: int = 0
+    slots: int = 0
+    ff: int = 0
+
+    def fits(self, c: Component, capacity: tuple[int, int, int]) -> bool:
+        modes, slots, ff = capacity
+        return (
+            self.modes + len(c.pass1) + len(c.pass2) <= modes
+            and self.slots + len(c.loads) <= slots
+            and self.ff + len(c.ff_modes) <= ff
+        )
+
+    def add(self, c: Component) -> None:
+        self.components.append(c)
+        self.modes += len(c.pass1) + len(c.pass2)
+        self.slots += len(c.loads)
+        self.ff += len(c.ff_modes)
+
+
+def pack(components: list[Component], device: DeviceDescription, health: Health) -> list[_PhaseBuild]:
+    """Components into phases: first fit within each round, in circuit order (deterministic)."""
+    capacity = (
+        device.modes - len(health.modes),
+        device.memory.slots - len(health.slots),
+        device.feedforward.phase_shifters,
+    )
+    phases: list[_PhaseBuild] = []
+    open_in_round: list[_PhaseBuild] = []
+    current_round = -1
+    for c in components:
+        if c.round != current_round:
+            current_round, open_in_round = c.round, []
+        target = next((p for p in open_in_round if p.fits(c, capacity)), None)
+        if target is None:
+            target = _PhaseBuild(round=c.round)
+            open_in_round.append(target)
+            phases.append(target)
+        target.add(c)
+    return phases
+
+
+def _place(
+    build: _PhaseBuild, device: DeviceDescription, health: Health
+) -> tuple[dict[tuple[int, int, int], int], dict[tuple[int, str, str], int]]:
+    """Physical modes for (component, pass, logical mode), measured ones on working detectors; physical slots."""
+    good = [q for q in range(device.modes) if q not in health.modes]
+    with_detector = [q for q in good if q not in health.detectors]
+    without = [q for q in good if q in health.detectors]
+    placement: dict[tuple[int, int, int], int] = {}
+    for ci, c in enumerate(build.components):
+        for stage, logical in [(1, c.pass1), (2, c.pass2)]:
+            for q in logical:
+                pool = with_detector if (stage, q) in c.measured or not without else without
+                if not pool:
+                    pool = with_detector
+                placement[(ci, stage, q)] = pool.pop(0)
+    slots = [s for s in range(device.memory.slots) if s not in health.slots]
+    slot_of: dict[tuple[int, str, str], int] = {}
+    for ci, c in enumerate(build.components):
+        for load in c.loads.values():
+            slot_of[(ci, load.slot, load.store_path)] = slots.pop(0)
+    return placement, slot_of
+
+
+def build_phases(
+    analysis: Analysis, circuit: Circuit, device: DeviceDescription, limits: Limits, health: Health
+) -> list[Phase]:
+    builds = pack(analysis.components, device, health)
+    m = device.modes
+    settle_s = device.heaters.settle_s * limits.settle_factor
+    last_phase_of_mode: dict[int, int] = {}
+    phases: list[Phase] = []
+    decompositions: dict[bytes, np.ndarray] = {}
+    blocks = [
+        (logical, c.gates, stage)
+        for c in analysis.components
+        for stage, logical in ((1, c.pass1), (2, c.pass2))
+        if logical and c.gates
+    ]
+    keys = [
+        (id(c), stage)
+        for c in analysis.components
+        for stage, logical in ((1, c.pass1), (2, c.pass2))
+        if logical and c.gates
+    ]
+    unitaries = dict(zip(keys, _compose(blocks), strict=True))
+    for index, build in enumerate(builds):
+        placement, slot_of = _place(build, device, health)
+        top = max(placement.values()) + 1 if placement else 1
+        u = np.eye(top, dtype=np.complex128)
+        inputs: list[InputSetting] = []
+        memory: list[MemorySlot] = []
+        registers: list[RegisterRead] = []
+        deadlines: list[Deadline] = []
+        place_out: list[Placement] = []
+        conditions: list[tuple[str, int, int, float]] = []
+        register_bits: dict[str, list[int]] = {}
+        depends: set[int] = set()
+        ops: list[str] = []
+        for ci, c in enumerate(build.components):
+            ops.extend(c.ops)
+            for (cj, stage, q), physical in placement.items():
+                if cj == ci:
+                    place_out.append(Placement(logical=q, physical=physical, pass_=stage))  # type: ignore[arg-type]
+                    if q in last_phase_of_mode:
+                        depends.add(last_phase_of_mode[q])
+            for q, inp in c.inputs.items():
+                inputs.append(
+                    InputSetting(mode=placement[(ci, 1, q)], state=inp.state, power_w=inp.power_w, phase_rad=inp.phase)
+                )
+            for stage, logical in ((1, c.pass1), (2, c.pass2)):
+                if logical and c.gates:
+                    rows = [placement[(ci, stage, q)] for q in logical]
+                    u[np.ix_(rows, rows)] = unitaries[(id(c), stage)]
+            for q, load in c.loads.items():
+                physical_slot = slot_of[(ci, load.slot, load.store_path)]
+                memory.append(
+                    MemorySlot(
+                        slot=physical_slot,
+                        out_mode=placement[(ci, 1, load.from_mode)],
+                        in_mode=placement[(ci, 2, q)],
+                        rounds=load.rounds,
+                    )
+                )
+                window = device.memory.max_rounds * device.memory.loop_s * 1e9
+                limit = window * (1 - limits.coherence_margin)
+                deadlines.append(
+                    Deadline(
+                        slot=load.slot,
+                        physical_slot=physical_slot,
+                        store_op=load.store_path,
+                        load_op=load.load_path,
+                        stored_ns=load.stored_ns,
+                        limit_ns=limit,
+                        slack_ns=limit - load.stored_ns,
+                        rounds=load.rounds,
+                    )
+                )
+            for reg in c.registers:
+                columns = [placement[(ci, reg.pass_, q)] + (m if reg.pass_ == 2 else 0) for q in reg.modes]
+                registers.append(RegisterRead(name=reg.name, columns=columns, modes=reg.modes, pass_=reg.pass_))  # type: ignore[arg-type]
+                register_bits[reg.name] = [placement[(ci, reg.pass_, q)] for q in reg.modes]
+            conditions.extend((r, v, placement[(ci, 2, q)], phi) for r, v, q, phi in c.conditions)
+        for p in place_out:
+            last_phase_of_mode[p.logical] = index
+        key = u.tobytes()
+        if key not in decompositions:
+            decompositions[key] = embed_phases(clements(u), m)
+        ff_modes, branches = _branches(conditions, register_bits)
+        two_pass = bool(memory)
+        shots = circuit.shots
+        duration = settle_s + shots / device.shot_rate_hz + shots * limits.readout_s_per_shot
+        phases.append(
+            Phase(
+                index=index,
+                round=build.round,
+                ops=ops,
+                depends_on=sorted(depends),
+                mesh_phases=decompositions[key].tolist(),
+                inputs=sorted(inputs, key=lambda i: i.mode),
+                memory=memory,
+                ff_modes=ff_modes,
+                branches=branches,
+                registers=registers,
+                placement=place_out,
+                resources=Resources(
+                    modes=sorted(p.physical for p in place_out),
+                    detectors=sorted({c for r in registers for c in r.columns}),
+                    slots=sorted(s.slot for s in memory),
+                    ff_shifters=len({q for _, _, q, _ in conditions}),
+                ),
+                shots=shots,
+                width=2 * m if two_pass else m,
+                settle_s=settle_s,
+                duration_s=duration,
+                deadlines=deadlines,
+            )
+        )
+    return phases
+
+
+def _branches(
+    conditions: list[tuple[str, int, int, float]], register_bits: dict[str, list[int]]
+) -> tuple[list[int], list[Branch]]:
+    """Every outcome of the registers feed-forward reads, and the fast phases each sets."""
+    used = sorted({r for r, _, _, _ in conditions})
+    if not used:
+        return [], []
+    ff_modes = [q for r in used for q in register_bits[r]]
+    branches = []
+    for outcome in range(2 ** len(ff_modes)):
+        pattern = format(outcome, f"0{len(ff_modes)}b")
+        values: dict[str, int] = {}
+        offset = 0
+        for r in used:
+            width = len(register_bits[r])
+            values[r] = int(pattern[offset : offset + width], 2)
+            offset += width
+        phases: dict[int, float] = {}
+        for r, v, q, phi in conditions:
+            if values[r] == v:
+                phases[q] = (phases.get(q, 0.0) + phi) % (2 * math.pi)
+        branches.append(Branch(pattern=pattern, outcome=values, phases=phases))
+    return ff_modes, branches
+
+
+def plan_id(circuit_digest: str, device_key: str, calibration: int | None, strategy: str) -> str:
+    body = f"{circuit_digest}|{device_key}|{calibration}|{strategy}".encode()
+    return "plan-" + hashlib.blake2b(body, digest_size=12).hexdigest()
+
+
+def device_key(device: DeviceDescription, health: Health) -> str:
+    digest = hashlib.blake2b(msgspec.json.encode(device), digest_size=12).hexdigest()
+    return f"{digest}:{health.key()}"
+
+
+def compile_circuit(
+    circuit: Circuit,
+    device: DeviceDescription,
+    *,
+    device_name: str = "",
+    calibration: int | None = None,
+    limits: Limits | None = None,
+    health: Health | None = None,
+    strategy: str = "static",
+) -> Plan:
+    """The plan for a circuit on a device; `CircuitError` listing every problem if there is one."""
+    began = time.perf_counter()
+    limits = limits or Limits()
+    health = health or Health()
+    analysis = analyse(circuit, device, limits, health)
+    if analysis.problems:
+        raise CircuitError(analysis.problems)
+    phases = build_phases(analysis, circuit, device, limits, health)
+    slacks = [d.slack_ns for p in phases for d in p.deadlines]
+    configurations = {tuple(p.mesh_phases) for p in phases}
+    metrics = PlanMetrics(
+        total_duration_s=sum(p.duration_s for p in phases),
+        phases=len(phases),
+        ops=sum(len(p.ops) for p in phases),
+        min_slack_ns=analysis.slack_ns if slacks else None,
+        compile_s=time.perf_counter() - began,
+        reconfigurations=len(configurations),
+    )
+    digest = circuit_hash(circuit)
+    return Plan(
+        id=plan_id(digest, device_key(device, health), calibration, strategy),
+        circuit=digest,
+        device=device_name,
+        identity=device.identity.idn(),
+        calibration=calibration,
+        strategy=strategy,
+        modes=device.modes,
+        phases=phases,
+        metrics=metrics,
+    )

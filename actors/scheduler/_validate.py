@@ -1,0 +1,135 @@
+"""Every invariant a plan must keep, checked on its own, independently of how it was made.
+
+The scheduler checks each plan it emits; tests check random circuits' plans;
+the executor may check what it is given.
+"""
+
+from __future__ import annotations
+
+import math
+
+from protocol import AwenError, ErrorCode
+from protocol.photonica import DeviceDescription
+from protocol.plan import Plan
+
+
+class PlanInvalid(AwenError):
+    """A plan breaks an invariant; ``problems`` lists each."""
+
+    code = ErrorCode.BAD_REQUEST
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"the plan breaks {len(problems)} invariant(s): " + "; ".join(problems))
+
+
+def plan_problems(plan: Plan, device: DeviceDescription, *, circuit_ops: list[str] | None = None) -> list[str]:
+    """What is wrong with ``plan`` on ``device`` (empty: nothing).
+
+    Checks: phases numbered in order and depending only on earlier phases;
+    no physical mode, detector column, delay line or feed-forward shifter used
+    twice in a phase and none beyond the device; inputs, routes and registers
+    on modes the phase placed; every stored photon back within its window (and
+    the rounds the delay line is programmed for); every feed-forward outcome
+    planned exactly once; mesh phases for every heater; and, if
+    ``circuit_ops`` is given, every operation carried out by exactly one phase.
+    """
+    problems: list[str] = []
+    m = device.modes
+    window_ns = device.memory.max_rounds * device.memory.loop_s * 1e9
+    seen_ops: dict[str, int] = {}
+    for position, phase in enumerate(plan.phases):
+        where = f"phase {phase.index}"
+        if phase.index != position:
+            problems.append(f"{where} is at position {position}")
+        for dep in phase.depends_on:
+            if not 0 <= dep < position:
+                problems.append(f"{where} depends on phase {dep}, which does not come before it")
+        if len(phase.mesh_phases) != m * m:
+            problems.append(f"{where} sets {len(phase.mesh_phases)} heater phases; the mesh has {m * m}")
+        if any(not math.isfinite(x) for x in phase.mesh_phases):
+            problems.append(f"{where} has a heater phase that is not a finite number")
+        physical = [p.physical for p in phase.placement]
+        if len(set(physical)) != len(physical):
+            problems.append(f"{where} places two logical modes on one physical mode")
+        if any(not 0 <= q < m for q in physical):
+            problems.append(f"{where} places a mode outside the device's {m} modes")
+        pass1 = {p.physical for p in phase.placement if p.pass_ == 1}
+        pass2 = {p.physical for p in phase.placement if p.pass_ == 2}
+        for inp in phase.inputs:
+            if inp.mode not in pass1:
+                problems.append(f"{where} sets an input on mode {inp.mode}, which no first-pass mode occupies")
+        columns = [c for r in phase.registers for c in r.columns]
+        if len(set(columns)) != len(columns):
+            problems.append(f"{where} reads one detector column into two registers")
+        for r in phase.registers:
+            for c in r.columns:
+                if not 0 <= c < phase.width:
+                    problems.append(f"{where} reads column {c} of a {phase.width}-column pattern into {r.name!r}")
+                mode = c - m if c >= m else c
+                if mode not in (pass2 if c >= m else pass1):
+                    problems.append(f"{where} reads register {r.name!r} from a mode it did not place in that pass")
+        slots = [s.slot for s in phase.memory]
+        if len(set(slots)) != len(slots):
+            problems.append(f"{where} uses delay line {slots[0]} twice")
+        if any(not 0 <= s < device.memory.slots for s in slots):
+            problems.append(f"{where} uses a delay line the device does not have")
+        if len(phase.memory) != len(phase.deadlines):
+            problems.append(f"{where} stores {len(phase.memory)} photons but tracks {len(phase.deadlines)} deadlines")
+        for route in phase.memory:
+            if route.out_mode not in pass1 or route.in_mode not in pass2:
+                problems.append(f"{where} routes delay line {route.slot} between modes it did not place")
+            if route.rounds > device.memory.max_rounds:
+                problems.append(
+                    f"{where} keeps a photon {route.rounds} round trips; the window is {device.memory.max_rounds}"
+                )
+        if phase.memory and phase.width != 2 * m:
+            problems.append(f"{where} has a second pass but {phase.width}-column patterns")
+        for d in phase.deadlines:
+            if d.stored_ns > d.limit_ns or d.limit_ns > window_ns or d.slack_ns < 0:
+                problems.append(f"{where}: the photon in slot {d.slot!r} misses its deadline by {-d.slack_ns:g} ns")
+        if phase.ff_modes:
+            if len(phase.ff_modes) > device.feedforward.phase_shifters + len(columns):
+                problems.append(f"{where} reads too many feed-forward modes")
+            patterns = [b.pattern for b in phase.branches]
+            expected = {format(i, f"0{len(phase.ff_modes)}b") for i in range(2 ** len(phase.ff_modes))}
+            if sorted(patterns) != sorted(expected):
+                problems.append(f"{where} plans {len(patterns)} branches for {2 ** len(phase.ff_modes)} outcomes")
+            targets = {q for b in phase.branches for q in b.phases}
+            if not targets <= pass2:
+                problems.append(f"{where} sets fast phases on modes that carry no loaded photon")
+            if len(targets) > device.feedforward.phase_shifters:
+                problems.append(
+                    f"{where} needs {len(targets)} fast phase shifters; the device has "
+                    f"{device.feedforward.phase_shifters}"
+                )
+            waited = {d.physical_slot: d.stored_ns for d in phase.deadlines}
+            for route in phase.memory:
+                if route.in_mode in targets and waited.get(route.slot, 0.0) < device.feedforward.latency_s * 1e9:
+                    problems.append(
+                        f"{where} sets a fast phase on the photon from delay line {route.slot}, which does not wait "
+                        "for the feed-forward"
+                    )
+        elif phase.branches:
+            problems.append(f"{where} has branches but no feed-forward modes")
+        if phase.shots < 1 or phase.duration_s <= 0:
+            problems.append(f"{where} has {phase.shots} shots and a duration of {phase.duration_s} s")
+        for op in phase.ops:
+            if op in seen_ops:
+                problems.append(f"op {op} is carried out by phases {seen_ops[op]} and {phase.index}")
+            seen_ops[op] = phase.index
+    if circuit_ops is not None:
+        missing = [op for op in circuit_ops if op not in seen_ops]
+        if missing:
+            problems.append(f"ops {missing[:5]} are in no phase")
+    total = sum(p.duration_s for p in plan.phases)
+    if not math.isclose(total, plan.metrics.total_duration_s, rel_tol=1e-9):
+        problems.append(f"the metrics say {plan.metrics.total_duration_s} s, the phases add up to {total} s")
+    return problems
+
+
+def validate_plan(plan: Plan, device: DeviceDescription, *, circuit_ops: list[str] | None = None) -> None:
+    """Raise `PlanInvalid` listing every broken invariant."""
+    problems = plan_problems(plan, device, circuit_ops=circuit_ops)
+    if problems:
+        raise PlanInvalid(problems)

@@ -1,0 +1,354 @@
+"""Circuits: what a physicist asks the chip to do, as JSON and as a Python builder.
+
+A circuit names its logical modes ``0 .. modes-1`` and lists operations in
+time order (docs/circuits.md has the format with examples)::
+
+    {"modes": 2, "shots": 10000,
+     "ops": [{"op": "input", "mode": 0, "state": "photon"},
+             {"op": "input", "mode": 1, "state": "photon"},
+             {"op": "bs", "modes": [0, 1], "theta": 0.7853981633974483},
+             {"op": "measure", "modes": [0, 1], "into": "c"}]}
+
+`parse_circuit` checks the format of every operation and returns every
+problem at once (`CircuitProblem`: the op's index path, the field, the
+message); checks against a device (modes, memory, feed-forward) are the
+scheduler's. `CircuitBuilder` writes the same document from Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+
+from ._errors import AwenError, ErrorCode
+
+Mode = Annotated[int, msgspec.Meta(ge=0)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]
+Angle = float
+
+
+class _Op(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="op"):
+    pass
+
+
+class Input(_Op, frozen=True, kw_only=True, tag="input"):
+    """What enters a mode at the start of a shot: one photon, coherent light, or vacuum."""
+
+    mode: Mode
+    state: Literal["photon", "coherent", "vacuum"] = "photon"
+    power_w: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    phase: Angle = 0.0
+
+
+class PhaseShift(_Op, frozen=True, kw_only=True, tag="ps"):
+    """Multiply mode's amplitude by e^(i phi)."""
+
+    mode: Mode
+    phi: Angle
+
+
+class BeamSplitter(_Op, frozen=True, kw_only=True, tag="bs"):
+    """[[cos t, i e^(-i phi) sin t], [i e^(i phi) sin t, cos t]] on two modes; theta = pi/4 is 50:50."""
+
+    modes: tuple[Mode, Mode]
+    theta: Angle = math.pi / 4
+    phi: Angle = 0.0
+
+
+class MziOp(_Op, frozen=True, kw_only=True, tag="mzi"):
+    """A Mach-Zehnder interferometer with the chip's convention (`protocol.mesh.mzi`)."""
+
+    modes: tuple[Mode, Mode]
+    theta: Angle
+    phi: Angle = 0.0
+
+
+class UnitaryOp(_Op, frozen=True, kw_only=True, tag="unitary"):
+    """An arbitrary unitary on the listed modes: real parts ``re`` and imaginary parts ``im`` (default 0)."""
+
+    modes: list[Mode]
+    re: list[list[float]]
+    im: list[list[float]] = msgspec.field(default_factory=list)
+
+    def matrix(self) -> np.ndarray:
+        re = np.asarray(self.re, dtype=np.float64)
+        im = np.asarray(self.im, dtype=np.float64) if self.im else np.zeros_like(re)
+        return re + 1j * im
+
+
+class Store(_Op, frozen=True, kw_only=True, tag="store"):
+    """Send the photon in ``mode`` into memory ``slot`` (a delay line); the mode is then empty."""
+
+    mode: Mode
+    slot: Name
+
+
+class Load(_Op, frozen=True, kw_only=True, tag="load"):
+    """Bring the photon held in ``slot`` back, into ``mode`` (an empty mode)."""
+
+    slot: Name
+    mode: Mode
+
+
+class Wait(_Op, frozen=True, kw_only=True, tag="wait"):
+    """Let time pass (nanoseconds): what a stored photon spends in its delay line."""
+
+    ns: Annotated[float, msgspec.Meta(gt=0)]
+
+
+class Measure(_Op, frozen=True, kw_only=True, tag="measure"):
+    """Detect ``modes``; their clicks, first mode most significant, form register ``into``."""
+
+    modes: list[Mode]
+    into: Name
+
+
+class If(_Op, frozen=True, kw_only=True, tag="if"):
+    """Run ``ops`` only in shots where register ``register`` reads ``equals`` (feed-forward)."""
+
+    register: Name
+    equals: Annotated[int, msgspec.Meta(ge=0)]
+    ops: list[Any]
+
+
+Op = Input | PhaseShift | BeamSplitter | MziOp | UnitaryOp | Store | Load | Wait | Measure | If
+OP_NAMES = ("input", "ps", "bs", "mzi", "unitary", "store", "load", "wait", "measure", "if")
+
+
+class Circuit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A job's program. ``ops`` holds the operations as sent (see `parse_circuit`).
+
+    Attributes:
+        modes: Logical modes the circuit uses (the scheduler places them on the chip).
+        shots: Repetitions.
+        priority: Higher runs first; equal priorities run in submission order.
+        deadline: Unix time by which the job must have finished, if any.
+        name: A label for people.
+    """
+
+    modes: Annotated[int, msgspec.Meta(ge=1)]
+    shots: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    ops: list[Any] = msgspec.field(default_factory=list)
+    priority: int = 0
+    deadline: float | None = None
+    name: str = ""
+
+
+class CircuitProblem(msgspec.Struct, frozen=True, kw_only=True):
+    """One thing wrong with a circuit: where (``op`` index path such as ``"4"`` or ``"7.ops.0"``), which field, why."""
+
+    op: str | None
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"op {self.op}" if self.op is not None else "circuit"
+        field = f" ({self.field})" if self.field else ""
+        return f"{where}{field}: {self.message}"
+
+
+class CircuitError(AwenError):
+    """A circuit that cannot run; ``problems`` lists every reason."""
+
+    code = ErrorCode.INVALID_CIRCUIT
+
+    def __init__(self, problems: Sequence[CircuitProblem]) -> None:
+        self.problems = list(problems)
+        count = len(self.problems)
+        head = f"the circuit has {count} problem{'s' if count != 1 else ''}: "
+        super().__init__(head + "; ".join(str(p) for p in self.problems), field="ops")
+
+
+def _convert_op(raw: Any, path: str, problems: list[CircuitProblem]) -> Op | None:
+    if not isinstance(raw, dict):
+        problems.append(CircuitProblem(op=path, field=None, message=f"an op is an object, got {type(raw).__name__}"))
+        return None
+    kind = raw.get("op")
+    if kind not in OP_NAMES:
+        known = ", ".join(OP_NAMES)
+        problems.append(CircuitProblem(op=path, field="op", message=f"unknown op {kind!r} (known: {known})"))
+        return None
+    try:
+        op: Op = msgspec.convert(raw, Op)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        field = text.rsplit("`$.", 1)[1].rstrip("`") if "`$." in text else None
+        problems.append(CircuitProblem(op=path, field=field, message=text.split(" - at ")[0]))
+        return None
+    if isinstance(op, If):
+        inner = [_convert_op(o, f"{path}.ops.{i}", problems) for i, o in enumerate(op.ops)]
+        return If(register=op.register, equals=op.equals, ops=inner)
+    return op
+
+
+_OPS = list[Op]
+
+
+def _convert_all(raw: list[Any], prefix: str, problems: list[CircuitProblem]) -> list[Op | None]:
+    try:  # one call for the whole list: per-op calls cost ~50x more (msgspec sets up the union each time)
+        ops: list[Op | None] = list(msgspec.convert(raw, _OPS))
+    except msgspec.ValidationError:
+        return [_convert_op(item, f"{prefix}{i}", problems) for i, item in enumerate(raw)]
+    for i, op in enumerate(ops):
+        if isinstance(op, If):
+            ops[i] = If(register=op.register, equals=op.equals, ops=_convert_all(op.ops, f"{prefix}{i}.ops.", problems))
+    return ops
+
+
+def parse_ops(circuit: Circuit) -> tuple[list[Op | None], list[CircuitProblem]]:
+    """Every op as its typed form (None where it is malformed), and every format problem."""
+    problems: list[CircuitProblem] = []
+    ops = _convert_all(circuit.ops, "", problems)
+    return ops, problems
+
+
+def parse_circuit(data: Any) -> Circuit:
+    """A circuit from a decoded JSON document; `CircuitError` with every format problem."""
+    try:
+        circuit = msgspec.convert(data, Circuit)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        field = text.rsplit("`$.", 1)[1].rstrip("`") if "`$." in text else None
+        raise CircuitError([CircuitProblem(op=None, field=field, message=text.split(" - at ")[0])]) from None
+    _, problems = parse_ops(circuit)
+    if problems:
+        raise CircuitError(problems)
+    return circuit
+
+
+def load_circuit(text: str | bytes) -> Circuit:
+    """A circuit from JSON text."""
+    try:
+        data = msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise CircuitError([CircuitProblem(op=None, field=None, message=f"not valid JSON: {exc}")]) from None
+    return parse_circuit(data)
+
+
+def walk(ops: Sequence[Op | None], prefix: str = "") -> Iterator[tuple[str, Op, If | None]]:
+    """(index path, op, enclosing conditional) for every op, conditionals' bodies in place."""
+    for i, op in enumerate(ops):
+        if op is None:
+            continue
+        path = f"{prefix}{i}"
+        if isinstance(op, If):
+            yield path, op, None
+            for inner_path, inner, _ in walk(op.ops, f"{path}.ops."):
+                yield inner_path, inner, op
+        else:
+            yield path, op, None
+
+
+def flatten(ops: Sequence[Op | None]) -> list[tuple[str, Op, If | None]]:
+    """`walk` as a list, built without a generator per op: the compiler's hot path."""
+    flat: list[tuple[str, Op, If | None]] = []
+    append = flat.append
+    for i, op in enumerate(ops):
+        if op is None:
+            continue
+        if type(op) is If:
+            append((str(i), op, None))
+            for inner_path, inner, _ in walk(op.ops, f"{i}.ops."):
+                append((inner_path, inner, op))
+        else:
+            append((str(i), op, None))
+    return flat
+
+
+def circuit_hash(circuit: Circuit) -> str:
+    """A digest of what the circuit does (not its name, priority or deadline): equal circuits plan alike."""
+    body = msgspec.msgpack.encode({"modes": circuit.modes, "shots": circuit.shots, "ops": circuit.ops})
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+class CircuitBuilder:
+    """Write a circuit from Python; `build` gives the same `Circuit` the JSON form parses to.
+
+    ::
+
+        c = (CircuitBuilder(2, shots=10_000)
+             .input(0).input(1)
+             .bs(0, 1)
+             .measure([0, 1], "c")
+             .build())
+    """
+
+    def __init__(
+        self, modes: int, *, shots: int = 1000, priority: int = 0, deadline: float | None = None, name: str = ""
+    ) -> None:
+        self._header = {"modes": modes, "shots": shots, "priority": priority, "deadline": deadline, "name": name}
+        self._ops: list[dict[str, Any]] = []
+        self._stack: list[list[dict[str, Any]]] = [self._ops]
+
+    def _add(self, op: dict[str, Any]) -> CircuitBuilder:
+        self._stack[-1].append(op)
+        return self
+
+    def input(self, mode: int, state: str = "photon", *, power_w: float = 0.0, phase: float = 0.0) -> CircuitBuilder:
+        op: dict[str, Any] = {"op": "input", "mode": mode, "state": state}
+        if power_w:
+            op["power_w"] = float(power_w)
+        if phase:
+            op["phase"] = float(phase)
+        return self._add(op)
+
+    def ps(self, mode: int, phi: float) -> CircuitBuilder:
+        return self._add({"op": "ps", "mode": int(mode), "phi": float(phi)})
+
+    def bs(self, a: int, b: int, theta: float = math.pi / 4, phi: float = 0.0) -> CircuitBuilder:
+        op: dict[str, Any] = {"op": "bs", "modes": [int(a), int(b)], "theta": float(theta)}
+        if phi:
+            op["phi"] = float(phi)
+        return self._add(op)
+
+    def mzi(self, a: int, b: int, theta: float, phi: float = 0.0) -> CircuitBuilder:
+        return self._add({"op": "mzi", "modes": [int(a), int(b)], "theta": float(theta), "phi": float(phi)})
+
+    def unitary(self, modes: Sequence[int], matrix: Any) -> CircuitBuilder:
+        u = np.asarray(matrix, dtype=np.complex128)
+        op: dict[str, Any] = {"op": "unitary", "modes": list(modes), "re": u.real.tolist()}
+        if np.any(u.imag):
+            op["im"] = u.imag.tolist()
+        return self._add(op)
+
+    def store(self, mode: int, slot: str) -> CircuitBuilder:
+        return self._add({"op": "store", "mode": mode, "slot": slot})
+
+    def load(self, slot: str, mode: int) -> CircuitBuilder:
+        return self._add({"op": "load", "slot": slot, "mode": mode})
+
+    def wait(self, ns: float) -> CircuitBuilder:
+        return self._add({"op": "wait", "ns": float(ns)})
+
+    def measure(self, modes: Sequence[int], into: str) -> CircuitBuilder:
+        return self._add({"op": "measure", "modes": [int(q) for q in modes], "into": into})
+
+    def if_(self, register: str, equals: int) -> CircuitBuilder:
+        """Open a conditional block; ops until `end` go in it."""
+        block: dict[str, Any] = {"op": "if", "register": register, "equals": equals, "ops": []}
+        self._add(block)
+        self._stack.append(block["ops"])
+        return self
+
+    def end(self) -> CircuitBuilder:
+        if len(self._stack) == 1:
+            raise ValueError("end() without an open if_()")
+        self._stack.pop()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        header = {k: v for k, v in self._header.items() if v is not None and v != ""}
+        return {**header, "ops": self._ops}
+
+    def build(self) -> Circuit:
+        if len(self._stack) != 1:
+            raise ValueError("an if_() block is still open: close it with end()")
+        return parse_circuit(self.to_dict())
+
+    def to_json(self) -> bytes:
+        return msgspec.json.encode(self.to_dict())

@@ -1,0 +1,338 @@
+"""Messages of the scheduler actor: the job queue, plans, and the executor's side of dispatch.
+
+Clients submit circuits (`Submit`), cancel jobs, pause and resume the queue.
+The executor *pulls* work: `NextJob` returns the next plan when the queue has
+one for it, and at every phase boundary `Checkpoint` reports what happened
+and learns whether to continue, give the device up to a higher-priority job
+(`preempt`), or stop (`cancel`). `JobFinished` ends a job.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+from ._message import Event, Reply, Request
+from .circuit import Circuit, CircuitProblem
+from .memory import JobId
+from .plan import Plan, PlanMetrics
+from .system import Ok
+
+Weight = Annotated[float, msgspec.Meta(ge=0, le=10)]
+Objective = Literal["min_duration", "max_slack", "min_reconfigurations", "fifo"]
+
+
+class Weights(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How much each consideration counts when a dynamic strategy orders phases (0 to 10)."""
+
+    duration: Weight = 1.0
+    slack: Weight = 1.0
+    reconfiguration: Weight = 1.0
+    failures: Weight = 1.0
+
+
+class StrategyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How plans are made and the device shared (``strategy`` in the scheduler's configuration).
+
+    Attributes:
+        kind: ``static`` (deterministic, the same plan for the same circuit and
+            device) or ``dynamic`` (uses feedback: measured durations, failure
+            rates, component health; with none it equals static).
+        objectives: What a dynamic strategy orders independent phases by;
+            ``fifo`` (circuit order) cannot be combined with the others.
+        weights: Their relative weights.
+        preempt: Whether a higher-priority job takes the device at the running
+            job's next phase boundary.
+        max_phase_s: The longest phase a plan may have (a plan with a longer
+            one is refused: split its shots).
+        max_job_s: The longest job accepted.
+        max_wait_s: The longest a higher-priority job may have to wait for the
+            device; checked against ``max_phase_s`` (with preemption) or
+            ``max_job_s`` (without), so that no configuration allows a
+            priority inversion longer than this.
+        degrade_failure_rate: A component failing more often than this is
+            routed around by the dynamic strategy.
+    """
+
+    kind: Literal["static", "dynamic"] = "static"
+    objectives: list[Objective] = msgspec.field(default_factory=lambda: ["min_duration"])
+    weights: Weights = msgspec.field(default_factory=Weights)
+    preempt: bool = True
+    max_phase_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    max_job_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    max_wait_s: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+    degrade_failure_rate: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.2
+
+    def __post_init__(self) -> None:
+        if not self.objectives:
+            raise ValueError("strategy.objectives needs at least one objective")
+        if len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"strategy.objectives repeats one: {self.objectives}")
+        if "fifo" in self.objectives and len(self.objectives) > 1:
+            raise ValueError(
+                "strategy.objectives: fifo keeps circuit order and cannot be combined with reordering objectives "
+                f"({', '.join(o for o in self.objectives if o != 'fifo')})"
+            )
+        worst = self.max_phase_s if self.preempt else self.max_job_s
+        if worst > self.max_wait_s:
+            which = "max_phase_s" if self.preempt else "max_job_s (preempt is off)"
+            raise ValueError(
+                f"priority inversion: a higher-priority job could wait {worst:g} s for the device ({which}), "
+                f"more than max_wait_s = {self.max_wait_s:g} s"
+            )
+        if self.max_phase_s > self.max_job_s:
+            raise ValueError(f"strategy.max_phase_s ({self.max_phase_s:g}) exceeds max_job_s ({self.max_job_s:g})")
+
+
+class Accepted(Reply, frozen=True, kw_only=True):
+    TYPE = "sched.accepted"
+    job: JobId
+    seq: int
+    position: int
+    """Jobs ahead of it in the queue when it was accepted."""
+    created: bool
+    """False if this job id was submitted before: nothing changed."""
+
+
+class Submit(Request[Accepted], frozen=True, kw_only=True):
+    """Queue a circuit as a job. Acknowledged only once the job is in the store.
+
+    Refused with ``invalid-circuit`` (every problem, with its op) if it cannot
+    run on the device. ``job`` lets a client choose the id, so that a repeated
+    submission (after a lost reply) is recognised rather than run twice.
+    """
+
+    TYPE = "sched.submit"
+    REPLY = Accepted
+    circuit: Circuit
+    job: JobId | None = None
+
+
+class Validation(Reply, frozen=True, kw_only=True):
+    TYPE = "sched.validation"
+    ok: bool
+    problems: list[CircuitProblem]
+    metrics: PlanMetrics | None = None
+
+
+class Validate(Request[Validation], frozen=True, kw_only=True):
+    """Check a circuit against the device without queueing it; every problem, structured."""
+
+    TYPE = "sched.validate"
+    REPLY = Validation
+    circuit: Circuit
+
+
+class Cancel(Request[Ok], frozen=True, kw_only=True):
+    """Cancel a job: at once if it waits, at its next phase boundary if it runs."""
+
+    TYPE = "sched.cancel"
+    REPLY = Ok
+    job: JobId
+    reason: str = "cancelled by request"
+
+
+class Pause(Request[Ok], frozen=True, kw_only=True):
+    """Stop dispatching jobs (a running one finishes its current phase and waits). Survives restarts."""
+
+    TYPE = "sched.pause"
+    REPLY = Ok
+    reason: str = ""
+
+
+class Resume(Request[Ok], frozen=True, kw_only=True):
+    TYPE = "sched.resume"
+    REPLY = Ok
+
+
+class QueueEntry(msgspec.Struct, frozen=True, kw_only=True):
+    job: str
+    seq: int
+    priority: int
+    state: Literal["queued", "planned", "running", "interrupted"]
+    planned: bool
+    next_phase: int
+    phases: int
+    expected_s: float | None
+    deadline: float | None
+
+
+class QueueState(Reply, frozen=True, kw_only=True):
+    TYPE = "sched.queue"
+    paused: bool
+    suspended: dict[str, str]
+    """Why dispatch is suspended, by condition."""
+    running: str | None
+    jobs: list[QueueEntry]
+    """In dispatch order: priority, then acceptance."""
+    plans_compiled: int
+    plan_cache_hits: int
+
+
+class GetQueue(Request[QueueState], frozen=True, kw_only=True):
+    TYPE = "sched.get_queue"
+    REPLY = QueueState
+
+
+class SetStrategy(Request[Ok], frozen=True, kw_only=True):
+    """Replace the strategy and its weights; validated; plans made from now on use it."""
+
+    TYPE = "sched.set_strategy"
+    REPLY = Ok
+    strategy: StrategyConfig
+
+
+class Suspend(Request[Ok], frozen=True, kw_only=True):
+    """Suspend dispatch while ``condition`` holds (calibration expired, say); `Unsuspend` clears it."""
+
+    TYPE = "sched.suspend"
+    REPLY = Ok
+    condition: str
+    reason: str
+
+
+class Unsuspend(Request[Ok], frozen=True, kw_only=True):
+    TYPE = "sched.unsuspend"
+    REPLY = Ok
+    condition: str
+
+
+class ReportHealth(Request[Ok], frozen=True, kw_only=True):
+    """Components of the device calibration found degraded: plans made from now on avoid them."""
+
+    TYPE = "sched.report_health"
+    REPLY = Ok
+    device: str
+    modes: list[int] = msgspec.field(default_factory=list)
+    detectors: list[int] = msgspec.field(default_factory=list)
+    slots: list[int] = msgspec.field(default_factory=list)
+
+
+class Assignment(Reply, frozen=True, kw_only=True):
+    """The next job for the executor, or ``job = None`` if there is none within the wait."""
+
+    TYPE = "sched.assignment"
+    job: str | None = None
+    plan: Plan | None = None
+    start_phase: int = 0
+    """Phases before it were done already (a preempted or interrupted job resumes here)."""
+
+
+class NextJob(Request[Assignment], frozen=True, kw_only=True):
+    """The executor asks for work; waits up to ``wait_s`` for some."""
+
+    TYPE = "sched.next_job"
+    REPLY = Assignment
+    executor: str
+    wait_s: Annotated[float, msgspec.Meta(ge=0, le=30)] = 1.0
+
+
+class Proceed(Reply, frozen=True, kw_only=True):
+    TYPE = "sched.proceed"
+    action: Literal["continue", "preempt", "cancel"]
+    reason: str = ""
+
+
+class Checkpoint(Request[Proceed], frozen=True, kw_only=True):
+    """A phase boundary: phase ``phase`` is done (or failed); continue, yield the device, or stop?
+
+    ``duration_s`` and ``failures`` (components that failed: ``mode:3``,
+    ``detector:5``, ``slot:1``) are the feedback a dynamic strategy uses.
+    """
+
+    TYPE = "sched.checkpoint"
+    REPLY = Proceed
+    job: JobId
+    phase: int
+    ok: bool = True
+    duration_s: float | None = None
+    failures: list[str] = msgspec.field(default_factory=list)
+
+
+class JobFinished(Request[Ok], frozen=True, kw_only=True):
+    TYPE = "sched.job_finished"
+    REPLY = Ok
+    job: JobId
+    state: Literal["completed", "failed", "cancelled", "interrupted"]
+    reason: str = ""
+
+
+class JobPlanned(Event, frozen=True, kw_only=True):
+    TYPE = "sched.job_planned"
+    job: str
+    plan: str
+    metrics: PlanMetrics
+    cached: bool
+
+
+class JobDispatched(Event, frozen=True, kw_only=True):
+    TYPE = "sched.job_dispatched"
+    job: str
+    executor: str
+    start_phase: int
+
+
+class JobPreempted(Event, frozen=True, kw_only=True):
+    TYPE = "sched.job_preempted"
+    job: str
+    by: str
+    next_phase: int
+
+
+class JobRefused(Event, frozen=True, kw_only=True):
+    """A queued job failed before running: its deadline cannot be met, or it cannot be planned any more."""
+
+    TYPE = "sched.job_refused"
+    job: str
+    reason: str
+
+
+class QueuePaused(Event, frozen=True, kw_only=True):
+    TYPE = "sched.queue_paused"
+    reason: str
+
+
+class QueueResumed(Event, frozen=True, kw_only=True):
+    TYPE = "sched.queue_resumed"
+
+
+class Suspended(Event, frozen=True, kw_only=True):
+    TYPE = "sched.suspended"
+    condition: str
+    reason: str
+
+
+class Unsuspended(Event, frozen=True, kw_only=True):
+    TYPE = "sched.unsuspended"
+    condition: str
+
+
+SCHEDULER_MESSAGES: Final = (
+    Submit,
+    Accepted,
+    Validate,
+    Validation,
+    Cancel,
+    Pause,
+    Resume,
+    GetQueue,
+    QueueState,
+    SetStrategy,
+    Suspend,
+    Unsuspend,
+    ReportHealth,
+    NextJob,
+    Assignment,
+    Checkpoint,
+    Proceed,
+    JobFinished,
+    JobPlanned,
+    JobDispatched,
+    JobPreempted,
+    JobRefused,
+    QueuePaused,
+    QueueResumed,
+    Suspended,
+    Unsuspended,
+)

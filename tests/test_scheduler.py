@@ -1,0 +1,295 @@
+"""The scheduler actor: a queue that plans ahead, dispatches in order, preempts at phase boundaries, loses nothing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from actors import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions
+from actors.hal import HalActor
+from actors.memory import MemoryActor
+from actors.scheduler import SchedulerActor
+from protocol.circuit import CircuitBuilder
+from protocol.hal import InterlockReset, InterlockTripped
+from protocol.memory import GetJob, GetPlan
+from protocol.scheduler import (
+    Cancel,
+    Checkpoint,
+    GetQueue,
+    JobFinished,
+    NextJob,
+    Pause,
+    Resume,
+    SetStrategy,
+    StrategyConfig,
+    Submit,
+    Suspend,
+    Unsuspend,
+    Validate,
+)
+
+from .helpers import eventually
+
+
+def hom(priority: int = 0, shots: int = 1000, **kw: Any):
+    return (
+        CircuitBuilder(2, shots=shots, priority=priority, **kw).input(0).input(1).bs(0, 1).measure([0, 1], "c").build()
+    )
+
+
+def two_rounds(priority: int = 0):
+    """Two phases: a job the scheduler can preempt between them."""
+    return (
+        CircuitBuilder(2, priority=priority)
+        .input(0)
+        .input(1)
+        .bs(0, 1)
+        .measure([0, 1], "a")
+        .input(0)
+        .input(1)
+        .bs(0, 1, theta=0.3)
+        .measure([0, 1], "b")
+        .build()
+    )
+
+
+@dataclass
+class Lab:
+    scheduler: SchedulerActor
+    client: Actor
+    data_dir: Path
+
+    async def ask(self, to: str, request: Any) -> Any:
+        with trio.fail_after(30):
+            return await self.client.request(to, request)
+
+    async def sched(self, request: Any) -> Any:
+        return await self.ask("scheduler", request)
+
+    async def state(self, job: str) -> str:
+        return (await self.ask("memory", GetJob(job=job))).record.state
+
+    async def is_state(self, job: str, state: str) -> bool:
+        return await self.state(job) == state
+
+    async def suspended(self) -> dict[str, str]:
+        return (await self.sched(GetQueue())).suspended
+
+    async def wait_planned(self, *jobs: str) -> None:
+        async def planned() -> bool:
+            queue = await self.sched(GetQueue())
+            return set(jobs) <= {e.job for e in queue.jobs if e.planned}
+
+        await eventually(planned)
+
+
+def names(*extra: str) -> Directory:
+    return Directory(
+        {
+            n: Address(address=f"mem://{n}", events=f"mem://{n}.ev")
+            for n in ("memory", "hal", "scheduler", "exec", *extra)
+        }
+    )
+
+
+@asynccontextmanager
+async def lab(tmp_path: Path, **config: Any) -> AsyncIterator[Lab]:
+    runtime = Runtime(names(), RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork())
+    memory = MemoryActor("memory", runtime, data_dir=str(tmp_path / "data"), synchronous="normal")
+    hal = HalActor("hal", runtime, devices=[{"name": "chip", "url": "sim://?seed=1&modes=8", "watchdog_s": 0}])
+    scheduler = SchedulerActor("scheduler", runtime, deadline_check_s=0.05, **config)
+    client = Actor("exec", runtime)
+    async with trio.open_nursery() as nursery:
+        for actor in (memory, hal, scheduler, client):
+            await nursery.start(actor.run)
+        with trio.fail_after(30):
+            await scheduler._ready.wait()
+        yield Lab(scheduler, client, tmp_path / "data")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_submitted_job_is_stored_before_it_is_acknowledged_planned_and_dispatched(tmp_path):
+    async with lab(tmp_path) as lab_, lab_.client.open_event_stream("sched.") as events:
+        accepted = await lab_.sched(Submit(circuit=hom(), job="hom-1"))
+        assert (accepted.job, accepted.created, accepted.position) == ("hom-1", True, 0)
+        assert await lab_.state("hom-1") in ("queued", "planned")  # in the store when acknowledged
+        assignment = await lab_.sched(NextJob(executor="exec", wait_s=10))
+        assert assignment.job == "hom-1"
+        assert assignment.start_phase == 0
+        plan = assignment.plan
+        assert plan.phases
+        assert plan.identity.startswith("Photonica,")
+        stored = await lab_.ask("memory", GetPlan(plan=plan.id))
+        assert stored.body["id"] == plan.id
+        assert await lab_.state("hom-1") == "running"
+        assert (await lab_.sched(Checkpoint(job="hom-1", phase=0, duration_s=0.01))).action == "continue"
+        await lab_.sched(JobFinished(job="hom-1", state="completed"))
+        assert await lab_.state("hom-1") == "completed"
+        again = await lab_.sched(Submit(circuit=hom(), job="hom-1"))
+        assert not again.created  # a repeated submission is recognised, not run twice
+        assert (await lab_.sched(NextJob(executor="exec", wait_s=0.2))).job is None
+        seen = []
+        with trio.move_on_after(1):
+            async for event in events:
+                seen.append(event.type)
+        assert seen[:2] == ["sched.job_planned", "sched.job_dispatched"]
+
+
+async def test_an_invalid_circuit_is_refused_with_every_problem_and_nothing_is_stored(tmp_path):
+    bad = CircuitBuilder(2).input(0).bs(0, 1).store(1, "m").measure([0], "c").build()
+    async with lab(tmp_path) as lab_:
+        with pytest.raises(RemoteError, match=r"op 2 \(slot\): memory slot 'm' is never loaded.*\[invalid-circuit\]"):
+            await lab_.sched(Submit(circuit=bad, job="bad"))
+        with pytest.raises(RemoteError, match="no job 'bad'"):
+            await lab_.ask("memory", GetJob(job="bad"))
+        report = await lab_.sched(Validate(circuit=bad))
+        assert not report.ok
+        assert [(p.op, p.field) for p in report.problems] == [("2", "slot")]
+        good = await lab_.sched(Validate(circuit=hom()))
+        assert good.ok
+        assert good.metrics.phases == 1
+
+
+async def test_priorities_first_then_submission_order_and_cancel(tmp_path):
+    async with lab(tmp_path) as lab_:
+        await lab_.sched(Pause(reason="loading the queue"))
+        for job, priority in [("low-1", 0), ("high-1", 5), ("low-2", 0), ("high-2", 5), ("doomed", 9)]:
+            await lab_.sched(Submit(circuit=hom(priority, shots=100 + priority), job=job))
+        await lab_.sched(Cancel(job="doomed", reason="changed my mind"))
+        assert await lab_.state("doomed") == "cancelled"
+        await lab_.wait_planned("low-1", "high-1", "low-2", "high-2")
+        assert (await lab_.sched(NextJob(executor="exec", wait_s=0.1))).job is None  # paused
+        await lab_.sched(Resume())
+        order = []
+        for _ in range(4):
+            job = (await lab_.sched(NextJob(executor="exec", wait_s=10))).job
+            order.append(job)
+            await lab_.sched(JobFinished(job=job, state="completed"))
+        assert order == ["high-1", "high-2", "low-1", "low-2"]
+        with pytest.raises(RemoteError, match="job low-1 is completed already; nothing to cancel"):
+            await lab_.sched(Cancel(job="low-1"))
+
+
+async def test_a_higher_priority_job_preempts_at_the_next_phase_boundary_and_the_other_resumes(tmp_path):
+    async with lab(tmp_path) as lab_:
+        await lab_.sched(Submit(circuit=two_rounds(priority=0), job="long"))
+        first = await lab_.sched(NextJob(executor="exec", wait_s=10))
+        assert first.job == "long"
+        assert len(first.plan.phases) == 2
+        await lab_.sched(Submit(circuit=hom(priority=10), job="urgent"))
+        await lab_.wait_planned("urgent")
+        proceed = await lab_.sched(Checkpoint(job="long", phase=0, duration_s=0.01))
+        assert proceed.action == "preempt"
+        assert "preempted by urgent" in proceed.reason
+        record = (await lab_.ask("memory", GetJob(job="long"))).record
+        assert record.state == "planned"
+        assert "resumes at phase 1" in record.reason
+        urgent = await lab_.sched(NextJob(executor="exec", wait_s=10))
+        assert urgent.job == "urgent"
+        await lab_.sched(JobFinished(job="urgent", state="completed"))
+        resumed = await lab_.sched(NextJob(executor="exec", wait_s=10))
+        assert (resumed.job, resumed.start_phase) == ("long", 1)
+
+
+async def test_cancel_of_a_running_job_reaches_the_executor_at_its_next_phase_boundary(tmp_path):
+    async with lab(tmp_path) as lab_:
+        await lab_.sched(Submit(circuit=two_rounds(), job="j"))
+        await lab_.sched(NextJob(executor="exec", wait_s=10))
+        await lab_.sched(Cancel(job="j", reason="wrong sample"))
+        proceed = await lab_.sched(Checkpoint(job="j", phase=0))
+        assert (proceed.action, proceed.reason) == ("cancel", "wrong sample")
+        await lab_.sched(JobFinished(job="j", state="cancelled", reason="wrong sample"))
+        assert await lab_.state("j") == "cancelled"
+
+
+async def test_a_job_that_cannot_meet_its_deadline_is_failed_with_the_reason(tmp_path):
+    async with lab(tmp_path) as lab_:
+        await lab_.sched(Pause())
+        await lab_.sched(Submit(circuit=hom(deadline=time.time() + 0.3), job="soon"))
+        await eventually(lambda: lab_.is_state("soon", "failed"))
+        record = (await lab_.ask("memory", GetJob(job="soon"))).record
+        assert "deadline passed" in record.reason or "cannot meet its deadline" in record.reason
+
+
+async def test_suspenders_stop_dispatch_and_release_it_when_they_clear(tmp_path):
+    async with lab(tmp_path) as lab_:
+        lab_.client.publish(InterlockTripped(device="chip", reason="power over the limit"))
+        await eventually(lambda: lab_.suspended())
+        await lab_.sched(Suspend(condition="calibration:chip", reason="calibration expired"))
+        await lab_.sched(Submit(circuit=hom(), job="waits"))
+        await lab_.wait_planned("waits")
+        assert (await lab_.sched(NextJob(executor="exec", wait_s=0.2))).job is None
+        queue = await lab_.sched(GetQueue())
+        assert set(queue.suspended) == {"interlock:chip", "calibration:chip"}
+        lab_.client.publish(InterlockReset(device="chip"))
+        await lab_.sched(Unsuspend(condition="calibration:chip"))
+        assert (await lab_.sched(NextJob(executor="exec", wait_s=10))).job == "waits"
+
+
+async def test_resubmitting_the_same_circuit_uses_the_plan_cache(tmp_path):
+    async with lab(tmp_path) as lab_:
+        for i in range(3):
+            await lab_.sched(Submit(circuit=hom(), job=f"same-{i}"))
+        await lab_.wait_planned("same-0", "same-1", "same-2")
+        queue = await lab_.sched(GetQueue())
+        assert (queue.plans_compiled, queue.plan_cache_hits) == (1, 2)
+
+
+async def test_the_strategy_is_changed_at_run_time_and_used_for_the_next_plan(tmp_path):
+    async with lab(tmp_path) as lab_:
+        await lab_.sched(Submit(circuit=hom(), job="before"))
+        await lab_.wait_planned("before")
+        await lab_.sched(SetStrategy(strategy=StrategyConfig(kind="dynamic", objectives=["max_slack"])))
+        assert lab_.scheduler.strategy.kind == "dynamic"
+        await lab_.sched(Submit(circuit=hom(shots=7), job="after"))
+        await lab_.wait_planned("after")
+        assert (await lab_.sched(GetQueue())).plans_compiled == 2
+
+
+async def test_a_plan_with_a_phase_longer_than_allowed_is_refused_with_the_reason(tmp_path):
+    strategy = {"max_phase_s": 0.5, "max_wait_s": 10}
+    async with lab(tmp_path, strategy=strategy) as lab_:
+        await lab_.sched(Submit(circuit=hom(shots=2_000_000), job="huge"))
+        await eventually(lambda: lab_.is_state("huge", "failed"))
+        record = (await lab_.ask("memory", GetJob(job="huge"))).record
+        assert "max_phase_s is 0.5 s" in record.reason
+
+
+async def test_the_pause_survives_a_restart_and_the_queue_comes_back_in_order(tmp_path):
+    async with lab(tmp_path) as lab_:
+        await lab_.sched(Pause(reason="night"))
+        for job, priority in [("a", 0), ("b", 3), ("c", 0)]:
+            await lab_.sched(Submit(circuit=hom(priority, shots=10 + len(job)), job=job))
+        await lab_.wait_planned("a", "b", "c")
+    async with lab(tmp_path) as lab_:
+        queue = await lab_.sched(GetQueue())
+        assert queue.paused
+        assert [e.job for e in queue.jobs] == ["b", "a", "c"]
+        await lab_.wait_planned("a", "b", "c")
+        await lab_.sched(Resume())
+        assert (await lab_.sched(NextJob(executor="exec", wait_s=10))).job == "b"
+
+
+async def test_large_circuits_are_planned_in_a_worker_process(tmp_path):
+    big = CircuitBuilder(8, shots=10)
+    for q in range(8):
+        big.input(q)
+    for layer in range(300):
+        for q in range(layer % 2, 7, 2):
+            big.bs(q, q + 1, theta=0.1 * layer)
+    big.measure(list(range(8)), "c")
+    async with lab(tmp_path, process_threshold_ops=100, plan_workers=1) as lab_:
+        await lab_.sched(Submit(circuit=big.build(), job="big"))
+        await lab_.wait_planned("big")
+        assert lab_.scheduler._pool is not None
+        workers = list(lab_.scheduler._pool._processes.values())
+        assert workers
+        assert all(w.pid != 0 for w in workers)
+    assert all(not w.is_alive() for w in workers)  # stopped with the scheduler

@@ -1,0 +1,77 @@
+"""The scheduler as a lab runs it: its own process, the store in another, kill -9 in between."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+
+import pytest
+import trio
+
+from actors import open_system, parse_system
+from protocol.circuit import CircuitBuilder
+from protocol.memory import GetJob
+from protocol.scheduler import GetQueue, NextJob, Pause, Resume, Submit
+
+pytestmark = pytest.mark.system
+
+
+def circuit(priority: int, shots: int):
+    return CircuitBuilder(2, shots=shots, priority=priority).input(0).input(1).bs(0, 1).measure([0, 1], "c").build()
+
+
+async def test_kill_9_of_the_scheduler_loses_no_accepted_job_and_keeps_the_order(tmp_path):
+    config = parse_system(
+        {
+            "log_level": "warning",
+            "runtime": {"heartbeat_interval": 0.2, "request_timeout": 20.0},
+            "actor": [
+                {"name": "memory", "factory": "actors.memory:MemoryActor", "config": {"data_dir": str(tmp_path)}},
+                {
+                    "name": "hal",
+                    "factory": "actors.hal:HalActor",
+                    "config": {"devices": [{"name": "chip", "url": "sim://?seed=2&modes=8", "watchdog_s": 0}]},
+                },
+                {
+                    "name": "scheduler",
+                    "factory": "actors.scheduler:SchedulerActor",
+                    "restart": {"max_restarts": 5, "window": 60, "backoff": 0.05},
+                },
+            ],
+        }
+    )
+    rng = random.Random(4)
+    async with open_system(config) as sup:
+        with trio.fail_after(60):
+            await sup.wait_started()
+            await sup.request("scheduler", Pause(reason="filling the queue"))
+        accepted: list[tuple[str, int]] = []
+        for i in range(12):
+            priority = rng.choice([0, 1, 5])
+            reply = await sup.request("scheduler", Submit(circuit=circuit(priority, 100 + i), job=f"j{i:02d}"))
+            accepted.append((reply.job, priority))
+        before = await sup.request("scheduler", GetQueue())
+        pid = sup.pid_of("scheduler")
+        async with sup.open_event_stream("actor.started") as started:
+            os.kill(pid, signal.SIGKILL)
+            with trio.fail_after(60):
+                await started.receive()
+        with trio.fail_after(60):
+            while True:
+                try:
+                    after = await sup.request("scheduler", GetQueue())
+                    if all(e.planned for e in after.jobs):
+                        break
+                except Exception:  # noqa: BLE001 - still starting: not ready yet
+                    pass
+                await trio.sleep(0.1)
+        assert after.paused  # the pause was not forgotten
+        expected = [job for job, _ in sorted(accepted, key=lambda jp: (-jp[1], int(jp[0][1:])))]
+        assert [e.job for e in before.jobs] == expected
+        assert [e.job for e in after.jobs] == expected
+        await sup.request("scheduler", Resume())
+        first = await sup.request("scheduler", NextJob(executor="t", wait_s=10))
+        assert first.job == expected[0]
+        for job, _ in accepted:
+            assert (await sup.request("memory", GetJob(job=job))).record.state in ("planned", "running")
