@@ -33,7 +33,7 @@ Angle = float
 
 
 class _Op(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="op"):
-    pass
+    """Every op: frozen, strict about unknown fields, tagged by ``op``."""
 
 
 class Input(_Op, frozen=True, kw_only=True, tag="input"):

@@ -45,7 +45,7 @@ that was running when its process ended."""
 
 
 class _Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
+    """Every body part: frozen, strict about unknown fields."""
 
 
 # --- slots --------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from .hal import InputSetting, MemorySlot
 
 
 class _S(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
+    """Every part of a plan: frozen, strict about unknown fields."""
 
 
 class Placement(_S, frozen=True, kw_only=True):
