@@ -4,6 +4,7 @@ Everything both sides of a wire must agree on lives here, and nothing here does
 I/O. See docs/protocol.md for the wire format.
 """
 
+from . import executor as executor
 from . import hal as hal
 from . import memory as memory
 from . import scheduler as scheduler
@@ -48,7 +49,15 @@ from ._ndarray import unpack as unpack
 from ._schema import protocol_schema as protocol_schema
 from .system import SYSTEM_MESSAGES as SYSTEM_MESSAGES
 
-CATALOG = Catalog([*SYSTEM_MESSAGES, *hal.HAL_MESSAGES, *memory.MEMORY_MESSAGES, *scheduler.SCHEDULER_MESSAGES])
+CATALOG = Catalog(
+    [
+        *SYSTEM_MESSAGES,
+        *hal.HAL_MESSAGES,
+        *memory.MEMORY_MESSAGES,
+        *scheduler.SCHEDULER_MESSAGES,
+        *executor.EXECUTOR_MESSAGES,
+    ]
+)
 """Every message type awen's actors exchange."""
 
 __all__ = [name for name in dir() if not name.startswith("_")]

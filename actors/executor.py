@@ -1,0 +1,432 @@
+"""The executor actor: runs plans on the device through the HAL, frame by frame, and journals them.
+
+It pulls work from the scheduler (``sched.next_job``). For each job it pins
+the calibration version the plan was made with, allocates the job's slots in
+the memory actor (one histogram per register per phase, and a journal in the
+state buffer: phases done, shots done in the current phase), and for each
+phase from where the journal says: converts target phases to volts, sets the
+heaters, inputs, delay lines and feed-forward rules, waits for the heaters to
+settle, and fires the phase's shots in batches. Each batch is one frame,
+committed with the journal before the next: after a crash or ``kill -9`` the
+job resumes at the first uncommitted batch, nothing lost and nothing counted
+twice.
+
+Faults: transient errors (link, timeout, device errors) are retried with
+exponential backoff and jitter; a device that keeps failing opens a circuit
+breaker that fails new work fast until a probe succeeds; phase and job
+timeouts; an interlock fails the job at once. Whatever happens, the job ends
+completed, cancelled or failed with a reason, its committed results kept
+(partial unless completed), and the device is left safe when a job fails.
+
+Configured in the system file::
+
+    [[actor]]
+    name = "executor"
+    factory = "actors.executor:ExecutorActor"
+    config = { device = "chip", batch_shots = 10000 }
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from typing import Any, Literal
+
+import msgspec
+import numpy as np
+import trio
+
+from protocol import AwenError, Envelope, ErrorCode, convert_settings
+from protocol.executor import (
+    Abort,
+    ExecutorStatus,
+    GetExecutorStatus,
+    JobEnded,
+    JobStarted,
+    PhaseDone,
+    PhaseTimes,
+    Progress,
+)
+from protocol.hal import ConfigureInputs, GetDeviceStatus, Program, RunShots, SafeState, SetHeaters
+from protocol.memory import Allocate, Free, GetCalibration, Read, SlotSpec, SlotValue, Write
+from protocol.plan import Phase, Plan
+from protocol.scheduler import Assignment, Checkpoint, JobFinished, NextJob
+
+from ._actor import Actor, handles
+from ._config import Runtime
+from ._errors import PeerLostError, RemoteError, RequestTimeout
+from .calibration import CalibrationModel
+
+log = logging.getLogger("awen.executor")
+
+TRANSIENT = {
+    ErrorCode.LINK_ERROR,
+    ErrorCode.TIMEOUT,
+    ErrorCode.DEVICE_ERROR,
+    ErrorCode.PEER_LOST,
+    ErrorCode.UNAVAILABLE,
+}
+"""Error codes worth another try: the link, a slow reply, a device error from a glitch."""
+
+
+class ExecutorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The executor's ``config`` table.
+
+    Attributes:
+        device: The device (as the HAL names it).
+        scheduler, memory, hal: The actors it works with.
+        batch_shots: Shots per frame: results are committed (and a crash loses at most) this many at a time.
+        retries: Tries after the first for a transient error.
+        backoff_s, backoff_max_s: The first retry's delay, doubling up to this (with jitter).
+        breaker_threshold: Consecutive failed jobs that open the circuit breaker.
+        breaker_probe_s: How often an open breaker probes the device.
+        phase_timeout_s, job_timeout_s: Longest a phase (beyond its expected duration) and a job may take.
+    """
+
+    device: str = "chip"
+    scheduler: str = "scheduler"
+    memory: str = "memory"
+    hal: str = "hal"
+    batch_shots: int = msgspec.field(default=10_000)
+    retries: int = 4
+    backoff_s: float = 0.05
+    backoff_max_s: float = 2.0
+    breaker_threshold: int = 3
+    breaker_probe_s: float = 2.0
+    phase_timeout_s: float = 120.0
+    job_timeout_s: float = 3600.0
+
+
+class JobAborted(AwenError):
+    code = ErrorCode.BAD_REQUEST
+
+
+class _Failed(Exception):
+    """Ends a job as failed with a reason (the device is made safe)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def register_slot(phase: int, register: str) -> str:
+    return f"p{phase}.{register}"
+
+
+class ExecutorActor(Actor):
+    """Runs one job at a time on its device. Args: `ExecutorConfig` keys."""
+
+    KIND = "executor"
+
+    def __init__(self, name: str, runtime: Runtime, **config: Any) -> None:
+        super().__init__(name, runtime)
+        self.config = convert_settings(config, ExecutorConfig, source=f"{name} configuration")
+        self.job: str | None = None
+        self.phase: int | None = None
+        self.failures = 0
+        self.jobs_run = 0
+        self._abort: str | None = None
+        self._rng = random.Random()
+
+    # --- the work loop ------------------------------------------------------------------------
+
+    async def main(self) -> None:
+        for peer in (self.config.scheduler, self.config.memory, self.config.hal):
+            await self.wait_peer(peer)
+        while True:
+            if self.failures >= self.config.breaker_threshold:
+                await self._probe()
+                continue
+            try:
+                with trio.fail_after(30):
+                    assignment = await self.request(self.config.scheduler, NextJob(executor=self.name, wait_s=2.0))
+            except (AwenError, trio.TooSlowError) as exc:
+                log.info("%s: no work from %s (%s)", self.name, self.config.scheduler, exc)
+                await trio.sleep(0.5)
+                continue
+            if assignment.job is not None and assignment.plan is not None:
+                await self.run_job(assignment)
+
+    async def _probe(self) -> None:
+        """The breaker is open: fail fast until the device answers a status query."""
+        await trio.sleep(self.config.breaker_probe_s)
+        try:
+            with trio.fail_after(10):
+                status = await self.request(self.config.hal, GetDeviceStatus(device=self.config.device))
+        except (AwenError, trio.TooSlowError) as exc:
+            log.warning("%s: breaker open; probe failed: %s", self.name, exc)
+            return
+        if status.interlock:
+            log.warning("%s: breaker open; the interlock is still tripped", self.name)
+            return
+        log.info("%s: probe succeeded; breaker closed", self.name)
+        self.failures = 0
+
+    async def run_job(self, assignment: Assignment) -> None:
+        job, plan = assignment.job, assignment.plan
+        assert job is not None
+        assert plan is not None
+        self.job, self._abort = job, None
+        began = time.monotonic()
+        frames = 0
+        state, reason = "failed", ""
+        try:
+            with trio.fail_after(self.config.job_timeout_s):
+                state, reason, frames = await self._run(job, plan, assignment.start_phase)
+        except trio.TooSlowError:
+            reason = f"the job took longer than job_timeout_s = {self.config.job_timeout_s:g} s"
+        except _Failed as exc:
+            reason = exc.reason
+        except (PeerLostError, RequestTimeout) as exc:
+            reason = f"lost contact with a peer: {exc}"
+        if state == "failed":
+            self.failures += 1
+            log.error("%s: job %s failed: %s", self.name, job, reason)
+            await self._safe()
+        else:
+            self.failures = 0
+        if state == "preempted":
+            await self._free(job)  # the journal stays in the store; the job resumes from it
+        else:
+            await self._finish(job, state, reason)
+        self.jobs_run += 1
+        self.publish(JobEnded(job=job, state=state, reason=reason, frames=frames, seconds=time.monotonic() - began))  # type: ignore[arg-type]
+        self.job = self.phase = None
+
+    async def _finish(self, job: str, state: str, reason: str) -> None:
+        try:
+            await self.request(self.config.scheduler, JobFinished(job=job, state=state, reason=reason))  # type: ignore[arg-type]
+        except AwenError as exc:
+            log.error("%s: could not report %s as %s: %s", self.name, job, state, exc)
+        await self._free(job)
+
+    async def _free(self, job: str) -> None:
+        try:
+            await self.request(self.config.memory, Free(job=job))
+        except AwenError:
+            log.debug("%s: slots of %s were freed already", self.name, job)
+
+    async def _safe(self) -> None:
+        try:
+            with trio.fail_after(10):
+                await self.request(self.config.hal, SafeState(device=self.config.device))
+        except (AwenError, trio.TooSlowError) as exc:
+            log.error("%s: could not put %s in its safe state: %s", self.name, self.config.device, exc)
+
+    async def _run(self, job: str, plan: Plan, start_phase: int) -> tuple[str, str, int]:
+        model = await self._calibration(plan)
+        slots = [
+            SlotSpec(name=register_slot(p.index, r.name), dtype="int64", shape=[2 ** len(r.columns)])
+            for p in plan.phases
+            for r in p.registers
+        ]
+        journal = [SlotSpec(name="journal.phase", dtype="int64"), SlotSpec(name="journal.shots", dtype="int64")]
+        allocated = await self.request(
+            self.config.memory,
+            Allocate(
+                job=job,
+                slots=slots,
+                state=journal,
+                device=self.config.device,
+                plan=plan.id,
+                calibration=plan.calibration,
+                resume=True,
+            ),
+        )
+        frame = allocated.frame
+        values = (await self._read_journal(job)) if frame > 0 else (0, 0)
+        phase_done, shots_done = values
+        first = max(start_phase, phase_done)
+        if first != phase_done:
+            shots_done = 0
+        self.publish(
+            JobStarted(job=job, plan=plan.id, calibration=plan.calibration, start_phase=first, resumed=frame > 0)
+        )
+        total_shots = sum(p.shots for p in plan.phases)
+        done_before = sum(p.shots for p in plan.phases[:first]) + shots_done
+        rate = _Rate(done_before)
+        committed = 0
+        for phase in plan.phases[first:]:
+            self.phase = phase.index
+            started = time.monotonic()
+            with trio.fail_after(phase.duration_s + self.config.phase_timeout_s):
+                configure_s, retries = await self._configure(phase, model)
+                shots_s = store_s = 0.0
+                while shots_done < phase.shots:
+                    if self._abort is not None:
+                        await self._safe()
+                        return "cancelled", self._abort, committed
+                    n = min(self.config.batch_shots, phase.shots - shots_done)
+                    t0 = time.monotonic()
+                    patterns, tries = await self._retry(
+                        lambda n=n: self.request(self.config.hal, RunShots(device=self.config.device, shots=n)),
+                        f"phase {phase.index}: {n} shots",
+                    )
+                    retries += tries
+                    t1 = time.monotonic()
+                    shots_done += n
+                    last = shots_done >= phase.shots
+                    journal_phase = phase.index + 1 if last else phase.index
+                    frame_values = [
+                        SlotValue(
+                            slot=register_slot(phase.index, r.name), value=_histogram(patterns.patterns, r.columns)
+                        )
+                        for r in phase.registers
+                    ]
+                    frame_values += [
+                        SlotValue(slot="journal.phase", value=journal_phase),
+                        SlotValue(slot="journal.shots", value=0 if last else shots_done),
+                    ]
+                    await self.request(
+                        self.config.memory,
+                        Write(job=job, frame=frame, writer=self.name, values=frame_values, commit=True),
+                    )
+                    frame += 1
+                    committed += 1
+                    shots_s += t1 - t0
+                    store_s += time.monotonic() - t1
+                    done = rate.add(n)
+                    self.publish(
+                        Progress(
+                            job=job,
+                            phase=phase.index,
+                            phases=len(plan.phases),
+                            shots_done=done,
+                            shots_total=total_shots,
+                            eta_s=rate.eta(total_shots),
+                        )
+                    )
+            measured = time.monotonic() - started
+            self.publish(
+                PhaseDone(
+                    job=job,
+                    phase=phase.index,
+                    expected_s=phase.duration_s,
+                    measured_s=measured,
+                    times=PhaseTimes(configure_s=configure_s, shots_s=shots_s, store_s=store_s),
+                    retries=retries,
+                )
+            )
+            shots_done = 0
+            proceed = await self.request(
+                self.config.scheduler, Checkpoint(job=job, phase=phase.index, duration_s=measured)
+            )
+            if proceed.action == "cancel":
+                await self._safe()
+                return "cancelled", proceed.reason, committed
+            if proceed.action == "preempt" and phase.index + 1 < len(plan.phases):
+                log.info("%s: %s yields the device: %s", self.name, job, proceed.reason)
+                return "preempted", proceed.reason, committed
+        return "completed", "", committed
+
+    async def _read_journal(self, job: str) -> tuple[int, int]:
+        values = (
+            await self.request(self.config.memory, Read(job=job, slots=["journal.phase", "journal.shots"]))
+        ).values
+        return int(values["journal.phase"]), int(values["journal.shots"])
+
+    async def _calibration(self, plan: Plan) -> CalibrationModel | None:
+        if plan.calibration is None:
+            if any(p.mesh_phases for p in plan.phases):
+                raise _Failed(f"{self.config.device} has no calibration: calibrate it before running circuits")
+            return None
+        try:
+            record = await self.request(
+                self.config.memory, GetCalibration(device=self.config.device, version=plan.calibration)
+            )
+        except RemoteError as exc:
+            raise _Failed(f"calibration version {plan.calibration} cannot be read: {exc.message}") from None
+        return CalibrationModel.from_fits(record.version, record.fits)
+
+    async def _configure(self, phase: Phase, model: CalibrationModel | None) -> tuple[float, int]:
+        began = time.monotonic()
+        retries = 0
+        device = self.config.device
+        if model is not None:
+            volts = model.volts_for(phase.mesh_phases)
+            _, tries = await self._retry(
+                lambda: self.request(self.config.hal, SetHeaters(device=device, volts=volts)), "setting the heaters"
+            )
+            retries += tries
+        _, tries = await self._retry(
+            lambda: self.request(self.config.hal, ConfigureInputs(device=device, inputs=phase.inputs, clear=True)),
+            "configuring the inputs",
+        )
+        retries += tries
+        rules = {b.pattern: b.phases for b in phase.branches if b.phases}
+        _, tries = await self._retry(
+            lambda: self.request(
+                self.config.hal, Program(device=device, ff_modes=phase.ff_modes, rules=rules, memory=phase.memory)
+            ),
+            "programming feed-forward and memory",
+        )
+        retries += tries
+        await trio.sleep(phase.settle_s)
+        return time.monotonic() - began, retries
+
+    async def _retry(self, call: Any, what: str) -> tuple[Any, int]:
+        """``await call()``, again after transient errors with backoff and jitter; (result, retries)."""
+        delay = self.config.backoff_s
+        for attempt in range(self.config.retries + 1):
+            try:
+                return await call(), attempt
+            except RemoteError as exc:
+                if exc.code == ErrorCode.INTERLOCK:
+                    raise _Failed(f"{what}: the interlock tripped ({exc.message})") from None
+                if exc.code not in TRANSIENT or attempt == self.config.retries:
+                    raise _Failed(f"{what}: {exc.message} [{exc.code}] after {attempt + 1} tries") from None
+                log.warning("%s: %s failed (%s); retrying in %.2f s", self.name, what, exc, delay)
+            except (PeerLostError, RequestTimeout) as exc:
+                if attempt == self.config.retries:
+                    raise _Failed(f"{what}: {exc} after {attempt + 1} tries") from None
+                log.warning("%s: %s: %s; retrying in %.2f s", self.name, what, exc, delay)
+            await trio.sleep(delay * (0.5 + self._rng.random()))
+            delay = min(delay * 2, self.config.backoff_max_s)
+        raise AssertionError("unreachable")
+
+    # --- requests ------------------------------------------------------------------------------
+
+    @handles(Abort)
+    def _abort_job(self, msg: Abort, env: Envelope) -> None:
+        if self.job != msg.job:
+            raise AwenError(f"{msg.job} is not running here (running: {self.job or 'nothing'})", field="job")
+        self._abort = msg.reason
+
+    @handles(GetExecutorStatus)
+    def _status(self, msg: GetExecutorStatus, env: Envelope) -> ExecutorStatus:
+        state: Literal["idle", "running", "breaker-open"] = "running" if self.job else "idle"
+        if self.failures >= self.config.breaker_threshold:
+            state = "breaker-open"
+        return ExecutorStatus(
+            state=state, job=self.job, phase=self.phase, breaker_failures=self.failures, jobs_run=self.jobs_run
+        )
+
+
+def _histogram(patterns: np.ndarray, columns: list[int]) -> np.ndarray:
+    """How often each register value occurred: clicks in ``columns``, first column most significant."""
+    clicks = (np.asarray(patterns)[:, columns] > 0).astype(np.int64)
+    weights = 1 << np.arange(len(columns) - 1, -1, -1, dtype=np.int64)
+    counts: np.ndarray = np.bincount(clicks @ weights, minlength=2 ** len(columns)).astype(np.int64)
+    return counts
+
+
+class _Rate:
+    """Shots per second so far, for the time-left estimate."""
+
+    def __init__(self, done: int) -> None:
+        self.done = done
+        self.began = time.monotonic()
+        self.counted = 0
+
+    def add(self, shots: int) -> int:
+        self.done += shots
+        self.counted += shots
+        return self.done
+
+    def eta(self, total: int) -> float:
+        elapsed = time.monotonic() - self.began
+        if not self.counted or elapsed <= 0:
+            return math.inf
+        return max(0.0, (total - self.done) / (self.counted / elapsed))

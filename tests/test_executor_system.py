@@ -1,0 +1,81 @@
+"""The job path in real processes: kill -9 of the executor mid-job, and the job resumes where it stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import trio
+
+from actors import open_system, parse_system
+from protocol.circuit import CircuitBuilder
+from protocol.memory import GetJob, PutCalibration, QueryResults
+from protocol.scheduler import Submit
+from sim import DeviceServer, parse_config, serve_tcp
+
+from .helpers import eventually
+from .test_executor import truth
+
+pytestmark = pytest.mark.system
+
+
+async def test_kill_9_of_the_executor_mid_job_resumes_from_the_last_committed_frame(tmp_path):
+    server = DeviceServer(parse_config({"modes": 4, "heaters": {"drift_rad_per_sqrt_hour": 0.0}}), seed=3)
+    async with trio.open_nursery() as outside:
+        host, port = await outside.start(serve_tcp, server, "127.0.0.1", 0)
+        config = parse_system(
+            {
+                "log_level": "warning",
+                "runtime": {"heartbeat_interval": 0.2, "request_timeout": 20.0},
+                "actor": [
+                    {"name": "memory", "factory": "actors.memory:MemoryActor", "config": {"data_dir": str(tmp_path)}},
+                    {
+                        "name": "hal",
+                        "factory": "actors.hal:HalActor",
+                        "config": {"devices": [{"name": "chip", "url": f"tcp://{host}:{port}", "watchdog_s": 0}]},
+                    },
+                    {"name": "scheduler", "factory": "actors.scheduler:SchedulerActor"},
+                    {
+                        "name": "executor",
+                        "factory": "actors.executor:ExecutorActor",
+                        "config": {"batch_shots": 2000},
+                        "restart": {"max_restarts": 3, "window": 60, "backoff": 0.05},
+                    },
+                ],
+            }
+        )
+        async with open_system(config) as sup:
+            with trio.fail_after(60):
+                await sup.wait_started()
+            await sup.request("memory", PutCalibration(device="chip", identity="truth", fits=truth(server).fits()))
+            circuit = CircuitBuilder(2, shots=200_000).input(0).input(1).bs(0, 1).measure([0, 1], "c").build()
+            await sup.request("scheduler", Submit(circuit=circuit, job="long"))
+
+            async def some_frames() -> bool:
+                return (await sup.request("memory", GetJob(job="long"))).record.frames >= 5
+
+            await eventually(some_frames, within=60)
+            killed = sup.pid_of("executor")
+            async with sup.open_event_stream("exec.job_started") as started:
+                os.kill(killed, signal.SIGKILL)
+                with trio.fail_after(60):
+                    resumed = (await started.receive()).body
+            assert resumed.job == "long"
+            assert resumed.resumed
+            assert sup.pid_of("executor") != killed
+
+            async def done() -> object:
+                record = (await sup.request("memory", GetJob(job="long"))).record
+                return record if record.state in ("completed", "failed") else None
+
+            record = await eventually(done, within=180)
+            assert record.state == "completed", record.reason
+            results = (await sup.request("memory", QueryResults(job="long"))).results
+            assert [r.frame for r in results] == list(range(len(results)))
+            assert int(np.sum([r.value for r in results], axis=0).sum()) == 200_000  # nothing lost, nothing twice
+            assert [t.state for t in (await sup.request("memory", GetJob(job="long"))).record.transitions][-1] == (
+                "completed"
+            )
+        outside.cancel_scope.cancel()
