@@ -49,7 +49,7 @@ from protocol.executor import (
     PhaseTimes,
     Progress,
 )
-from protocol.hal import ConfigureInputs, GetDeviceStatus, Program, RunShots, SafeState, SetHeaters
+from protocol.hal import ConfigureInputs, GetDeviceStatus, Program, ReadPowers, RunShots, SafeState, SetHeaters
 from protocol.memory import Allocate, Free, GetCalibration, Read, SlotSpec, SlotValue, Write
 from protocol.plan import Phase, Plan
 from protocol.scheduler import Assignment, Checkpoint, JobFinished, NextJob
@@ -128,6 +128,7 @@ class ExecutorActor(Actor):
         self.failures = 0
         self.jobs_run = 0
         self._abort: str | None = None
+        self._configured: tuple[Any, ...] | None = None
         self._rng = random.Random()
 
     # --- the work loop ------------------------------------------------------------------------
@@ -221,7 +222,12 @@ class ExecutorActor(Actor):
             SlotSpec(name=register_slot(p.index, r.name), dtype="int64", shape=[2 ** len(r.columns)])
             for p in plan.phases
             for r in p.registers
+        ] + [
+            SlotSpec(name=register_slot(p.index, "powers"), dtype="float64", shape=[plan.modes])
+            for p in plan.phases
+            if p.readout == "powers"
         ]
+        self._configured = None
         journal = [SlotSpec(name="journal.phase", dtype="int64"), SlotSpec(name="journal.shots", dtype="int64")]
         allocated = await self.request(
             self.config.memory,
@@ -236,8 +242,7 @@ class ExecutorActor(Actor):
             ),
         )
         frame = allocated.frame
-        values = (await self._read_journal(job)) if frame > 0 else (0, 0)
-        phase_done, shots_done = values
+        phase_done, shots_done = (await self._read_journal(job)) if frame > 0 else (0, 0)
         first = max(start_phase, phase_done)
         if first != phase_done:
             shots_done = 0
@@ -254,6 +259,37 @@ class ExecutorActor(Actor):
             with trio.fail_after(phase.duration_s + self.config.phase_timeout_s):
                 configure_s, retries = await self._configure(phase, model)
                 shots_s = store_s = 0.0
+                if phase.readout == "powers":
+                    t0 = time.monotonic()
+                    powers, tries = await self._retry(
+                        lambda: self.request(self.config.hal, ReadPowers(device=self.config.device)),
+                        f"phase {phase.index}: reading the photodiodes",
+                    )
+                    retries += tries
+                    t1 = time.monotonic()
+                    readings = [
+                        SlotValue(slot=register_slot(phase.index, "powers"), value=np.asarray(powers.watts, float)),
+                        SlotValue(slot="journal.phase", value=phase.index + 1),
+                        SlotValue(slot="journal.shots", value=0),
+                    ]
+                    await self.request(
+                        self.config.memory,
+                        Write(job=job, frame=frame, writer=self.name, values=readings, commit=True),
+                    )
+                    frame += 1
+                    committed += 1
+                    shots_s, store_s = t1 - t0, time.monotonic() - t1
+                    shots_done = phase.shots
+                    self.publish(
+                        Progress(
+                            job=job,
+                            phase=phase.index,
+                            phases=len(plan.phases),
+                            shots_done=rate.add(phase.shots),
+                            shots_total=total_shots,
+                            eta_s=rate.eta(total_shots),
+                        )
+                    )
                 while shots_done < phase.shots:
                     if self._abort is not None:
                         await self._safe()
@@ -329,7 +365,7 @@ class ExecutorActor(Actor):
 
     async def _calibration(self, plan: Plan) -> CalibrationModel | None:
         if plan.calibration is None:
-            if any(p.mesh_phases for p in plan.phases):
+            if any(p.volts is None for p in plan.phases):
                 raise _Failed(f"{self.config.device} has no calibration: calibrate it before running circuits")
             return None
         try:
@@ -344,27 +380,46 @@ class ExecutorActor(Actor):
         began = time.monotonic()
         retries = 0
         device = self.config.device
-        if model is not None:
+        if phase.volts is not None:
+            volts: np.ndarray | None = np.asarray(phase.volts, dtype=np.float64)
+        elif model is not None:
             volts = model.volts_for(phase.mesh_phases)
+        else:
+            volts = None
+        if volts is not None:
             _, tries = await self._retry(
                 lambda: self.request(self.config.hal, SetHeaters(device=device, volts=volts)), "setting the heaters"
             )
             retries += tries
-        _, tries = await self._retry(
-            lambda: self.request(self.config.hal, ConfigureInputs(device=device, inputs=phase.inputs, clear=True)),
-            "configuring the inputs",
-        )
-        retries += tries
         rules = {b.pattern: b.phases for b in phase.branches if b.phases}
-        _, tries = await self._retry(
-            lambda: self.request(
-                self.config.hal, Program(device=device, ff_modes=phase.ff_modes, rules=rules, memory=phase.memory)
-            ),
-            "programming feed-forward and memory",
-        )
-        retries += tries
+        setup = (phase.inputs, phase.ff_modes, rules, phase.memory)
+        if setup != self._configured:  # a sweep changes only the heaters: the rest is sent once
+            _, tries = await self._retry(
+                lambda: self.request(self.config.hal, ConfigureInputs(device=device, inputs=phase.inputs, clear=True)),
+                "configuring the inputs",
+            )
+            retries += tries
+            _, tries = await self._retry(
+                lambda: self.request(
+                    self.config.hal, Program(device=device, ff_modes=phase.ff_modes, rules=rules, memory=phase.memory)
+                ),
+                "programming feed-forward and memory",
+            )
+            retries += tries
+            self._configured = setup
         await trio.sleep(phase.settle_s)
+        if volts is not None:
+            await self._settled()
         return time.monotonic() - began, retries
+
+    async def _settled(self) -> None:
+        """Until the device says its heaters have settled (the phases are where they were set)."""
+        for _ in range(100):
+            status = await self.request(self.config.hal, GetDeviceStatus(device=self.config.device))
+            if status.settled:
+                return
+            await trio.sleep(0.001)
+        log.warning("%s: %s did not report settled heaters; going on", self.name, self.config.device)
 
     async def _retry(self, call: Any, what: str) -> tuple[Any, int]:
         """``await call()``, again after transient errors with backoff and jitter; (result, retries)."""

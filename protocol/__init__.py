@@ -4,6 +4,7 @@ Everything both sides of a wire must agree on lives here, and nothing here does
 I/O. See docs/protocol.md for the wire format.
 """
 
+from . import calibration as calibration
 from . import executor as executor
 from . import hal as hal
 from . import memory as memory
@@ -56,6 +57,7 @@ CATALOG = Catalog(
         *memory.MEMORY_MESSAGES,
         *scheduler.SCHEDULER_MESSAGES,
         *executor.EXECUTOR_MESSAGES,
+        *calibration.CALIBRATION_MESSAGES,
     ]
 )
 """Every message type awen's actors exchange."""

@@ -82,7 +82,11 @@ class Phase(_S, frozen=True, kw_only=True):
     """Index paths of the circuit ops this phase carries out."""
     depends_on: list[int]
     mesh_phases: list[float]
-    """Target phase per heater (m**2, numbered as in `protocol.mesh`)."""
+    """Target phase per heater (m**2, numbered as in `protocol.mesh`); empty when ``volts`` is given."""
+    volts: list[float] | None = None
+    """Explicit heater voltages, for procedures (calibration sweeps): no calibration is applied."""
+    readout: Literal["shots", "powers"] = "shots"
+    """``powers``: read the photodiodes (coherent light) instead of firing shots."""
     inputs: list[InputSetting]
     memory: list[MemorySlot]
     ff_modes: list[int]
@@ -118,6 +122,8 @@ class Plan(_S, frozen=True, kw_only=True):
     identity: str
     calibration: int | None
     strategy: str
+    kind: Literal["circuit", "procedure"] = "circuit"
+    """``procedure``: made by an actor (calibration), not compiled from a circuit."""
     modes: int
     """The device's mode count; a pattern has ``modes`` columns per pass."""
     phases: list[Phase]

@@ -109,6 +109,21 @@ class Submit(Request[Accepted], frozen=True, kw_only=True):
     job: JobId | None = None
 
 
+class SubmitProcedure(Request[Accepted], frozen=True, kw_only=True):
+    """Queue a plan an actor made itself (a calibration sweep), to run like any job.
+
+    The plan is checked (`validate_plan`), stored with the job, and queued as
+    planned; its phases usually give heater ``volts`` directly.
+    """
+
+    TYPE = "sched.submit_procedure"
+    REPLY = Accepted
+    job: JobId
+    plan: Plan
+    priority: int = 0
+    description: str = ""
+
+
 class Validation(Reply, frozen=True, kw_only=True):
     TYPE = "sched.validation"
     ok: bool
@@ -311,6 +326,7 @@ class Unsuspended(Event, frozen=True, kw_only=True):
 SCHEDULER_MESSAGES: Final = (
     Submit,
     Accepted,
+    SubmitProcedure,
     Validate,
     Validation,
     Cancel,

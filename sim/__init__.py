@@ -25,6 +25,9 @@ from ._config import load_config as load_config
 from ._config import parse_config as parse_config
 from ._config import parse_fault as parse_fault
 from ._device import Device as Device
+from ._factory import chip_of as chip_of
+from ._factory import factory_calibration as factory_calibration
+from ._factory import write_factory_calibration as write_factory_calibration
 from ._sampling import clifford_clifford as clifford_clifford
 from ._sampling import sample_ideal as sample_ideal
 from ._server import DeviceServer as DeviceServer

@@ -92,7 +92,7 @@ class Device:
         self.config = config
         self.seed = seed if seed is not None else (config.seed if config.seed is not None else 0)
         chip_seed, shot_seed, fault_seed = np.random.SeedSequence(self.seed).spawn(3)
-        self.chip = Chip(config, np.random.default_rng(chip_seed))
+        self.chip = Chip(config, np.random.default_rng(chip_seed))  # sim.chip_of draws the same chip
         self.rng = np.random.default_rng(shot_seed)
         self.faults = FaultPlan(list(config.faults), np.random.default_rng(fault_seed))
         for fault in config.faults:

@@ -19,7 +19,7 @@ import numpy as np
 import trio
 
 from actors import Actor, Address, Directory, LocalNetwork, Runtime, RuntimeOptions
-from actors.calibration import CalibrationModel
+from actors.calibration import CalibrationActor, CalibrationModel
 from actors.executor import ExecutorActor
 from actors.hal import HalActor
 from actors.memory import MemoryActor
@@ -72,9 +72,13 @@ class Bench:
 
 
 @asynccontextmanager
-async def bench(tmp_path: Path, calibrate: bool = True, **executor: Any) -> AsyncIterator[Bench]:
+async def bench(
+    tmp_path: Path, calibrate: bool = True, calibration: dict[str, Any] | None = None, **executor: Any
+) -> AsyncIterator[Bench]:
+    """The whole stack on a simulated chip. ``calibrate``: store the chip's truth as version 1;
+    ``calibration``: also run a calibration actor with this configuration."""
     server = DeviceServer(CHIP, seed=7)
-    names = ("memory", "hal", "scheduler", "executor", "me")
+    names = ("memory", "hal", "scheduler", "executor", "calibration", "me")
     directory = Directory({n: Address(address=f"mem://{n}", events=f"mem://{n}.ev") for n in names})
     runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork())
     async with trio.open_nursery() as outside:
@@ -94,6 +98,8 @@ async def bench(tmp_path: Path, calibrate: bool = True, **executor: Any) -> Asyn
             await nursery.start(scheduler.run)
             executor_actor = ExecutorActor("executor", runtime, batch_shots=2000, backoff_s=0.01, **executor)
             await nursery.start(executor_actor.run)
+            if calibration is not None:
+                await nursery.start(CalibrationActor("calibration", runtime, **calibration).run)
             yield Bench(server, client, executor_actor)
             nursery.cancel_scope.cancel()
         outside.cancel_scope.cancel()

@@ -79,6 +79,7 @@ from protocol.scheduler import (
     SetStrategy,
     StrategyConfig,
     Submit,
+    SubmitProcedure,
     Suspend,
     Suspended,
     Unsuspend,
@@ -214,11 +215,17 @@ class SchedulerActor(Actor):
         records = (await self.request(memory, QueryJobs(states=states, device=self.config.device, limit=100_000))).jobs  # type: ignore[arg-type]
         for record in records:
             full = (await self.request(memory, GetJob(job=record.job))).record
+            circuit: Circuit | None = None
+            plan: Plan | None = None
             try:
-                circuit = msgspec.convert(full.circuit, Circuit)
-            except msgspec.ValidationError as exc:
-                log.error("%s: stored job %s has an unreadable circuit (%s); failing it", self.name, record.job, exc)
-                await self._set_state(record.job, "failed", f"its stored circuit cannot be read: {exc}")
+                if isinstance(full.circuit, dict) and "procedure" in full.circuit:
+                    stored = await self.request(memory, GetPlan(plan=str(full.plan)))
+                    plan = msgspec.convert(stored.body, Plan)
+                else:
+                    circuit = msgspec.convert(full.circuit, Circuit)
+            except (msgspec.ValidationError, RemoteError) as exc:
+                log.error("%s: stored job %s cannot be read back (%s); failing it", self.name, record.job, exc)
+                await self._set_state(record.job, "failed", f"its stored circuit or plan cannot be read: {exc}")
                 continue
             job = QueuedJob(
                 job=record.job,
@@ -227,6 +234,7 @@ class SchedulerActor(Actor):
                 priority=record.priority,
                 deadline=record.deadline,
                 state=record.state,
+                plan=plan,
                 next_phase=0 if record.last_phase is None else record.last_phase + 1,
             )
             self.queue.add(job)
@@ -285,6 +293,52 @@ class SchedulerActor(Actor):
         position = self.queue.position(job_id) if job_id in self.queue.jobs else 0
         return Accepted(job=job_id, seq=stored.seq, position=position, created=stored.created)
 
+    @handles(SubmitProcedure)
+    async def _submit_procedure(self, msg: SubmitProcedure, env: Envelope) -> Accepted:
+        device = await self._ready_or_unavailable()
+        validate_plan(msg.plan, device)
+        plan = msg.plan
+        stored = await self.request(
+            self.config.memory,
+            PutJob(
+                job=msg.job,
+                circuit={"procedure": msg.description or msg.job, "plan": plan.id},
+                shots=sum(p.shots for p in plan.phases),
+                priority=msg.priority,
+                device=self.config.device,
+                submitter=env.sender,
+            ),
+        )
+        if stored.created:
+            await self.request(
+                self.config.memory,
+                PutPlan(
+                    plan=plan.id,
+                    job=msg.job,
+                    device=self.config.device,
+                    calibration=plan.calibration,
+                    body=msgspec.to_builtins(plan),
+                    metrics={"total_duration_s": plan.metrics.total_duration_s},
+                ),
+            )
+            await self._set_state(
+                msg.job, "planned", f"procedure {plan.id}", plan=plan.id, calibration=plan.calibration
+            )
+            self.queue.add(
+                QueuedJob(
+                    job=msg.job,
+                    seq=stored.seq,
+                    circuit=None,
+                    priority=msg.priority,
+                    deadline=None,
+                    state="planned",
+                    plan=plan,
+                )
+            )
+            self._wake()
+        position = self.queue.position(msg.job) if msg.job in self.queue.jobs else 0
+        return Accepted(job=msg.job, seq=stored.seq, position=position, created=stored.created)
+
     @handles(Validate)
     async def _validate(self, msg: Validate, env: Envelope) -> Validation:
         device = await self._ready_or_unavailable()
@@ -302,7 +356,9 @@ class SchedulerActor(Actor):
         async with trio.open_nursery() as nursery:
             while True:
                 changed = self._changed
-                candidates = [j for j in self.queue.waiting() if j.plan is None and not j.planning]
+                candidates = [
+                    j for j in self.queue.waiting() if j.plan is None and not j.planning and j.circuit is not None
+                ]
                 planning = sum(1 for j in self.queue.jobs.values() if j.planning)
                 for job in candidates[: max(0, self.config.plan_ahead - planning)]:
                     job.planning = True
@@ -310,6 +366,7 @@ class SchedulerActor(Actor):
                 await changed.wait()
 
     async def _plan_job(self, job: QueuedJob) -> None:
+        assert job.circuit is not None
         try:
             async with self._planning:
                 plan, cached = await self._plan(job.circuit)

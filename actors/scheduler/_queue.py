@@ -12,7 +12,8 @@ from protocol.plan import Plan
 class QueuedJob:
     job: str
     seq: int
-    circuit: Circuit
+    circuit: Circuit | None
+    """None for a procedure: its plan came with it."""
     priority: int
     deadline: float | None
     state: str = "queued"

@@ -45,10 +45,14 @@ def plan_problems(plan: Plan, device: DeviceDescription, *, circuit_ops: list[st
         for dep in phase.depends_on:
             if not 0 <= dep < position:
                 problems.append(f"{where} depends on phase {dep}, which does not come before it")
-        if len(phase.mesh_phases) != m * m:
-            problems.append(f"{where} sets {len(phase.mesh_phases)} heater phases; the mesh has {m * m}")
-        if any(not math.isfinite(x) for x in phase.mesh_phases):
-            problems.append(f"{where} has a heater phase that is not a finite number")
+        settings = phase.mesh_phases if phase.volts is None else phase.volts
+        what = "heater phases" if phase.volts is None else "heater voltages"
+        if len(settings) != m * m:
+            problems.append(f"{where} sets {len(settings)} {what}; the mesh has {m * m}")
+        if any(not math.isfinite(x) for x in settings):
+            problems.append(f"{where} has one of its {what} that is not a finite number")
+        if phase.volts is not None and phase.mesh_phases:
+            problems.append(f"{where} gives both target phases and voltages")
         physical = [p.physical for p in phase.placement]
         if len(set(physical)) != len(physical):
             problems.append(f"{where} places two logical modes on one physical mode")

@@ -1,0 +1,328 @@
+"""The calibration actor: measures the chip through the job queue and versions every fit.
+
+A calibration is a *procedure*: a plan of phases that each set explicit heater
+voltages and read the photodiodes with coherent light on every input (two
+input phase patterns, every MZI heater swept over ``points`` voltages evenly
+spaced in V**2, the others at 0 V). It goes to the scheduler
+(``sched.submit_procedure``) with a high priority, so it runs between user
+jobs, never across one; the executor stores the readings like any results.
+The fit (`fit_sweeps`) starts from the latest calibration, or from the
+chip's factory calibration file, and is stored by the memory actor as a new
+version with its uncertainties and residuals.
+
+Configured in the system file::
+
+    [[actor]]
+    name = "calibration"
+    factory = "actors.calibration:CalibrationActor"
+    config = { device = "chip", factory = "/etc/awen/chip-factory.json" }
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import secrets
+import time
+from typing import Any
+
+import msgspec
+import numpy as np
+import trio
+
+from protocol import AwenError, Envelope, ErrorCode, convert_settings
+from protocol.calibration import (
+    Calibrate,
+    Calibrated,
+    CalibrationDone,
+    CalibrationFailed,
+    CalibrationStarted,
+    CalibrationStatus,
+    GetCalibrationStatus,
+)
+from protocol.hal import Describe, InputSetting
+from protocol.memory import GetCalibration, GetJob, PutCalibration, QueryResults
+from protocol.mesh import clements_layout
+from protocol.photonica import DeviceDescription
+from protocol.plan import Phase, Placement, Plan, PlanMetrics, Resources
+from protocol.scheduler import SubmitProcedure
+
+from .._actor import Actor, handles
+from .._config import Runtime
+from .._errors import RemoteError
+from ._fit import FitFailed, SweepData, fit_sweeps
+from ._model import CalibrationModel
+
+log = logging.getLogger("awen.calibration")
+
+
+class CalibrationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The calibration actor's ``config`` table.
+
+    Attributes:
+        device: The device, as the HAL names it.
+        scheduler, memory, hal: The actors it works through.
+        factory: The chip's factory calibration (JSON: ``phi0``, ``alpha``,
+            ``crosstalk``), the starting point when no calibration is stored yet.
+        points: Voltages per heater in a sweep.
+        input_power_w: Coherent power sent into each input during a sweep.
+        priority: Queue priority of calibration jobs (above user jobs).
+        max_age_s: A calibration older than this is not valid any more.
+        auto: Calibrate at start when there is no valid calibration.
+    """
+
+    device: str = "chip"
+    scheduler: str = "scheduler"
+    memory: str = "memory"
+    hal: str = "hal"
+    factory: str | None = None
+    points: int = 10
+    input_power_w: float = 1e-4
+    priority: int = 1000
+    max_age_s: float = 24 * 3600.0
+    auto: bool = False
+
+
+def input_patterns(modes: int, power_w: float) -> list[list[InputSetting]]:
+    """Two fixed patterns of coherent light on every input, with unrelated relative phases."""
+    patterns = []
+    for seed in (1, 2):
+        phases = np.random.default_rng(seed).uniform(0, 2 * math.pi, modes)
+        patterns.append(
+            [InputSetting(mode=q, state="coherent", power_w=power_w, phase_rad=float(p)) for q, p in enumerate(phases)]
+        )
+    return patterns
+
+
+def sweep_plan(
+    job: str, description: DeviceDescription, limits_v: list[float], *, points: int, power_w: float, device: str
+) -> Plan:
+    """The procedure: every MZI heater swept alone, under each input pattern, photodiodes read at each point."""
+    m = description.modes
+    layout = clements_layout(m)
+    n = layout.heater_count
+    settle = 5 * description.heaters.settle_s
+    placement = [Placement(logical=q, physical=q, pass_=1) for q in range(m)]
+    resources = Resources(modes=list(range(m)), detectors=[], slots=[], ff_shifters=0)
+    phases: list[Phase] = []
+    for inputs in input_patterns(m, power_w):
+        for heater in range(2 * layout.mzi_count):
+            top = 0.95 * min(limits_v[heater], description.heaters.v_max[heater])
+            for v2 in np.linspace(0.0, top * top, points):
+                volts = [0.0] * n
+                volts[heater] = float(math.sqrt(v2))
+                phases.append(
+                    Phase(
+                        index=len(phases),
+                        round=0,
+                        ops=[],
+                        depends_on=[],
+                        mesh_phases=[],
+                        volts=volts,
+                        readout="powers",
+                        inputs=inputs,
+                        memory=[],
+                        ff_modes=[],
+                        branches=[],
+                        registers=[],
+                        placement=placement,
+                        resources=resources,
+                        shots=1,
+                        width=m,
+                        settle_s=settle,
+                        duration_s=settle + 1e-3,
+                        deadlines=[],
+                    )
+                )
+    metrics = PlanMetrics(
+        total_duration_s=sum(p.duration_s for p in phases),
+        phases=len(phases),
+        ops=0,
+        min_slack_ns=None,
+        compile_s=0.0,
+        reconfigurations=len(phases),
+    )
+    return Plan(
+        id=f"procedure-{job}",
+        circuit="",
+        device=device,
+        identity=description.identity.idn(),
+        calibration=None,
+        strategy="procedure",
+        kind="procedure",
+        modes=m,
+        phases=phases,
+        metrics=metrics,
+    )
+
+
+def sweep_data(plan: Plan, powers: dict[int, np.ndarray]) -> SweepData:
+    """The plan's settings and the readings the executor stored, as arrays for the fit."""
+    volts, inputs, readings = [], [], []
+    for phase in plan.phases:
+        if phase.index not in powers:
+            raise FitFailed(f"phase {phase.index} of the sweep has no reading")
+        assert phase.volts is not None
+        volts.append(phase.volts)
+        field = np.zeros(plan.modes, dtype=np.complex128)
+        for inp in phase.inputs:
+            field[inp.mode] = math.sqrt(inp.power_w) * complex(math.cos(inp.phase_rad), math.sin(inp.phase_rad))
+        inputs.append(field)
+        readings.append(powers[phase.index])
+    return SweepData(np.array(volts), np.array(inputs), np.array(readings))
+
+
+def load_factory(path: str, heaters: int) -> CalibrationModel:
+    try:
+        with open(path) as f:
+            fits = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AwenError(f"cannot read the factory calibration {path}: {exc}", field="factory") from None
+    model = CalibrationModel.from_fits(0, fits)
+    if model.phi0.size != heaters:
+        raise AwenError(f"the factory calibration {path} is for {model.phi0.size} heaters; the device has {heaters}")
+    return model
+
+
+class CalibrationActor(Actor):
+    """Calibrates one device on request (and at start if ``auto``). Args: `CalibrationConfig` keys."""
+
+    KIND = "calibration"
+
+    def __init__(self, name: str, runtime: Runtime, **config: Any) -> None:
+        super().__init__(name, runtime)
+        self.config = convert_settings(config, CalibrationConfig, source=f"{name} configuration")
+        self._lock = trio.Lock()
+        self.last_error = ""
+
+    async def main(self) -> None:
+        if self.config.auto:
+            for peer in (self.config.memory, self.config.scheduler, self.config.hal):
+                await self.wait_peer(peer)
+            status = await self._status()
+            if not status.valid:
+                try:
+                    await self.calibrate(self.config.points)
+                except AwenError as exc:
+                    log.error("%s: calibration at start failed: %s", self.name, exc)
+        await trio.sleep_forever()
+
+    async def _latest(self) -> Any:
+        try:
+            return await self.request(self.config.memory, GetCalibration(device=self.config.device))
+        except RemoteError as exc:
+            if exc.code == ErrorCode.NOT_FOUND:
+                return None
+            raise
+
+    async def _status(self) -> CalibrationStatus:
+        latest = await self._latest()
+        age = None if latest is None else time.time() - latest.created
+        return CalibrationStatus(
+            device=self.config.device,
+            version=None if latest is None else latest.version,
+            age_s=age,
+            valid=age is not None and age < self.config.max_age_s,
+            calibrating=self._lock.locked(),
+            last_error=self.last_error,
+        )
+
+    @handles(GetCalibrationStatus)
+    async def _get_status(self, msg: GetCalibrationStatus, env: Envelope) -> CalibrationStatus:
+        return await self._status()
+
+    @handles(Calibrate)
+    async def _calibrate(self, msg: Calibrate, env: Envelope) -> Calibrated:
+        return await self.calibrate(msg.points or self.config.points)
+
+    async def calibrate(self, points: int) -> Calibrated:
+        async with self._lock:
+            try:
+                return await self._run(points)
+            except AwenError as exc:
+                self.last_error = exc.message
+                self.publish(CalibrationFailed(device=self.config.device, reason=exc.message))
+                raise
+
+    async def _run(self, points: int) -> Calibrated:
+        began = time.monotonic()
+        device = self.config.device
+        described = await self.request(self.config.hal, Describe(device=device))
+        description = described.description
+        heaters = description.heaters.count
+        latest = await self._latest()
+        if latest is not None:
+            start = CalibrationModel.from_fits(latest.version, latest.fits)
+        elif self.config.factory is not None:
+            start = load_factory(self.config.factory, heaters)
+        else:
+            raise AwenError(
+                f"{device} has no calibration yet and no factory calibration is configured (config.factory): the "
+                "phase offsets of a mesh cannot be found from output powers without a starting point",
+                field="factory",
+            )
+        job = time.strftime("cal-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+        plan = sweep_plan(
+            job, description, described.limits_v, points=points, power_w=self.config.input_power_w, device=device
+        )
+        self.publish(CalibrationStarted(device=device, job=job, phases=len(plan.phases)))
+        log.info("%s: calibrating %s: %d phases (job %s)", self.name, device, len(plan.phases), job)
+        await self.request(
+            self.config.scheduler,
+            SubmitProcedure(job=job, plan=plan, priority=self.config.priority, description=f"calibration of {device}"),
+        )
+        record = await self._wait(job)
+        if record.state != "completed":
+            raise AwenError(f"the calibration sweep {job} ended {record.state}: {record.reason}")
+        results = (await self.request(self.config.memory, QueryResults(job=job))).results
+        powers = {int(r.slot.split(".", 1)[0][1:]): np.asarray(r.value) for r in results if r.slot.endswith(".powers")}
+        data = sweep_data(plan, powers)
+        version_hint = (latest.version + 1) if latest is not None else 1
+        layout = clements_layout(description.modes)
+        fit = await trio.to_thread.run_sync(lambda: fit_sweeps(layout, data, start, version=version_hint))
+        fitted = fit.fitted
+        stored = await self.request(
+            self.config.memory,
+            PutCalibration(
+                device=device,
+                identity=description.identity.idn(),
+                fits=fit.model.fits(),
+                uncertainties={
+                    "phi0": np.where(np.isfinite(fit.phi0_sigma), fit.phi0_sigma, -1.0),
+                    "alpha": np.where(np.isfinite(fit.alpha_sigma), fit.alpha_sigma, -1.0),
+                    "crosstalk": np.asarray(fit.crosstalk_sigma),
+                },
+                residuals={"rms": fit.residual_rms, "reduced_chi2": fit.reduced_chi2, "iterations": fit.iterations},
+                data={
+                    "job": job,
+                    "points": points,
+                    "fitted_heaters": fitted,
+                    "output_scales": fit.scales,
+                    "started_from": "factory" if latest is None else f"version {latest.version}",
+                },
+                note=f"sweep {job}: {len(plan.phases)} readings, {len(fitted)} heaters fitted",
+            ),
+        )
+        result = Calibrated(
+            device=device,
+            version=stored.version,
+            job=job,
+            heaters_fitted=len(fitted),
+            phi0_sigma_max=float(fit.phi0_sigma[fitted].max()),
+            alpha_sigma_max=float((fit.alpha_sigma[fitted] / fit.model.alpha[fitted]).max()),
+            residual_rms=fit.residual_rms,
+            reduced_chi2=fit.reduced_chi2,
+            seconds=time.monotonic() - began,
+        )
+        self.last_error = ""
+        self.publish(CalibrationDone(device=device, version=stored.version, residual_rms=fit.residual_rms))
+        log.info("%s: %s calibrated: version %d, residual %.2e", self.name, device, stored.version, fit.residual_rms)
+        return result
+
+    async def _wait(self, job: str) -> Any:
+        while True:
+            record = (await self.request(self.config.memory, GetJob(job=job))).record
+            if record.state in ("completed", "failed", "cancelled"):
+                return record
+            await trio.sleep(0.2)

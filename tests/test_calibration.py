@@ -1,0 +1,80 @@
+"""Calibration: a sweep through the job queue, a fit that finds the chip's hidden parameters."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from actors.calibration import CalibrationModel, fit_sweeps, sweep_plan
+from actors.calibration._actor import sweep_data
+from protocol.calibration import Calibrate, GetCalibrationStatus
+from protocol.memory import GetCalibration, GetJob
+from protocol.mesh import clements_layout
+from sim import chip_of, factory_calibration
+
+from .test_executor import CHIP, bench, hom
+
+
+def wrapped(x: np.ndarray) -> np.ndarray:
+    return np.angle(np.exp(1j * x))
+
+
+async def test_a_calibration_recovers_the_hidden_phi0_and_alpha_within_its_uncertainties(tmp_path):
+    factory = tmp_path / "factory.json"
+    factory.write_text(json.dumps(factory_calibration(CHIP, 7)))
+    async with bench(tmp_path, calibrate=False, calibration={"factory": str(factory), "points": 8}) as b:
+        before = await b.ask("calibration", GetCalibrationStatus())
+        assert (before.version, before.valid) == (None, False)
+        result = await b.ask("calibration", Calibrate())
+        assert result.version == 1
+        assert result.heaters_fitted == 2 * clements_layout(CHIP.modes).mzi_count
+        sweep = (await b.ask("memory", GetJob(job=result.job))).record
+        assert (sweep.state, sweep.priority) == ("completed", 1000)  # it ran as a job through the queue
+
+        stored = await b.ask("memory", GetCalibration(device="chip"))
+        truth = chip_of(CHIP, 7)
+        fitted = np.asarray(stored.data["fitted_heaters"])
+        phi0 = np.asarray(stored.fits["phi0"])[fitted]
+        alpha = np.asarray(stored.fits["alpha"])[fitted]
+        phi0_sigma = np.asarray(stored.uncertainties["phi0"])[fitted]
+        alpha_sigma = np.asarray(stored.uncertainties["alpha"])[fitted]
+        start = np.asarray(factory_calibration(CHIP, 7)["phi0"])[fitted]
+        assert np.abs(wrapped(start - truth.phi0[fitted])).max() > 0.03  # the factory values are off ...
+        assert np.all(np.abs(wrapped(phi0 - truth.phi0[fitted])) < 4 * phi0_sigma)  # ... the fit is not
+        assert np.all(np.abs(alpha - truth.alpha[fitted]) < 4 * alpha_sigma)
+        assert phi0_sigma.max() < 1e-2
+
+        status = await b.ask("calibration", GetCalibrationStatus())
+        assert (status.version, status.valid) == (1, True)
+        record = await b.run(hom(), "hom-after-calibration")
+        assert record.calibration == 1
+        counts = await b.counts("hom-after-calibration", "p0.c")
+        assert counts[0b11] <= 5  # the dip, on a chip set with awen's own calibration
+
+
+async def test_without_a_starting_point_calibration_refuses_and_says_why(tmp_path):
+    async with bench(tmp_path, calibrate=False, calibration={}) as b:
+        with pytest.raises(Exception, match="no factory calibration is configured"):
+            await b.ask("calibration", Calibrate())
+
+
+def test_the_fit_alone_recovers_the_chip_from_sweep_readings():
+    """The fit on readings computed straight from the simulated chip, without the stack in between."""
+    chip = chip_of(CHIP, 3)
+    description = CHIP.description()
+    plan = sweep_plan("t", description, [7.0] * description.heaters.count, points=6, power_w=1e-4, device="chip")
+    rng = np.random.default_rng(0)
+    powers = {}
+    for phase in plan.phases:
+        chip.set_voltages(np.asarray(phase.volts), 0.0)
+        by_mode = sorted(phase.inputs, key=lambda i: i.mode)
+        field = np.array([math.sqrt(i.power_w) * np.exp(1j * i.phase_rad) for i in by_mode])
+        powers[phase.index] = chip.powers(1.0, field, rng)
+    start = CalibrationModel.from_fits(0, factory_calibration(CHIP, 3))
+    fit = fit_sweeps(clements_layout(CHIP.modes), sweep_data(plan, powers), start, version=1)
+    assert fit.reduced_chi2 < 1
+    assert np.abs(wrapped(fit.model.phi0[fit.fitted] - chip.phi0[fit.fitted])).max() < 1e-3
+    assert np.abs(fit.model.alpha[fit.fitted] / chip.alpha[fit.fitted] - 1).max() < 1e-3
