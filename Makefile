@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/awen demo
+	$(BIN)/awen run examples/hom.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/hal.py
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/scheduler.py
+	$(BIN)/python benchmarks/end_to_end.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -111,6 +111,15 @@ class _Failed(Exception):
         self.reason = reason
 
 
+JOINT = "joint"
+"""The slot of every register of a phase together (their bits in plan order): joint statistics."""
+MAX_JOINT_BITS = 16
+
+
+def _joint_bits(phase: Phase) -> int:
+    return sum(len(r.columns) for r in phase.registers)
+
+
 def register_slot(phase: int, register: str) -> str:
     return f"p{phase}.{register}"
 
@@ -218,15 +227,23 @@ class ExecutorActor(Actor):
 
     async def _run(self, job: str, plan: Plan, start_phase: int) -> tuple[str, str, int]:
         model = await self._calibration(plan)
-        slots = [
-            SlotSpec(name=register_slot(p.index, r.name), dtype="int64", shape=[2 ** len(r.columns)])
-            for p in plan.phases
-            for r in p.registers
-        ] + [
-            SlotSpec(name=register_slot(p.index, "powers"), dtype="float64", shape=[plan.modes])
-            for p in plan.phases
-            if p.readout == "powers"
-        ]
+        slots = (
+            [
+                SlotSpec(name=register_slot(p.index, r.name), dtype="int64", shape=[2 ** len(r.columns)])
+                for p in plan.phases
+                for r in p.registers
+            ]
+            + [
+                SlotSpec(name=register_slot(p.index, JOINT), dtype="int64", shape=[2 ** _joint_bits(p)])
+                for p in plan.phases
+                if len(p.registers) > 1 and _joint_bits(p) <= MAX_JOINT_BITS
+            ]
+            + [
+                SlotSpec(name=register_slot(p.index, "powers"), dtype="float64", shape=[plan.modes])
+                for p in plan.phases
+                if p.readout == "powers"
+            ]
+        )
         self._configured = None
         journal = [SlotSpec(name="journal.phase", dtype="int64"), SlotSpec(name="journal.shots", dtype="int64")]
         allocated = await self.request(
@@ -311,6 +328,10 @@ class ExecutorActor(Actor):
                         )
                         for r in phase.registers
                     ]
+                    if len(phase.registers) > 1 and _joint_bits(phase) <= MAX_JOINT_BITS:
+                        columns = [c for r in phase.registers for c in r.columns]
+                        joint = _histogram(patterns.patterns, columns)
+                        frame_values.append(SlotValue(slot=register_slot(phase.index, JOINT), value=joint))
                     frame_values += [
                         SlotValue(slot="journal.phase", value=journal_phase),
                         SlotValue(slot="journal.shots", value=0 if last else shots_done),

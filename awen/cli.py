@@ -43,6 +43,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(verbose=args.verbose)
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .run import main as run_main
+
+    return run_main(args)
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     config = load_system(args.config)
     configure_logging(config.log_level)
@@ -271,6 +277,18 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="start a small system of actor processes and show what they do")
     demo.add_argument("-v", "--verbose", action="store_true", help="also show the runtime's log")
     demo.set_defaults(run=_cmd_demo)
+
+    run = commands.add_parser(
+        "run", help="run a circuit on a simulated chip: the whole stack, calibration included, and print the results"
+    )
+    run.add_argument("circuit", help="the circuit (JSON; see docs/circuits.md and examples/)")
+    run.add_argument("--shots", type=int, help="override the circuit's shots")
+    run.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    run.add_argument("--data-dir", help="where the store lives (default: $AWEN_DATA_DIR or ./awen-data)")
+    run.add_argument("--modes", type=int, default=8, help="modes of the simulated chip (default 8)")
+    run.add_argument("--seed", type=int, default=1, help="the simulated chip's seed (default 1)")
+    run.add_argument("-v", "--verbose", action="store_true", help="also show the actors' log")
+    run.set_defaults(run=_cmd_run)
 
     up = commands.add_parser("up", help="run a system from its TOML file until SIGINT or SIGTERM")
     up.add_argument("config", help="the system's TOML file")

@@ -1,0 +1,353 @@
+"""``awen run CIRCUIT.json``: the whole job path on a simulated chip, from a circuit to its results.
+
+Starts the embedded stack (memory, HAL with a simulated device, scheduler,
+executor, calibration: one supervisor, each actor its own process, data in a
+local directory), calibrates the chip if it has no valid calibration, runs
+the circuit with a progress bar on a terminal, and prints the counts of every
+register and the figures the example is about (HOM visibility, boson-sampling
+fidelity, memory transmission), each next to what the simulator's parameters
+predict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import trio
+
+from actors import Supervisor, open_system, parse_system
+from actors.scheduler import Limits, analyse
+from protocol import AwenError
+from protocol.calibration import Calibrate, GetCalibrationStatus
+from protocol.circuit import Circuit, CircuitError, UnitaryOp, load_circuit, parse_ops
+from protocol.memory import GetJob, GetPlan, QueryResults
+from protocol.plan import Plan
+from protocol.scheduler import Submit
+from sim import chip_of, factory_calibration, output_distribution, parse_config
+
+RUN_TIMEOUT_S = 3600.0
+
+
+class Display:
+    """A progress bar on a terminal; one line per stage otherwise (CI logs)."""
+
+    def __init__(self, stream: Any, quiet: bool) -> None:
+        self.stream = stream
+        self.tty = stream.isatty() and not quiet
+        self.quiet = quiet
+        self._last = ""
+
+    def say(self, text: str) -> None:
+        if self.quiet:
+            return
+        self.clear()
+        print(text, file=self.stream, flush=True)
+
+    def bar(self, label: str, done: int, total: int, eta: float) -> None:
+        if not self.tty or total <= 0:
+            return
+        width = 30
+        filled = int(width * min(1.0, done / total))
+        eta_text = f"{eta:5.1f} s left" if math.isfinite(eta) else ""
+        line = f"\r{label:<14} [{'#' * filled}{'.' * (width - filled)}] {100 * done / total:5.1f}%  {eta_text}"
+        self._last = line
+        self.stream.write(line)
+        self.stream.flush()
+
+    def clear(self) -> None:
+        if self._last:
+            self.stream.write("\r" + " " * len(self._last) + "\r")
+            self._last = ""
+
+
+def system_config(data_dir: Path, modes: int, seed: int, factory: Path, verbose: bool) -> Any:
+    return parse_system(
+        {
+            "log_level": "info" if verbose else "warning",
+            "runtime": {"heartbeat_interval": 0.5, "request_timeout": 60.0},
+            "actor": [
+                {"name": "memory", "factory": "actors.memory:MemoryActor", "config": {"data_dir": str(data_dir)}},
+                {
+                    "name": "hal",
+                    "factory": "actors.hal:HalActor",
+                    "config": {"devices": [{"name": "chip", "url": f"sim://?seed={seed}&modes={modes}"}]},
+                },
+                {"name": "scheduler", "factory": "actors.scheduler:SchedulerActor"},
+                {"name": "executor", "factory": "actors.executor:ExecutorActor"},
+                {
+                    "name": "calibration",
+                    "factory": "actors.calibration:CalibrationActor",
+                    "config": {"factory": str(factory)},
+                },
+            ],
+        }
+    )
+
+
+async def _follow(sup: Supervisor, display: Display, label: str, job_prefix: str, done: trio.Event) -> None:
+    async with sup.open_event_stream("exec.progress") as events:
+        async for event in events:
+            if done.is_set():
+                return
+            body = event.body
+            if body.job.startswith(job_prefix):
+                display.bar(label, body.shots_done, body.shots_total, body.eta_s)
+
+
+async def _with_progress(sup: Supervisor, display: Display, label: str, job_prefix: str, work: Any) -> Any:
+    done = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_follow, sup, display, label, job_prefix, done)
+        try:
+            return await work()
+        finally:
+            done.set()
+            display.clear()
+            nursery.cancel_scope.cancel()
+
+
+def prepare(data_dir: Path, sim_config: Any, seed: int) -> Path:
+    """The data directory, and in it the simulated chip's factory calibration (what its maker would ship)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    factory = data_dir / f"factory-calibration-seed{seed}-{sim_config.modes}modes.json"
+    factory.write_text(json.dumps(factory_calibration(sim_config, seed)))
+    return factory
+
+
+async def run_circuit(
+    circuit: Circuit, *, data_dir: Path, modes: int, seed: int, display: Display, verbose: bool
+) -> dict[str, Any]:
+    sim_config = parse_config({"modes": modes})
+    factory = prepare(data_dir, sim_config, seed)
+    config = system_config(data_dir, modes, seed, factory, verbose)
+    display.say(
+        f"awen: starting memory, hal (simulated {modes}-mode chip, seed {seed}), scheduler, executor, "
+        f"calibration; data in {data_dir}"
+    )
+    async with open_system(config) as sup:
+        with trio.fail_after(120):
+            await sup.wait_started()
+            for name in ("memory", "hal", "scheduler", "executor", "calibration"):
+                await sup.wait_peer(name)
+        status = await sup.request("calibration", GetCalibrationStatus())
+        if not status.valid:
+            display.say("awen: the chip has no valid calibration: calibrating (heater sweeps with coherent light)")
+            with trio.fail_after(RUN_TIMEOUT_S):
+                cal = await _with_progress(
+                    sup, display, "calibrating", "cal-", lambda: sup.request("calibration", Calibrate())
+                )
+            display.say(
+                f"awen: calibration version {cal.version}: {cal.heaters_fitted} heaters fitted, phi0 within "
+                f"{cal.phi0_sigma_max:.1e} rad, residual {cal.residual_rms:.1e}, {cal.seconds:.1f} s"
+            )
+        else:
+            display.say(f"awen: using calibration version {status.version} ({status.age_s:.0f} s old)")
+        accepted = await sup.request("scheduler", Submit(circuit=circuit))
+        job = accepted.job
+        display.say(f"awen: job {job} accepted: {circuit.shots} shots")
+
+        async def finished() -> Any:
+            while True:
+                record = (await sup.request("memory", GetJob(job=job))).record
+                if record.state in ("completed", "failed", "cancelled"):
+                    return record
+                await trio.sleep(0.1)
+
+        began = time.monotonic()
+        with trio.fail_after(RUN_TIMEOUT_S):
+            record = await _with_progress(sup, display, "running", job, finished)
+        seconds = time.monotonic() - began
+        plan = msgspec.convert((await sup.request("memory", GetPlan(plan=str(record.plan)))).body, Plan)
+        results = (await sup.request("memory", QueryResults(job=job))).results
+    counts: dict[str, np.ndarray] = {}
+    for r in results:
+        counts[r.slot] = counts.get(r.slot, 0) + np.asarray(r.value)
+    registers = {}
+    joint = {}
+    for phase in plan.phases:
+        for reg in phase.registers:
+            total = counts.get(f"p{phase.index}.{reg.name}")
+            if total is not None:
+                registers[reg.name] = {"modes": reg.modes, "counts": total}
+        together = counts.get(f"p{phase.index}.joint")
+        if together is not None:
+            joint[" ".join(r.name for r in phase.registers)] = {
+                "bits": [len(r.columns) for r in phase.registers],
+                "counts": together,
+            }
+    return {
+        "job": job,
+        "state": record.state,
+        "reason": record.reason,
+        "calibration": record.calibration,
+        "plan": record.plan,
+        "shots": circuit.shots,
+        "seconds": seconds,
+        "registers": registers,
+        "joint": joint,
+        "figures": figures(circuit, registers, sim_config, seed, joint),
+    }
+
+
+def _detection(sim_config: Any, seed: int) -> np.ndarray:
+    """Each output's chance to register a photon that entered the chip: the simulator's parameters."""
+    chip = chip_of(sim_config, seed)
+    result: np.ndarray = chip.input_transmission * chip.mesh_transmission * chip.output_transmission * chip.efficiency
+    return result
+
+
+def figures(
+    circuit: Circuit, registers: dict[str, Any], sim_config: Any, seed: int, joint: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The numbers each example is about, measured and as the simulator's parameters predict them."""
+    shots = circuit.shots
+    if circuit.name == "hom" and {"hom", "reference"} <= set(registers):
+        c_hom = float(registers["hom"]["counts"][0b11])
+        c_ref = float(registers["reference"]["counts"][0b11])
+        if c_ref == 0:
+            return {}
+        visibility = 1 - 2 * c_hom / c_ref
+        sigma = 2 * math.sqrt(c_hom + (c_hom / c_ref) ** 2 * c_ref + 1) / c_ref
+        return {
+            "visibility": visibility,
+            "visibility_sigma": sigma,
+            "expected_visibility": 1.0,
+            "note": "1 - 2 C(50:50) / C(no coupler): indistinguishable photons give 1, distinguishable 0",
+        }
+    if circuit.name == "boson-sampling" and "c" in registers:
+        ops, _ = parse_ops(circuit)
+        unitary = next(op for op in ops if isinstance(op, UnitaryOp))
+        photons = [0] * circuit.modes
+        for op in circuit.ops:
+            if op.get("op") == "input" and op.get("state", "photon") == "photon":
+                photons[op["mode"]] = 1
+        n = sum(photons)
+        ideal = output_distribution(unitary.matrix(), photons)
+        eta = _detection(sim_config, seed)[: circuit.modes]
+        q: dict[int, float] = {}
+        for pattern, p in ideal.items():
+            if max(pattern) == 1:
+                value = int("".join(str(x) for x in pattern), 2)
+                q[value] = p * float(np.prod([eta[j] for j, x in enumerate(pattern) if x]))
+        measured = registers["c"]["counts"]
+        events = {v: int(measured[v]) for v in range(len(measured)) if bin(v).count("1") == n}
+        total_p, total_q = sum(events.values()), sum(q.values())
+        if not total_p:
+            return {}
+        fidelity = sum(math.sqrt(events.get(v, 0) / total_p * q[v] / total_q) for v in q)
+        return {
+            f"{n}_click_events": total_p,
+            "fidelity": fidelity,
+            "note": f"sum sqrt(p q) over {n}-click patterns, q from the exact permanents and the chip's detection",
+        }
+    if circuit.name == "memory" and "back" in registers:
+        back = registers["back"]["counts"]
+        measured = float(back[1]) / shots
+        chip = chip_of(sim_config, seed)
+        loop = sim_config.memory.loop_s * 1e9
+        waits = sum(op["ns"] for op in circuit.ops if op.get("op") == "wait")
+        rounds = max(1, math.ceil(waits / loop - 1e-9))
+        expected = (
+            chip.input_transmission
+            * chip.mesh_transmission
+            * sim_config.memory_transmission**rounds
+            * chip.mesh_transmission
+            * chip.output_transmission[1]
+            * chip.efficiency[1]
+        )
+        return {
+            "detected": measured,
+            "detected_sigma": math.sqrt(measured * (1 - measured) / shots),
+            "expected": expected,
+            "rounds": rounds,
+        }
+    if circuit.name == "feed-forward" and joint and "a b" in joint:
+        table = joint["a b"]["counts"].reshape(2, 2)  # [a, b]
+        result: dict[str, Any] = {}
+        for a in (0, 1):
+            n = int(table[a].sum())
+            result[f"P(b=1 | a={a})"] = float(table[a, 1] / n) if n else float("nan")
+        result["note"] = "the photon loaded for the second pass is detected depending on the first-pass click"
+        return result
+    return {}
+
+
+def print_report(report: dict[str, Any], stream: Any) -> None:
+    print(
+        f"job {report['job']}: {report['state']}{' (' + report['reason'] + ')' if report['reason'] else ''}",
+        file=stream,
+    )
+    print(
+        f"  calibration version {report['calibration']}, plan {report['plan']}, {report['shots']} shots "
+        f"in {report['seconds']:.1f} s",
+        file=stream,
+    )
+    for name, reg in report["registers"].items():
+        counts = reg["counts"]
+        bits = len(reg["modes"])
+        total = int(counts.sum())
+        print(f"  register {name} (modes {reg['modes']}): {total} shots", file=stream)
+        order = np.argsort(-counts, kind="stable")[:16]
+        for value in order:
+            if counts[value] == 0:
+                break
+            print(
+                f"    {format(int(value), f'0{bits}b')}  {int(counts[value]):>8}  {counts[value] / total:7.4f}",
+                file=stream,
+            )
+    for names, together in report.get("joint", {}).items():
+        bits = sum(together["bits"])
+        counts = together["counts"]
+        print(f"  registers {names} together:", file=stream)
+        for value in np.argsort(-counts, kind="stable")[:16]:
+            if counts[value] == 0:
+                break
+            print(f"    {format(int(value), f'0{bits}b')}  {int(counts[value]):>8}", file=stream)
+    for key, value in report["figures"].items():
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"  {key}: {text}", file=stream)
+
+
+def main(args: Any) -> int:
+    try:
+        circuit = load_circuit(Path(args.circuit).read_bytes())
+    except OSError as exc:
+        print(f"awen: error: cannot read {args.circuit}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except AwenError as exc:
+        print(f"awen: error: {args.circuit}: {exc}", file=sys.stderr)
+        return 1
+    if args.shots is not None:
+        circuit = msgspec.structs.replace(circuit, shots=args.shots)
+    analysis = analyse(circuit, parse_config({"modes": args.modes}).description(), Limits())
+    if analysis.problems:  # said before anything starts, the way the scheduler would say it
+        print(f"awen: error: {args.circuit}: {CircuitError(analysis.problems)}", file=sys.stderr)
+        return 1
+    display = Display(sys.stderr, quiet=args.json)
+    data_dir = Path(args.data_dir or os.environ.get("AWEN_DATA_DIR", "awen-data")).absolute()
+    report = trio.run(
+        lambda: run_circuit(
+            circuit, data_dir=data_dir, modes=args.modes, seed=args.seed, display=display, verbose=args.verbose
+        )
+    )
+    if args.json:
+        print(json.dumps(report, default=_jsonable, indent=1))
+    else:
+        print_report(report, sys.stdout)
+    return 0 if report["state"] == "completed" else 1
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")

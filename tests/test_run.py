@@ -1,0 +1,89 @@
+"""`awen run` as a physicist uses it: every example gives the physics it should, on a chip awen calibrated."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from .helpers import REPO
+
+pytestmark = pytest.mark.system
+
+
+def awen_run(example: str, data_dir, *extra: str) -> dict:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "awen.cli",
+            "run",
+            f"examples/{example}.json",
+            "--json",
+            "--data-dir",
+            str(data_dir),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """One store for the module: the first run calibrates the chip, the others reuse the calibration."""
+    return tmp_path_factory.mktemp("awen-run")
+
+
+def test_hom_visibility_agrees_with_the_simulator(data_dir):
+    report = awen_run("hom", data_dir)
+    assert report["state"] == "completed"
+    assert report["calibration"] == 1  # calibrated on the way, as the first run on a fresh store must
+    figures = report["figures"]
+    assert abs(figures["visibility"] - figures["expected_visibility"]) < 3 * figures["visibility_sigma"] + 0.002
+    assert set(report["registers"]) == {"hom", "reference"}
+    assert sum(report["registers"]["hom"]["counts"]) == 20_000
+
+
+def test_boson_sampling_matches_the_exact_permanents(data_dir):
+    report = awen_run("boson_sampling", data_dir)
+    assert report["calibration"] == 1  # no second calibration: version 1 is still valid
+    assert report["figures"]["4_click_events"] > 1000
+    assert report["figures"]["fidelity"] > 0.97
+
+
+def test_a_stored_photon_comes_back_as_often_as_the_delay_line_allows(data_dir):
+    figures = awen_run("memory", data_dir)["figures"]
+    assert figures["rounds"] == 32
+    assert abs(figures["detected"] - figures["expected"]) < 4 * figures["detected_sigma"]
+
+
+def test_feed_forward_sees_the_photons_bunch(data_dir):
+    figures = awen_run("feed_forward", data_dir, "--shots", "10000")["figures"]
+    # A HOM pair: a click on mode 0 means both photons went there, so the memory holds none.
+    assert figures["P(b=1 | a=1)"] < 0.01
+    assert figures["P(b=1 | a=0)"] > 0.2
+    assert not math.isnan(figures["P(b=1 | a=0)"])
+
+
+def test_a_bad_circuit_file_is_refused_with_the_problem(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"modes": 2, "ops": [{"op": "bs", "modes": [0, 5]}]}')
+    done = subprocess.run(
+        [sys.executable, "-m", "awen.cli", "run", str(bad), "--data-dir", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "mode 5 is out of range" in done.stderr
