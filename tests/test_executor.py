@@ -73,7 +73,11 @@ class Bench:
 
 @asynccontextmanager
 async def bench(
-    tmp_path: Path, calibrate: bool = True, calibration: dict[str, Any] | None = None, **executor: Any
+    tmp_path: Path,
+    calibrate: bool = True,
+    calibration: dict[str, Any] | None = None,
+    quiet_hal: bool = False,
+    **executor: Any,
 ) -> AsyncIterator[Bench]:
     """The whole stack on a simulated chip. ``calibrate``: store the chip's truth as version 1;
     ``calibration``: also run a calibration actor with this configuration."""
@@ -84,7 +88,10 @@ async def bench(
     async with trio.open_nursery() as outside:
         host, port = await outside.start(serve_tcp, server, "127.0.0.1", 0)
         memory = MemoryActor("memory", runtime, data_dir=str(tmp_path / "data"), synchronous="normal")
-        hal = HalActor("hal", runtime, devices=[{"name": "chip", "url": f"tcp://{host}:{port}", "timeout_s": 1.0}])
+        device: dict[str, Any] = {"name": "chip", "url": f"tcp://{host}:{port}", "timeout_s": 1.0}
+        if quiet_hal:  # no watchdog feeding or temperature polls: only the job talks to the device
+            device |= {"watchdog_s": 0, "temperature_every_s": 3600}
+        hal = HalActor("hal", runtime, devices=[device])
         scheduler = SchedulerActor("scheduler", runtime)
         client = Actor("me", runtime)
         async with trio.open_nursery() as nursery:
@@ -203,3 +210,30 @@ async def test_a_stored_photon_comes_back_through_its_delay_line_with_the_expect
         # mesh once more: relative to a first-pass detection it is seen exp(-12/30) * 0.4 dB as often.
         expected = math.exp(-12 / 30) * 10 ** (-0.04)
         assert abs(stored[1] / a[1] - expected) < 0.08, (stored, a)
+
+
+async def test_a_corrupted_reply_is_caught_and_the_job_still_completes_with_every_shot(tmp_path):
+    async with bench(tmp_path) as b:
+        b.fault_next("corrupt", offset=15)
+        record = await b.run(hom(6000), "garbled")
+        assert record.state == "completed", record.reason
+        assert (await b.counts("garbled", "p0.c")).sum() == 6000
+
+
+async def test_a_device_error_is_retried_with_backoff_and_the_job_completes(tmp_path):
+    async with bench(tmp_path, quiet_hal=True, retries=2) as b, b.client.open_event_stream("exec.phase_done") as done:
+        b.fault_next("error:code=-300", offset=6)  # one command of the job's first phase fails once
+        record = await b.run(hom(6000), "glitch")
+        assert record.state == "completed", record.reason
+        assert (await done.receive()).body.retries == 1
+
+
+async def test_a_device_error_past_the_retries_fails_the_job_with_its_number_and_keeps_the_results(tmp_path):
+    async with bench(tmp_path, quiet_hal=True, retries=0) as b:
+        b.fault_next("error:code=-300", offset=9)  # a command after the first committed batch
+        record = await b.run(hom(20_000), "broken")
+        assert record.state == "failed"
+        assert "device error -300" in record.reason
+        assert "after 1 tries" in record.reason
+        kept = await b.ask("memory", QueryResults(job="broken"))
+        assert kept.partial

@@ -396,22 +396,21 @@ class SchedulerActor(Actor):
         if key in self.cache:
             self.cache_hits += 1
             return self.cache[key], True
-        try:  # made before (by this scheduler before a restart, or for an earlier job): the store has it
-            stored = await self.request(self.config.memory, GetPlan(plan=key))
-        except RemoteError as exc:
-            if exc.code != ErrorCode.NOT_FOUND:
-                raise
-        else:
-            plan = msgspec.convert(stored.body, Plan)
-            self.cache[key] = plan
-            self.cache_hits += 1
-            return plan, True
-        self._inflight[key] = trio.Event()
+        self._inflight[key] = trio.Event()  # claimed before the first await: one job makes it, others wait
         try:
-            plan = await self._compile(circuit, device, key, calibration, health)
+            try:  # made before (by this scheduler before a restart, or for an earlier job): the store has it
+                stored = await self.request(self.config.memory, GetPlan(plan=key))
+            except RemoteError as exc:
+                if exc.code != ErrorCode.NOT_FOUND:
+                    raise
+            else:
+                plan = msgspec.convert(stored.body, Plan)
+                self.cache[key] = plan
+                self.cache_hits += 1
+                return plan, True
+            return await self._compile(circuit, device, key, calibration, health), False
         finally:
             self._inflight.pop(key).set()
-        return plan, False
 
     async def _compile(
         self, circuit: Circuit, device: DeviceDescription, key: str, calibration: int | None, health: Health
