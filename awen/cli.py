@@ -49,6 +49,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_main(args)
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import main as calibrate_main
+
+    return calibrate_main(args)
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     config = load_system(args.config)
     configure_logging(config.log_level)
@@ -289,6 +295,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=1, help="the simulated chip's seed (default 1)")
     run.add_argument("-v", "--verbose", action="store_true", help="also show the actors' log")
     run.set_defaults(run=_cmd_run)
+
+    cal = commands.add_parser("calibrate", help="calibrate the simulated chip and print (or plot) the fit per heater")
+    cal.add_argument("--points", type=int, help="voltages per heater (default: the actor's, 10)")
+    cal.add_argument("--plot", metavar="FILE.png", help="draw readings and fitted curves per heater (needs matplotlib)")
+    cal.add_argument("--json", action="store_true", help="print the fits as JSON")
+    cal.add_argument("--data-dir", help="where the store lives (default ./awen-data)")
+    cal.add_argument("--modes", type=int, default=8)
+    cal.add_argument("--seed", type=int, default=1)
+    cal.add_argument("-v", "--verbose", action="store_true")
+    cal.set_defaults(run=_cmd_calibrate)
 
     up = commands.add_parser("up", help="run a system from its TOML file until SIGINT or SIGTERM")
     up.add_argument("config", help="the system's TOML file")

@@ -87,3 +87,35 @@ def test_a_bad_circuit_file_is_refused_with_the_problem(tmp_path):
     )
     assert done.returncode == 1
     assert "mode 5 is out of range" in done.stderr
+
+
+def test_awen_calibrate_prints_the_fit_per_heater_and_plots_it(tmp_path):
+    png = tmp_path / "calibration.png"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "awen.cli",
+            "calibrate",
+            "--modes",
+            "4",
+            "--points",
+            "6",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--plot",
+            str(png),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("calibration version 1 of chip")
+    assert sum("theta of MZI" in line and "+-" in line for line in lines) == 6
+    assert sum("not measurable by photodiodes" in line for line in lines) == 4
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 20_000
