@@ -52,6 +52,30 @@ class GetCalibrationStatus(Request[CalibrationStatus], frozen=True, kw_only=True
     REPLY = CalibrationStatus
 
 
+class ReferenceChecked(Reply, frozen=True, kw_only=True):
+    """How well the chip, set with the current calibration, still does a known two-photon circuit."""
+
+    TYPE = "cal.reference_checked"
+    device: str
+    version: int
+    fidelity: float
+    """Classical fidelity (sum of sqrt(p q)) of the measured coincidence patterns against the model's."""
+    threshold: float
+    events: int
+    job: str
+    recalibrated: bool
+    new_version: int | None
+    reason: str
+    """Why it recalibrated (fidelity below threshold, calibration too old), or empty."""
+
+
+class CheckReference(Request[ReferenceChecked], frozen=True, kw_only=True):
+    """Run the reference circuit now (as the drift check does on its schedule); recalibrate if needed."""
+
+    TYPE = "cal.check_reference"
+    REPLY = ReferenceChecked
+
+
 class CalibrationStarted(Event, frozen=True, kw_only=True):
     TYPE = "cal.started"
     device: str
@@ -66,6 +90,14 @@ class CalibrationDone(Event, frozen=True, kw_only=True):
     residual_rms: float
 
 
+class ReferenceResult(Event, frozen=True, kw_only=True):
+    TYPE = "cal.reference"
+    device: str
+    version: int
+    fidelity: float
+    threshold: float
+
+
 class CalibrationFailed(Event, frozen=True, kw_only=True):
     TYPE = "cal.failed"
     device: str
@@ -77,6 +109,9 @@ CALIBRATION_MESSAGES: Final = (
     Calibrated,
     GetCalibrationStatus,
     CalibrationStatus,
+    CheckReference,
+    ReferenceChecked,
+    ReferenceResult,
     CalibrationStarted,
     CalibrationDone,
     CalibrationFailed,

@@ -10,7 +10,7 @@ import pytest
 
 from actors.calibration import CalibrationModel, fit_sweeps, sweep_plan
 from actors.calibration._actor import sweep_data
-from protocol.calibration import Calibrate, GetCalibrationStatus
+from protocol.calibration import Calibrate, CheckReference, GetCalibrationStatus
 from protocol.memory import GetCalibration, GetJob
 from protocol.mesh import clements_layout
 from sim import chip_of, factory_calibration
@@ -78,3 +78,30 @@ def test_the_fit_alone_recovers_the_chip_from_sweep_readings():
     assert fit.reduced_chi2 < 1
     assert np.abs(wrapped(fit.model.phi0[fit.fitted] - chip.phi0[fit.fitted])).max() < 1e-3
     assert np.abs(fit.model.alpha[fit.fitted] / chip.alpha[fit.fitted] - 1).max() < 1e-3
+
+
+async def test_the_drift_check_recalibrates_when_the_chip_moved_and_weak_outputs_are_reported(tmp_path):
+    factory = tmp_path / "factory.json"
+    factory.write_text(json.dumps(factory_calibration(CHIP, 7)))
+    config = {"factory": str(factory), "points": 8, "reference_every_s": None, "reference_shots": 20_000}
+    async with bench(tmp_path, calibrate=False, calibration=config) as b:
+        chip = b.server.device.chip
+        chip.output_transmission[3] *= 0.2  # a bad fibre on output 3
+        await b.ask("calibration", Calibrate())
+        assert b.scheduler.health.detectors == frozenset({3})  # plans now keep measured modes off it
+
+        steady = await b.ask("calibration", CheckReference())
+        assert steady.fidelity > 0.98
+        assert not steady.recalibrated
+        assert steady.events > 1000
+
+        chip.phi0[[0, 5, 7]] += 0.7  # the chip drifted (or was knocked) since version 1
+        drifted = await b.ask("calibration", CheckReference())
+        assert drifted.fidelity < 0.98
+        assert drifted.recalibrated
+        assert (drifted.new_version, drifted.version) == (2, 1)
+        assert "reference fidelity" in drifted.reason
+
+        again = await b.ask("calibration", CheckReference())
+        assert again.version == 2
+        assert again.fidelity > 0.98

@@ -45,6 +45,7 @@ class Bench:
     server: DeviceServer
     client: Actor
     executor: ExecutorActor
+    scheduler: SchedulerActor
 
     async def ask(self, to: str, request: Any) -> Any:
         with trio.fail_after(60):
@@ -107,7 +108,7 @@ async def bench(
             await nursery.start(executor_actor.run)
             if calibration is not None:
                 await nursery.start(CalibrationActor("calibration", runtime, **calibration).run)
-            yield Bench(server, client, executor_actor)
+            yield Bench(server, client, executor_actor, scheduler)
             nursery.cancel_scope.cancel()
         outside.cancel_scope.cancel()
 

@@ -39,14 +39,18 @@ from protocol.calibration import (
     CalibrationFailed,
     CalibrationStarted,
     CalibrationStatus,
+    CheckReference,
     GetCalibrationStatus,
+    ReferenceChecked,
+    ReferenceResult,
 )
+from protocol.circuit import Circuit, CircuitBuilder
 from protocol.hal import Describe, InputSetting
 from protocol.memory import GetCalibration, GetJob, PutCalibration, QueryResults
 from protocol.mesh import clements_layout
 from protocol.photonica import DeviceDescription
 from protocol.plan import Phase, Placement, Plan, PlanMetrics, Resources
-from protocol.scheduler import SubmitProcedure
+from protocol.scheduler import ReportHealth, Submit, SubmitProcedure
 
 from .._actor import Actor, handles
 from .._config import Runtime
@@ -70,6 +74,12 @@ class CalibrationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
         priority: Queue priority of calibration jobs (above user jobs).
         max_age_s: A calibration older than this is not valid any more.
         auto: Calibrate at start when there is no valid calibration.
+        reference_every_s, reference_shots, fidelity_threshold: the drift check:
+            a two-photon circuit on a fixed random unitary, run through the
+            queue; below the threshold (or past ``max_age_s``) a recalibration
+            is queued.
+        degraded_scale: outputs this much weaker than the median are reported
+            degraded (``sched.report_health``), so that plans avoid them.
     """
 
     device: str = "chip"
@@ -82,6 +92,13 @@ class CalibrationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     priority: int = 1000
     max_age_s: float = 24 * 3600.0
     auto: bool = False
+    reference_every_s: float | None = 600.0
+    """How often the drift check runs the reference circuit (none: only on request)."""
+    reference_shots: int = 20_000
+    fidelity_threshold: float = 0.98
+    """Below this reference fidelity the chip is recalibrated."""
+    degraded_scale: float = 0.5
+    """An output transmitting less than this fraction of the median is reported degraded to the scheduler."""
 
 
 def input_patterns(modes: int, power_w: float) -> list[list[InputSetting]]:
@@ -173,6 +190,51 @@ def sweep_data(plan: Plan, powers: dict[int, np.ndarray]) -> SweepData:
     return SweepData(np.array(volts), np.array(inputs), np.array(readings))
 
 
+def reference_unitary(modes: int) -> np.ndarray:
+    """A fixed Haar-random unitary (the same for every run): the drift check's circuit."""
+    rng = np.random.default_rng(20261122)
+    q, r = np.linalg.qr(rng.normal(size=(modes, modes)) + 1j * rng.normal(size=(modes, modes)))
+    result: np.ndarray = q * (np.diag(r) / np.abs(np.diag(r)))
+    return result
+
+
+def reference_circuit(modes: int, shots: int, *, priority: int, measured: list[int]) -> Circuit:
+    """Photons into modes 0 and 1, the reference unitary on every mode, the ``measured`` modes detected."""
+    return (
+        CircuitBuilder(modes, shots=shots, priority=priority, name="reference")
+        .input(0)
+        .input(1)
+        .unitary(range(modes), reference_unitary(modes))
+        .measure(measured, "ref")
+        .build()
+    )
+
+
+def reference_fidelity(
+    u: np.ndarray, counts: np.ndarray, efficiency: np.ndarray, measured: list[int]
+) -> tuple[float, int]:
+    """Classical fidelity of the measured two-click patterns against the two-photon model; and the events.
+
+    For photons in inputs 0 and 1, outputs a < b click together with probability
+    |u[a,0] u[b,1] + u[a,1] u[b,0]|^2 times their detection efficiencies; only
+    pairs of ``measured`` outputs (the register's bits, in order) count.
+    """
+    k = len(measured)
+    model: dict[int, float] = {}
+    for i, a in enumerate(measured):
+        for j in range(i + 1, k):
+            b = measured[j]
+            p = abs(u[a, 0] * u[b, 1] + u[a, 1] * u[b, 0]) ** 2 * efficiency[a] * efficiency[b]
+            model[(1 << (k - 1 - i)) | (1 << (k - 1 - j))] = p
+    seen = {v: int(counts[v]) for v in model}
+    events = sum(seen.values())
+    total = sum(model.values())
+    if not events or not total:
+        return 0.0, events
+    fidelity = sum(math.sqrt(seen[v] / events * model[v] / total) for v in model)
+    return float(fidelity), events
+
+
 def load_factory(path: str, heaters: int) -> CalibrationModel:
     try:
         with open(path) as f:
@@ -197,16 +259,77 @@ class CalibrationActor(Actor):
         self.last_error = ""
 
     async def main(self) -> None:
+        for peer in (self.config.memory, self.config.scheduler, self.config.hal):
+            await self.wait_peer(peer)
         if self.config.auto:
-            for peer in (self.config.memory, self.config.scheduler, self.config.hal):
-                await self.wait_peer(peer)
             status = await self._status()
             if not status.valid:
                 try:
                     await self.calibrate(self.config.points)
                 except AwenError as exc:
                     log.error("%s: calibration at start failed: %s", self.name, exc)
-        await trio.sleep_forever()
+        if self.config.reference_every_s is None:
+            await trio.sleep_forever()
+        while True:
+            await trio.sleep(self.config.reference_every_s)
+            if (await self._latest()) is None:
+                continue  # nothing to check yet
+            try:
+                await self.check_reference()
+            except AwenError as exc:
+                log.error("%s: drift check failed: %s", self.name, exc)
+
+    @handles(CheckReference)
+    async def _check_reference(self, msg: CheckReference, env: Envelope) -> ReferenceChecked:
+        return await self.check_reference()
+
+    async def check_reference(self) -> ReferenceChecked:
+        """Run the reference circuit with the current calibration; recalibrate if it drifted or aged."""
+        device = self.config.device
+        latest = await self._latest()
+        if latest is None:
+            raise AwenError(f"{device} has no calibration to check: calibrate first")
+        age = time.time() - latest.created
+        job = time.strftime("ref-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+        modes = (await self.request(self.config.hal, Describe(device=device))).description.modes
+        degraded = set(latest.data.get("degraded_outputs", []))
+        measured = [q for q in range(modes) if q not in degraded]
+        circuit = reference_circuit(
+            modes, self.config.reference_shots, priority=self.config.priority - 1, measured=measured
+        )
+        await self.request(self.config.scheduler, Submit(circuit=circuit, job=job))
+        record = await self._wait(job)
+        if record.state != "completed":
+            raise AwenError(f"the reference circuit {job} ended {record.state}: {record.reason}")
+        results = (await self.request(self.config.memory, QueryResults(job=job))).results
+        counts = np.sum([np.asarray(r.value) for r in results if r.slot == "p0.ref"], axis=0)
+        scales = np.asarray(latest.data.get("output_scales", np.ones(modes)), dtype=np.float64)
+        fidelity, events = reference_fidelity(reference_unitary(modes), counts, scales, measured)
+        self.publish(
+            ReferenceResult(
+                device=device, version=latest.version, fidelity=fidelity, threshold=self.config.fidelity_threshold
+            )
+        )
+        reason = ""
+        if fidelity < self.config.fidelity_threshold:
+            reason = f"reference fidelity {fidelity:.4f} < {self.config.fidelity_threshold}"
+        elif age > self.config.max_age_s:
+            reason = f"calibration version {latest.version} is {age:.0f} s old (max_age_s {self.config.max_age_s:g})"
+        new_version = None
+        if reason:
+            log.warning("%s: %s: recalibrating %s", self.name, reason, device)
+            new_version = (await self.calibrate(self.config.points)).version
+        return ReferenceChecked(
+            device=device,
+            version=latest.version,
+            fidelity=fidelity,
+            threshold=self.config.fidelity_threshold,
+            events=events,
+            job=job,
+            recalibrated=bool(reason),
+            new_version=new_version,
+            reason=reason,
+        )
 
     async def _latest(self) -> Any:
         try:
@@ -282,6 +405,8 @@ class CalibrationActor(Actor):
         layout = clements_layout(description.modes)
         fit = await trio.to_thread.run_sync(lambda: fit_sweeps(layout, data, start, version=version_hint))
         fitted = fit.fitted
+        scales = np.asarray(fit.scales)
+        weak = [int(j) for j in np.flatnonzero(scales < self.config.degraded_scale * float(np.median(scales)))]
         stored = await self.request(
             self.config.memory,
             PutCalibration(
@@ -299,11 +424,21 @@ class CalibrationActor(Actor):
                     "points": points,
                     "fitted_heaters": fitted,
                     "output_scales": fit.scales,
+                    "degraded_outputs": weak,
                     "started_from": "factory" if latest is None else f"version {latest.version}",
                 },
                 note=f"sweep {job}: {len(plan.phases)} readings, {len(fitted)} heaters fitted",
             ),
         )
+        await self.request(self.config.scheduler, ReportHealth(device=device, detectors=weak))
+        if weak:
+            log.warning(
+                "%s: outputs %s of %s transmit under %.0f%% of the median: reported degraded",
+                self.name,
+                weak,
+                device,
+                100 * self.config.degraded_scale,
+            )
         result = Calibrated(
             device=device,
             version=stored.version,
