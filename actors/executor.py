@@ -39,6 +39,7 @@ import numpy as np
 import trio
 
 from protocol import AwenError, Envelope, ErrorCode, convert_settings
+from protocol.circuit import RunMode
 from protocol.executor import (
     Abort,
     ExecutorStatus,
@@ -48,6 +49,7 @@ from protocol.executor import (
     PhaseDone,
     PhaseTimes,
     Progress,
+    Rates,
 )
 from protocol.hal import ConfigureInputs, GetDeviceStatus, Program, ReadPowers, RunShots, SafeState, SetHeaters
 from protocol.memory import Allocate, Free, GetCalibration, Read, SlotSpec, SlotValue, Write
@@ -137,6 +139,7 @@ class ExecutorActor(Actor):
         self.failures = 0
         self.jobs_run = 0
         self._abort: str | None = None
+        self._aborted = trio.Event()
         self._configured: tuple[Any, ...] | None = None
         self._rng = random.Random()
 
@@ -178,13 +181,13 @@ class ExecutorActor(Actor):
         job, plan = assignment.job, assignment.plan
         assert job is not None
         assert plan is not None
-        self.job, self._abort = job, None
+        self.job, self._abort, self._aborted = job, None, trio.Event()
         began = time.monotonic()
         frames = 0
         state, reason = "failed", ""
         try:
             with trio.fail_after(self.config.job_timeout_s):
-                state, reason, frames = await self._run(job, plan, assignment.start_phase)
+                state, reason, frames = await self._run(job, plan, assignment.start_phase, assignment.run)
         except trio.TooSlowError:
             reason = f"the job took longer than job_timeout_s = {self.config.job_timeout_s:g} s"
         except _Failed as exc:
@@ -225,8 +228,10 @@ class ExecutorActor(Actor):
         except (AwenError, trio.TooSlowError) as exc:
             log.error("%s: could not put %s in its safe state: %s", self.name, self.config.device, exc)
 
-    async def _run(self, job: str, plan: Plan, start_phase: int) -> tuple[str, str, int]:
+    async def _run(self, job: str, plan: Plan, start_phase: int, run: RunMode) -> tuple[str, str, int]:
         model = await self._calibration(plan)
+        if run.mode == "continuous":
+            return await self._continuous(job, plan, model)
         slots = (
             [
                 SlotSpec(name=register_slot(p.index, r.name), dtype="int64", shape=[2 ** len(r.columns)])
@@ -245,7 +250,13 @@ class ExecutorActor(Actor):
             ]
         )
         self._configured = None
-        journal = [SlotSpec(name="journal.phase", dtype="int64"), SlotSpec(name="journal.shots", dtype="int64")]
+        journal = [
+            SlotSpec(name="journal.phase", dtype="int64"),
+            SlotSpec(name="journal.shots", dtype="int64"),
+            SlotSpec(name="journal.cycle", dtype="int64"),
+        ]
+        if run.mode == "cyclic":
+            slots.append(SlotSpec(name="cycle", dtype="int64"))
         allocated = await self.request(
             self.config.memory,
             Allocate(
@@ -259,7 +270,7 @@ class ExecutorActor(Actor):
             ),
         )
         frame = allocated.frame
-        phase_done, shots_done = (await self._read_journal(job)) if frame > 0 else (0, 0)
+        phase_done, shots_done, cycle = (await self._read_journal(job)) if frame > 0 else (0, 0, 0)
         first = max(start_phase, phase_done)
         if first != phase_done:
             shots_done = 0
@@ -270,119 +281,182 @@ class ExecutorActor(Actor):
         done_before = sum(p.shots for p in plan.phases[:first]) + shots_done
         rate = _Rate(done_before)
         committed = 0
-        for phase in plan.phases[first:]:
-            self.phase = phase.index
-            started = time.monotonic()
-            with trio.fail_after(phase.duration_s + self.config.phase_timeout_s):
-                configure_s, retries = await self._configure(phase, model)
-                shots_s = store_s = 0.0
-                if phase.readout == "powers":
-                    t0 = time.monotonic()
-                    powers, tries = await self._retry(
-                        lambda: self.request(self.config.hal, ReadPowers(device=self.config.device)),
-                        f"phase {phase.index}: reading the photodiodes",
-                    )
-                    retries += tries
-                    t1 = time.monotonic()
-                    readings = [
-                        SlotValue(slot=register_slot(phase.index, "powers"), value=np.asarray(powers.watts, float)),
-                        SlotValue(slot="journal.phase", value=phase.index + 1),
-                        SlotValue(slot="journal.shots", value=0),
-                    ]
-                    await self.request(
-                        self.config.memory,
-                        Write(job=job, frame=frame, writer=self.name, values=readings, commit=True),
-                    )
-                    frame += 1
-                    committed += 1
-                    shots_s, store_s = t1 - t0, time.monotonic() - t1
-                    shots_done = phase.shots
-                    self.publish(
-                        Progress(
-                            job=job,
-                            phase=phase.index,
-                            phases=len(plan.phases),
-                            shots_done=rate.add(phase.shots),
-                            shots_total=total_shots,
-                            eta_s=rate.eta(total_shots),
+        while True:
+            for phase in plan.phases[first:]:
+                self.phase = phase.index
+                started = time.monotonic()
+                with trio.fail_after(phase.duration_s + self.config.phase_timeout_s):
+                    configure_s, retries = await self._configure(phase, model)
+                    shots_s = store_s = 0.0
+                    if phase.readout == "powers":
+                        t0 = time.monotonic()
+                        powers, tries = await self._retry(
+                            lambda: self.request(self.config.hal, ReadPowers(device=self.config.device)),
+                            f"phase {phase.index}: reading the photodiodes",
                         )
-                    )
-                while shots_done < phase.shots:
-                    if self._abort is not None:
-                        await self._safe()
-                        return "cancelled", self._abort, committed
-                    n = min(self.config.batch_shots, phase.shots - shots_done)
-                    t0 = time.monotonic()
-                    patterns, tries = await self._retry(
-                        lambda n=n: self.request(self.config.hal, RunShots(device=self.config.device, shots=n)),
-                        f"phase {phase.index}: {n} shots",
-                    )
-                    retries += tries
-                    t1 = time.monotonic()
-                    shots_done += n
-                    last = shots_done >= phase.shots
-                    journal_phase = phase.index + 1 if last else phase.index
-                    frame_values = [
-                        SlotValue(
-                            slot=register_slot(phase.index, r.name), value=_histogram(patterns.patterns, r.columns)
+                        retries += tries
+                        t1 = time.monotonic()
+                        readings = [
+                            SlotValue(slot=register_slot(phase.index, "powers"), value=np.asarray(powers.watts, float)),
+                            SlotValue(slot="journal.phase", value=phase.index + 1),
+                            SlotValue(slot="journal.shots", value=0),
+                            SlotValue(slot="journal.cycle", value=cycle),
+                        ]
+                        await self.request(
+                            self.config.memory,
+                            Write(job=job, frame=frame, writer=self.name, values=readings, commit=True),
                         )
-                        for r in phase.registers
-                    ]
-                    if len(phase.registers) > 1 and _joint_bits(phase) <= MAX_JOINT_BITS:
-                        columns = [c for r in phase.registers for c in r.columns]
-                        joint = _histogram(patterns.patterns, columns)
-                        frame_values.append(SlotValue(slot=register_slot(phase.index, JOINT), value=joint))
-                    frame_values += [
-                        SlotValue(slot="journal.phase", value=journal_phase),
-                        SlotValue(slot="journal.shots", value=0 if last else shots_done),
-                    ]
-                    await self.request(
-                        self.config.memory,
-                        Write(job=job, frame=frame, writer=self.name, values=frame_values, commit=True),
-                    )
-                    frame += 1
-                    committed += 1
-                    shots_s += t1 - t0
-                    store_s += time.monotonic() - t1
-                    done = rate.add(n)
-                    self.publish(
-                        Progress(
-                            job=job,
-                            phase=phase.index,
-                            phases=len(plan.phases),
-                            shots_done=done,
-                            shots_total=total_shots,
-                            eta_s=rate.eta(total_shots),
+                        frame += 1
+                        committed += 1
+                        shots_s, store_s = t1 - t0, time.monotonic() - t1
+                        shots_done = phase.shots
+                        self.publish(
+                            Progress(
+                                job=job,
+                                phase=phase.index,
+                                phases=len(plan.phases),
+                                shots_done=rate.add(phase.shots),
+                                shots_total=total_shots,
+                                eta_s=rate.eta(total_shots),
+                            )
                         )
+                    while shots_done < phase.shots:
+                        if self._abort is not None:
+                            await self._safe()
+                            return "cancelled", self._abort, committed
+                        n = min(self.config.batch_shots, phase.shots - shots_done)
+                        t0 = time.monotonic()
+                        patterns, tries = await self._retry(
+                            lambda n=n: self.request(self.config.hal, RunShots(device=self.config.device, shots=n)),
+                            f"phase {phase.index}: {n} shots",
+                        )
+                        retries += tries
+                        t1 = time.monotonic()
+                        shots_done += n
+                        last = shots_done >= phase.shots
+                        journal_phase = phase.index + 1 if last else phase.index
+                        frame_values = [
+                            SlotValue(
+                                slot=register_slot(phase.index, r.name), value=_histogram(patterns.patterns, r.columns)
+                            )
+                            for r in phase.registers
+                        ]
+                        if len(phase.registers) > 1 and _joint_bits(phase) <= MAX_JOINT_BITS:
+                            columns = [c for r in phase.registers for c in r.columns]
+                            joint = _histogram(patterns.patterns, columns)
+                            frame_values.append(SlotValue(slot=register_slot(phase.index, JOINT), value=joint))
+                        frame_values += [
+                            SlotValue(slot="journal.phase", value=journal_phase),
+                            SlotValue(slot="journal.shots", value=0 if last else shots_done),
+                            SlotValue(slot="journal.cycle", value=cycle),
+                        ]
+                        if run.mode == "cyclic":
+                            frame_values.append(SlotValue(slot="cycle", value=cycle))
+                        await self.request(
+                            self.config.memory,
+                            Write(job=job, frame=frame, writer=self.name, values=frame_values, commit=True),
+                        )
+                        frame += 1
+                        committed += 1
+                        shots_s += t1 - t0
+                        store_s += time.monotonic() - t1
+                        done = rate.add(n)
+                        self.publish(
+                            Progress(
+                                job=job,
+                                phase=phase.index,
+                                phases=len(plan.phases),
+                                shots_done=done,
+                                shots_total=total_shots,
+                                eta_s=rate.eta(total_shots),
+                            )
+                        )
+                measured = time.monotonic() - started
+                self.publish(
+                    PhaseDone(
+                        job=job,
+                        phase=phase.index,
+                        expected_s=phase.duration_s,
+                        measured_s=measured,
+                        times=PhaseTimes(configure_s=configure_s, shots_s=shots_s, store_s=store_s),
+                        retries=retries,
                     )
-            measured = time.monotonic() - started
-            self.publish(
-                PhaseDone(
-                    job=job,
-                    phase=phase.index,
-                    expected_s=phase.duration_s,
-                    measured_s=measured,
-                    times=PhaseTimes(configure_s=configure_s, shots_s=shots_s, store_s=store_s),
-                    retries=retries,
                 )
+                shots_done = 0
+                proceed = await self.request(
+                    self.config.scheduler, Checkpoint(job=job, phase=phase.index, duration_s=measured)
+                )
+                if proceed.action == "cancel":
+                    await self._safe()
+                    return "cancelled", proceed.reason, committed
+                more = phase.index + 1 < len(plan.phases) or (
+                    run.mode == "cyclic" and (run.cycles is None or cycle + 1 < run.cycles)
+                )
+                if proceed.action == "preempt" and more:
+                    log.info("%s: %s yields the device: %s", self.name, job, proceed.reason)
+                    return "preempted", proceed.reason, committed
+            if run.mode != "cyclic":
+                return "completed", "", committed
+            cycle += 1
+            if run.cycles is not None and cycle >= run.cycles:
+                return "completed", f"{cycle} cycles", committed
+            journal_values = [
+                SlotValue(slot="journal.phase", value=0),
+                SlotValue(slot="journal.shots", value=0),
+                SlotValue(slot="journal.cycle", value=cycle),
+            ]
+            await self.request(
+                self.config.memory, Write(job=job, frame=frame, writer=self.name, values=journal_values, commit=True)
             )
-            shots_done = 0
-            proceed = await self.request(
-                self.config.scheduler, Checkpoint(job=job, phase=phase.index, duration_s=measured)
-            )
-            if proceed.action == "cancel":
-                await self._safe()
-                return "cancelled", proceed.reason, committed
-            if proceed.action == "preempt" and phase.index + 1 < len(plan.phases):
-                log.info("%s: %s yields the device: %s", self.name, job, proceed.reason)
-                return "preempted", proceed.reason, committed
-        return "completed", "", committed
+            frame += 1
+            first, shots_done = 0, 0
+            with trio.move_on_after(run.period_s):
+                await self._aborted.wait()
+            if self._abort is not None:
+                return "cancelled", self._abort, committed
 
-    async def _read_journal(self, job: str) -> tuple[int, int]:
-        values = (
-            await self.request(self.config.memory, Read(job=job, slots=["journal.phase", "journal.shots"]))
-        ).values
-        return int(values["journal.phase"]), int(values["journal.shots"])
+    async def _continuous(self, job: str, plan: Plan, model: CalibrationModel | None) -> tuple[str, str, int]:
+        """Shot batches without end, as count rates: for live alignment at the bench. Nothing is stored."""
+        self._configured = None
+        self.publish(JobStarted(job=job, plan=plan.id, calibration=plan.calibration, start_phase=0, resumed=False))
+        while True:
+            for phase in plan.phases:
+                self.phase = phase.index
+                await self._configure(phase, model)
+                n = min(self.config.batch_shots, phase.shots)
+                t0 = time.monotonic()
+                shots, _ = await self._retry(
+                    lambda n=n: self.request(self.config.hal, RunShots(device=self.config.device, shots=n)),
+                    f"phase {phase.index}: {n} shots",
+                )
+                seconds = max(time.monotonic() - t0, 1e-9)
+                clicks = (np.asarray(shots.patterns) > 0).sum(axis=0)
+                self.publish(
+                    Rates(
+                        job=job,
+                        phase=phase.index,
+                        shots=n,
+                        seconds=seconds,
+                        rates=(clicks / seconds).tolist(),
+                        registers={
+                            r.name: (_histogram(shots.patterns, r.columns) / n).tolist() for r in phase.registers
+                        },
+                    )
+                )
+                if self._abort is not None:
+                    await self._safe()
+                    return "cancelled", self._abort, 0
+                proceed = await self.request(self.config.scheduler, Checkpoint(job=job, phase=phase.index))
+                if proceed.action == "cancel":
+                    await self._safe()
+                    return "cancelled", proceed.reason, 0
+                if proceed.action == "preempt":
+                    return "preempted", proceed.reason, 0
+
+    async def _read_journal(self, job: str) -> tuple[int, int, int]:
+        names: list[str | int] = ["journal.phase", "journal.shots", "journal.cycle"]
+        values = (await self.request(self.config.memory, Read(job=job, slots=names))).values
+        return int(values["journal.phase"]), int(values["journal.shots"]), int(values["journal.cycle"])
 
     async def _calibration(self, plan: Plan) -> CalibrationModel | None:
         if plan.calibration is None:
@@ -469,6 +543,7 @@ class ExecutorActor(Actor):
         if self.job != msg.job:
             raise AwenError(f"{msg.job} is not running here (running: {self.job or 'nothing'})", field="job")
         self._abort = msg.reason
+        self._aborted.set()
 
     @handles(GetExecutorStatus)
     def _status(self, msg: GetExecutorStatus, env: Envelope) -> ExecutorStatus:

@@ -120,6 +120,23 @@ Op = Input | PhaseShift | BeamSplitter | MziOp | UnitaryOp | Store | Load | Wait
 OP_NAMES = ("input", "ps", "bs", "mzi", "unitary", "store", "load", "wait", "measure", "if")
 
 
+class RunMode(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How a job's plan is run: once, over and over, or as a live stream.
+
+    Attributes:
+        mode: ``finite``: the shots once. ``cyclic``: the whole plan every
+            ``period_s`` seconds, ``cycles`` times (none: until cancelled), as
+            a drift reference does; every cycle's results are kept.
+            ``continuous``: shot batches without end, publishing count rates
+            (``exec.rates``) for live alignment at the bench, storing nothing,
+            until the job is aborted or cancelled.
+    """
+
+    mode: Literal["finite", "cyclic", "continuous"] = "finite"
+    period_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    cycles: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
 class Circuit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A job's program. ``ops`` holds the operations as sent (see `parse_circuit`).
 
@@ -129,6 +146,7 @@ class Circuit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         priority: Higher runs first; equal priorities run in submission order.
         deadline: Unix time by which the job must have finished, if any.
         name: A label for people.
+        run: Finite (default), cyclic or continuous (`RunMode`).
     """
 
     modes: Annotated[int, msgspec.Meta(ge=1)]
@@ -137,6 +155,7 @@ class Circuit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     priority: int = 0
     deadline: float | None = None
     name: str = ""
+    run: RunMode = msgspec.field(default_factory=RunMode)
 
 
 class CircuitProblem(msgspec.Struct, frozen=True, kw_only=True):

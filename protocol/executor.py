@@ -47,6 +47,19 @@ class Progress(Event, frozen=True, kw_only=True):
     """Estimated time left for the job, from the rate so far."""
 
 
+class Rates(Event, frozen=True, kw_only=True):
+    """Live count rates of a continuous job: clicks per second on every detector column of the batch."""
+
+    TYPE = "exec.rates"
+    job: str
+    phase: int
+    shots: int
+    seconds: float
+    rates: list[float]
+    registers: dict[str, list[float]]
+    """Per register: the fraction of shots that read each value."""
+
+
 class JobStarted(Event, frozen=True, kw_only=True):
     TYPE = "exec.job_started"
     job: str
@@ -88,6 +101,7 @@ EXECUTOR_MESSAGES: Final = (
     ExecutorStatus,
     Abort,
     Progress,
+    Rates,
     JobStarted,
     JobEnded,
     PhaseDone,

@@ -14,7 +14,7 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 from ._message import Event, Reply, Request
-from .circuit import Circuit, CircuitProblem
+from .circuit import Circuit, CircuitProblem, RunMode
 from .memory import JobId
 from .plan import Plan, PlanMetrics
 from .system import Ok
@@ -232,6 +232,7 @@ class Assignment(Reply, frozen=True, kw_only=True):
     plan: Plan | None = None
     start_phase: int = 0
     """Phases before it were done already (a preempted or interrupted job resumes here)."""
+    run: RunMode = msgspec.field(default_factory=RunMode)
 
 
 class NextJob(Request[Assignment], frozen=True, kw_only=True):

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
+import pytest
 import trio
 
 from actors import Actor, Address, Directory, LocalNetwork, Runtime, RuntimeOptions
@@ -24,7 +26,7 @@ from actors.executor import ExecutorActor
 from actors.hal import HalActor
 from actors.memory import MemoryActor
 from actors.scheduler import SchedulerActor
-from protocol.circuit import CircuitBuilder
+from protocol.circuit import CircuitBuilder, RunMode
 from protocol.executor import Abort, GetExecutorStatus
 from protocol.memory import GetJob, PutCalibration, QueryResults
 from protocol.scheduler import Submit
@@ -238,3 +240,33 @@ async def test_a_device_error_past_the_retries_fails_the_job_with_its_number_and
         assert "after 1 tries" in record.reason
         kept = await b.ask("memory", QueryResults(job="broken"))
         assert kept.partial
+
+
+async def test_a_cyclic_job_runs_its_plan_every_period_and_keeps_each_cycle(tmp_path):
+    circuit = msgspec.structs.replace(hom(2000), run=RunMode(mode="cyclic", period_s=0.05, cycles=3))
+    async with bench(tmp_path) as b:
+        record = await b.run(circuit, "cyclic")
+        assert (record.state, record.reason) == ("completed", "3 cycles")
+        results = (await b.ask("memory", QueryResults(job="cyclic"))).results
+        cycles = [int(r.value) for r in results if r.slot == "cycle"]
+        assert cycles == [0, 1, 2]
+        assert (await b.counts("cyclic", "p0.c")).sum() == 6000
+
+
+async def test_a_continuous_job_streams_count_rates_until_stopped_and_stores_nothing(tmp_path):
+    circuit = msgspec.structs.replace(hom(1000), run=RunMode(mode="continuous"))
+    async with bench(tmp_path) as b, b.client.open_event_stream("exec.rates") as rates:
+        await b.ask("scheduler", Submit(circuit=circuit, job="live"))
+        seen = []
+        with trio.fail_after(60):
+            async for event in rates:
+                seen.append(event.body)
+                if len(seen) == 3:
+                    break
+        assert all(r.job == "live" and r.shots == 1000 and len(r.rates) == CHIP.modes for r in seen)
+        assert all(sum(r.registers["c"]) == pytest.approx(1.0) for r in seen)
+        await b.ask("executor", Abort(job="live", reason="aligned"))
+        record = await b.finished("live")
+        assert (record.state, record.reason) == ("cancelled", "aligned")
+        assert record.results == 0
+        assert not b.server.device.chip.voltages.any()

@@ -659,7 +659,8 @@ class SchedulerActor(Actor):
     def _assign(self, job: QueuedJob, executor: str) -> Assignment:
         assert job.plan is not None
         self.publish(JobDispatched(job=job.job, executor=executor, start_phase=job.next_phase))
-        return Assignment(job=job.job, plan=job.plan, start_phase=job.next_phase)
+        run = job.circuit.run if job.circuit is not None else Assignment().run
+        return Assignment(job=job.job, plan=job.plan, start_phase=job.next_phase, run=run)
 
     def _running(self, job: str) -> QueuedJob:
         found = self.queue.jobs.get(job)
@@ -675,7 +676,10 @@ class SchedulerActor(Actor):
             failed = list(msg.failures)
             self.feedback.record(job.plan.phases[msg.phase], ok=msg.ok, duration_s=msg.duration_s, failed=failed)
         if msg.ok:
-            job.next_phase = max(job.next_phase, msg.phase + 1)
+            job.next_phase = msg.phase + 1
+            repeating = job.circuit is not None and job.circuit.run.mode != "finite"
+            if repeating and job.next_phase >= len(job.plan.phases):
+                job.next_phase = 0  # a cyclic or continuous job goes round again
         if job.cancel_reason is not None:
             return Proceed(action="cancel", reason=job.cancel_reason)
         if job.next_phase >= len(job.plan.phases):
