@@ -115,8 +115,8 @@ async def bench(
         outside.cancel_scope.cancel()
 
 
-def hom(shots: int = 10_000) -> Any:
-    return CircuitBuilder(2, shots=shots).input(0).input(1).bs(0, 1).measure([0, 1], "c").build()
+def hom(shots: int = 10_000, priority: int = 0) -> Any:
+    return CircuitBuilder(2, shots=shots, priority=priority).input(0).input(1).bs(0, 1).measure([0, 1], "c").build()
 
 
 async def test_hom_runs_end_to_end_and_shows_the_dip(tmp_path):
@@ -270,3 +270,34 @@ async def test_a_continuous_job_streams_count_rates_until_stopped_and_stores_not
         assert (record.state, record.reason) == ("cancelled", "aligned")
         assert record.results == 0
         assert not b.server.device.chip.voltages.any()
+
+
+async def test_a_job_resuming_after_a_recalibration_is_planned_again_and_its_results_say_so(tmp_path):
+    long = (
+        CircuitBuilder(2, shots=40_000)
+        .input(0)
+        .input(1)
+        .bs(0, 1)
+        .measure([0, 1], "a")
+        .input(0)
+        .input(1)
+        .bs(0, 1)
+        .measure([0, 1], "b")
+        .build()
+    )
+    async with bench(tmp_path) as b:
+        await b.ask("scheduler", Submit(circuit=long, job="long"))
+
+        async def started() -> bool:
+            return (await b.ask("memory", GetJob(job="long"))).record.frames >= 2
+
+        await eventually(started)
+        await b.ask("memory", PutCalibration(device="chip", identity="again", fits=truth(b.server).fits()))
+        await b.ask("scheduler", Submit(circuit=hom(2000, priority=5), job="urgent"))
+        record = await b.finished("long")
+        assert record.state == "completed", record.reason
+        results = (await b.ask("memory", QueryResults(job="long", values=False))).results
+        versions = {(r.slot, r.calibration) for r in results}
+        assert ("p0.a", 1) in versions  # the first phase ran under version 1 ...
+        assert ("p1.b", 2) in versions  # ... the second, after preemption, under version 2
+        assert (await b.ask("memory", GetJob(job="urgent"))).record.state == "completed"

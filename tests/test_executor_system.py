@@ -21,7 +21,7 @@ from .test_executor import truth
 pytestmark = pytest.mark.system
 
 
-async def test_kill_9_of_the_executor_mid_job_resumes_from_the_last_committed_frame(tmp_path):
+async def test_kill_9_of_the_executor_mid_job_resumes_from_the_last_committed_frame_then_runs_the_queue(tmp_path):
     server = DeviceServer(parse_config({"modes": 4, "heaters": {"drift_rad_per_sqrt_hour": 0.0}}), seed=3)
     async with trio.open_nursery() as outside:
         host, port = await outside.start(serve_tcp, server, "127.0.0.1", 0)
@@ -52,6 +52,8 @@ async def test_kill_9_of_the_executor_mid_job_resumes_from_the_last_committed_fr
             await sup.request("memory", PutCalibration(device="chip", identity="truth", fits=truth(server).fits()))
             circuit = CircuitBuilder(2, shots=200_000).input(0).input(1).bs(0, 1).measure([0, 1], "c").build()
             await sup.request("scheduler", Submit(circuit=circuit, job="long"))
+            small = CircuitBuilder(2, shots=10_000).input(0).input(1).bs(0, 1).measure([0, 1], "c").build()
+            await sup.request("scheduler", Submit(circuit=small, job="next"))  # waits its turn behind "long"
 
             async def some_frames() -> bool:
                 return (await sup.request("memory", GetJob(job="long"))).record.frames >= 5
@@ -75,7 +77,14 @@ async def test_kill_9_of_the_executor_mid_job_resumes_from_the_last_committed_fr
             results = (await sup.request("memory", QueryResults(job="long"))).results
             assert [r.frame for r in results] == list(range(len(results)))
             assert int(np.sum([r.value for r in results], axis=0).sum()) == 200_000  # nothing lost, nothing twice
-            assert [t.state for t in (await sup.request("memory", GetJob(job="long"))).record.transitions][-1] == (
-                "completed"
-            )
+
+            async def next_done() -> object:
+                record = (await sup.request("memory", GetJob(job="next"))).record
+                return record if record.state in ("completed", "failed") else None
+
+            after = await eventually(next_done, within=120)  # the rest of the queue runs after the resumed job
+            assert after.state == "completed", after.reason
+            nxt = (await sup.request("memory", GetJob(job="next"))).record
+            long_done = next(t.ts for t in record.transitions if t.state == "completed")
+            assert next(t.ts for t in nxt.transitions if t.state == "running") >= long_done
         outside.cancel_scope.cancel()

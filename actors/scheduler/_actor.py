@@ -636,7 +636,7 @@ class SchedulerActor(Actor):
                     running.job,
                     running.next_phase,
                 )
-                return self._assign(running, msg.executor)
+                return await self._assign(running, msg.executor)
             job = self.queue.next_ready()
             if job is not None:
                 assert job.plan is not None
@@ -649,18 +649,62 @@ class SchedulerActor(Actor):
                     self.queue.running = None
                     raise
                 job.state = "running"
-                return self._assign(job, msg.executor)
+                return await self._assign(job, msg.executor)
             changed = self._changed
             with trio.move_on_at(deadline):
                 await changed.wait()
             if trio.current_time() >= deadline:
                 return Assignment()
 
-    def _assign(self, job: QueuedJob, executor: str) -> Assignment:
+    async def _assign(self, job: QueuedJob, executor: str) -> Assignment:
+        if job.next_phase > 0:
+            await self._replan_if_recalibrated(job)
         assert job.plan is not None
         self.publish(JobDispatched(job=job.job, executor=executor, start_phase=job.next_phase))
         run = job.circuit.run if job.circuit is not None else Assignment().run
         return Assignment(job=job.job, plan=job.plan, start_phase=job.next_phase, run=run)
+
+    async def _replan_if_recalibrated(self, job: QueuedJob) -> None:
+        """A job resuming (after preemption or a crash) under a superseded calibration is planned again.
+
+        The new plan has the same phases (same circuit, same device), so the
+        executor's journal still says where to resume; results from here on
+        name the new calibration version.
+        """
+        if job.circuit is None or job.plan is None:
+            return
+        calibration = await self._calibration()
+        if calibration is None or calibration == job.plan.calibration:
+            return
+        plan, _ = await self._plan(job.circuit)
+        if len(plan.phases) != len(job.plan.phases):
+            log.warning(
+                "%s: %s: the new plan has other phases; keeping calibration %s",
+                self.name,
+                job.job,
+                job.plan.calibration,
+            )
+            return
+        await self.request(
+            self.config.memory,
+            PutPlan(
+                plan=plan.id,
+                job=job.job,
+                device=self.config.device,
+                calibration=plan.calibration,
+                body=msgspec.to_builtins(plan),
+                metrics={"total_duration_s": plan.metrics.total_duration_s},
+            ),
+        )
+        log.info(
+            "%s: %s resumes at phase %d under calibration %s (was %s)",
+            self.name,
+            job.job,
+            job.next_phase,
+            plan.calibration,
+            job.plan.calibration,
+        )
+        job.plan = plan
 
     def _running(self, job: str) -> QueuedJob:
         found = self.queue.jobs.get(job)
