@@ -56,7 +56,7 @@ from protocol.memory import Allocate, Free, GetCalibration, Read, SlotSpec, Slot
 from protocol.plan import Phase, Plan
 from protocol.scheduler import Assignment, Checkpoint, JobFinished, NextJob
 
-from ._actor import Actor, handles
+from ._actor import Actor, handles, subscribes
 from ._config import Runtime
 from ._errors import PeerLostError, RemoteError, RequestTimeout
 from .calibration import CalibrationModel
@@ -141,6 +141,9 @@ class ExecutorActor(Actor):
         self._abort: str | None = None
         self._aborted = trio.Event()
         self._configured: tuple[Any, ...] | None = None
+        self._volts: np.ndarray | None = None
+        """What the device is known to be set to (heaters; inputs and programs in ``_configured``)."""
+        self._models: dict[int, CalibrationModel] = {}
         self._rng = random.Random()
 
     # --- the work loop ------------------------------------------------------------------------
@@ -221,7 +224,18 @@ class ExecutorActor(Actor):
         except AwenError:
             log.debug("%s: slots of %s were freed already", self.name, job)
 
+    def _forget_device_state(self) -> None:
+        """The device may not be as last set (safe state, reconnect, interlock): set everything next time."""
+        self._configured = None
+        self._volts = None
+
+    @subscribes("hal.")
+    def _device_event(self, body: Any, env: Envelope) -> None:
+        if getattr(body, "device", None) == self.config.device and env.type != "hal.temperature":
+            self._forget_device_state()
+
     async def _safe(self) -> None:
+        self._forget_device_state()
         try:
             with trio.fail_after(10):
                 await self.request(self.config.hal, SafeState(device=self.config.device))
@@ -249,7 +263,6 @@ class ExecutorActor(Actor):
                 if p.readout == "powers"
             ]
         )
-        self._configured = None
         journal = [
             SlotSpec(name="journal.phase", dtype="int64"),
             SlotSpec(name="journal.shots", dtype="int64"),
@@ -329,6 +342,7 @@ class ExecutorActor(Actor):
                         patterns, tries = await self._retry(
                             lambda n=n: self.request(self.config.hal, RunShots(device=self.config.device, shots=n)),
                             f"phase {phase.index}: {n} shots",
+                            again=lambda phase=phase: self._configure(phase, model),
                         )
                         retries += tries
                         t1 = time.monotonic()
@@ -417,7 +431,6 @@ class ExecutorActor(Actor):
 
     async def _continuous(self, job: str, plan: Plan, model: CalibrationModel | None) -> tuple[str, str, int]:
         """Shot batches without end, as count rates: for live alignment at the bench. Nothing is stored."""
-        self._configured = None
         self.publish(JobStarted(job=job, plan=plan.id, calibration=plan.calibration, start_phase=0, resumed=False))
         while True:
             for phase in plan.phases:
@@ -428,6 +441,7 @@ class ExecutorActor(Actor):
                 shots, _ = await self._retry(
                     lambda n=n: self.request(self.config.hal, RunShots(device=self.config.device, shots=n)),
                     f"phase {phase.index}: {n} shots",
+                    again=lambda phase=phase: self._configure(phase, model),
                 )
                 seconds = max(time.monotonic() - t0, 1e-9)
                 clicks = (np.asarray(shots.patterns) > 0).sum(axis=0)
@@ -463,13 +477,16 @@ class ExecutorActor(Actor):
             if any(p.volts is None for p in plan.phases):
                 raise _Failed(f"{self.config.device} has no calibration: calibrate it before running circuits")
             return None
-        try:
-            record = await self.request(
-                self.config.memory, GetCalibration(device=self.config.device, version=plan.calibration)
-            )
-        except RemoteError as exc:
-            raise _Failed(f"calibration version {plan.calibration} cannot be read: {exc.message}") from None
-        return CalibrationModel.from_fits(record.version, record.fits)
+        model = self._models.get(plan.calibration)  # a version never changes: read it once
+        if model is None:
+            try:
+                record = await self.request(
+                    self.config.memory, GetCalibration(device=self.config.device, version=plan.calibration)
+                )
+            except RemoteError as exc:
+                raise _Failed(f"calibration version {plan.calibration} cannot be read: {exc.message}") from None
+            model = self._models[plan.calibration] = CalibrationModel.from_fits(record.version, record.fits)
+        return model
 
     async def _configure(self, phase: Phase, model: CalibrationModel | None) -> tuple[float, int]:
         began = time.monotonic()
@@ -481,11 +498,15 @@ class ExecutorActor(Actor):
             volts = model.volts_for(phase.mesh_phases)
         else:
             volts = None
+        if volts is not None and self._volts is not None and np.array_equal(volts, self._volts):
+            volts = None  # the heaters are there already (the same configuration as the last phase or job)
         if volts is not None:
+            self._volts = None
             _, tries = await self._retry(
                 lambda: self.request(self.config.hal, SetHeaters(device=device, volts=volts)), "setting the heaters"
             )
             retries += tries
+            self._volts = volts
         rules = {b.pattern: b.phases for b in phase.branches if b.phases}
         setup = (phase.inputs, phase.ff_modes, rules, phase.memory)
         if setup != self._configured:  # a sweep changes only the heaters: the rest is sent once
@@ -516,10 +537,18 @@ class ExecutorActor(Actor):
             await trio.sleep(0.001)
         log.warning("%s: %s did not report settled heaters; going on", self.name, self.config.device)
 
-    async def _retry(self, call: Any, what: str) -> tuple[Any, int]:
-        """``await call()``, again after transient errors with backoff and jitter; (result, retries)."""
+    async def _retry(self, call: Any, what: str, again: Any = None) -> tuple[Any, int]:
+        """``await call()``, again after transient errors with backoff and jitter; (result, retries).
+
+        Before another try, ``await again()`` if given: shots are fired again
+        only on a device set up again, in case the failure reset it.
+        """
         delay = self.config.backoff_s
         for attempt in range(self.config.retries + 1):
+            if attempt:
+                self._forget_device_state()  # a link that failed may have been reopened: set it all again
+                if again is not None:
+                    await again()
             try:
                 return await call(), attempt
             except RemoteError as exc:

@@ -556,6 +556,14 @@ class JobStateChanged(Event, frozen=True, kw_only=True):
     reason: str
 
 
+class CalibrationAdded(Event, frozen=True, kw_only=True):
+    """A calibration version was stored: plans made from now on use it."""
+
+    TYPE = "mem.calibration_added"
+    device: str
+    version: int
+
+
 class ResultsComplete(Event, frozen=True, kw_only=True):
     """A job reached a final state: its results are all in the store."""
 
@@ -608,5 +616,6 @@ MEMORY_MESSAGES: Final = (
     GetStoreInfo,
     StoreInfo,
     JobStateChanged,
+    CalibrationAdded,
     ResultsComplete,
 )

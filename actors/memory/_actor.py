@@ -35,6 +35,7 @@ from protocol.memory import (
     Allocate,
     Allocated,
     Calibration,
+    CalibrationAdded,
     Calibrations,
     CalibrationStored,
     Clear,
@@ -354,6 +355,7 @@ class MemoryActor(Actor):
     async def _put_calibration(self, msg: PutCalibration, env: Envelope) -> CalibrationStored:
         body = {"fits": msg.fits, "uncertainties": msg.uncertainties, "residuals": msg.residuals, "data": msg.data}
         version = await self._write(ops.put_calibration(msg.device, msg.identity, body, msg.note))
+        self.publish(CalibrationAdded(device=msg.device, version=version))
         return CalibrationStored(device=msg.device, version=version)
 
     @handles(GetCalibration)

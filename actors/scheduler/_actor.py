@@ -44,6 +44,7 @@ from protocol.hal import (
     InterlockTripped,
 )
 from protocol.memory import (
+    CalibrationAdded,
     GetCalibration,
     GetJob,
     GetPlan,
@@ -161,6 +162,9 @@ class SchedulerActor(Actor):
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._planning = trio.CapacityLimiter(2)
         self._inflight: dict[str, trio.Event] = {}
+        self._stored_plans: set[str] = set()
+        self._calibration_version: int | None = None
+        self._calibration_known = False
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -406,6 +410,7 @@ class SchedulerActor(Actor):
             else:
                 plan = msgspec.convert(stored.body, Plan)
                 self.cache[key] = plan
+                self._stored_plans.add(key)
                 self.cache_hits += 1
                 return plan, True
             return await self._compile(circuit, device, key, calibration, health), False
@@ -442,13 +447,26 @@ class SchedulerActor(Actor):
         return self._pool
 
     async def _calibration(self) -> int | None:
+        """The device's latest calibration version: asked once, then kept up to date by ``mem.calibration_added``."""
+        if self._calibration_known:
+            return self._calibration_version
         try:
             reply = await self.request(self.config.memory, GetCalibration(device=self.config.device))
         except RemoteError as exc:
-            if exc.code == ErrorCode.NOT_FOUND:
-                return None
-            raise
-        return reply.version
+            if exc.code != ErrorCode.NOT_FOUND:
+                raise
+            version = None
+        else:
+            version = reply.version
+        if not self._calibration_known:
+            self._calibration_version, self._calibration_known = version, True
+        return self._calibration_version
+
+    @subscribes("mem.calibration_added")
+    def _calibration_added(self, body: CalibrationAdded, env: Envelope) -> None:
+        if body.device == self.config.device:
+            self._calibration_version = max(body.version, self._calibration_version or 0)
+            self._calibration_known = True
 
     async def _accept_plan(self, job: QueuedJob, plan: Plan, cached: bool) -> None:
         longest = max((p.duration_s for p in plan.phases), default=0.0)
@@ -464,11 +482,22 @@ class SchedulerActor(Actor):
                 job, f"it would take {plan.metrics.total_duration_s:.3g} s; max_job_s is {self.strategy.max_job_s:g} s"
             )
             return
+        if plan.id not in self._stored_plans:
+            await self._store_plan(plan, job.job)
+        if job.job not in self.queue.jobs:
+            return  # cancelled while it was being planned
+        if job.state in ("queued", "interrupted"):
+            await self._set_state(job.job, "planned", f"plan {plan.id}", plan=plan.id, calibration=plan.calibration)
+            job.state = "planned"
+        job.plan = plan
+        self.publish(JobPlanned(job=job.job, plan=plan.id, metrics=plan.metrics, cached=cached))
+
+    async def _store_plan(self, plan: Plan, job: str) -> None:
         await self.request(
             self.config.memory,
             PutPlan(
                 plan=plan.id,
-                job=job.job,
+                job=job,
                 device=self.config.device,
                 calibration=plan.calibration,
                 body=msgspec.to_builtins(plan),
@@ -480,13 +509,7 @@ class SchedulerActor(Actor):
                 },
             ),
         )
-        if job.job not in self.queue.jobs:
-            return  # cancelled while it was being planned
-        if job.state in ("queued", "interrupted"):
-            await self._set_state(job.job, "planned", f"plan {plan.id}", plan=plan.id, calibration=plan.calibration)
-            job.state = "planned"
-        job.plan = plan
-        self.publish(JobPlanned(job=job.job, plan=plan.id, metrics=plan.metrics, cached=cached))
+        self._stored_plans.add(plan.id)
 
     async def _refuse(self, job: QueuedJob, reason: str) -> None:
         if self.queue.remove(job.job) is None:
