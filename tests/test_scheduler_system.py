@@ -75,5 +75,19 @@ async def test_kill_9_of_the_scheduler_loses_no_accepted_job_and_keeps_the_order
         await sup.request("scheduler", Resume())
         first = await sup.request("scheduler", NextJob(executor="t", wait_s=10))
         assert first.job == expected[0]
+
+        # Killed again while that job runs (the store stays up): the job is offered again once it is back.
+        async with sup.open_event_stream("actor.started") as started:
+            os.kill(sup.pid_of("scheduler"), signal.SIGKILL)
+            with trio.fail_after(60):
+                await started.receive()
+
+        async def offered() -> object:
+            try:
+                return (await sup.request("scheduler", NextJob(executor="t", wait_s=2))).job
+            except RemoteError:
+                return None
+
+        assert await eventually(offered, within=60) == expected[0]
         for job, _ in accepted:
             assert (await sup.request("memory", GetJob(job=job))).record.state in ("planned", "running")

@@ -360,8 +360,8 @@ class SchedulerActor(Actor):
         async with trio.open_nursery() as nursery:
             while True:
                 changed = self._changed
-                candidates = [
-                    j for j in self.queue.waiting() if j.plan is None and not j.planning and j.circuit is not None
+                candidates = [  # the running job too: after a restart it may have no plan in memory yet
+                    j for j in self.queue.ordered() if j.plan is None and not j.planning and j.circuit is not None
                 ]
                 planning = sum(1 for j in self.queue.jobs.values() if j.planning)
                 for job in candidates[: max(0, self.config.plan_ahead - planning)]:
