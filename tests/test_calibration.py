@@ -47,6 +47,11 @@ async def test_a_calibration_recovers_the_hidden_phi0_and_alpha_within_its_uncer
         assert np.all(np.abs(alpha - truth.alpha[fitted]) < 4 * alpha_sigma)
         assert phi0_sigma.max() < 1e-2
 
+        detection = np.asarray(stored.data["detection_efficiency"])
+        expected = truth.input_transmission * truth.mesh_transmission * truth.output_transmission * truth.efficiency
+        assert np.all(np.abs(detection - expected) < 4 * np.sqrt(expected * (1 - expected) / 20_000))
+        assert np.asarray(stored.data["dark_counts_per_shot"]).max() < 1e-3  # 10 Hz over 1 ns gates
+
         status = await b.ask("calibration", GetCalibrationStatus())
         assert (status.version, status.valid) == (1, True)
         record = await b.run(hom(), "hom-after-calibration")

@@ -47,9 +47,9 @@ from protocol.calibration import (
 from protocol.circuit import Circuit, CircuitBuilder
 from protocol.hal import Describe, InputSetting
 from protocol.memory import GetCalibration, GetJob, PutCalibration, QueryResults
-from protocol.mesh import clements_layout
+from protocol.mesh import clements, clements_layout, embed_phases
 from protocol.photonica import DeviceDescription
-from protocol.plan import Phase, Placement, Plan, PlanMetrics, Resources
+from protocol.plan import Phase, Placement, Plan, PlanMetrics, RegisterRead, Resources
 from protocol.scheduler import ReportHealth, Submit, SubmitProcedure
 
 from .._actor import Actor, handles
@@ -95,6 +95,8 @@ class CalibrationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     reference_every_s: float | None = 600.0
     """How often the drift check runs the reference circuit (none: only on request)."""
     reference_shots: int = 20_000
+    detector_shots: int = 20_000
+    """Shots per detector measurement (dark, and one photon into each mode)."""
     fidelity_threshold: float = 0.98
     """Below this reference fidelity the chip is recalibrated."""
     degraded_scale: float = 0.5
@@ -172,6 +174,73 @@ def sweep_plan(
         phases=phases,
         metrics=metrics,
     )
+
+
+def detector_plan(
+    job: str, description: DeviceDescription, model: CalibrationModel, *, shots: int, device: str
+) -> Plan:
+    """Detectors: every input dark (dark counts), then one photon into each mode with the mesh set to the identity.
+
+    With the identity, a photon entering mode j leaves by output j: its click
+    rate there is that path's whole detection efficiency (coupling, mesh,
+    output and detector).
+    """
+    m = description.modes
+    volts = model.volts_for(embed_phases(clements(np.eye(m)), m)).tolist()
+    settle = 5 * description.heaters.settle_s
+    placement = [Placement(logical=q, physical=q, pass_=1) for q in range(m)]
+    register = RegisterRead(name="d", columns=list(range(m)), modes=list(range(m)), pass_=1)
+    setups: list[list[InputSetting]] = [[]] + [[InputSetting(mode=j, state="photon")] for j in range(m)]
+    phases = [
+        Phase(
+            index=i,
+            round=0,
+            ops=[],
+            depends_on=[],
+            mesh_phases=[],
+            volts=volts,
+            readout="shots",
+            inputs=inputs,
+            memory=[],
+            ff_modes=[],
+            branches=[],
+            registers=[register],
+            placement=placement,
+            resources=Resources(modes=list(range(m)), detectors=list(range(m)), slots=[], ff_shifters=0),
+            shots=shots,
+            width=m,
+            settle_s=settle,
+            duration_s=settle + shots / description.shot_rate_hz,
+            deadlines=[],
+        )
+        for i, inputs in enumerate(setups)
+    ]
+    metrics = PlanMetrics(
+        total_duration_s=sum(p.duration_s for p in phases),
+        phases=len(phases),
+        ops=0,
+        min_slack_ns=None,
+        compile_s=0.0,
+        reconfigurations=1,
+    )
+    return Plan(
+        id=f"procedure-{job}",
+        circuit="",
+        device=device,
+        identity=description.identity.idn(),
+        calibration=None,
+        strategy="procedure",
+        kind="procedure",
+        modes=m,
+        phases=phases,
+        metrics=metrics,
+    )
+
+
+def clicks_per_detector(counts: np.ndarray, modes: int) -> np.ndarray:
+    """Clicks on each detector from a histogram of the register over every mode (first mode most significant)."""
+    values = np.arange(len(counts))
+    return np.array([counts[(values >> (modes - 1 - j)) & 1 == 1].sum() for j in range(modes)], dtype=np.int64)
 
 
 def sweep_data(plan: Plan, powers: dict[int, np.ndarray]) -> SweepData:
@@ -303,7 +372,9 @@ class CalibrationActor(Actor):
             raise AwenError(f"the reference circuit {job} ended {record.state}: {record.reason}")
         results = (await self.request(self.config.memory, QueryResults(job=job))).results
         counts = np.sum([np.asarray(r.value) for r in results if r.slot == "p0.ref"], axis=0)
-        scales = np.asarray(latest.data.get("output_scales", np.ones(modes)), dtype=np.float64)
+        scales = np.asarray(
+            latest.data.get("detection_efficiency", latest.data.get("output_scales", np.ones(modes))), dtype=np.float64
+        )
         fidelity, events = reference_fidelity(reference_unitary(modes), counts, scales, measured)
         self.publish(
             ReferenceResult(
@@ -405,8 +476,8 @@ class CalibrationActor(Actor):
         layout = clements_layout(description.modes)
         fit = await trio.to_thread.run_sync(lambda: fit_sweeps(layout, data, start, version=version_hint))
         fitted = fit.fitted
-        scales = np.asarray(fit.scales)
-        weak = [int(j) for j in np.flatnonzero(scales < self.config.degraded_scale * float(np.median(scales)))]
+        detection, dark = await self._detectors(description, fit.model)
+        weak = [int(j) for j in np.flatnonzero(detection < self.config.degraded_scale * float(np.median(detection)))]
         stored = await self.request(
             self.config.memory,
             PutCalibration(
@@ -424,6 +495,9 @@ class CalibrationActor(Actor):
                     "points": points,
                     "fitted_heaters": fitted,
                     "output_scales": fit.scales,
+                    "detection_efficiency": detection,
+                    "dark_counts_per_shot": dark,
+                    "dark_rate_hz": dark / description.detectors.gate_s,
                     "degraded_outputs": weak,
                     "started_from": "factory" if latest is None else f"version {latest.version}",
                 },
@@ -454,6 +528,28 @@ class CalibrationActor(Actor):
         self.publish(CalibrationDone(device=device, version=stored.version, residual_rms=fit.residual_rms))
         log.info("%s: %s calibrated: version %d, residual %.2e", self.name, device, stored.version, fit.residual_rms)
         return result
+
+    async def _detectors(self, description: DeviceDescription, model: CalibrationModel) -> tuple[Any, Any]:
+        """Each detector's dark counts and its path's detection efficiency, measured with the new fit."""
+        job = time.strftime("det-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+        shots = self.config.detector_shots
+        plan = detector_plan(job, description, model, shots=shots, device=self.config.device)
+        await self.request(
+            self.config.scheduler,
+            SubmitProcedure(job=job, plan=plan, priority=self.config.priority, description="detector characterisation"),
+        )
+        record = await self._wait(job)
+        if record.state != "completed":
+            raise AwenError(f"the detector characterisation {job} ended {record.state}: {record.reason}")
+        results = (await self.request(self.config.memory, QueryResults(job=job))).results
+        m = description.modes
+        totals: dict[int, np.ndarray] = {}
+        for r in results:
+            phase = int(r.slot.split(".", 1)[0][1:])
+            totals[phase] = totals.get(phase, 0) + np.asarray(r.value)
+        dark = clicks_per_detector(totals[0], m) / shots
+        detection = np.array([clicks_per_detector(totals[1 + j], m)[j] / shots for j in range(m)]) - dark
+        return np.clip(detection, 0.0, 1.0), dark
 
     async def _wait(self, job: str) -> Any:
         while True:
