@@ -54,7 +54,7 @@ from protocol.executor import (
 from protocol.hal import ConfigureInputs, GetDeviceStatus, Program, ReadPowers, RunShots, SafeState, SetHeaters
 from protocol.memory import Allocate, Free, GetCalibration, Read, SlotSpec, SlotValue, Write
 from protocol.plan import Phase, Plan
-from protocol.scheduler import Assignment, Checkpoint, JobFinished, NextJob
+from protocol.scheduler import Assignment, Checkpoint, JobFinished, NextJob, Suspend, Unsuspend
 
 from ._actor import Actor, handles, subscribes
 from ._config import Runtime
@@ -179,6 +179,7 @@ class ExecutorActor(Actor):
             return
         log.info("%s: probe succeeded; breaker closed", self.name)
         self.failures = 0
+        await self._tell_scheduler(Unsuspend(condition=self._breaker_condition))
 
     async def run_job(self, assignment: Assignment) -> None:
         job, plan = assignment.job, assignment.plan
@@ -201,6 +202,13 @@ class ExecutorActor(Actor):
             self.failures += 1
             log.error("%s: job %s failed: %s", self.name, job, reason)
             await self._safe()
+            if self.failures == self.config.breaker_threshold:
+                why = (
+                    f"circuit breaker open: {self.failures} jobs in a row failed on {self.config.device} (last: "
+                    f"{reason}); probing it every {self.config.breaker_probe_s:g} s"
+                )
+                log.error("%s: %s", self.name, why)
+                await self._tell_scheduler(Suspend(condition=self._breaker_condition, reason=why))
         else:
             self.failures = 0
         if state == "preempted":
@@ -233,6 +241,17 @@ class ExecutorActor(Actor):
     def _device_event(self, body: Any, env: Envelope) -> None:
         if getattr(body, "device", None) == self.config.device and env.type != "hal.temperature":
             self._forget_device_state()
+
+    @property
+    def _breaker_condition(self) -> str:
+        return f"breaker:{self.config.device}"
+
+    async def _tell_scheduler(self, request: Any) -> None:
+        """Suspend or resume dispatch: new work fails fast at the queue, and the queue says why."""
+        try:
+            await self.request(self.config.scheduler, request)
+        except AwenError as exc:
+            log.error("%s: could not tell %s: %s", self.name, self.config.scheduler, exc)
 
     async def _safe(self) -> None:
         self._forget_device_state()

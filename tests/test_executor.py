@@ -29,7 +29,7 @@ from actors.scheduler import SchedulerActor
 from protocol.circuit import CircuitBuilder, RunMode
 from protocol.executor import Abort, GetExecutorStatus
 from protocol.memory import GetJob, PutCalibration, QueryResults
-from protocol.scheduler import Submit
+from protocol.scheduler import GetQueue, Submit
 from sim import DeviceServer, parse_config, parse_fault, serve_tcp
 
 from .helpers import eventually
@@ -301,3 +301,31 @@ async def test_a_job_resuming_after_a_recalibration_is_planned_again_and_its_res
         assert ("p0.a", 1) in versions  # the first phase ran under version 1 ...
         assert ("p1.b", 2) in versions  # ... the second, after preemption, under version 2
         assert (await b.ask("memory", GetJob(job="urgent"))).record.state == "completed"
+
+
+async def test_a_device_that_keeps_failing_opens_the_breaker_until_a_probe_succeeds(tmp_path):
+    async with bench(tmp_path, quiet_hal=True, retries=0, breaker_threshold=2, breaker_probe_s=1.0) as b:
+        for job in ("first", "second"):
+            b.fault_next("error:code=-300", offset=6)
+            assert (await b.run(hom(6000), job)).state == "failed"
+
+        async def suspended() -> dict[str, str]:
+            return (await b.ask("scheduler", GetQueue())).suspended
+
+        why = (await eventually(suspended))["breaker:chip"]
+        assert "2 jobs in a row failed" in why
+        assert (await b.ask("executor", GetExecutorStatus())).state == "breaker-open"
+        await b.ask("scheduler", Submit(circuit=hom(2000), job="waits"))
+        assert (await b.ask("memory", GetJob(job="waits"))).record.state in ("queued", "planned")
+        record = await b.finished("waits")  # the probe succeeds, dispatch resumes, the job runs
+        assert record.state == "completed", record.reason
+        assert (await b.ask("executor", GetExecutorStatus())).breaker_failures == 0
+
+
+async def test_the_same_seed_and_plan_give_the_same_results(tmp_path):
+    runs = []
+    for attempt in range(2):
+        async with bench(tmp_path / str(attempt), quiet_hal=True) as b:
+            await b.run(hom(6000), "same")
+            runs.append([r.value.tolist() for r in (await b.ask("memory", QueryResults(job="same"))).results])
+    assert runs[0] == runs[1]
