@@ -114,6 +114,32 @@ def input_patterns(modes: int, power_w: float) -> list[list[InputSetting]]:
     return patterns
 
 
+def procedure_plan(
+    job: str, description: DeviceDescription, phases: list[Phase], *, device: str, reconfigurations: int
+) -> Plan:
+    """A plan an actor made itself (not compiled from a circuit), named after its job."""
+    metrics = PlanMetrics(
+        total_duration_s=sum(p.duration_s for p in phases),
+        phases=len(phases),
+        ops=0,
+        min_slack_ns=None,
+        compile_s=0.0,
+        reconfigurations=reconfigurations,
+    )
+    return Plan(
+        id=f"procedure-{job}",
+        circuit="",
+        device=device,
+        identity=description.identity.idn(),
+        calibration=None,
+        strategy="procedure",
+        kind="procedure",
+        modes=description.modes,
+        phases=phases,
+        metrics=metrics,
+    )
+
+
 def sweep_plan(
     job: str, description: DeviceDescription, limits_v: list[float], *, points: int, power_w: float, device: str
 ) -> Plan:
@@ -154,26 +180,7 @@ def sweep_plan(
                         deadlines=[],
                     )
                 )
-    metrics = PlanMetrics(
-        total_duration_s=sum(p.duration_s for p in phases),
-        phases=len(phases),
-        ops=0,
-        min_slack_ns=None,
-        compile_s=0.0,
-        reconfigurations=len(phases),
-    )
-    return Plan(
-        id=f"procedure-{job}",
-        circuit="",
-        device=device,
-        identity=description.identity.idn(),
-        calibration=None,
-        strategy="procedure",
-        kind="procedure",
-        modes=m,
-        phases=phases,
-        metrics=metrics,
-    )
+    return procedure_plan(job, description, phases, device=device, reconfigurations=len(phases))
 
 
 def detector_plan(
@@ -215,26 +222,7 @@ def detector_plan(
         )
         for i, inputs in enumerate(setups)
     ]
-    metrics = PlanMetrics(
-        total_duration_s=sum(p.duration_s for p in phases),
-        phases=len(phases),
-        ops=0,
-        min_slack_ns=None,
-        compile_s=0.0,
-        reconfigurations=1,
-    )
-    return Plan(
-        id=f"procedure-{job}",
-        circuit="",
-        device=device,
-        identity=description.identity.idn(),
-        calibration=None,
-        strategy="procedure",
-        kind="procedure",
-        modes=m,
-        phases=phases,
-        metrics=metrics,
-    )
+    return procedure_plan(job, description, phases, device=device, reconfigurations=1)
 
 
 def clicks_per_detector(counts: np.ndarray, modes: int) -> np.ndarray:
