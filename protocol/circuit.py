@@ -206,6 +206,7 @@ def _convert_op(raw: Any, path: str, problems: list[CircuitProblem]) -> Op | Non
 
 
 _OPS = list[Op]
+_BODIES = list[list[Op]]
 
 
 def _convert_all(raw: list[Any], prefix: str, problems: list[CircuitProblem]) -> list[Op | None]:
@@ -213,9 +214,19 @@ def _convert_all(raw: list[Any], prefix: str, problems: list[CircuitProblem]) ->
         ops: list[Op | None] = list(msgspec.convert(raw, _OPS))
     except msgspec.ValidationError:
         return [_convert_op(item, f"{prefix}{i}", problems) for i, item in enumerate(raw)]
-    for i, op in enumerate(ops):
-        if isinstance(op, If):
-            ops[i] = If(register=op.register, equals=op.equals, ops=_convert_all(op.ops, f"{prefix}{i}.ops.", problems))
+    blocks = [i for i, op in enumerate(ops) if isinstance(op, If)]
+    if not blocks:
+        return ops
+    try:  # every conditional's body in one call too
+        bodies: list[list[Op]] = msgspec.convert([ops[i].ops for i in blocks], _BODIES)  # type: ignore[union-attr]
+    except msgspec.ValidationError:
+        bodies = [_convert_all(ops[i].ops, f"{prefix}{i}.ops.", problems) for i in blocks]  # type: ignore[misc, union-attr]
+    for i, body in zip(blocks, bodies, strict=True):
+        block = ops[i]
+        assert isinstance(block, If)
+        if any(isinstance(inner, If) for inner in body):  # nested: their own bodies, the same way
+            body = _convert_all([msgspec.to_builtins(inner) for inner in body], f"{prefix}{i}.ops.", problems)  # type: ignore[assignment]
+        ops[i] = If(register=block.register, equals=block.equals, ops=body)
     return ops
 
 
@@ -263,20 +274,58 @@ def walk(ops: Sequence[Op | None], prefix: str = "") -> Iterator[tuple[str, Op, 
             yield path, op, None
 
 
-def flatten(ops: Sequence[Op | None]) -> list[tuple[str, Op, If | None]]:
-    """`walk` as a list, built without a generator per op: the compiler's hot path."""
-    flat: list[tuple[str, Op, If | None]] = []
+def flatten(ops: Sequence[Op | None]) -> list[tuple[str | int, Op, If | None]]:
+    """`walk` as a list, built without a generator per op: the compiler's hot path.
+
+    A top-level op's path is its index as an int (``str()`` gives the path);
+    ops inside conditionals have string paths such as ``"7.ops.0"``.
+    """
+    flat: list[tuple[str | int, Op, If | None]] = []
     append = flat.append
     for i, op in enumerate(ops):
         if op is None:
             continue
         if type(op) is If:
-            append((str(i), op, None))
+            append((i, op, None))
             for inner_path, inner, _ in walk(op.ops, f"{i}.ops."):
                 append((inner_path, inner, op))
         else:
-            append((str(i), op, None))
+            append((i, op, None))
     return flat
+
+
+def compress_paths(paths: Sequence[str | int]) -> list[str]:
+    """Op paths as a plan lists them: runs of consecutive top-level indices as ``"a-b"``."""
+    out: list[str] = []
+    start = end = -2
+    for p in paths:
+        if type(p) is int:
+            if p == end + 1:
+                end = p
+                continue
+            if start >= 0:
+                out.append(f"{start}-{end}" if end > start else str(start))
+            start = end = p
+        else:
+            if start >= 0:
+                out.append(f"{start}-{end}" if end > start else str(start))
+                start = end = -2
+            out.append(str(p))
+    if start >= 0:
+        out.append(f"{start}-{end}" if end > start else str(start))
+    return out
+
+
+def expand_paths(paths: Sequence[str]) -> list[str]:
+    """The op paths `compress_paths` wrote, one by one."""
+    out: list[str] = []
+    for p in paths:
+        if "-" in p and ".ops." not in p:
+            a, b = p.split("-")
+            out.extend(str(i) for i in range(int(a), int(b) + 1))
+        else:
+            out.append(p)
+    return out
 
 
 def circuit_hash(circuit: Circuit) -> str:

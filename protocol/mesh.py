@@ -167,17 +167,29 @@ def mzi_entries(theta: float, phi: float) -> tuple[complex, complex, complex, co
     return g * e * s, g * c, g * e * c, -g * s
 
 
-def _split(w00: complex, w01: complex, w10: complex, w11: complex) -> tuple[complex, complex, float, float]:
-    """(x, y, theta, phi) with [[w00, w01], [w10, w11]] == diag(x, y) @ mzi(theta, phi)."""
-    s, c = abs(w00), abs(w01)
-    theta = 2 * math.atan2(s, c)
-    g = 1j * cmath.exp(0.5j * theta)
-    norm_s, norm_c = math.sin(theta / 2), math.cos(theta / 2)
-    phi = cmath.phase(w00) - cmath.phase(w01) if s > _EPS and c > _EPS else 0.0
-    e = cmath.exp(1j * phi)
-    x = w01 / (g * norm_c) if c > _EPS else w00 / (g * e * norm_s)
-    y = -w11 / (g * norm_s) if s > _EPS else w10 / (g * e * norm_c)
-    return x, y, theta, phi % TWO_PI
+def _entries(theta: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`mzi_entries` for arrays of angles."""
+    s, c = np.sin(theta / 2), np.cos(theta / 2)
+    e = np.exp(1j * phi)
+    g = 1j * np.exp(0.5j * theta)
+    return g * e * s, g * c, g * e * c, -g * s
+
+
+def _split(
+    w00: np.ndarray, w01: np.ndarray, w10: np.ndarray, w11: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x, y, theta, phi) with [[w00, w01], [w10, w11]] == diag(x, y) @ mzi(theta, phi), element-wise."""
+    s, c = np.abs(w00), np.abs(w01)
+    theta = 2 * np.arctan2(s, c)
+    g = 1j * np.exp(0.5j * theta)
+    norm_s, norm_c = np.sin(theta / 2), np.cos(theta / 2)
+    both = (s > _EPS) & (c > _EPS)
+    phi = np.where(both, np.angle(w00) - np.angle(w01), 0.0)
+    e = np.exp(1j * phi)
+    with np.errstate(divide="ignore", invalid="ignore"):  # each where() keeps the branch that is defined
+        x = np.where(c > _EPS, w01 / (g * norm_c), w00 / (g * e * norm_s))
+        y = np.where(s > _EPS, -w11 / (g * norm_s), w10 / (g * e * norm_c))
+    return x, y, theta, np.mod(phi, TWO_PI)
 
 
 def clements(unitary: np.ndarray) -> np.ndarray:
@@ -186,67 +198,80 @@ def clements(unitary: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: the matrix is not square and unitary (to 1e-8).
     """
-    u = np.array(unitary, dtype=np.complex128)
-    m = u.shape[0]
-    if u.ndim != 2 or u.shape[1] != m:
+    u = np.asarray(unitary, dtype=np.complex128)
+    if u.ndim != 2 or u.shape[0] != u.shape[1]:
         raise ValueError(f"expected a square matrix, got shape {u.shape}")
-    error = np.abs(u.conj().T @ u - np.eye(m)).max()
-    if error > 1e-8:
-        raise ValueError(f"the matrix is not unitary: |U^dagger U - 1| reaches {error:.2e}")
-    right: list[tuple[int, float, float]] = []  # applied first, in this order
-    left: list[tuple[int, float, float]] = []
-    columns = u.T.copy()  # the right steps mix columns: keep them as contiguous rows
+    result: np.ndarray = clements_many(u[None])[0]
+    return result
+
+
+def clements_many(unitaries: np.ndarray) -> np.ndarray:
+    """`clements` of a stack of m x m unitaries (shape (n, m, m)) at once: phases of shape (n, m**2).
+
+    The nulling sequence is the same for every matrix of a size, so each step
+    runs on all of them together: a plan's phases are decomposed in a few
+    numpy calls per MZI instead of a few per MZI per phase.
+    """
+    u = np.array(unitaries, dtype=np.complex128)
+    if u.ndim != 3 or u.shape[1] != u.shape[2]:
+        raise ValueError(f"expected a stack of square matrices, got shape {u.shape}")
+    n, m = u.shape[0], u.shape[1]
+    identity = np.eye(m)
+    errors = np.abs(np.conj(np.transpose(u, (0, 2, 1))) @ u - identity).max(axis=(1, 2)) if n else np.zeros(0)
+    if n and errors.max() > 1e-8:
+        raise ValueError(f"the matrix is not unitary: |U^dagger U - 1| reaches {errors.max():.2e}")
+    right: list[tuple[int, np.ndarray, np.ndarray]] = []  # applied first, in this order
+    left: list[tuple[int, np.ndarray, np.ndarray]] = []
+    columns = np.transpose(u, (0, 2, 1)).copy()  # the right steps mix columns: keep them as rows
     for i in range(m - 1):
         if i % 2 == 0:
             for j in range(i + 1):
                 r, c = m - 1 - j, i - j
-                a, b = complex(columns[c, r]), complex(columns[c + 1, r])
-                theta = 2 * math.atan2(abs(b), abs(a))
-                phi = (cmath.phase(a) - cmath.phase(-b)) % TWO_PI
-                m00, m01, m10, m11 = mzi_entries(theta, phi)
-                x, y = columns[c].copy(), columns[c + 1]
+                a, b = columns[:, c, r], columns[:, c + 1, r]
+                theta = 2 * np.arctan2(np.abs(b), np.abs(a))
+                phi = np.mod(np.angle(a) - np.angle(-b), TWO_PI)
+                m00, m01, m10, m11 = _entries(theta, phi)
+                x, y = columns[:, c].copy(), columns[:, c + 1].copy()
                 # columns @ M^dagger: new_c = x conj(m00) + y conj(m01); new_c1 = x conj(m10) + y conj(m11)
-                columns[c] = x * m00.conjugate() + y * m01.conjugate()
-                columns[c + 1] = x * m10.conjugate() + y * m11.conjugate()
+                columns[:, c] = x * np.conj(m00)[:, None] + y * np.conj(m01)[:, None]
+                columns[:, c + 1] = x * np.conj(m10)[:, None] + y * np.conj(m11)[:, None]
                 right.append((c, theta, phi))
         else:
-            u = columns.T.copy()
+            rows = np.transpose(columns, (0, 2, 1)).copy()
             for j in range(1, i + 2):
                 r, c = m + j - i - 2, j - 1
-                a, b = complex(u[r - 1, c]), complex(u[r, c])
-                theta = 2 * math.atan2(abs(a), abs(b))
-                phi = (cmath.phase(b) - cmath.phase(a)) % TWO_PI
-                m00, m01, m10, m11 = mzi_entries(theta, phi)
-                x, y = u[r - 1].copy(), u[r]
-                u[r - 1] = m00 * x + m01 * y
-                u[r] = m10 * x + m11 * y
+                a, b = rows[:, r - 1, c], rows[:, r, c]
+                theta = 2 * np.arctan2(np.abs(a), np.abs(b))
+                phi = np.mod(np.angle(b) - np.angle(a), TWO_PI)
+                m00, m01, m10, m11 = _entries(theta, phi)
+                x, y = rows[:, r - 1].copy(), rows[:, r].copy()
+                rows[:, r - 1] = m00[:, None] * x + m01[:, None] * y
+                rows[:, r] = m10[:, None] * x + m11[:, None] * y
                 left.append((r - 1, theta, phi))
-            columns = u.T.copy()
-    diagonal = [complex(z) for z in np.diag(columns.T)]
-    moved: list[tuple[int, float, float]] = []
+            columns = np.transpose(rows, (0, 2, 1)).copy()
+    diagonal = np.array([columns[:, k, k] for k in range(m)]).T.reshape(n, m)
+    moved: list[tuple[int, np.ndarray, np.ndarray]] = []
     for top, theta, phi in reversed(left):
-        m00, m01, m10, m11 = mzi_entries(theta, phi)
-        d0, d1 = diagonal[top], diagonal[top + 1]
+        m00, m01, m10, m11 = _entries(theta, phi)
+        d0, d1 = diagonal[:, top], diagonal[:, top + 1]
         # mzi^dagger @ diag(d0, d1)
-        x, y, theta2, phi2 = _split(
-            m00.conjugate() * d0, m10.conjugate() * d1, m01.conjugate() * d0, m11.conjugate() * d1
-        )
-        diagonal[top], diagonal[top + 1] = x, y
+        x, y, theta2, phi2 = _split(np.conj(m00) * d0, np.conj(m10) * d1, np.conj(m01) * d0, np.conj(m11) * d1)
+        diagonal[:, top], diagonal[:, top + 1] = x, y
         moved.append((top, theta2, phi2))
     # Application order: the right ones, then the moved left ones (the one
     # moved first acts first), then the output phases. Place each MZI in the earliest column
     # its modes allow; the Clements order fills the rectangle exactly.
     layout = clements_layout(m)
-    phases = np.zeros(m * m)
+    phases = np.zeros((n, m * m))
     free = [0] * m
     for top, theta, phi in [*right, *moved]:
         column = max(free[top], free[top + 1])
         if column % 2 != top % 2:
             column += 1
         block = layout.at(column, top)
-        phases[block.theta_heater], phases[block.phi_heater] = theta, phi
+        phases[:, block.theta_heater], phases[:, block.phi_heater] = theta, phi
         free[top] = free[top + 1] = column + 1
-    phases[2 * layout.mzi_count :] = np.angle(np.array(diagonal)) % TWO_PI
+    phases[:, 2 * layout.mzi_count :] = np.mod(np.angle(diagonal), TWO_PI)
     return phases
 
 

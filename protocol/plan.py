@@ -79,7 +79,7 @@ class Phase(_S, frozen=True, kw_only=True):
     round: int
     """Which independent experiment of the circuit (a new round starts when a used mode gets a new input)."""
     ops: list[str]
-    """Index paths of the circuit ops this phase carries out."""
+    """Index paths of the circuit ops this phase carries out; runs of top-level ops as ``"a-b"``."""
     depends_on: list[int]
     mesh_phases: list[float]
     """Target phase per heater (m**2, numbered as in `protocol.mesh`); empty when ``volts`` is given."""

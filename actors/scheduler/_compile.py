@@ -47,12 +47,13 @@ from protocol.circuit import (
     UnitaryOp,
     Wait,
     circuit_hash,
+    compress_paths,
     flatten,
     parse_ops,
     walk,
 )
 from protocol.hal import InputSetting, MemorySlot
-from protocol.mesh import clements, embed_phases, mzi
+from protocol.mesh import clements_many, embed_phases, mzi
 from protocol.photonica import DeviceDescription
 from protocol.plan import Branch, Deadline, Phase, Placement, Plan, PlanMetrics, RegisterRead, Resources
 
@@ -106,14 +107,14 @@ class _Register:
     round: int
     pass_: int
     modes: list[int]
-    path: str
+    path: str | int
 
 
 @dataclass
 class _Held:
     slot: str
     mode: int
-    path: str
+    path: str | int
     at_ns: float
     index: int
 
@@ -122,8 +123,8 @@ class _Held:
 class _Loaded:
     mode: int
     slot: str
-    store_path: str
-    load_path: str
+    store_path: str | int
+    load_path: str | int
     stored_ns: float
     rounds: int
     from_mode: int
@@ -135,7 +136,7 @@ class Component:
 
     round: int
     first_op: int
-    ops: list[str] = field(default_factory=list)
+    ops: list[str | int] = field(default_factory=list)
     pass1: list[int] = field(default_factory=list)
     pass2: list[int] = field(default_factory=list)
     measured: set[tuple[int, int]] = field(default_factory=set)
@@ -315,8 +316,8 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
     """Check the circuit against the device and limits; group its operations into components."""
     ops, problems = parse_ops(circuit)
 
-    def problem(path: str | None, field_: str | None, message: str) -> None:
-        problems.append(CircuitProblem(op=path, field=field_, message=message))
+    def problem(path: str | int | None, field_: str | None, message: str) -> None:
+        problems.append(CircuitProblem(op=None if path is None else str(path), field=field_, message=message))
 
     if circuit.modes > limits.max_modes:
         problem(None, "modes", f"{circuit.modes} modes is more than the configured limit of {limits.max_modes}")
@@ -347,7 +348,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
     predecessors: list[list[int]] = []
     edges = 0
     # What each op contributes to its component, applied once components are known.
-    contributions: list[tuple[int, Any, str, Any, int]] = []  # (round, key, path, op, pass)
+    contributions: list[tuple[int, Any, str | int, Any, int]] = []  # (round, key, path, op, pass)
     durations: dict[int, float] = {}
     load_limits: dict[int, tuple[int, float]] = {}  # load index -> (its store's index, window less margin)
 
@@ -713,7 +714,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
     for h in held.values():
         problems.append(
             CircuitProblem(
-                op=h.path,
+                op=str(h.path),
                 field="slot",
                 message=f"memory slot {h.slot!r} is never loaded: the photon stored here would be lost",
             )
@@ -761,7 +762,7 @@ def _slack(
     return best
 
 
-def _components(contributions: list[tuple[int, Any, str, Any, int]], find: _Find) -> list[Component]:
+def _components(contributions: list[tuple[int, Any, str | int, Any, int]], find: _Find) -> list[Component]:
     by_root: dict[Any, Component] = {}
     order: list[Component] = []
     roots: dict[Any, Any] = {}  # the union-find is complete: each key's root is looked up once
@@ -826,7 +827,7 @@ def _check_fit(
     usable_modes = device.modes - len(health.modes)
     usable_slots = device.memory.slots - len(health.slots)
     for c in components:
-        where = c.ops[0]
+        where = str(c.ops[0])
         modes = len(c.pass1) + len(c.pass2)
         if modes > usable_modes:
             problems.append(
@@ -937,7 +938,7 @@ def pack(components: list[Component], device: DeviceDescription, health: Health)
 
 def _place(
     build: _PhaseBuild, device: DeviceDescription, health: Health
-) -> tuple[dict[tuple[int, int, int], int], dict[tuple[int, str, str], int]]:
+) -> tuple[dict[tuple[int, int, int], int], dict[tuple[int, str, str | int], int]]:
     """Physical modes for (component, pass, logical mode), measured ones on working detectors; physical slots."""
     good = [q for q in range(device.modes) if q not in health.modes]
     with_detector = [q for q in good if q not in health.detectors]
@@ -951,7 +952,7 @@ def _place(
                     pool = with_detector
                 placement[(ci, stage, q)] = pool.pop(0)
     slots = [s for s in range(device.memory.slots) if s not in health.slots]
-    slot_of: dict[tuple[int, str, str], int] = {}
+    slot_of: dict[tuple[int, str, str | int], int] = {}
     for ci, c in enumerate(build.components):
         for load in c.loads.values():
             slot_of[(ci, load.slot, load.store_path)] = slots.pop(0)
@@ -966,7 +967,7 @@ def build_phases(
     settle_s = device.heaters.settle_s * limits.settle_factor
     last_phase_of_mode: dict[int, int] = {}
     phases: list[Phase] = []
-    decompositions: dict[bytes, np.ndarray] = {}
+    phase_unitaries: list[np.ndarray] = []
     blocks = [
         (logical, c.gates, stage)
         for c in analysis.components
@@ -992,7 +993,7 @@ def build_phases(
         conditions: list[tuple[str, int, int, float]] = []
         register_bits: dict[str, list[int]] = {}
         depends: set[int] = set()
-        ops: list[str] = []
+        ops: list[str | int] = []
         for ci, c in enumerate(build.components):
             ops.extend(c.ops)
             for (cj, stage, q), physical in placement.items():
@@ -1024,8 +1025,8 @@ def build_phases(
                     Deadline(
                         slot=load.slot,
                         physical_slot=physical_slot,
-                        store_op=load.store_path,
-                        load_op=load.load_path,
+                        store_op=str(load.store_path),
+                        load_op=str(load.load_path),
                         stored_ns=load.stored_ns,
                         limit_ns=limit,
                         slack_ns=limit - load.stored_ns,
@@ -1039,9 +1040,7 @@ def build_phases(
             conditions.extend((r, v, placement[(ci, 2, q)], phi) for r, v, q, phi in c.conditions)
         for p in place_out:
             last_phase_of_mode[p.logical] = index
-        key = u.tobytes()
-        if key not in decompositions:
-            decompositions[key] = embed_phases(clements(u), m)
+        phase_unitaries.append(u)
         ff_modes, branches = _branches(conditions, register_bits)
         two_pass = bool(memory)
         shots = circuit.shots
@@ -1050,9 +1049,9 @@ def build_phases(
             Phase(
                 index=index,
                 round=build.round,
-                ops=ops,
+                ops=compress_paths(ops),
                 depends_on=sorted(depends),
-                mesh_phases=decompositions[key].tolist(),
+                mesh_phases=[],  # filled in below, every phase's unitary decomposed at once
                 inputs=sorted(inputs, key=lambda i: i.mode),
                 memory=memory,
                 ff_modes=ff_modes,
@@ -1072,7 +1071,27 @@ def build_phases(
                 deadlines=deadlines,
             )
         )
-    return phases
+    settings = _decompose(phase_unitaries, m)
+    return [msgspec.structs.replace(p, mesh_phases=mesh) for p, mesh in zip(phases, settings, strict=True)]
+
+
+def _decompose(unitaries: list[np.ndarray], modes: int) -> list[list[float]]:
+    """Mesh phases for each phase's unitary: the same ones decomposed once, the same sizes together."""
+    unique: dict[bytes, int] = {}
+    for u in unitaries:
+        unique.setdefault(u.tobytes() + bytes([u.shape[0]]), len(unique))
+    by_size: dict[int, list[tuple[int, np.ndarray]]] = {}
+    seen: set[int] = set()
+    for u in unitaries:
+        k = unique[u.tobytes() + bytes([u.shape[0]])]
+        if k not in seen:
+            seen.add(k)
+            by_size.setdefault(u.shape[0], []).append((k, u))
+    decomposed: dict[int, list[float]] = {}
+    for group in by_size.values():
+        for (k, _), block in zip(group, clements_many(np.array([u for _, u in group])), strict=True):
+            decomposed[k] = embed_phases(block, modes).tolist()
+    return [decomposed[unique[u.tobytes() + bytes([u.shape[0]])]] for u in unitaries]
 
 
 def _branches(

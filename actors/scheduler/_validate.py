@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from protocol import AwenError, ErrorCode
+from protocol.circuit import expand_paths
 from protocol.photonica import DeviceDescription
 from protocol.plan import Plan
 
@@ -118,7 +119,7 @@ def plan_problems(plan: Plan, device: DeviceDescription, *, circuit_ops: list[st
             problems.append(f"{where} has branches but no feed-forward modes")
         if phase.shots < 1 or phase.duration_s <= 0:
             problems.append(f"{where} has {phase.shots} shots and a duration of {phase.duration_s} s")
-        for op in phase.ops:
+        for op in expand_paths(phase.ops):
             if op in seen_ops:
                 problems.append(f"op {op} is carried out by phases {seen_ops[op]} and {phase.index}")
             seen_ops[op] = phase.index
