@@ -542,8 +542,8 @@ class ExecutorActor(Actor):
             )
             retries += tries
             self._configured = setup
-        await trio.sleep(phase.settle_s)
-        if volts is not None:
+        if volts is not None:  # heaters changed: let them settle (unchanged ones settled long ago)
+            await trio.sleep(phase.settle_s)
             await self._settled()
         return time.monotonic() - began, retries
 

@@ -100,6 +100,9 @@ from ._validate import validate_plan
 
 log = logging.getLogger("awen.scheduler")
 
+INLINE_OPS = 200
+"""Circuits this small are analysed and compiled in the actor's own task (a millisecond or less)."""
+
 PAUSE_RECORD = "sched.pause_state"
 """The event-log record of pausing and resuming the queue (written durably, read back on start)."""
 
@@ -271,7 +274,10 @@ class SchedulerActor(Actor):
     async def _submit(self, msg: Submit, env: Envelope) -> Accepted:
         device = await self._ready_or_unavailable()
         circuit = msg.circuit
-        analysis = await trio.to_thread.run_sync(analyse, circuit, device, self.config.limits, self.health)
+        if len(circuit.ops) <= INLINE_OPS:  # a small circuit: analysed at once, cheaper than a thread hop
+            analysis = analyse(circuit, device, self.config.limits, self.health)
+        else:
+            analysis = await trio.to_thread.run_sync(analyse, circuit, device, self.config.limits, self.health)
         if analysis.problems:
             raise CircuitError(analysis.problems)
         job_id = msg.job or _new_job_id()
@@ -432,7 +438,8 @@ class SchedulerActor(Actor):
             future = pool.submit(_plan_in_process, circuit, device, kwargs)
             plan = await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
         else:
-            plan = await trio.to_thread.run_sync(functools.partial(compile_circuit, circuit, device, **kwargs))
+            compile_it = functools.partial(compile_circuit, circuit, device, **kwargs)
+            plan = compile_it() if ops <= INLINE_OPS else await trio.to_thread.run_sync(compile_it)
         plan = msgspec.structs.replace(apply_strategy(plan, self.strategy, self.feedback), id=key)
         validate_plan(plan, device)
         self.plans_compiled += 1
