@@ -320,17 +320,7 @@ class SchedulerActor(Actor):
             ),
         )
         if stored.created:
-            await self.request(
-                self.config.memory,
-                PutPlan(
-                    plan=plan.id,
-                    job=msg.job,
-                    device=self.config.device,
-                    calibration=plan.calibration,
-                    body=msgspec.to_builtins(plan),
-                    metrics={"total_duration_s": plan.metrics.total_duration_s},
-                ),
-            )
+            await self._store_plan(plan, msg.job)
             await self._set_state(
                 msg.job, "planned", f"procedure {plan.id}", plan=plan.id, calibration=plan.calibration
             )
@@ -715,17 +705,8 @@ class SchedulerActor(Actor):
                 job.plan.calibration,
             )
             return
-        await self.request(
-            self.config.memory,
-            PutPlan(
-                plan=plan.id,
-                job=job.job,
-                device=self.config.device,
-                calibration=plan.calibration,
-                body=msgspec.to_builtins(plan),
-                metrics={"total_duration_s": plan.metrics.total_duration_s},
-            ),
-        )
+        if plan.id not in self._stored_plans:
+            await self._store_plan(plan, job.job)
         log.info(
             "%s: %s resumes at phase %d under calibration %s (was %s)",
             self.name,

@@ -289,6 +289,18 @@ def _compose_general(gates: list[tuple[int, Any, Op]], stage: int, modes: list[i
     return u
 
 
+_CLOSED_ALWAYS = {
+    "done": "was measured in the second pass: this shot is over for it; a new input starts the next",
+}
+_CLOSED_IN_FIRST_PASS = {
+    **_CLOSED_ALWAYS,
+    "gone": "is empty: its photon went into memory; the first pass is over for it",
+    "measured": "was measured; after a measurement a mode is used again only by a new input (a new shot) or as "
+    "vacuum in the second pass",
+}
+"""Why a gate cannot act on a mode in a state: in any pass, and in the first pass."""
+
+
 def _gate(op: Op) -> np.ndarray:
     if isinstance(op, PhaseShift):
         return np.array([[complex(math.cos(op.phi), math.sin(op.phi))]])
@@ -548,30 +560,10 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                 )
                 continue
             stage = 2 if "p2" in states or ("p1" not in states and round_has_load) else 1
-            if "done" in states:
-                q = next(q for q in modes if state[q] == "done")
-                problem(
-                    path,
-                    "modes" if len(modes) > 1 else "mode",
-                    f"mode {q} was measured in the second pass: this shot is over for it; a new input starts the next",
-                )
-                continue
-            if stage == 1 and "gone" in states:
-                q = next(q for q in modes if state[q] == "gone")
-                problem(
-                    path,
-                    "modes" if len(modes) > 1 else "mode",
-                    f"mode {q} is empty: its photon went into memory; the first pass is over for it",
-                )
-                continue
-            if stage == 1 and "measured" in states:
-                q = next(q for q in modes if state[q] == "measured")
-                problem(
-                    path,
-                    "modes" if len(modes) > 1 else "mode",
-                    f"mode {q} was measured; after a measurement a "
-                    "mode is used again only by a new input (a new shot) or as vacuum in the second pass",
-                )
+            closed = _CLOSED_ALWAYS if stage == 2 else _CLOSED_IN_FIRST_PASS
+            q = next((q for q in modes if state[q] in closed), None)
+            if q is not None:
+                problem(path, "modes" if len(modes) > 1 else "mode", f"mode {q} {closed[state[q]]}")
                 continue
             if cond is not None:
                 q = op.mode  # type: ignore[union-attr]
