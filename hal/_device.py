@@ -370,16 +370,15 @@ class ManagedDevice:
     async def run_shots(self, shots: int) -> tuple[np.ndarray, int]:
         timeout = shots_timeout(self.description, shots, self.config.timeout_s)
 
-        async def run(driver: PhotonicaDriver) -> tuple[np.ndarray, int]:
-            await driver.write(f"RUN:SHOT {shots}", reply_timeout=timeout)
-            width = await driver.query_as("FETC:WIDT?", int)
+        def patterns(reply: bytes) -> tuple[np.ndarray, int]:
+            data = scpi.unblock(reply)
+            width, rest = divmod(len(data), shots)
+            if rest or not width:
+                raise ValueError(f"{len(data)} bytes of patterns do not divide into {shots} shots")
+            return np.frombuffer(data, np.uint8).reshape(shots, width).copy(), width
 
-            def patterns(reply: bytes) -> np.ndarray:
-                return np.frombuffer(scpi.unblock(reply), np.uint8).reshape(shots, width).copy()
-
-            return await driver.query_as("FETC:PATT?", patterns, reply_timeout=timeout), width
-
-        return await self.call(run)
+        # One exchange: the run and its patterns (the width follows from the block's length).
+        return await self.call(lambda d: d.query_as(f"RUN:SHOT {shots};:FETC:PATT?", patterns, reply_timeout=timeout))
 
     async def read_powers(self) -> np.ndarray:
         return await self.call(lambda d: d.query_as("MEAS:POW?", _floats))

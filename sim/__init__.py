@@ -31,6 +31,7 @@ from ._factory import write_factory_calibration as write_factory_calibration
 from ._sampling import clifford_clifford as clifford_clifford
 from ._sampling import sample_ideal as sample_ideal
 from ._server import DeviceServer as DeviceServer
+from ._server import InProcessStream as InProcessStream
 from ._server import serve_pty as serve_pty
 from ._server import serve_tcp as serve_tcp
 

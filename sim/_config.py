@@ -107,6 +107,9 @@ class FaultConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
             the message's first command; the rest of the message runs.
         probability: Chance per command.
         nth: Fire on these commands (counted from 1 over the device's life).
+        on: Only messages that begin with this command, as sent (``RUN:SHOT``,
+            ``HEAT:VOLT:ALL``): ``nth`` then counts those messages alone.
+        at: The byte of the reply a ``corrupt`` fault flips (default: one at random).
     """
 
     kind: Literal["close", "delay", "corrupt", "error", "interlock", "stuck"]
@@ -117,6 +120,8 @@ class FaultConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     message: str = "injected fault"
     heater: Annotated[int, msgspec.Meta(ge=0)] = 0
     volts: float = 0.0
+    on: str = ""
+    at: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class SimConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -206,10 +211,10 @@ def load_config(path: str | Path) -> SimConfig:
 def parse_fault(spec: str) -> FaultConfig:
     """A fault from the command line: ``kind[:key=value,...]``.
 
-    Keys: ``p`` (probability), ``nth`` (``3`` or ``3+7+9``), ``seconds``,
+    Keys: ``p`` (probability), ``nth`` (``3`` or ``3+7+9``), ``on``, ``at``, ``seconds``,
     ``code``, ``message``, ``heater``, ``volts``. For example
     ``close:p=0.01``, ``delay:nth=3,seconds=0.5``, ``error:nth=2,code=-240``,
-    ``stuck:heater=3,volts=1.5``.
+    ``close:on=RUN:SHOT,nth=2`` (the second shot run), ``stuck:heater=3,volts=1.5``.
     """
     kind, _, rest = spec.partition(":")
     data: dict[str, Any] = {"kind": kind}
@@ -223,7 +228,7 @@ def parse_fault(spec: str) -> FaultConfig:
                 data[key] = [int(v) for v in value.split("+")]
             elif key in ("probability", "seconds", "volts"):
                 data[key] = float(value)
-            elif key in ("code", "heater"):
+            elif key in ("code", "heater", "at"):
                 data[key] = int(value)
             else:
                 data[key] = value

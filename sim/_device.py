@@ -46,16 +46,32 @@ class FaultPlan:
     faults: list[FaultConfig]
     rng: np.random.Generator
     count: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    """Messages seen so far that begin with each command some fault waits ``on``."""
 
-    def next(self) -> list[FaultConfig]:
+    def next(self, message: bytes = b"") -> list[FaultConfig]:
         """The faults firing on the next message (messages are counted from 1)."""
         self.count += 1
-        return [
-            fault
-            for fault in self.faults
-            if fault.kind != "stuck"
-            and (self.count in fault.nth or (fault.probability and self.rng.random() < fault.probability))
-        ]
+        head = (
+            message.split(b";", 1)[0].split(None, 1)[0].lstrip(b":").upper().decode("ascii", "replace")
+            if message.strip()
+            else ""
+        )
+        for on in {fault.on.upper() for fault in self.faults if fault.on}:
+            if head == on:
+                self.counts[on] = self.counts.get(on, 0) + 1
+        fired = []
+        for fault in self.faults:
+            if fault.kind == "stuck" or (fault.on and head != fault.on.upper()):
+                continue
+            nth = self.counts[fault.on.upper()] if fault.on else self.count
+            if nth in fault.nth or (fault.probability and self.rng.random() < fault.probability):
+                fired.append(fault)
+        return fired
+
+    def counted(self, on: str) -> int:
+        """Messages so far that began with ``on`` (counted once a fault waits on it)."""
+        return self.counts.get(on.upper(), 0)
 
 
 @dataclass

@@ -45,6 +45,7 @@ class DeviceServer:
         self._device: Device | None = None
         self._lock = trio.Lock()
         self._poke = trio.Event()
+        self._watching_until = math.inf
         self.connections = 0
 
     @property
@@ -68,7 +69,8 @@ class DeviceServer:
         while True:
             self._poke = trio.Event()
             deadline = device.watchdog_deadline()
-            with trio.move_on_at(math.inf if deadline is None else deadline + 1e-6):
+            self._watching_until = math.inf if deadline is None else deadline + 1e-6
+            with trio.move_on_at(self._watching_until):
                 await self._poke.wait()
             async with self._lock:
                 if device.check_watchdog():
@@ -91,23 +93,33 @@ class DeviceServer:
                     if isinstance(item, scpi.Overrun):
                         device.overrun(item.size)
                         continue
-                    closed = await self._answer(stream, item)
-                    if closed:
+                    reply = await self.respond(item)
+                    if reply is CLOSE:
+                        await stream.aclose()
                         if on_close is not None:
                             on_close()
                         return True
+                    if reply is None:
+                        continue
+                    try:
+                        await stream.send_all(reply)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        return False
         finally:
             self.connections -= 1
 
-    async def _answer(self, stream: trio.abc.Stream, message: bytes) -> bool:
+    async def respond(self, message: bytes) -> bytes | None:
+        """One message carried out: the reply line to send (newline included), None, or `CLOSE`.
+
+        Takes as long as the device would (shots, settling, an injected delay).
+        """
         device = self.device
         async with self._lock:
-            faults = device.faults.next()
+            faults = device.faults.next(message)
             transport = {f.kind: f for f in faults if f.kind in TRANSPORT_FAULTS}
             if "close" in transport:
                 log.info("fault: closing the connection instead of answering %r", message[:60])
-                await stream.aclose()
-                return True
+                return CLOSE
             before = device.clock
             try:
                 reply = device.handle(message, [f for f in faults if f.kind not in TRANSPORT_FAULTS])
@@ -115,25 +127,95 @@ class DeviceServer:
                 log.exception("the simulator failed on %r", message[:60])
                 device.errors.append(scpi.ScpiError(scpi.DEVICE_ERROR, "internal simulator error; see its log"))
                 reply = None
-            self._poke.set()
+            deadline = device.watchdog_deadline()
+            if deadline is not None and deadline < self._watching_until:
+                self._poke.set()  # armed or shortened: the watchdog must wake sooner than it would
             busy = device.clock - before
             if busy > BUSY_SLEEP_THRESHOLD:
                 await trio.sleep(busy)
             if reply is None:
-                return False
+                return None
             if "delay" in transport:
                 await trio.sleep(transport["delay"].seconds)
             if "corrupt" in transport and reply:
-                position = int(device.faults.rng.integers(len(reply)))
+                at = transport["corrupt"].at
+                position = min(at, len(reply) - 1) if at is not None else int(device.faults.rng.integers(len(reply)))
                 corrupted = bytearray(reply)
                 flipped = corrupted[position] ^ 0x01
                 corrupted[position] = flipped if flipped != 0x0A else corrupted[position] ^ 0x02
                 reply = bytes(corrupted)
-            try:
-                await stream.send_all(reply + b"\n")
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                return False
-            return False
+            return reply + b"\n"
+
+
+CLOSE = b"<close>"
+"""What `DeviceServer.respond` returns when an injected fault closes the connection instead of answering."""
+
+
+class InProcessStream(trio.abc.Stream):
+    """A client's connection to a `DeviceServer` in the same process, without a byte pipe in between.
+
+    ``send_all`` carries the complete messages out at once (taking as long as
+    the device would) and ``receive_some`` hands back the replies: the same
+    bytes and faults as over TCP, with no task and no copy between the two
+    ends. An injected ``close`` ends the stream as a dropped link would.
+    """
+
+    def __init__(self, server: DeviceServer) -> None:
+        self._server = server
+        self._framer = scpi.Framer()
+        self._replies = bytearray()
+        self._arrived = trio.Event()
+        self._eof = False
+        self._closed = False
+        self._sending = False
+        server.connections += 1
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the stream was closed")
+        if self._eof:
+            raise trio.BrokenResourceError("the device closed the connection")
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            for item in self._framer.feed(bytes(data)):
+                if isinstance(item, scpi.Overrun):
+                    self._server.device.overrun(item.size)
+                    continue
+                reply = await self._server.respond(item)
+                if reply is CLOSE:
+                    self._eof = True
+                    self._arrived.set()
+                    raise trio.BrokenResourceError("the device closed the connection")
+                if reply is not None:
+                    self._replies += reply
+                    self._arrived.set()
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._closed:
+            raise trio.ClosedResourceError("the stream was closed")
+        if self._replies or self._eof:
+            await trio.lowlevel.checkpoint()
+        while not self._replies and not self._eof:
+            self._arrived = trio.Event()
+            await self._arrived.wait()
+        size = len(self._replies) if max_bytes is None else min(max_bytes, len(self._replies))
+        data = bytes(self._replies[:size])
+        del self._replies[:size]
+        return data
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._server.connections -= 1
+        await trio.lowlevel.checkpoint()
 
 
 async def serve_tcp(

@@ -68,10 +68,12 @@ class Bench:
         results = (await self.ask("memory", QueryResults(job=job, slots=[slot]))).results
         return np.sum([r.value for r in results], axis=0)
 
-    def fault_next(self, spec: str, offset: int = 1) -> None:
+    def fault_next(self, spec: str, offset: int = 1, on: str = "RUN:SHOT") -> None:
+        """Inject a fault on the ``offset``-th message from now that begins with ``on`` (any message: "")."""
         plan = self.server.device.faults
         separator = "," if ":" in spec else ":"
-        plan.faults.append(parse_fault(f"{spec}{separator}nth={plan.count + offset}"))
+        nth = (plan.counted(on) if on else plan.count) + offset
+        plan.faults.append(parse_fault(f"{spec}{separator}nth={nth}" + (f",on={on}" if on else "")))
 
 
 @asynccontextmanager
@@ -153,7 +155,7 @@ async def test_a_circuit_without_calibration_fails_with_the_reason(tmp_path):
 
 async def test_a_dropped_link_is_retried_and_the_job_completes(tmp_path):
     async with bench(tmp_path) as b:
-        b.fault_next("close", offset=12)
+        b.fault_next("close", offset=2)  # the second of three shot runs
         record = await b.run(hom(6000), "flaky")
         assert record.state == "completed", record.reason
         assert (await b.counts("flaky", "p0.c")).sum() == 6000
@@ -161,7 +163,7 @@ async def test_a_dropped_link_is_retried_and_the_job_completes(tmp_path):
 
 async def test_an_interlock_fails_the_job_keeps_partial_results_and_leaves_the_device_safe(tmp_path):
     async with bench(tmp_path) as b:
-        b.fault_next("interlock", offset=20)
+        b.fault_next("interlock", offset=4)  # the fourth of ten shot runs
         record = await b.run(hom(20_000), "tripped")
         assert record.state == "failed"
         assert "interlock" in record.reason
@@ -217,15 +219,17 @@ async def test_a_stored_photon_comes_back_through_its_delay_line_with_the_expect
 
 async def test_a_corrupted_reply_is_caught_and_the_job_still_completes_with_every_shot(tmp_path):
     async with bench(tmp_path) as b:
-        b.fault_next("corrupt", offset=15)
-        record = await b.run(hom(6000), "garbled")
+        b.fault_next("corrupt:at=0", offset=2)  # the second shot run's reply, its block header
+        async with b.client.open_event_stream("exec.phase_done") as done:
+            record = await b.run(hom(6000), "garbled")
+            assert (await done.receive()).body.retries == 1
         assert record.state == "completed", record.reason
         assert (await b.counts("garbled", "p0.c")).sum() == 6000
 
 
 async def test_a_device_error_is_retried_with_backoff_and_the_job_completes(tmp_path):
     async with bench(tmp_path, quiet_hal=True, retries=2) as b, b.client.open_event_stream("exec.phase_done") as done:
-        b.fault_next("error:code=-300", offset=6)  # one command of the job's first phase fails once
+        b.fault_next("error:code=-300")  # the first shot run fails once
         record = await b.run(hom(6000), "glitch")
         assert record.state == "completed", record.reason
         assert (await done.receive()).body.retries == 1
@@ -233,7 +237,7 @@ async def test_a_device_error_is_retried_with_backoff_and_the_job_completes(tmp_
 
 async def test_a_device_error_past_the_retries_fails_the_job_with_its_number_and_keeps_the_results(tmp_path):
     async with bench(tmp_path, quiet_hal=True, retries=0) as b:
-        b.fault_next("error:code=-300", offset=9)  # a command after the first committed batch
+        b.fault_next("error:code=-300", offset=2)  # after the first committed batch
         record = await b.run(hom(20_000), "broken")
         assert record.state == "failed"
         assert "device error -300" in record.reason
@@ -306,7 +310,7 @@ async def test_a_job_resuming_after_a_recalibration_is_planned_again_and_its_res
 async def test_a_device_that_keeps_failing_opens_the_breaker_until_a_probe_succeeds(tmp_path):
     async with bench(tmp_path, quiet_hal=True, retries=0, breaker_threshold=2, breaker_probe_s=1.0) as b:
         for job in ("first", "second"):
-            b.fault_next("error:code=-300", offset=6)
+            b.fault_next("error:code=-300")
             assert (await b.run(hom(6000), job)).state == "failed"
 
         async def suspended() -> dict[str, str]:
