@@ -28,11 +28,13 @@ Configured in the system file::
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
 import time
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 import numpy as np
@@ -52,7 +54,7 @@ from protocol.executor import (
     Rates,
 )
 from protocol.hal import ConfigureInputs, GetDeviceStatus, Program, ReadPowers, RunShots, SafeState, SetHeaters
-from protocol.memory import Allocate, Free, GetCalibration, Read, SlotSpec, SlotValue, Write
+from protocol.memory import Allocate, Free, GetCalibration, Read, SetJobState, SlotSpec, SlotValue, Write
 from protocol.plan import Phase, Plan
 from protocol.scheduler import Assignment, Checkpoint, JobFinished, NextJob, Suspend, Unsuspend
 
@@ -105,6 +107,17 @@ class JobAborted(AwenError):
     code = ErrorCode.BAD_REQUEST
 
 
+class _Ended(NamedTuple):
+    """How a run of a job ended; ``recorded``: its last frame stored the end already (``mem.write`` finish)."""
+
+    state: str
+    reason: str
+    frames: int
+    recorded: bool = False
+    phase: int | None = None
+    duration_s: float = 0.0
+
+
 class _Failed(Exception):
     """Ends a job as failed with a reason (the device is made safe)."""
 
@@ -112,6 +125,9 @@ class _Failed(Exception):
         super().__init__(reason)
         self.reason = reason
 
+
+VOLTS_CACHE = 4096
+"""Phases whose heater voltages the executor keeps (a repeated circuit skips the conversion)."""
 
 JOINT = "joint"
 """The slot of every register of a phase together (their bits in plan order): joint statistics."""
@@ -144,7 +160,10 @@ class ExecutorActor(Actor):
         self._volts: np.ndarray | None = None
         """What the device is known to be set to (heaters; inputs and programs in ``_configured``)."""
         self._models: dict[int, CalibrationModel] = {}
+        self._phase_volts: dict[tuple[str, int, int], np.ndarray] = {}
         self._rng = random.Random()
+        self._finished: JobFinished | None = None
+        """The job just finished, until the scheduler has heard of it."""
 
     # --- the work loop ------------------------------------------------------------------------
 
@@ -153,12 +172,16 @@ class ExecutorActor(Actor):
             await self.wait_peer(peer)
         while True:
             if self.failures >= self.config.breaker_threshold:
+                await self._report_finished()  # no work is asked for until a probe succeeds
                 await self._probe()
                 continue
+            ask = NextJob(executor=self.name, wait_s=2.0, finished=self._finished)
+            self._finished = None  # on its way
             try:
                 with trio.fail_after(30):
-                    assignment = await self.request(self.config.scheduler, NextJob(executor=self.name, wait_s=2.0))
+                    assignment = await self.request(self.config.scheduler, ask)
             except (AwenError, trio.TooSlowError) as exc:
+                self._finished = ask.finished  # perhaps never arrived: told again with the next request
                 log.info("%s: no work from %s (%s)", self.name, self.config.scheduler, exc)
                 await trio.sleep(0.5)
                 continue
@@ -187,17 +210,19 @@ class ExecutorActor(Actor):
         assert plan is not None
         self.job, self._abort, self._aborted = job, None, trio.Event()
         began = time.monotonic()
-        frames = 0
-        state, reason = "failed", ""
+        ended = _Ended("failed", "", 0)
         try:
             with trio.fail_after(self.config.job_timeout_s):
-                state, reason, frames = await self._run(job, plan, assignment.start_phase, assignment.run)
+                ended = await self._run(job, plan, assignment.start_phase, assignment.run, assignment.fresh)
         except trio.TooSlowError:
-            reason = f"the job took longer than job_timeout_s = {self.config.job_timeout_s:g} s"
+            ended = _Ended("failed", f"the job took longer than job_timeout_s = {self.config.job_timeout_s:g} s", 0)
         except _Failed as exc:
-            reason = exc.reason
+            ended = _Ended("failed", exc.reason, 0)
         except (PeerLostError, RequestTimeout) as exc:
-            reason = f"lost contact with a peer: {exc}"
+            ended = _Ended("failed", f"lost contact with a peer: {exc}", 0)
+        except RemoteError as exc:  # the store refused results, or the scheduler no longer knows the job
+            ended = _Ended("failed", str(exc), 0)
+        state, reason = ended.state, ended.reason
         if state == "failed":
             self.failures += 1
             log.error("%s: job %s failed: %s", self.name, job, reason)
@@ -214,17 +239,42 @@ class ExecutorActor(Actor):
         if state == "preempted":
             await self._free(job)  # the journal stays in the store; the job resumes from it
         else:
-            await self._finish(job, state, reason)
+            await self._finish(job, ended)
         self.jobs_run += 1
-        self.publish(JobEnded(job=job, state=state, reason=reason, frames=frames, seconds=time.monotonic() - began))  # type: ignore[arg-type]
+        seconds = time.monotonic() - began
+        self.publish(JobEnded(job=job, state=state, reason=reason, frames=ended.frames, seconds=seconds))  # type: ignore[arg-type]
         self.job = self.phase = None
 
-    async def _finish(self, job: str, state: str, reason: str) -> None:
+    async def _finish(self, job: str, ended: _Ended) -> None:
+        """Store how the job ended (unless its last frame did) and free its slots; the scheduler hears of it
+        with the next request for work (`NextJob` ``finished``), or at once if none follows."""
+        if not ended.recorded:
+            try:
+                await self.request(self.config.memory, SetJobState(job=job, state=ended.state, reason=ended.reason))  # type: ignore[arg-type]
+            except AwenError as exc:
+                log.error("%s: could not store %s as %s: %s", self.name, job, ended.state, exc)
+            await self._free(job)
+        self._finished = JobFinished(
+            job=job,
+            state=ended.state,  # type: ignore[arg-type]
+            reason=ended.reason,
+            phase=ended.phase,
+            duration_s=ended.duration_s,
+        )
+
+    async def _report_finished(self) -> None:
+        """Tell the scheduler of the job just finished, when no request for work will carry it."""
+        finished, self._finished = self._finished, None
+        if finished is None:
+            return
         try:
-            await self.request(self.config.scheduler, JobFinished(job=job, state=state, reason=reason))  # type: ignore[arg-type]
+            await self.request(self.config.scheduler, finished)
         except AwenError as exc:
-            log.error("%s: could not report %s as %s: %s", self.name, job, state, exc)
-        await self._free(job)
+            log.error("%s: could not report %s as %s: %s", self.name, finished.job, finished.state, exc)
+
+    async def teardown(self) -> None:
+        with trio.move_on_after(2):
+            await self._report_finished()
 
     async def _free(self, job: str) -> None:
         try:
@@ -261,7 +311,7 @@ class ExecutorActor(Actor):
         except (AwenError, trio.TooSlowError) as exc:
             log.error("%s: could not put %s in its safe state: %s", self.name, self.config.device, exc)
 
-    async def _run(self, job: str, plan: Plan, start_phase: int, run: RunMode) -> tuple[str, str, int]:
+    async def _run(self, job: str, plan: Plan, start_phase: int, run: RunMode, fresh: bool) -> _Ended:
         model = await self._calibration(plan)
         if run.mode == "continuous":
             return await self._continuous(job, plan, model)
@@ -289,20 +339,33 @@ class ExecutorActor(Actor):
         ]
         if run.mode == "cyclic":
             slots.append(SlotSpec(name="cycle", dtype="int64"))
-        allocated = await self.request(
-            self.config.memory,
-            Allocate(
-                job=job,
-                slots=slots,
-                state=journal,
-                device=self.config.device,
-                plan=plan.id,
-                calibration=plan.calibration,
-                resume=True,
-            ),
+        allocate = Allocate(
+            job=job,
+            slots=slots,
+            state=journal,
+            device=self.config.device,
+            plan=plan.id,
+            calibration=plan.calibration,
+            resume=True,
+            mark_running=f"running on {self.name}",
         )
-        frame = allocated.frame
-        phase_done, shots_done, cycle = (await self._read_journal(job)) if frame > 0 else (0, 0, 0)
+        allocation: _Soon | None = None
+        if fresh:  # nothing to resume: the first phase is set up and fired while the slots are allocated
+            assert self._work is not None
+            allocation = _Soon(self._work, functools.partial(self.request, self.config.memory, allocate))
+            frame, phase_done, shots_done, cycle = 0, 0, 0, 0
+        else:
+            frame = (await self.request(self.config.memory, allocate)).frame
+            phase_done, shots_done, cycle = (await self._read_journal(job)) if frame > 0 else (0, 0, 0)
+
+        async def allocated() -> None:
+            """Before the first write: the slots exist (and a fresh job had nothing committed)."""
+            nonlocal allocation
+            if allocation is not None:
+                reply, allocation = await allocation.get(), None
+                if reply.frame != 0:
+                    raise _Failed(f"the scheduler sent {job} as never run, but it has {reply.frame} committed frames")
+
         first = max(start_phase, phase_done)
         if first != phase_done:
             shots_done = 0
@@ -313,12 +376,16 @@ class ExecutorActor(Actor):
         done_before = sum(p.shots for p in plan.phases[:first]) + shots_done
         rate = _Rate(done_before)
         committed = 0
+        recorded = False
         while True:
             for phase in plan.phases[first:]:
                 self.phase = phase.index
+                # A finite job's last frame stores its end too, and its last phase needs no checkpoint.
+                final = run.mode == "finite" and phase.index == len(plan.phases) - 1
+                finish: Literal["completed"] | None = None
                 started = time.monotonic()
                 with trio.fail_after(phase.duration_s + self.config.phase_timeout_s):
-                    configure_s, retries = await self._configure(phase, model)
+                    configure_s, retries = await self._configure(plan.id, phase, model)
                     shots_s = store_s = 0.0
                     if phase.readout == "powers":
                         t0 = time.monotonic()
@@ -334,12 +401,15 @@ class ExecutorActor(Actor):
                             SlotValue(slot="journal.shots", value=0),
                             SlotValue(slot="journal.cycle", value=cycle),
                         ]
+                        finish = "completed" if final else None
+                        await allocated()
                         await self.request(
                             self.config.memory,
-                            Write(job=job, frame=frame, writer=self.name, values=readings, commit=True),
+                            Write(job=job, frame=frame, writer=self.name, values=readings, commit=True, finish=finish),
                         )
                         frame += 1
                         committed += 1
+                        recorded = finish is not None
                         shots_s, store_s = t1 - t0, time.monotonic() - t1
                         shots_done = phase.shots
                         self.publish(
@@ -355,13 +425,13 @@ class ExecutorActor(Actor):
                     while shots_done < phase.shots:
                         if self._abort is not None:
                             await self._safe()
-                            return "cancelled", self._abort, committed
+                            return _Ended("cancelled", self._abort, committed)
                         n = min(self.config.batch_shots, phase.shots - shots_done)
                         t0 = time.monotonic()
                         patterns, tries = await self._retry(
                             lambda n=n: self.request(self.config.hal, RunShots(device=self.config.device, shots=n)),
                             f"phase {phase.index}: {n} shots",
-                            again=lambda phase=phase: self._configure(phase, model),
+                            again=lambda phase=phase: self._configure(plan.id, phase, model),
                         )
                         retries += tries
                         t1 = time.monotonic()
@@ -385,12 +455,17 @@ class ExecutorActor(Actor):
                         ]
                         if run.mode == "cyclic":
                             frame_values.append(SlotValue(slot="cycle", value=cycle))
+                        finish = "completed" if final and last else None
+                        await allocated()
                         await self.request(
                             self.config.memory,
-                            Write(job=job, frame=frame, writer=self.name, values=frame_values, commit=True),
+                            Write(
+                                job=job, frame=frame, writer=self.name, values=frame_values, commit=True, finish=finish
+                            ),
                         )
                         frame += 1
                         committed += 1
+                        recorded = finish is not None
                         shots_s += t1 - t0
                         store_s += time.monotonic() - t1
                         done = rate.add(n)
@@ -416,23 +491,26 @@ class ExecutorActor(Actor):
                     )
                 )
                 shots_done = 0
+                if recorded:
+                    return _Ended("completed", "", committed, recorded=True, phase=phase.index, duration_s=measured)
                 proceed = await self.request(
                     self.config.scheduler, Checkpoint(job=job, phase=phase.index, duration_s=measured)
                 )
                 if proceed.action == "cancel":
                     await self._safe()
-                    return "cancelled", proceed.reason, committed
+                    return _Ended("cancelled", proceed.reason, committed)
                 more = phase.index + 1 < len(plan.phases) or (
                     run.mode == "cyclic" and (run.cycles is None or cycle + 1 < run.cycles)
                 )
                 if proceed.action == "preempt" and more:
                     log.info("%s: %s yields the device: %s", self.name, job, proceed.reason)
-                    return "preempted", proceed.reason, committed
+                    return _Ended("preempted", proceed.reason, committed)
             if run.mode != "cyclic":
-                return "completed", "", committed
+                return _Ended("completed", "", committed)
             cycle += 1
             if run.cycles is not None and cycle >= run.cycles:
-                return "completed", f"{cycle} cycles", committed
+                return _Ended("completed", f"{cycle} cycles", committed)
+            await allocated()
             journal_values = [
                 SlotValue(slot="journal.phase", value=0),
                 SlotValue(slot="journal.shots", value=0),
@@ -446,21 +524,21 @@ class ExecutorActor(Actor):
             with trio.move_on_after(run.period_s):
                 await self._aborted.wait()
             if self._abort is not None:
-                return "cancelled", self._abort, committed
+                return _Ended("cancelled", self._abort, committed)
 
-    async def _continuous(self, job: str, plan: Plan, model: CalibrationModel | None) -> tuple[str, str, int]:
+    async def _continuous(self, job: str, plan: Plan, model: CalibrationModel | None) -> _Ended:
         """Shot batches without end, as count rates: for live alignment at the bench. Nothing is stored."""
         self.publish(JobStarted(job=job, plan=plan.id, calibration=plan.calibration, start_phase=0, resumed=False))
         while True:
             for phase in plan.phases:
                 self.phase = phase.index
-                await self._configure(phase, model)
+                await self._configure(plan.id, phase, model)
                 n = min(self.config.batch_shots, phase.shots)
                 t0 = time.monotonic()
                 shots, _ = await self._retry(
                     lambda n=n: self.request(self.config.hal, RunShots(device=self.config.device, shots=n)),
                     f"phase {phase.index}: {n} shots",
-                    again=lambda phase=phase: self._configure(phase, model),
+                    again=lambda phase=phase: self._configure(plan.id, phase, model),
                 )
                 seconds = max(time.monotonic() - t0, 1e-9)
                 clicks = (np.asarray(shots.patterns) > 0).sum(axis=0)
@@ -478,13 +556,13 @@ class ExecutorActor(Actor):
                 )
                 if self._abort is not None:
                     await self._safe()
-                    return "cancelled", self._abort, 0
+                    return _Ended("cancelled", self._abort, 0)
                 proceed = await self.request(self.config.scheduler, Checkpoint(job=job, phase=phase.index))
                 if proceed.action == "cancel":
                     await self._safe()
-                    return "cancelled", proceed.reason, 0
+                    return _Ended("cancelled", proceed.reason, 0)
                 if proceed.action == "preempt":
-                    return "preempted", proceed.reason, 0
+                    return _Ended("preempted", proceed.reason, 0)
 
     async def _read_journal(self, job: str) -> tuple[int, int, int]:
         names: list[str | int] = ["journal.phase", "journal.shots", "journal.cycle"]
@@ -507,16 +585,25 @@ class ExecutorActor(Actor):
             model = self._models[plan.calibration] = CalibrationModel.from_fits(record.version, record.fits)
         return model
 
-    async def _configure(self, phase: Phase, model: CalibrationModel | None) -> tuple[float, int]:
+    def _volts_for(self, plan: str, phase: Phase, model: CalibrationModel | None) -> np.ndarray | None:
+        """A phase's heater voltages: a plan and a calibration version never change, so each is worked out once."""
+        if phase.volts is not None:
+            return np.asarray(phase.volts, dtype=np.float64)
+        if model is None:
+            return None
+        key = (plan, phase.index, model.version)
+        volts = self._phase_volts.get(key)
+        if volts is None:
+            if len(self._phase_volts) >= VOLTS_CACHE:
+                del self._phase_volts[next(iter(self._phase_volts))]  # the oldest
+            volts = self._phase_volts[key] = model.volts_for(phase.mesh_phases)
+        return volts
+
+    async def _configure(self, plan: str, phase: Phase, model: CalibrationModel | None) -> tuple[float, int]:
         began = time.monotonic()
         retries = 0
         device = self.config.device
-        if phase.volts is not None:
-            volts: np.ndarray | None = np.asarray(phase.volts, dtype=np.float64)
-        elif model is not None:
-            volts = model.volts_for(phase.mesh_phases)
-        else:
-            volts = None
+        volts = self._volts_for(plan, phase, model)
         if volts is not None and self._volts is not None and np.array_equal(volts, self._volts):
             volts = None  # the heaters are there already (the same configuration as the last phase or job)
         if volts is not None:
@@ -609,6 +696,30 @@ def _histogram(patterns: np.ndarray, columns: list[int]) -> np.ndarray:
     weights = 1 << np.arange(len(columns) - 1, -1, -1, dtype=np.int64)
     counts: np.ndarray = np.bincount(clicks @ weights, minlength=2 ** len(columns)).astype(np.int64)
     return counts
+
+
+class _Soon:
+    """A request sent now and its reply awaited later (its error, if any, raised then)."""
+
+    def __init__(self, nursery: trio.Nursery, call: Callable[[], Awaitable[Any]]) -> None:
+        self._done = trio.Event()
+        self._value: Any = None
+        self._error: Exception | None = None
+        nursery.start_soon(self._run, call)
+
+    async def _run(self, call: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            self._value = await call()
+        except Exception as exc:  # noqa: BLE001 - handed to whoever awaits the reply
+            self._error = exc
+        finally:
+            self._done.set()
+
+    async def get(self) -> Any:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class _Rate:

@@ -91,6 +91,12 @@ class Allocate(Request[Allocated], frozen=True, kw_only=True):
     ``resume``, a job that has committed frames before (a restarted executor)
     continues at the next frame with the state buffer as last committed.
     Refused with ``memory-limit`` if the job would hold more bytes than allowed.
+
+    With ``mark_running`` (the reason), the job is marked ``running`` too: the
+    executor records that it runs the job. That transition is written with
+    the next transaction and the reply does not wait for it (anything the job
+    commits later comes after it); a job that has ended is refused with
+    ``illegal-transition`` and nothing is allocated.
     """
 
     TYPE = "mem.allocate"
@@ -103,6 +109,7 @@ class Allocate(Request[Allocated], frozen=True, kw_only=True):
     plan: str | None = None
     calibration: int | None = None
     resume: bool = False
+    mark_running: str | None = None
 
 
 class SlotValue(_Body, frozen=True, kw_only=True):
@@ -121,6 +128,11 @@ class Written(Reply, frozen=True, kw_only=True):
 class Write(Request[Written], frozen=True, kw_only=True):
     """Write slots in the open frame, all or none; with ``commit``, commit the frame too.
 
+    With ``finish`` (and ``commit``) this is the job's last frame: the job
+    moves to that state (with ``reason``) in the same transaction, the end is
+    announced (``mem.job_state_changed``, ``mem.results_complete``) and its
+    slots are freed.
+
     Refused with ``slot-conflict`` if another writer (or this one) already
     wrote a slot in this frame, ``bad-value`` for a wrong dtype or shape.
     """
@@ -132,6 +144,8 @@ class Write(Request[Written], frozen=True, kw_only=True):
     writer: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     values: list[SlotValue]
     commit: bool = False
+    finish: Literal["completed", "failed", "cancelled"] | None = None
+    reason: str = ""
 
 
 class Values(Reply, frozen=True, kw_only=True):
@@ -235,7 +249,8 @@ class JobStored(Reply, frozen=True, kw_only=True):
 
 
 class PutJob(Request[JobStored], frozen=True, kw_only=True):
-    """Store a new job in state ``queued``.
+    """Store a new job in state ``queued``, or with ``plan`` straight on to ``planned`` in the same transaction
+    (the scheduler had its plan already; ``calibration`` is the version the plan was made for).
 
     Repeating it with the same content is harmless (``created`` is False); the
     same id with different content is refused with ``exists``.
@@ -250,6 +265,8 @@ class PutJob(Request[JobStored], frozen=True, kw_only=True):
     device: str = ""
     deadline: float | None = None
     submitter: str = ""
+    plan: str | None = None
+    calibration: int | None = None
 
 
 class JobStateSet(Reply, frozen=True, kw_only=True):

@@ -233,15 +233,39 @@ class Assignment(Reply, frozen=True, kw_only=True):
     start_phase: int = 0
     """Phases before it were done already (a preempted or interrupted job resumes here)."""
     run: RunMode = msgspec.field(default_factory=RunMode)
+    fresh: bool = False
+    """Nothing of the job has run before (no journal to resume from): the executor may set up and fire
+    its first phase while the job's slots are being allocated."""
+
+
+class JobFinished(Request[Ok], frozen=True, kw_only=True):
+    """The executor is done with a job and has stored how it ended (the scheduler takes it off the queue).
+
+    ``phase`` and ``duration_s``: the last phase, when it ended without a
+    checkpoint (a finite job's last phase has nothing left to decide).
+    """
+
+    TYPE = "sched.job_finished"
+    REPLY = Ok
+    job: JobId
+    state: Literal["completed", "failed", "cancelled", "interrupted"]
+    reason: str = ""
+    phase: int | None = None
+    duration_s: float = 0.0
 
 
 class NextJob(Request[Assignment], frozen=True, kw_only=True):
-    """The executor asks for work; waits up to ``wait_s`` for some."""
+    """The executor asks for work; waits up to ``wait_s`` for some.
+
+    ``finished``: the job it has just finished, reported in the same message
+    (as `JobFinished` would be) when it goes straight on to ask for more.
+    """
 
     TYPE = "sched.next_job"
     REPLY = Assignment
     executor: str
     wait_s: Annotated[float, msgspec.Meta(ge=0, le=30)] = 1.0
+    finished: JobFinished | None = None
 
 
 class Proceed(Reply, frozen=True, kw_only=True):
@@ -264,14 +288,6 @@ class Checkpoint(Request[Proceed], frozen=True, kw_only=True):
     ok: bool = True
     duration_s: float | None = None
     failures: list[str] = msgspec.field(default_factory=list)
-
-
-class JobFinished(Request[Ok], frozen=True, kw_only=True):
-    TYPE = "sched.job_finished"
-    REPLY = Ok
-    job: JobId
-    state: Literal["completed", "failed", "cancelled", "interrupted"]
-    reason: str = ""
 
 
 class JobPlanned(Event, frozen=True, kw_only=True):

@@ -18,7 +18,7 @@ from actors.memory import MemoryActor
 from actors.scheduler import SchedulerActor
 from protocol.circuit import CircuitBuilder
 from protocol.hal import InterlockReset, InterlockTripped
-from protocol.memory import GetJob, GetPlan
+from protocol.memory import Allocate, Free, GetJob, GetPlan, SetJobState
 from protocol.scheduler import (
     Cancel,
     Checkpoint,
@@ -79,6 +79,19 @@ class Lab:
     async def is_state(self, job: str, state: str) -> bool:
         return await self.state(job) == state
 
+    async def take(self, wait_s: float = 10) -> Any:
+        """Ask for work as the executor does: a job it gets, it records as running with its allocation."""
+        assignment = await self.sched(NextJob(executor="exec", wait_s=wait_s))
+        if assignment.job is not None:
+            await self.ask("memory", Allocate(job=assignment.job, slots=[], device="chip", mark_running="on exec"))
+            await self.ask("memory", Free(job=assignment.job))
+        return assignment
+
+    async def finish(self, job: str, state: str, reason: str = "") -> None:
+        """End a job as the executor does: store how it ended, then tell the scheduler."""
+        await self.ask("memory", SetJobState(job=job, state=state, reason=reason))
+        await self.sched(JobFinished(job=job, state=state, reason=reason))
+
     async def suspended(self) -> dict[str, str]:
         return (await self.sched(GetQueue())).suspended
 
@@ -120,7 +133,7 @@ async def test_a_submitted_job_is_stored_before_it_is_acknowledged_planned_and_d
         accepted = await lab_.sched(Submit(circuit=hom(), job="hom-1"))
         assert (accepted.job, accepted.created, accepted.position) == ("hom-1", True, 0)
         assert await lab_.state("hom-1") in ("queued", "planned")  # in the store when acknowledged
-        assignment = await lab_.sched(NextJob(executor="exec", wait_s=10))
+        assignment = await lab_.take(10)
         assert assignment.job == "hom-1"
         assert assignment.start_phase == 0
         plan = assignment.plan
@@ -128,13 +141,13 @@ async def test_a_submitted_job_is_stored_before_it_is_acknowledged_planned_and_d
         assert plan.identity.startswith("Photonica,")
         stored = await lab_.ask("memory", GetPlan(plan=plan.id))
         assert stored.body["id"] == plan.id
-        assert await lab_.state("hom-1") == "running"
+        await eventually(lambda: lab_.is_state("hom-1", "running"))
         assert (await lab_.sched(Checkpoint(job="hom-1", phase=0, duration_s=0.01))).action == "continue"
-        await lab_.sched(JobFinished(job="hom-1", state="completed"))
+        await lab_.finish("hom-1", "completed")
         assert await lab_.state("hom-1") == "completed"
         again = await lab_.sched(Submit(circuit=hom(), job="hom-1"))
         assert not again.created  # a repeated submission is recognised, not run twice
-        assert (await lab_.sched(NextJob(executor="exec", wait_s=0.2))).job is None
+        assert (await lab_.take(0.2)).job is None
         seen = []
         with trio.move_on_after(1):
             async for event in events:
@@ -165,13 +178,13 @@ async def test_priorities_first_then_submission_order_and_cancel(tmp_path):
         await lab_.sched(Cancel(job="doomed", reason="changed my mind"))
         assert await lab_.state("doomed") == "cancelled"
         await lab_.wait_planned("low-1", "high-1", "low-2", "high-2")
-        assert (await lab_.sched(NextJob(executor="exec", wait_s=0.1))).job is None  # paused
+        assert (await lab_.take(0.1)).job is None  # paused
         await lab_.sched(Resume())
         order = []
         for _ in range(4):
-            job = (await lab_.sched(NextJob(executor="exec", wait_s=10))).job
+            job = (await lab_.take(10)).job
             order.append(job)
-            await lab_.sched(JobFinished(job=job, state="completed"))
+            await lab_.finish(job, "completed")
         assert order == ["high-1", "high-2", "low-1", "low-2"]
         with pytest.raises(RemoteError, match="job low-1 is completed already; nothing to cancel"):
             await lab_.sched(Cancel(job="low-1"))
@@ -180,7 +193,7 @@ async def test_priorities_first_then_submission_order_and_cancel(tmp_path):
 async def test_a_higher_priority_job_preempts_at_the_next_phase_boundary_and_the_other_resumes(tmp_path):
     async with lab(tmp_path) as lab_:
         await lab_.sched(Submit(circuit=two_rounds(priority=0), job="long"))
-        first = await lab_.sched(NextJob(executor="exec", wait_s=10))
+        first = await lab_.take(10)
         assert first.job == "long"
         assert len(first.plan.phases) == 2
         await lab_.sched(Submit(circuit=hom(priority=10), job="urgent"))
@@ -191,21 +204,21 @@ async def test_a_higher_priority_job_preempts_at_the_next_phase_boundary_and_the
         record = (await lab_.ask("memory", GetJob(job="long"))).record
         assert record.state == "planned"
         assert "resumes at phase 1" in record.reason
-        urgent = await lab_.sched(NextJob(executor="exec", wait_s=10))
+        urgent = await lab_.take(10)
         assert urgent.job == "urgent"
-        await lab_.sched(JobFinished(job="urgent", state="completed"))
-        resumed = await lab_.sched(NextJob(executor="exec", wait_s=10))
+        await lab_.finish("urgent", "completed")
+        resumed = await lab_.take(10)
         assert (resumed.job, resumed.start_phase) == ("long", 1)
 
 
 async def test_cancel_of_a_running_job_reaches_the_executor_at_its_next_phase_boundary(tmp_path):
     async with lab(tmp_path) as lab_:
         await lab_.sched(Submit(circuit=two_rounds(), job="j"))
-        await lab_.sched(NextJob(executor="exec", wait_s=10))
+        await lab_.take(10)
         await lab_.sched(Cancel(job="j", reason="wrong sample"))
         proceed = await lab_.sched(Checkpoint(job="j", phase=0))
         assert (proceed.action, proceed.reason) == ("cancel", "wrong sample")
-        await lab_.sched(JobFinished(job="j", state="cancelled", reason="wrong sample"))
+        await lab_.finish("j", "cancelled", "wrong sample")
         assert await lab_.state("j") == "cancelled"
 
 
@@ -225,12 +238,12 @@ async def test_suspenders_stop_dispatch_and_release_it_when_they_clear(tmp_path)
         await lab_.sched(Suspend(condition="calibration:chip", reason="calibration expired"))
         await lab_.sched(Submit(circuit=hom(), job="waits"))
         await lab_.wait_planned("waits")
-        assert (await lab_.sched(NextJob(executor="exec", wait_s=0.2))).job is None
+        assert (await lab_.take(0.2)).job is None
         queue = await lab_.sched(GetQueue())
         assert set(queue.suspended) == {"interlock:chip", "calibration:chip"}
         lab_.client.publish(InterlockReset(device="chip"))
         await lab_.sched(Unsuspend(condition="calibration:chip"))
-        assert (await lab_.sched(NextJob(executor="exec", wait_s=10))).job == "waits"
+        assert (await lab_.take(10)).job == "waits"
 
 
 async def test_resubmitting_the_same_circuit_uses_the_plan_cache(tmp_path):
@@ -274,7 +287,7 @@ async def test_the_pause_survives_a_restart_and_the_queue_comes_back_in_order(tm
         assert [e.job for e in queue.jobs] == ["b", "a", "c"]
         await lab_.wait_planned("a", "b", "c")
         await lab_.sched(Resume())
-        assert (await lab_.sched(NextJob(executor="exec", wait_s=10))).job == "b"
+        assert (await lab_.take(10)).job == "b"
 
 
 async def test_large_circuits_are_planned_in_a_worker_process(tmp_path):

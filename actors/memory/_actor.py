@@ -2,9 +2,13 @@
 
 Slots are answered inline from memory (`SlotTable`). Everything durable goes
 through one writer task that gathers the requests waiting at that moment into
-one transaction (group commit) run in a worker thread; each is answered only
-after that transaction has committed. Reads run on a second connection in
-another thread, beside the writer.
+one transaction (group commit); each is answered only after that transaction
+has committed. A small transaction commits on the event loop's own thread (a
+worker-thread hop would cost more than the commit itself), a big one in a
+worker thread. Writes nobody waits for (logged events, the running state an
+executor's allocation records) ride along with the next transaction, or are
+written on their own at most ``write_behind_s`` after they arrived. Reads run on a second connection in
+another thread, beside the writer; short ones (a job's journal) at once.
 
 Configured in the system file::
 
@@ -16,6 +20,7 @@ Configured in the system file::
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sqlite3
@@ -29,8 +34,9 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 import trio
 
-from protocol import AwenError, Envelope, convert_settings, pack
+from protocol import AwenError, Envelope, IllegalTransition, convert_settings, pack
 from protocol.memory import (
+    JOB_TRANSITIONS,
     TERMINAL_STATES,
     Allocate,
     Allocated,
@@ -52,6 +58,7 @@ from protocol.memory import (
     GetStoreInfo,
     Job,
     Jobs,
+    JobState,
     JobStateChanged,
     JobStateSet,
     JobStored,
@@ -80,11 +87,16 @@ from .._actor import Actor, handles
 from .._config import Runtime
 from . import _store as ops
 from ._slots import SlotTable
-from ._store import Store
+from ._store import Store, WriteOp
+
+log = logging.getLogger("awen.memory")
 
 T = TypeVar("T")
 
 MiB = 2**20
+
+INLINE_BYTES = 256 * 1024
+"""Transactions writing less than this commit on the event loop's thread; bigger ones in a worker thread."""
 
 
 def default_data_dir() -> str:
@@ -107,7 +119,9 @@ class MemoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         max_store_bytes: Refuse writes past this store size (none: the disk is the limit).
         batch: Most write requests gathered into one transaction.
         log_events: Event type prefixes written to the store's event log
-            (job state changes are always logged).
+            (job state changes are always logged; progress and count rates,
+            display updates many times a second, are not by default).
+        write_behind_s: Longest a write nobody waits for (a logged event) waits for a transaction to ride along with.
     """
 
     data_dir: str = msgspec.field(default_factory=default_data_dir)
@@ -117,8 +131,9 @@ class MemoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_store_bytes: Annotated[int, msgspec.Meta(gt=0)] | None = None
     batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 512
     log_events: list[str] = msgspec.field(
-        default_factory=lambda: ["hal.", "actor.", "peer.", "sched.", "exec.", "cal."]
+        default_factory=lambda: ["hal.", "actor.", "peer.", "sched.", "exec.job_", "exec.phase_", "cal."]
     )
+    write_behind_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.1
 
     @property
     def store_path(self) -> Path:
@@ -127,8 +142,12 @@ class MemoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 @dataclass(slots=True)
 class _Op:
-    run: Callable[[sqlite3.Connection], Any]
-    done: trio.Event = field(default_factory=trio.Event)
+    run: WriteOp[Any] | None
+    """None: nothing to write but the logged events waiting."""
+    done: trio.Event | None = field(default_factory=trio.Event)
+    """None: nobody waits for it."""
+    then: Callable[[Any], None] | None = None
+    """Called with the result once committed (for what nobody waits for)."""
     result: Any = None
 
 
@@ -148,6 +167,9 @@ class MemoryActor(Actor):
         self.store: Store | None = None
         self.transactions = 0
         self._ops_in, self._ops_out = trio.open_memory_channel[_Op](math.inf)
+        self._events: list[tuple[float, str, str, bytes]] = []
+        self._behind: list[_Op] = []
+        self._flush_due = False
         self._writer = trio.CapacityLimiter(1)
         self._reader = trio.CapacityLimiter(1)
         for prefix in self.config.log_events:
@@ -164,8 +186,15 @@ class MemoryActor(Actor):
             self.publish(JobStateChanged(job=job, state="interrupted", previous="running", reason=reason))
 
     async def teardown(self) -> None:
-        if self.store is not None:
-            self.store.close()  # the writer's last transaction has ended: its task was cancelled and waited
+        if self.store is None:
+            return
+        behind = self._take_behind()
+        if behind:  # the writer's last transaction has ended: its task was cancelled and waited
+            try:
+                self.store.run_batch([op.run for op in behind if op.run is not None])
+            except AwenError as exc:
+                log.error("%s: %d writes nobody waited for were lost on stopping: %s", self.name, len(behind), exc)
+        self.store.close()
 
     # --- the writer -------------------------------------------------------------------------
 
@@ -180,19 +209,33 @@ class MemoryActor(Actor):
                     batch.append(self._ops_out.receive_nowait())
                 except trio.WouldBlock:
                     break
+            # First what was written behind: it happened before the requests that follow it.
+            writes = self._take_behind() + [op for op in batch if op.run is not None]
+            if not writes:
+                continue
+            runs = [op.run for op in writes if op.run is not None]
             try:
-                results = await trio.to_thread.run_sync(store.run_batch, [op.run for op in batch], limiter=self._writer)
+                if sum(run.nbytes for run in runs) < INLINE_BYTES:
+                    results = store.run_batch(runs)
+                else:
+                    results = await trio.to_thread.run_sync(store.run_batch, runs, limiter=self._writer)
                 self.transactions += 1
             except Exception as exc:  # noqa: BLE001 - StoreUnavailable, or a bug: every waiter hears of it
-                results = [exc] * len(batch)
-            for op, result in zip(batch, results, strict=True):
+                results = [exc] * len(runs)
+            for op, result in zip(writes, results, strict=True):
                 op.result = result
-                op.done.set()
+                if op.done is not None:
+                    op.done.set()
+                elif isinstance(result, Exception):
+                    log.error("%s: a write nobody waited for failed: %s", self.name, result)
+                elif op.then is not None:
+                    op.then(result)
 
-    async def _write(self, run: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, run: WriteOp[T]) -> T:
         """Run a write operation in the next transaction; returns once it has committed."""
         op = _Op(run)
         self._ops_in.send_nowait(op)
+        assert op.done is not None
         await op.done.wait()
         if isinstance(op.result, Exception):
             raise op.result
@@ -202,14 +245,41 @@ class MemoryActor(Actor):
         assert self.store is not None
         return await trio.to_thread.run_sync(self.store.read, run, limiter=self._reader)
 
+    def _write_behind(self, op: _Op) -> None:
+        """Write with the next transaction, or within ``write_behind_s``: for what nobody waits for."""
+        self._behind.append(op)
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if not self._flush_due and self._work is not None:
+            self._flush_due = True
+            self._work.start_soon(self._flush_later)
+
+    async def _flush_later(self) -> None:
+        """What is still waiting after ``write_behind_s`` gets a transaction of its own."""
+        await trio.sleep(self.config.write_behind_s)
+        self._flush_due = False
+        self._ops_in.send_nowait(_Op(None, done=None))
+
+    def _take_behind(self) -> list[_Op]:
+        behind, self._behind = self._behind, []
+        if self._events:
+            behind.insert(0, _Op(ops.log_events(self._events), done=None))
+            self._events = []
+        return behind
+
     def _log_event(self, body: Any, env: Envelope) -> None:
-        self._ops_in.send_nowait(_Op(ops.log_events([(env.ts, env.type, env.sender, pack(body))])))
+        self._events.append((env.ts, env.type, env.sender, pack(body)))
+        self._flush_soon()
 
     # --- slots ------------------------------------------------------------------------------
 
     @handles(Allocate)
-    async def _allocate(self, msg: Allocate, env: Envelope) -> Allocated:
-        frames, state = await self._read(ops.load_state(msg.job))
+    def _allocate(self, msg: Allocate, env: Envelope) -> Allocated:
+        assert self.store is not None
+        state, frames, buffer = self.store.read(ops.load_state(msg.job), quick=True)  # one job's journal: short
+        if msg.mark_running is not None and state != "running" and "running" not in JOB_TRANSITIONS[state]:
+            raise IllegalTransition(f"job {msg.job!r} is {state}: it is not run (again)", field="job")
         slots = self.slots.allocate(
             msg.job,
             msg.slots,
@@ -219,18 +289,25 @@ class MemoryActor(Actor):
             plan=msg.plan,
             calibration=msg.calibration,
         )
-        self.slots.restore(msg.job, frames, state if msg.resume else {})
+        self.slots.restore(msg.job, frames, buffer if msg.resume else {})
+        if msg.mark_running is not None and state != "running":
+            # Written behind: before anything the job commits later, but nobody waits for it.
+            transition = ops.set_job_state(msg.job, "running", msg.mark_running, expect=[state])
+            announce = partial(self._announce, msg.job, "running", msg.mark_running)
+            self._write_behind(_Op(transition, done=None, then=announce))
         return Allocated(job=msg.job, slots=[s.info() for s in slots.slots], frame=slots.frame, nbytes=slots.nbytes)
 
     @handles(Write)
     def _write_slots(self, msg: Write, env: Envelope) -> Written | Awaitable[Written]:
+        if msg.finish is not None and not msg.commit:
+            raise AwenError("finish ends the job with this frame: it needs commit = true", field="finish")
         self.slots.write(msg.job, msg.frame, msg.writer, [(v.slot, v.value) for v in msg.values])
         if not msg.commit:
             return Written(job=msg.job, frame=msg.frame, committed=False)
         return self._write_and_commit(msg)
 
     async def _write_and_commit(self, msg: Write) -> Written:
-        await self._commit(msg.job, msg.frame, None)
+        await self._commit(msg.job, msg.frame, None, finish=msg.finish, reason=msg.reason)
         return Written(job=msg.job, frame=msg.frame, committed=True)
 
     @handles(Read)
@@ -247,20 +324,30 @@ class MemoryActor(Actor):
         results = await self._commit(msg.job, msg.frame, msg.phase)
         return FrameCommitted(job=msg.job, frame=msg.frame, results=results)
 
-    async def _commit(self, job: str, frame: int, phase: int | None) -> int:
+    async def _commit(
+        self, job: str, frame: int, phase: int | None, *, finish: JobState | None = None, reason: str = ""
+    ) -> int:
+        """Commit the open frame; with ``finish``, end the job in the same transaction and free its slots."""
         snapshot = self.slots.prepare_commit(job, frame)
         slots = self.slots.job(job)
+        frame_op = ops.commit_frame(
+            snapshot, phase=phase, device=slots.device, plan=slots.plan, calibration=slots.calibration
+        )
+        end_op = ops.set_job_state(job, finish, reason) if finish is not None else None
+
+        def commit(conn: sqlite3.Connection) -> tuple[int, tuple[str, int, int] | None]:
+            return frame_op(conn), end_op(conn) if end_op is not None else None
+
         try:
-            stored = await self._write(
-                ops.commit_frame(
-                    snapshot, phase=phase, device=slots.device, plan=slots.plan, calibration=slots.calibration
-                )
-            )
+            results, ended = await self._write(WriteOp(commit, frame_op.nbytes))
         except BaseException:
             self.slots.abort_commit(job)
             raise
         self.slots.finish_commit(job)
-        return stored
+        if finish is not None and ended is not None:
+            self._announce(job, finish, reason, ended)
+            self.slots.free(job)
+        return results
 
     @handles(Free)
     def _free(self, msg: Free, env: Envelope) -> None:
@@ -279,27 +366,35 @@ class MemoryActor(Actor):
                 device=msg.device,
                 deadline=msg.deadline,
                 submitter=msg.submitter or env.sender,
+                plan=msg.plan,
+                calibration=msg.calibration,
             )
         )
         if created:
             self.publish(JobStateChanged(job=msg.job, state="queued", previous=None, reason="accepted"))
+            if msg.plan is not None:
+                planned = f"plan {msg.plan}"
+                self.publish(JobStateChanged(job=msg.job, state="planned", previous="queued", reason=planned))
         return JobStored(job=msg.job, seq=seq, created=created)
 
     @handles(SetJobState)
     async def _set_job_state(self, msg: SetJobState, env: Envelope) -> JobStateSet:
-        previous, frames, results = await self._write(
+        moved = await self._write(
             ops.set_job_state(
                 msg.job, msg.state, msg.reason, expect=msg.expect, plan=msg.plan, calibration=msg.calibration
             )
         )
-        self.publish(JobStateChanged(job=msg.job, state=msg.state, previous=previous, reason=msg.reason))  # type: ignore[arg-type]
-        if msg.state in TERMINAL_STATES:
+        self._announce(msg.job, msg.state, msg.reason, moved)
+        return JobStateSet(job=msg.job, state=msg.state, previous=moved[0])  # type: ignore[arg-type]
+
+    def _announce(self, job: str, state: JobState, reason: str, moved: tuple[str, int, int]) -> None:
+        """A job's committed move to ``state`` (``moved``: the state it left, its frames and results)."""
+        previous, frames, results = moved
+        self.publish(JobStateChanged(job=job, state=state, previous=previous, reason=reason))  # type: ignore[arg-type]
+        if state in TERMINAL_STATES:
             self.publish(
-                ResultsComplete(
-                    job=msg.job, state=msg.state, frames=frames, results=results, partial=msg.state != "completed"
-                )
+                ResultsComplete(job=job, state=state, frames=frames, results=results, partial=state != "completed")
             )
-        return JobStateSet(job=msg.job, state=msg.state, previous=previous)  # type: ignore[arg-type]
 
     @handles(GetJob)
     async def _get_job(self, msg: GetJob, env: Envelope) -> Job:

@@ -1,9 +1,10 @@
 """The durable store: one SQLite file in WAL mode, a versioned schema, nothing acknowledged lost.
 
-Synchronous on purpose: the memory actor runs it in worker threads, all writes
-through one writer connection (`Store.run_batch`: several operations in one
-transaction, the group commit that keeps fsyncs few), reads through a second
-connection that WAL lets run beside the writer. Anything the store returns has
+Synchronous on purpose: the memory actor calls it from its event loop for small
+work and from worker threads for big work, all writes through one writer
+connection (`Store.run_batch`: several operations in one transaction, the group
+commit that keeps fsyncs few), reads through a second connection that WAL lets
+run beside the writer (and a third for short reads on the event loop's thread). Anything the store returns has
 been committed; anything it refuses names the problem and what to do.
 
 Arrays are stored as their raw bytes with dtype and shape; free-form values
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 
@@ -44,6 +45,21 @@ log = logging.getLogger("awen.memory.store")
 
 T = TypeVar("T")
 Synchronous = Literal["full", "normal"]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOp(Generic[T]):
+    """A write operation, run inside `Store.run_batch`, and about how many bytes it writes.
+
+    The memory actor commits small batches on its event loop's thread (a
+    thread hop costs more than the commit) and big ones in a worker thread.
+    """
+
+    run: Callable[[sqlite3.Connection], T]
+    nbytes: int = 0
+
+    def __call__(self, conn: sqlite3.Connection) -> T:
+        return self.run(conn)
 
 
 @dataclass(frozen=True)
@@ -228,6 +244,8 @@ class Store:
                 self.interrupted = self._mark_interrupted()
             self._r = self._connect(True)
             self._r.execute("PRAGMA query_only = ON")
+            self._q = self._connect(True)
+            self._q.execute("PRAGMA query_only = ON")
         except sqlite3.Error as exc:
             raise _explain(exc, self.path, "opening it") from None
 
@@ -331,7 +349,7 @@ class Store:
         return found
 
     def close(self) -> None:
-        for conn in (getattr(self, "_r", None), getattr(self, "_w", None)):
+        for conn in (getattr(self, "_q", None), getattr(self, "_r", None), getattr(self, "_w", None)):
             if conn is not None:
                 conn.close()
 
@@ -373,9 +391,10 @@ class Store:
             raise result
         return result  # type: ignore[no-any-return]
 
-    def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """A read on the reader connection, in one snapshot."""
-        conn = self._r
+    def read(self, op: Callable[[sqlite3.Connection], T], *, quick: bool = False) -> T:
+        """A read in one snapshot: on the reader connection (one worker thread at a time), or with ``quick``
+        on the connection kept for short reads on the owner's own thread (the memory actor's event loop)."""
+        conn = self._q if quick else self._r
         try:
             conn.execute("BEGIN")
             try:
@@ -406,9 +425,18 @@ def _transition(conn: sqlite3.Connection, job: str, state: str, previous: str | 
 
 
 def put_job(
-    job: str, circuit: Any, *, shots: int, priority: int, device: str, deadline: float | None, submitter: str
-) -> Callable[[sqlite3.Connection], tuple[int, bool]]:
-    """Store a job as queued: (its sequence number, whether it is new)."""
+    job: str,
+    circuit: Any,
+    *,
+    shots: int,
+    priority: int,
+    device: str,
+    deadline: float | None,
+    submitter: str,
+    plan: str | None = None,
+    calibration: int | None = None,
+) -> WriteOp[tuple[int, bool]]:
+    """Store a job as queued, or with ``plan`` as planned: (its sequence number, whether it is new)."""
     blob = pack(circuit)
 
     def op(conn: sqlite3.Connection) -> tuple[int, bool]:
@@ -426,9 +454,12 @@ def put_job(
             (job, priority, shots, device, deadline, submitter, blob, now, now),
         )
         _transition(conn, job, "queued", None, "accepted", now)
+        if plan is not None:
+            _transition(conn, job, "planned", "queued", f"plan {plan}", now)
+            conn.execute("UPDATE jobs SET plan = ?, calibration = ? WHERE id = ?", (plan, calibration, job))
         return int(cursor.lastrowid or 0), True
 
-    return op
+    return WriteOp(op, len(blob))
 
 
 def set_job_state(
@@ -439,7 +470,7 @@ def set_job_state(
     expect: Sequence[str] | None = None,
     plan: str | None = None,
     calibration: int | None = None,
-) -> Callable[[sqlite3.Connection], tuple[str, int, int]]:
+) -> WriteOp[tuple[str, int, int]]:
     """Move a job to ``state``; returns the state it left, and its frames and results so far."""
 
     def op(conn: sqlite3.Connection) -> tuple[str, int, int]:
@@ -466,12 +497,12 @@ def set_job_state(
             )
         return previous, row[1], row[2]
 
-    return op
+    return WriteOp(op)
 
 
 def put_plan(
     plan: str, body: Any, *, job: str | None, device: str, calibration: int | None, metrics: dict[str, float]
-) -> Callable[[sqlite3.Connection], bool]:
+) -> WriteOp[bool]:
     blob = pack(body)
 
     def op(conn: sqlite3.Connection) -> bool:
@@ -486,7 +517,7 @@ def put_plan(
         )
         return True
 
-    return op
+    return WriteOp(op, len(blob))
 
 
 def _array_row(value: np.ndarray | bytes) -> tuple[str, str, bytes]:
@@ -497,7 +528,7 @@ def _array_row(value: np.ndarray | bytes) -> tuple[str, str, bytes]:
 
 def commit_frame(
     snapshot: FrameSnapshot, *, phase: int | None, device: str, plan: str | None, calibration: int | None
-) -> Callable[[sqlite3.Connection], int]:
+) -> WriteOp[int]:
     """Store a frame's results and the job's state buffer; returns the result rows written."""
     results = [(name, *_array_row(value)) for name, value in snapshot.results]
     state = [(name, *_array_row(value)) for name, value in snapshot.state]
@@ -526,10 +557,10 @@ def commit_frame(
         )
         return len(results)
 
-    return op
+    return WriteOp(op, sum(len(row[3]) for row in results) + sum(len(row[3]) for row in state))
 
 
-def put_calibration(device: str, identity: str, body: dict[str, Any], note: str) -> Callable[[sqlite3.Connection], int]:
+def put_calibration(device: str, identity: str, body: dict[str, Any], note: str) -> WriteOp[int]:
     blob = pack(body)
 
     def op(conn: sqlite3.Connection) -> int:
@@ -541,15 +572,15 @@ def put_calibration(device: str, identity: str, body: dict[str, Any], note: str)
         )
         return version
 
-    return op
+    return WriteOp(op, len(blob))
 
 
-def log_events(events: Sequence[tuple[float, str, str, bytes]]) -> Callable[[sqlite3.Connection], int]:
+def log_events(events: Sequence[tuple[float, str, str, bytes]]) -> WriteOp[int]:
     def op(conn: sqlite3.Connection) -> int:
         conn.executemany("INSERT INTO events (ts, type, sender, body) VALUES (?, ?, ?, ?)", events)
         return len(events)
 
-    return op
+    return WriteOp(op, sum(len(e[3]) for e in events))
 
 
 # --- read operations --------------------------------------------------------------------------
@@ -702,11 +733,11 @@ def query_device_results(
     return op
 
 
-def load_state(job: str) -> Callable[[sqlite3.Connection], tuple[int, dict[str, np.ndarray | bytes]]]:
-    """A job's committed frames and its state buffer as last committed: what a resumed job starts from."""
+def load_state(job: str) -> Callable[[sqlite3.Connection], tuple[str, int, dict[str, np.ndarray | bytes]]]:
+    """A job's state, committed frames and its state buffer as last committed: what a resumed job starts from."""
 
-    def op(conn: sqlite3.Connection) -> tuple[int, dict[str, np.ndarray | bytes]]:
-        row = conn.execute("SELECT frames FROM jobs WHERE id = ?", (job,)).fetchone()
+    def op(conn: sqlite3.Connection) -> tuple[str, int, dict[str, np.ndarray | bytes]]:
+        row = conn.execute("SELECT frames, state FROM jobs WHERE id = ?", (job,)).fetchone()
         if row is None:
             raise NotFound(f"no job {job!r} in the store: store it (mem.put_job) before allocating", field="job")
         state = {
@@ -715,7 +746,7 @@ def load_state(job: str) -> Callable[[sqlite3.Connection], tuple[int, dict[str, 
                 "SELECT slot, dtype, shape, data FROM job_state WHERE job = ?", (job,)
             )
         }
-        return int(row[0]), state
+        return str(row[1]), int(row[0]), state
 
     return op
 

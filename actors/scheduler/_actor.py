@@ -88,7 +88,6 @@ from protocol.scheduler import (
     Validate,
     Validation,
 )
-from protocol.system import Ok
 
 from .._actor import Actor, handles, subscribes
 from .._config import Runtime
@@ -243,6 +242,7 @@ class SchedulerActor(Actor):
                 state=record.state,
                 plan=plan,
                 next_phase=0 if record.last_phase is None else record.last_phase + 1,
+                fresh=record.frames == 0 and record.state in ("queued", "planned"),
             )
             self.queue.add(job)
             if record.state == "running":
@@ -281,6 +281,7 @@ class SchedulerActor(Actor):
         if analysis.problems:
             raise CircuitError(analysis.problems)
         job_id = msg.job or _new_job_id()
+        plan = self._plan_at_hand(circuit, device)  # then the job is stored planned, in the same transaction
         stored = await self.request(
             self.config.memory,
             PutJob(
@@ -291,14 +292,25 @@ class SchedulerActor(Actor):
                 device=self.config.device,
                 deadline=circuit.deadline,
                 submitter=env.sender,
+                plan=plan.id if plan is not None else None,
+                calibration=plan.calibration if plan is not None else None,
             ),
         )
         if job_id not in self.queue.jobs and stored.created:
             self.queue.add(
                 QueuedJob(
-                    job=job_id, seq=stored.seq, circuit=circuit, priority=circuit.priority, deadline=circuit.deadline
+                    job=job_id,
+                    seq=stored.seq,
+                    circuit=circuit,
+                    priority=circuit.priority,
+                    deadline=circuit.deadline,
+                    state="queued" if plan is None else "planned",
+                    plan=plan,
                 )
             )
+            if plan is not None:
+                self.cache_hits += 1
+                self.publish(JobPlanned(job=job_id, plan=plan.id, metrics=plan.metrics, cached=True))
             self._wake()
         position = self.queue.position(job_id) if job_id in self.queue.jobs else 0
         return Accepted(job=job_id, seq=stored.seq, position=position, created=stored.created)
@@ -380,17 +392,31 @@ class SchedulerActor(Actor):
             job.planning = False
             self._wake()
 
-    async def _plan(self, circuit: Circuit) -> tuple[Plan, bool]:
-        device = self.description
-        assert device is not None
-        calibration = await self._calibration()
+    def _plan_key(self, circuit: Circuit, device: DeviceDescription, calibration: int | None) -> tuple[str, Health]:
+        """The plan cache's key for a circuit now (and the health it would be planned for)."""
         health = combined_health(self.health, self.strategy, self.feedback)
         strategy_key = (
             "static"
             if self.strategy.kind == "static" or self.feedback.empty
             else msgspec.json.encode(self.strategy).decode() + self.feedback.key()
         )
-        key = plan_id(circuit_hash(circuit), device_key(device, health), calibration, strategy_key)
+        return plan_id(circuit_hash(circuit), device_key(device, health), calibration, strategy_key), health
+
+    def _plan_at_hand(self, circuit: Circuit, device: DeviceDescription) -> Plan | None:
+        """The circuit's plan if it was made and stored before and may run: a submission then needs no planning."""
+        if not self._calibration_known:
+            return None
+        key, _ = self._plan_key(circuit, device, self._calibration_version)
+        plan = self.cache.get(key)
+        if plan is None or key not in self._stored_plans or self._refusal(plan) is not None:
+            return None
+        return plan
+
+    async def _plan(self, circuit: Circuit) -> tuple[Plan, bool]:
+        device = self.description
+        assert device is not None
+        calibration = await self._calibration()
+        key, health = self._plan_key(circuit, device, calibration)
         while key in self._inflight:  # the same plan is being made for another job: wait for it
             await self._inflight[key].wait()
         if key in self.cache:
@@ -465,19 +491,22 @@ class SchedulerActor(Actor):
             self._calibration_version = max(body.version, self._calibration_version or 0)
             self._calibration_known = True
 
-    async def _accept_plan(self, job: QueuedJob, plan: Plan, cached: bool) -> None:
+    def _refusal(self, plan: Plan) -> str | None:
+        """Why a plan may not run under the strategy's limits, if it may not."""
         longest = max((p.duration_s for p in plan.phases), default=0.0)
         if longest > self.strategy.max_phase_s:
-            await self._refuse(
-                job,
+            return (
                 f"its longest phase would take {longest:.3g} s; max_phase_s is "
-                f"{self.strategy.max_phase_s:g} s (split its shots into several jobs)",
+                f"{self.strategy.max_phase_s:g} s (split its shots into several jobs)"
             )
-            return
         if plan.metrics.total_duration_s > self.strategy.max_job_s:
-            await self._refuse(
-                job, f"it would take {plan.metrics.total_duration_s:.3g} s; max_job_s is {self.strategy.max_job_s:g} s"
-            )
+            return f"it would take {plan.metrics.total_duration_s:.3g} s; max_job_s is {self.strategy.max_job_s:g} s"
+        return None
+
+    async def _accept_plan(self, job: QueuedJob, plan: Plan, cached: bool) -> None:
+        why = self._refusal(plan)
+        if why is not None:
+            await self._refuse(job, why)
             return
         if plan.id not in self._stored_plans:
             await self._store_plan(plan, job.job)
@@ -643,6 +672,11 @@ class SchedulerActor(Actor):
 
     @handles(NextJob)
     async def _next_job(self, msg: NextJob, env: Envelope) -> Assignment:
+        if msg.finished is not None:
+            try:
+                self._finished(msg.finished)
+            except NotFound as exc:
+                log.warning("%s: %s reports %s finished: %s", self.name, msg.executor, msg.finished.job, exc)
         await self._ready_or_unavailable()
         deadline = trio.current_time() + msg.wait_s
         while True:
@@ -661,14 +695,7 @@ class SchedulerActor(Actor):
             if job is not None:
                 assert job.plan is not None
                 self.queue.running = job.job
-                try:
-                    await self._set_state(
-                        job.job, "running", f"dispatched to {msg.executor}", expect=["planned", "interrupted"]
-                    )
-                except AwenError:
-                    self.queue.running = None
-                    raise
-                job.state = "running"
+                job.state = "running"  # the executor records it, with its allocation (mem.allocate mark_running)
                 return await self._assign(job, msg.executor)
             changed = self._changed
             with trio.move_on_at(deadline):
@@ -682,7 +709,8 @@ class SchedulerActor(Actor):
         assert job.plan is not None
         self.publish(JobDispatched(job=job.job, executor=executor, start_phase=job.next_phase))
         run = job.circuit.run if job.circuit is not None else Assignment().run
-        return Assignment(job=job.job, plan=job.plan, start_phase=job.next_phase, run=run)
+        fresh, job.fresh = job.fresh, False
+        return Assignment(job=job.job, plan=job.plan, start_phase=job.next_phase, run=run, fresh=fresh)
 
     async def _replan_if_recalibrated(self, job: QueuedJob) -> None:
         """A job resuming (after preemption or a crash) under a superseded calibration is planned again.
@@ -756,12 +784,16 @@ class SchedulerActor(Actor):
         return Proceed(action="preempt", reason=why)
 
     @handles(JobFinished)
-    async def _job_finished(self, msg: JobFinished, env: Envelope) -> Ok:
-        self._running(msg.job)
-        await self._set_state(msg.job, msg.state, msg.reason)
+    def _job_finished(self, msg: JobFinished, env: Envelope) -> None:
+        self._finished(msg)
+
+    def _finished(self, msg: JobFinished) -> None:
+        job = self._running(msg.job)  # the executor has stored how it ended
+        if job.plan is not None and msg.phase is not None and 0 <= msg.phase < len(job.plan.phases):
+            ok = msg.state == "completed"
+            self.feedback.record(job.plan.phases[msg.phase], ok=ok, duration_s=msg.duration_s, failed=[])
         self.queue.remove(msg.job)
         self._wake()
-        return Ok()
 
 
 def walk_raw(circuit: Circuit) -> Any:

@@ -22,6 +22,8 @@ class QueuedJob:
     next_phase: int = 0
     cancel_reason: str | None = None
     planning: bool = False
+    fresh: bool = True
+    """Never dispatched: nothing of it ran, nothing is journalled."""
 
     @property
     def order(self) -> tuple[int, int]:
