@@ -377,6 +377,23 @@ class ExecutorActor(Actor):
         rate = _Rate(done_before)
         committed = 0
         recorded = False
+
+        def progress(phase: int, shots: int) -> None:
+            """Shots done so far (not after the last frame: the job's end says it)."""
+            done = rate.add(shots)
+            if not recorded:
+                eta = rate.eta(total_shots)
+                self.publish(
+                    Progress(
+                        job=job,
+                        phase=phase,
+                        phases=len(plan.phases),
+                        shots_done=done,
+                        shots_total=total_shots,
+                        eta_s=eta,
+                    )
+                )
+
         while True:
             for phase in plan.phases[first:]:
                 self.phase = phase.index
@@ -412,16 +429,7 @@ class ExecutorActor(Actor):
                         recorded = finish is not None
                         shots_s, store_s = t1 - t0, time.monotonic() - t1
                         shots_done = phase.shots
-                        self.publish(
-                            Progress(
-                                job=job,
-                                phase=phase.index,
-                                phases=len(plan.phases),
-                                shots_done=rate.add(phase.shots),
-                                shots_total=total_shots,
-                                eta_s=rate.eta(total_shots),
-                            )
-                        )
+                        progress(phase.index, phase.shots)
                     while shots_done < phase.shots:
                         if self._abort is not None:
                             await self._safe()
@@ -468,17 +476,7 @@ class ExecutorActor(Actor):
                         recorded = finish is not None
                         shots_s += t1 - t0
                         store_s += time.monotonic() - t1
-                        done = rate.add(n)
-                        self.publish(
-                            Progress(
-                                job=job,
-                                phase=phase.index,
-                                phases=len(plan.phases),
-                                shots_done=done,
-                                shots_total=total_shots,
-                                eta_s=rate.eta(total_shots),
-                            )
-                        )
+                        progress(phase.index, n)
                 measured = time.monotonic() - started
                 self.publish(
                     PhaseDone(

@@ -52,11 +52,8 @@ class FaultPlan:
     def next(self, message: bytes = b"") -> list[FaultConfig]:
         """The faults firing on the next message (messages are counted from 1)."""
         self.count += 1
-        head = (
-            message.split(b";", 1)[0].split(None, 1)[0].lstrip(b":").upper().decode("ascii", "replace")
-            if message.strip()
-            else ""
-        )
+        words = message.split(b";", 1)[0].split(None, 1)  # the first command's header, as sent
+        head = words[0].lstrip(b":").upper().decode("ascii", "replace") if words else ""
         for on in {fault.on.upper() for fault in self.faults if fault.on}:
             if head == on:
                 self.counts[on] = self.counts.get(on, 0) + 1

@@ -320,6 +320,18 @@ async def test_corrupt_fault_flips_a_byte_of_the_reply():
         assert await client.ask(b"*IDN?") == good
 
 
+async def test_a_fault_on_a_command_counts_only_that_command_and_corrupts_the_byte_asked_for():
+    async with tcp_device(with_faults("corrupt:on=*IDN?,nth=2,at=0")) as (_, client, _address):
+        good = b"Photonica,PX-8,SN-000001,1.4.2"
+        assert await client.ask(b"*IDN?") == good
+        for _ in range(3):  # other commands do not count
+            assert await client.ask(b"SYST:ECHO? 42") == b"42"
+        reply = await client.ask(b"*idn?")  # the second *IDN?: its first byte flipped
+        assert reply[1:] == good[1:]
+        assert reply[0] != good[0]
+        assert await client.ask(b"*IDN?") == good
+
+
 async def test_error_fault_answers_with_a_device_error_and_does_nothing():
     async with tcp_device(with_faults("error:nth=1,code=-240,message=heater driver fault")) as (_, client, _address):
         await client.send(b"HEAT:VOLT 1,3")
