@@ -182,6 +182,7 @@ class Actor:
         self._io: trio.Nursery | None = None
         self._work: trio.Nursery | None = None
         self._stopping = False
+        self._soon: list[Envelope] = []
         self._started_at = 0.0
         self._bad_frames = _RateLimitedLog(log)
         self.handled = 0
@@ -451,9 +452,31 @@ class Actor:
 
         Never waits: a subscriber that cannot keep up misses events.
         """
-        env = make_envelope(body, sender=self.name, to="*", id=self._next_id())
+        self._publish(make_envelope(body, sender=self.name, to="*", id=self._next_id()))
+
+    def publish_soon(self, body: Event) -> None:
+        """Publish an event once the running task has sent what it is about to send (a reply, a request).
+
+        For events beside a reply someone waits for: each message sent is a
+        wake-up of another process, and on a busy machine the reply should
+        not queue behind them. Events published this way keep their order
+        (and their time stamp: now).
+        """
+        if self._work is None:
+            self.publish(body)
+            return
+        self._soon.append(make_envelope(body, sender=self.name, to="*", id=self._next_id()))
+        if len(self._soon) == 1:
+            self._work.start_soon(self._publish_soon)
+
+    async def _publish_soon(self) -> None:
+        soon, self._soon = self._soon, []
+        for env in soon:
+            self._publish(env)
+
+    def _publish(self, env: Envelope) -> None:
         if self._publisher is not None:
-            self._publisher.publish(body.TYPE.encode(), self.codec.encode(env))
+            self._publisher.publish(env.type.encode(), self.codec.encode(env))
         self._dispatch_event(env)
 
     async def _deadline_loop(self) -> None:

@@ -242,7 +242,7 @@ class ExecutorActor(Actor):
             await self._finish(job, ended)
         self.jobs_run += 1
         seconds = time.monotonic() - began
-        self.publish(JobEnded(job=job, state=state, reason=reason, frames=ended.frames, seconds=seconds))  # type: ignore[arg-type]
+        self.publish_soon(JobEnded(job=job, state=state, reason=reason, frames=ended.frames, seconds=seconds))  # type: ignore[arg-type]
         self.job = self.phase = None
 
     async def _finish(self, job: str, ended: _Ended) -> None:
@@ -369,7 +369,7 @@ class ExecutorActor(Actor):
         first = max(start_phase, phase_done)
         if first != phase_done:
             shots_done = 0
-        self.publish(
+        self.publish_soon(
             JobStarted(job=job, plan=plan.id, calibration=plan.calibration, start_phase=first, resumed=frame > 0)
         )
         total_shots = sum(p.shots for p in plan.phases)
@@ -478,7 +478,7 @@ class ExecutorActor(Actor):
                         store_s += time.monotonic() - t1
                         progress(phase.index, n)
                 measured = time.monotonic() - started
-                self.publish(
+                self.publish_soon(
                     PhaseDone(
                         job=job,
                         phase=phase.index,

@@ -22,6 +22,8 @@ class Add(Request[Total], frozen=True, kw_only=True):
     REPLY = Total
     n: int
     delay: float = 0.0
+    soon: bool = False
+    """Publish the change with `Actor.publish_soon`."""
 
 
 class Note(Notice, frozen=True, kw_only=True):
@@ -71,7 +73,7 @@ class Counter(Actor):
         if msg.delay:
             await trio.sleep(msg.delay)
         self.total += msg.n
-        self.publish(Changed(total=self.total))
+        (self.publish_soon if msg.soon else self.publish)(Changed(total=self.total))
         return Total(total=self.total)
 
     @handles(Note)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -84,6 +85,22 @@ async def test_request_reply_notice_and_events_on_every_transport(transport, tmp
             assert pong.data == b"\x00\x01"
             await counter.wait_notes(5)
         assert sorted(counter.notes) == [0, 1, 2, 3, 4]
+
+
+async def test_events_published_soon_follow_the_reply_in_their_order(tmp_path):
+    rt = runtime("ipc", ["client", "counter"], tmp_path)
+    client, counter = Actor("client", rt), Counter("counter", rt)
+    async with started(client, counter), counter.open_event_stream("test.") as own:
+        with trio.fail_after(10):
+            await client.wait_peer("counter")
+            async with client.open_event_stream("test.") as events:
+                before = time.time()
+                for n in (2, 3, 4):
+                    await client.request("counter", Add(n=n, soon=True))
+                received = [await events.receive() for _ in range(3)]
+            assert [e.body for e in received] == [Changed(total=2), Changed(total=5), Changed(total=9)]
+            assert before <= received[0].ts <= received[1].ts <= received[2].ts
+            assert [(await own.receive()).body.total for _ in range(3)] == [2, 5, 9]  # its own subscribers too
 
 
 async def test_errors_come_back_typed_and_the_actor_keeps_serving(tmp_path):

@@ -371,10 +371,10 @@ class MemoryActor(Actor):
             )
         )
         if created:
-            self.publish(JobStateChanged(job=msg.job, state="queued", previous=None, reason="accepted"))
+            self.publish_soon(JobStateChanged(job=msg.job, state="queued", previous=None, reason="accepted"))
             if msg.plan is not None:
                 planned = f"plan {msg.plan}"
-                self.publish(JobStateChanged(job=msg.job, state="planned", previous="queued", reason=planned))
+                self.publish_soon(JobStateChanged(job=msg.job, state="planned", previous="queued", reason=planned))
         return JobStored(job=msg.job, seq=seq, created=created)
 
     @handles(SetJobState)
@@ -390,9 +390,9 @@ class MemoryActor(Actor):
     def _announce(self, job: str, state: JobState, reason: str, moved: tuple[str, int, int]) -> None:
         """A job's committed move to ``state`` (``moved``: the state it left, its frames and results)."""
         previous, frames, results = moved
-        self.publish(JobStateChanged(job=job, state=state, previous=previous, reason=reason))  # type: ignore[arg-type]
+        self.publish_soon(JobStateChanged(job=job, state=state, previous=previous, reason=reason))  # type: ignore[arg-type]
         if state in TERMINAL_STATES:
-            self.publish(
+            self.publish_soon(
                 ResultsComplete(job=job, state=state, frames=frames, results=results, partial=state != "completed")
             )
 

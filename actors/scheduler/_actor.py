@@ -310,7 +310,7 @@ class SchedulerActor(Actor):
             )
             if plan is not None:
                 self.cache_hits += 1
-                self.publish(JobPlanned(job=job_id, plan=plan.id, metrics=plan.metrics, cached=True))
+                self.publish_soon(JobPlanned(job=job_id, plan=plan.id, metrics=plan.metrics, cached=True))
             self._wake()
         position = self.queue.position(job_id) if job_id in self.queue.jobs else 0
         return Accepted(job=job_id, seq=stored.seq, position=position, created=stored.created)
@@ -707,7 +707,7 @@ class SchedulerActor(Actor):
         if job.next_phase > 0:
             await self._replan_if_recalibrated(job)
         assert job.plan is not None
-        self.publish(JobDispatched(job=job.job, executor=executor, start_phase=job.next_phase))
+        self.publish_soon(JobDispatched(job=job.job, executor=executor, start_phase=job.next_phase))
         run = job.circuit.run if job.circuit is not None else Assignment().run
         fresh, job.fresh = job.fresh, False
         return Assignment(job=job.job, plan=job.plan, start_phase=job.next_phase, run=run, fresh=fresh)
