@@ -118,9 +118,14 @@ class MemoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         max_total_bytes: Most bytes all running jobs' slots may take together.
         max_store_bytes: Refuse writes past this store size (none: the disk is the limit).
         batch: Most write requests gathered into one transaction.
-        log_events: Event type prefixes written to the store's event log
-            (job state changes are always logged; progress and count rates,
-            display updates many times a second, are not by default).
+        log_events: Event type prefixes written to the store's event log. Job
+            state changes are always logged (with the transitions); by default
+            what changes the lab's state is logged too (devices, actors, peers,
+            calibrations, the queue's pauses, suspensions, preemptions and
+            refusals), but not the per-job play-by-play (planned, dispatched,
+            started, phase done, progress), which the transitions and frames
+            already date, and which would cost the memory actor a message
+            each.
         write_behind_s: Longest a write nobody waits for (a logged event) waits for a transaction to ride along with.
     """
 
@@ -131,7 +136,17 @@ class MemoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_store_bytes: Annotated[int, msgspec.Meta(gt=0)] | None = None
     batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 512
     log_events: list[str] = msgspec.field(
-        default_factory=lambda: ["hal.", "actor.", "peer.", "sched.", "exec.job_", "exec.phase_", "cal."]
+        default_factory=lambda: [
+            "hal.",
+            "actor.",
+            "peer.",
+            "cal.",
+            "sched.job_preempted",
+            "sched.job_refused",
+            "sched.queue_",
+            "sched.suspended",
+            "sched.unsuspended",
+        ]
     )
     write_behind_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.1
 
