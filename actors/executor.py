@@ -28,12 +28,10 @@ Configured in the system file::
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, Literal, NamedTuple
 
 import msgspec
@@ -349,22 +347,19 @@ class ExecutorActor(Actor):
             resume=True,
             mark_running=f"running on {self.name}",
         )
-        allocation: _Soon | None = None
-        if fresh:  # nothing to resume: the first phase is set up and fired while the slots are allocated
-            assert self._work is not None
-            allocation = _Soon(self._work, functools.partial(self.request, self.config.memory, allocate))
+        first_write: Allocate | None = None
+        if fresh:  # nothing to resume: the allocation rides with the first write, one message less
+            first_write = allocate
             frame, phase_done, shots_done, cycle = 0, 0, 0, 0
         else:
             frame = (await self.request(self.config.memory, allocate)).frame
             phase_done, shots_done, cycle = (await self._read_journal(job)) if frame > 0 else (0, 0, 0)
 
-        async def allocated() -> None:
-            """Before the first write: the slots exist (and a fresh job had nothing committed)."""
-            nonlocal allocation
-            if allocation is not None:
-                reply, allocation = await allocation.get(), None
-                if reply.frame != 0:
-                    raise _Failed(f"the scheduler sent {job} as never run, but it has {reply.frame} committed frames")
+        def allocation() -> Allocate | None:
+            """What the next write allocates first: the job's slots, if nothing has allocated them yet."""
+            nonlocal first_write
+            taken, first_write = first_write, None
+            return taken
 
         first = max(start_phase, phase_done)
         if first != phase_done:
@@ -419,11 +414,16 @@ class ExecutorActor(Actor):
                             SlotValue(slot="journal.cycle", value=cycle),
                         ]
                         finish = "completed" if final else None
-                        await allocated()
-                        await self.request(
-                            self.config.memory,
-                            Write(job=job, frame=frame, writer=self.name, values=readings, commit=True, finish=finish),
+                        write = Write(
+                            job=job,
+                            frame=frame,
+                            writer=self.name,
+                            values=readings,
+                            commit=True,
+                            finish=finish,
+                            allocate=allocation(),
                         )
+                        await self.request(self.config.memory, write)
                         frame += 1
                         committed += 1
                         recorded = finish is not None
@@ -464,13 +464,16 @@ class ExecutorActor(Actor):
                         if run.mode == "cyclic":
                             frame_values.append(SlotValue(slot="cycle", value=cycle))
                         finish = "completed" if final and last else None
-                        await allocated()
-                        await self.request(
-                            self.config.memory,
-                            Write(
-                                job=job, frame=frame, writer=self.name, values=frame_values, commit=True, finish=finish
-                            ),
+                        write = Write(
+                            job=job,
+                            frame=frame,
+                            writer=self.name,
+                            values=frame_values,
+                            commit=True,
+                            finish=finish,
+                            allocate=allocation(),
                         )
+                        await self.request(self.config.memory, write)
                         frame += 1
                         committed += 1
                         recorded = finish is not None
@@ -508,15 +511,15 @@ class ExecutorActor(Actor):
             cycle += 1
             if run.cycles is not None and cycle >= run.cycles:
                 return _Ended("completed", f"{cycle} cycles", committed)
-            await allocated()
             journal_values = [
                 SlotValue(slot="journal.phase", value=0),
                 SlotValue(slot="journal.shots", value=0),
                 SlotValue(slot="journal.cycle", value=cycle),
             ]
-            await self.request(
-                self.config.memory, Write(job=job, frame=frame, writer=self.name, values=journal_values, commit=True)
+            write = Write(
+                job=job, frame=frame, writer=self.name, values=journal_values, commit=True, allocate=allocation()
             )
+            await self.request(self.config.memory, write)
             frame += 1
             first, shots_done = 0, 0
             with trio.move_on_after(run.period_s):
@@ -694,30 +697,6 @@ def _histogram(patterns: np.ndarray, columns: list[int]) -> np.ndarray:
     weights = 1 << np.arange(len(columns) - 1, -1, -1, dtype=np.int64)
     counts: np.ndarray = np.bincount(clicks @ weights, minlength=2 ** len(columns)).astype(np.int64)
     return counts
-
-
-class _Soon:
-    """A request sent now and its reply awaited later (its error, if any, raised then)."""
-
-    def __init__(self, nursery: trio.Nursery, call: Callable[[], Awaitable[Any]]) -> None:
-        self._done = trio.Event()
-        self._value: Any = None
-        self._error: Exception | None = None
-        nursery.start_soon(self._run, call)
-
-    async def _run(self, call: Callable[[], Awaitable[Any]]) -> None:
-        try:
-            self._value = await call()
-        except Exception as exc:  # noqa: BLE001 - handed to whoever awaits the reply
-            self._error = exc
-        finally:
-            self._done.set()
-
-    async def get(self) -> Any:
-        await self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._value
 
 
 class _Rate:

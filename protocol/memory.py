@@ -128,10 +128,12 @@ class Written(Reply, frozen=True, kw_only=True):
 class Write(Request[Written], frozen=True, kw_only=True):
     """Write slots in the open frame, all or none; with ``commit``, commit the frame too.
 
-    With ``finish`` (and ``commit``) this is the job's last frame: the job
-    moves to that state (with ``reason``) in the same transaction, the end is
-    announced (``mem.job_state_changed``, ``mem.results_complete``) and its
-    slots are freed.
+    With ``allocate``, the job's slots are allocated first (as by
+    `Allocate`): a job with nothing to resume allocates with its first write,
+    one message instead of two. With ``finish`` (and ``commit``) this is the
+    job's last frame: the job moves to that state (with ``reason``) in the
+    same transaction, the end is announced (``mem.job_state_changed``,
+    ``mem.results_complete``) and its slots are freed.
 
     Refused with ``slot-conflict`` if another writer (or this one) already
     wrote a slot in this frame, ``bad-value`` for a wrong dtype or shape.
@@ -146,6 +148,7 @@ class Write(Request[Written], frozen=True, kw_only=True):
     commit: bool = False
     finish: Literal["completed", "failed", "cancelled"] | None = None
     reason: str = ""
+    allocate: Allocate | None = None
 
 
 class Values(Reply, frozen=True, kw_only=True):

@@ -316,6 +316,10 @@ class MemoryActor(Actor):
     def _write_slots(self, msg: Write, env: Envelope) -> Written | Awaitable[Written]:
         if msg.finish is not None and not msg.commit:
             raise AwenError("finish ends the job with this frame: it needs commit = true", field="finish")
+        if msg.allocate is not None:
+            if msg.allocate.job != msg.job:
+                raise AwenError(f"the allocation is for {msg.allocate.job}, the write for {msg.job}", field="allocate")
+            self._allocate(msg.allocate, env)
         self.slots.write(msg.job, msg.frame, msg.writer, [(v.slot, v.value) for v in msg.values])
         if not msg.commit:
             return Written(job=msg.job, frame=msg.frame, committed=False)
