@@ -21,7 +21,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import serial
 import trio
-import trio.testing
 
 from protocol import ConfigError
 
