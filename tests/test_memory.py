@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -52,6 +53,8 @@ from protocol.memory import (
     SlotValue,
     Write,
 )
+
+from .helpers import eventually
 
 # --- slots ---------------------------------------------------------------------------------
 
@@ -342,6 +345,26 @@ async def test_a_job_from_submission_to_exported_results(tmp_path):
         await ask("memory", Free(job="hom-1"))
         with pytest.raises(RemoteError, match=r"job 'hom-1' has no slots allocated .*\[not-found\]"):
             await ask("memory", Read(job="hom-1"))
+
+
+async def test_commits_leave_the_wal_to_a_checkpoint_beside_the_writer(tmp_path):
+    def in_the_database_file() -> int:  # immutable: the file as it is, without the WAL
+        uri = f"{(tmp_path / 'store.sqlite3').absolute().as_uri()}?immutable=1"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            try:
+                return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+            except sqlite3.OperationalError:  # not even the schema has been copied yet
+                return 0
+
+    async with memory(tmp_path, checkpoint_s=0.05) as (_, me):
+        for i in range(20):
+            await me.request("memory", PutJob(job=f"j{i}", circuit={"i": i}))
+
+        async def all_there() -> bool:
+            return await trio.to_thread.run_sync(in_the_database_file) == 20
+
+        await eventually(all_there, within=10)
+        assert (await me.request("memory", GetJob(job="j19"))).record.state == "queued"
 
 
 async def test_queries_by_state_device_and_time_and_calibration_versions(tmp_path):

@@ -127,6 +127,7 @@ class MemoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             already date, and which would cost the memory actor a message
             each.
         write_behind_s: Longest a write nobody waits for (a logged event) waits for a transaction to ride along with.
+        checkpoint_s: How often the WAL is copied into the database file, beside the writer (never inside a commit).
     """
 
     data_dir: str = msgspec.field(default_factory=default_data_dir)
@@ -149,6 +150,7 @@ class MemoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         ]
     )
     write_behind_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.1
+    checkpoint_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
 
     @property
     def store_path(self) -> Path:
@@ -187,6 +189,7 @@ class MemoryActor(Actor):
         self._flush_due = False
         self._writer = trio.CapacityLimiter(1)
         self._reader = trio.CapacityLimiter(1)
+        self._checkpointer = trio.CapacityLimiter(1)
         for prefix in self.config.log_events:
             self.subscribe(prefix, self._log_event)
 
@@ -197,6 +200,7 @@ class MemoryActor(Actor):
         )
         assert self._work is not None
         await self._work.start(self._write_loop)
+        self._work.start_soon(self._checkpoint_loop)
         for job, reason in self.store.interrupted:
             self.publish(JobStateChanged(job=job, state="interrupted", previous="running", reason=reason))
 
@@ -245,6 +249,21 @@ class MemoryActor(Actor):
                     log.error("%s: a write nobody waited for failed: %s", self.name, result)
                 elif op.then is not None:
                     op.then(result)
+
+    async def _checkpoint_loop(self) -> None:
+        """Copy the WAL into the database file now and then, in a worker thread: commits stay short."""
+        assert self.store is not None
+        store = self.store
+        done = self.transactions
+        while True:
+            await trio.sleep(self.config.checkpoint_s)
+            if self.transactions == done:
+                continue
+            done = self.transactions
+            try:
+                await trio.to_thread.run_sync(store.checkpoint, limiter=self._checkpointer)
+            except AwenError as exc:
+                log.warning("%s: %s", self.name, exc)
 
     async def _write(self, run: WriteOp[T]) -> T:
         """Run a write operation in the next transaction; returns once it has committed."""

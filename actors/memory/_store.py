@@ -246,6 +246,7 @@ class Store:
             self._r.execute("PRAGMA query_only = ON")
             self._q = self._connect(True)
             self._q.execute("PRAGMA query_only = ON")
+            self._c = None if readonly else self._connect(False)
         except sqlite3.Error as exc:
             raise _explain(exc, self.path, "opening it") from None
 
@@ -290,6 +291,9 @@ class Store:
         if mode != "wal":
             raise StoreUnavailable(f"the store {self.path} could not be put in WAL mode (got {mode})")
         conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        # Checkpoints (copying the WAL into the database file, and an fsync of it) are not run inside
+        # some unlucky commit: the memory actor runs them beside the writer (`Store.checkpoint`).
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
         if max_bytes is not None:
             page = conn.execute("PRAGMA page_size").fetchone()[0]
             conn.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page)}")
@@ -349,7 +353,7 @@ class Store:
         return found
 
     def close(self) -> None:
-        for conn in (getattr(self, "_q", None), getattr(self, "_r", None), getattr(self, "_w", None)):
+        for conn in (getattr(self, n, None) for n in ("_c", "_q", "_r", "_w")):
             if conn is not None:
                 conn.close()
 
@@ -384,6 +388,17 @@ class Store:
             raise _explain(exc, self.path, f"writing {len(ops)} operation(s)") from None
         return results
 
+    def checkpoint(self) -> int:
+        """Copy what the WAL holds into the database file, without waiting for readers or the writer
+        (``PASSIVE``); the pages copied. On its own connection: run it in a worker thread."""
+        if self._c is None:
+            return 0
+        try:
+            _busy, _log, copied = self._c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            raise _explain(exc, self.path, "checkpointing its WAL") from None
+        return int(copied)
+
     def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """One operation in its own transaction (tests and tools; the actor batches)."""
         (result,) = self.run_batch([op])
@@ -414,6 +429,13 @@ def _statements(sql: str) -> Iterable[str]:
 
 def _transition(conn: sqlite3.Connection, job: str, state: str, previous: str | None, reason: str, ts: float) -> None:
     conn.execute("UPDATE jobs SET state = ?, reason = ?, updated = ? WHERE id = ?", (state, reason, ts, job))
+    _record_transition(conn, job, state, previous, reason, ts)
+
+
+def _record_transition(
+    conn: sqlite3.Connection, job: str, state: str, previous: str | None, reason: str, ts: float
+) -> None:
+    """A transition in the job's history and the event log (the job's row says where it is now)."""
     conn.execute(
         "INSERT INTO transitions (job, state, previous, reason, ts) VALUES (?, ?, ?, ?, ?)",
         (job, state, previous, reason, ts),
@@ -448,15 +470,15 @@ def put_job(
                 return row[0], False
             raise Exists(f"a different job {job!r} is stored already (same id, other content)", field="job")
         now = time.time()
+        state, reason = ("queued", "accepted") if plan is None else ("planned", f"plan {plan}")
         cursor = conn.execute(
-            "INSERT INTO jobs (id, state, priority, shots, device, deadline, submitter, circuit, submitted, updated) "
-            "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
-            (job, priority, shots, device, deadline, submitter, blob, now, now),
+            "INSERT INTO jobs (id, state, reason, priority, shots, device, deadline, submitter, circuit, submitted, "
+            "updated, plan, calibration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job, state, reason, priority, shots, device, deadline, submitter, blob, now, now, plan, calibration),
         )
-        _transition(conn, job, "queued", None, "accepted", now)
+        _record_transition(conn, job, "queued", None, "accepted", now)
         if plan is not None:
-            _transition(conn, job, "planned", "queued", f"plan {plan}", now)
-            conn.execute("UPDATE jobs SET plan = ?, calibration = ? WHERE id = ?", (plan, calibration, job))
+            _record_transition(conn, job, "planned", "queued", reason, now)
         return int(cursor.lastrowid or 0), True
 
     return WriteOp(op, len(blob))

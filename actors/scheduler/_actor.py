@@ -274,14 +274,17 @@ class SchedulerActor(Actor):
     async def _submit(self, msg: Submit, env: Envelope) -> Accepted:
         device = await self._ready_or_unavailable()
         circuit = msg.circuit
-        if len(circuit.ops) <= INLINE_OPS:  # a small circuit: analysed at once, cheaper than a thread hop
-            analysis = analyse(circuit, device, self.config.limits, self.health)
-        else:
-            analysis = await trio.to_thread.run_sync(analyse, circuit, device, self.config.limits, self.health)
-        if analysis.problems:
-            raise CircuitError(analysis.problems)
+        # A plan at hand was compiled from this very circuit for this device as it is: it passed. Then
+        # the job is stored planned, in the same transaction.
+        plan = self._plan_at_hand(circuit, device)
+        if plan is None:
+            if len(circuit.ops) <= INLINE_OPS:  # a small circuit: analysed at once, cheaper than a thread hop
+                analysis = analyse(circuit, device, self.config.limits, self.health)
+            else:
+                analysis = await trio.to_thread.run_sync(analyse, circuit, device, self.config.limits, self.health)
+            if analysis.problems:
+                raise CircuitError(analysis.problems)
         job_id = msg.job or _new_job_id()
-        plan = self._plan_at_hand(circuit, device)  # then the job is stored planned, in the same transaction
         stored = await self.request(
             self.config.memory,
             PutJob(
