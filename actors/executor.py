@@ -53,6 +53,7 @@ from protocol.executor import (
 )
 from protocol.hal import ConfigureInputs, GetDeviceStatus, Program, ReadPowers, RunShots, SafeState, SetHeaters
 from protocol.memory import Allocate, Free, GetCalibration, Read, SetJobState, SlotSpec, SlotValue, Write
+from protocol.mesh import clements_layout
 from protocol.plan import Phase, Plan
 from protocol.scheduler import Assignment, Checkpoint, JobFinished, NextJob, Suspend, Unsuspend
 
@@ -114,6 +115,7 @@ class _Ended(NamedTuple):
     recorded: bool = False
     phase: int | None = None
     duration_s: float = 0.0
+    failures: tuple[str, ...] = ()
 
 
 class _Failed(Exception):
@@ -161,6 +163,8 @@ class ExecutorActor(Actor):
         self._phase_volts: dict[tuple[str, int, int], np.ndarray] = {}
         self._rng = random.Random()
         self._finished: JobFinished | None = None
+        self._failing: set[str] = set()
+        """Components that misbehaved in the current phase (``mode:3``): the scheduler's feedback."""
         """The job just finished, until the scheduler has heard of it."""
 
     # --- the work loop ------------------------------------------------------------------------
@@ -258,6 +262,7 @@ class ExecutorActor(Actor):
             reason=ended.reason,
             phase=ended.phase,
             duration_s=ended.duration_s,
+            failures=list(ended.failures),
         )
 
     async def _report_finished(self) -> None:
@@ -396,6 +401,7 @@ class ExecutorActor(Actor):
                 final = run.mode == "finite" and phase.index == len(plan.phases) - 1
                 finish: Literal["completed"] | None = None
                 started = time.monotonic()
+                self._failing.clear()
                 with trio.fail_after(phase.duration_s + self.config.phase_timeout_s):
                     configure_s, retries = await self._configure(plan.id, phase, model)
                     shots_s = store_s = 0.0
@@ -492,11 +498,19 @@ class ExecutorActor(Actor):
                     )
                 )
                 shots_done = 0
+                failures = sorted(self._failing)
                 if recorded:
-                    return _Ended("completed", "", committed, recorded=True, phase=phase.index, duration_s=measured)
-                proceed = await self.request(
-                    self.config.scheduler, Checkpoint(job=job, phase=phase.index, duration_s=measured)
-                )
+                    return _Ended(
+                        "completed",
+                        "",
+                        committed,
+                        True,
+                        phase=phase.index,
+                        duration_s=measured,
+                        failures=tuple(failures),
+                    )
+                checkpoint = Checkpoint(job=job, phase=phase.index, duration_s=measured, failures=failures)
+                proceed = await self.request(self.config.scheduler, checkpoint)
                 if proceed.action == "cancel":
                     await self._safe()
                     return _Ended("cancelled", proceed.reason, committed)
@@ -609,11 +623,15 @@ class ExecutorActor(Actor):
             volts = None  # the heaters are there already (the same configuration as the last phase or job)
         if volts is not None:
             self._volts = None
-            _, tries = await self._retry(
+            heaters, tries = await self._retry(
                 lambda: self.request(self.config.hal, SetHeaters(device=device, volts=volts)), "setting the heaters"
             )
             retries += tries
-            self._volts = volts
+            if heaters.mismatched:  # the device is not where it was set: tell the scheduler which modes, set it again
+                layout = clements_layout(math.isqrt(len(volts)))
+                self._failing.update(f"mode:{m}" for h in heaters.mismatched for m in layout.modes_of(h))
+            else:
+                self._volts = volts
         rules = {b.pattern: b.phases for b in phase.branches if b.phases}
         setup = (phase.inputs, phase.ff_modes, rules, phase.memory)
         if setup != self._configured:  # a sweep changes only the heaters: the rest is sent once

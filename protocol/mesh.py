@@ -73,6 +73,14 @@ class MeshLayout:
     def output_heater(self, mode: int) -> int:
         return 2 * len(self.mzis) + mode
 
+    def modes_of(self, heater: int) -> tuple[int, ...]:
+        """The modes a heater acts on: its MZI's two, or an output phase shifter's one."""
+        if not 0 <= heater < self.heater_count:
+            raise ValueError(f"heater {heater} does not exist: a {self.modes}-mode mesh has {self.heater_count}")
+        if heater >= 2 * len(self.mzis):
+            return (heater - 2 * len(self.mzis),)
+        return self.mzis[heater // 2].modes
+
     def at(self, column: int, top: int) -> Mzi:
         """The MZI in ``column`` whose top mode is ``top``."""
         return self._by_position[(column, top)]

@@ -252,6 +252,8 @@ class JobFinished(Request[Ok], frozen=True, kw_only=True):
     reason: str = ""
     phase: int | None = None
     duration_s: float = 0.0
+    failures: list[str] = msgspec.field(default_factory=list)
+    """Components that misbehaved in that phase, as in `Checkpoint`."""
 
 
 class NextJob(Request[Assignment], frozen=True, kw_only=True):

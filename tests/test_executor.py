@@ -28,8 +28,8 @@ from actors.memory import MemoryActor
 from actors.scheduler import SchedulerActor
 from protocol.circuit import CircuitBuilder, RunMode
 from protocol.executor import Abort, GetExecutorStatus
-from protocol.memory import GetJob, PutCalibration, QueryResults
-from protocol.scheduler import GetQueue, Submit
+from protocol.memory import GetJob, GetPlan, PutCalibration, QueryResults
+from protocol.scheduler import GetQueue, SetStrategy, StrategyConfig, Submit
 from sim import DeviceServer, parse_config, parse_fault, serve_tcp
 
 from .helpers import eventually
@@ -305,6 +305,24 @@ async def test_a_job_resuming_after_a_recalibration_is_planned_again_and_its_res
         assert ("p0.a", 1) in versions  # the first phase ran under version 1 ...
         assert ("p1.b", 2) in versions  # ... the second, after preemption, under version 2
         assert (await b.ask("memory", GetJob(job="urgent"))).record.state == "completed"
+
+
+async def test_a_heater_that_does_not_hold_its_voltage_is_reported_and_plans_move_off_its_modes(tmp_path):
+    async with bench(tmp_path, quiet_hal=True) as b:
+        await b.ask("scheduler", SetStrategy(strategy=StrategyConfig(kind="dynamic")))
+
+        async def physical_modes(job: str) -> set[int]:
+            record = await b.finished(job)
+            assert record.state == "completed", record.reason
+            plan = (await b.ask("memory", GetPlan(plan=record.plan))).body
+            return {p["physical"] for phase in plan["phases"] for p in phase["placement"]}
+
+        b.server.device.chip.stuck[0] = 1.5  # the theta heater of the MZI on modes 0 and 1 is stuck
+        for i in range(3):  # each job sets the heaters, reads 1.5 V back, and reports modes 0 and 1 failing
+            await b.ask("scheduler", Submit(circuit=hom(100), job=f"stuck-{i}"))
+            assert await physical_modes(f"stuck-{i}") == {0, 1}
+        await b.ask("scheduler", Submit(circuit=hom(100), job="after"))
+        assert not await physical_modes("after") & {0, 1}
 
 
 async def test_a_device_that_keeps_failing_opens_the_breaker_until_a_probe_succeeds(tmp_path):

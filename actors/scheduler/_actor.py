@@ -794,7 +794,7 @@ class SchedulerActor(Actor):
         job = self._running(msg.job)  # the executor has stored how it ended
         if job.plan is not None and msg.phase is not None and 0 <= msg.phase < len(job.plan.phases):
             ok = msg.state == "completed"
-            self.feedback.record(job.plan.phases[msg.phase], ok=ok, duration_s=msg.duration_s, failed=[])
+            self.feedback.record(job.plan.phases[msg.phase], ok=ok, duration_s=msg.duration_s, failed=msg.failures)
         self.queue.remove(msg.job)
         self._wake()
 
