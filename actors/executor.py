@@ -378,6 +378,23 @@ class ExecutorActor(Actor):
         committed = 0
         recorded = False
 
+        async def commit(values: list[SlotValue], finish: Literal["completed"] | None) -> None:
+            """One frame (results and journal) committed; with ``finish``, the job's end stored with it."""
+            nonlocal frame, committed, recorded
+            write = Write(
+                job=job,
+                frame=frame,
+                writer=self.name,
+                values=values,
+                commit=True,
+                finish=finish,
+                allocate=allocation(),
+            )
+            await self.request(self.config.memory, write)
+            frame += 1
+            committed += 1
+            recorded = finish is not None
+
         def progress(phase: int, shots: int) -> None:
             """Shots done so far (not after the last frame: the job's end says it)."""
             done = rate.add(shots)
@@ -399,7 +416,6 @@ class ExecutorActor(Actor):
                 self.phase = phase.index
                 # A finite job's last frame stores its end too, and its last phase needs no checkpoint.
                 final = run.mode == "finite" and phase.index == len(plan.phases) - 1
-                finish: Literal["completed"] | None = None
                 started = time.monotonic()
                 self._failing.clear()
                 with trio.fail_after(phase.duration_s + self.config.phase_timeout_s):
@@ -419,20 +435,7 @@ class ExecutorActor(Actor):
                             SlotValue(slot="journal.shots", value=0),
                             SlotValue(slot="journal.cycle", value=cycle),
                         ]
-                        finish = "completed" if final else None
-                        write = Write(
-                            job=job,
-                            frame=frame,
-                            writer=self.name,
-                            values=readings,
-                            commit=True,
-                            finish=finish,
-                            allocate=allocation(),
-                        )
-                        await self.request(self.config.memory, write)
-                        frame += 1
-                        committed += 1
-                        recorded = finish is not None
+                        await commit(readings, "completed" if final else None)
                         shots_s, store_s = t1 - t0, time.monotonic() - t1
                         shots_done = phase.shots
                         progress(phase.index, phase.shots)
@@ -469,20 +472,7 @@ class ExecutorActor(Actor):
                         ]
                         if run.mode == "cyclic":
                             frame_values.append(SlotValue(slot="cycle", value=cycle))
-                        finish = "completed" if final and last else None
-                        write = Write(
-                            job=job,
-                            frame=frame,
-                            writer=self.name,
-                            values=frame_values,
-                            commit=True,
-                            finish=finish,
-                            allocate=allocation(),
-                        )
-                        await self.request(self.config.memory, write)
-                        frame += 1
-                        committed += 1
-                        recorded = finish is not None
+                        await commit(frame_values, "completed" if final and last else None)
                         shots_s += t1 - t0
                         store_s += time.monotonic() - t1
                         progress(phase.index, n)
@@ -530,11 +520,7 @@ class ExecutorActor(Actor):
                 SlotValue(slot="journal.shots", value=0),
                 SlotValue(slot="journal.cycle", value=cycle),
             ]
-            write = Write(
-                job=job, frame=frame, writer=self.name, values=journal_values, commit=True, allocate=allocation()
-            )
-            await self.request(self.config.memory, write)
-            frame += 1
+            await commit(journal_values, None)
             first, shots_done = 0, 0
             with trio.move_on_after(run.period_s):
                 await self._aborted.wait()
