@@ -66,6 +66,8 @@ class ManagedDevice:
         self.resistance = np.ones(0)
         self.power_budget = 0.0
         self.volts = np.zeros(0)
+        self._heater_writes = 0
+        """Heater writes begun: an idle read-back compares only if none began meanwhile."""
         self.interlocked = False
         self._lock = trio.Lock()
         self._last_command = -math.inf
@@ -164,6 +166,7 @@ class ManagedDevice:
         if self.config.watchdog_s:
             await driver.write(f"SYST:WATC {self.config.watchdog_s:g}")
         self.interlocked = await driver.query_as("SYST:INT?", _flag)
+        self._heater_writes += 1  # what an idle read-back finds next is compared with what this reads
         self.volts = await driver.query_as("HEAT:VOLT:ALL?", _volts)
         if first and (self.volts.any() or await driver.query_as("SOUR:ENAB?", _flag)):
             # Left as a HAL that died (or someone else) had it: nobody here asked
@@ -205,20 +208,27 @@ class ManagedDevice:
         raise LinkError(f"{self.name}: capabilities changed")
 
     async def _feed_watchdog(self) -> None:
-        """Any command feeds the device's watchdog; send a cheap one when idle.
+        """Any command feeds the device's watchdog; when idle, read the heaters back.
 
-        Also keeps trying to reach a device that went away, so that it is back
-        in use within a reconnect backoff of its return.
+        A heater that no longer holds what it was set to (stuck, or its driver
+        gone) raises the same alarm as a read-back after setting it. Also keeps
+        trying to reach a device that went away, so that it is back in use
+        within a reconnect backoff of its return.
         """
         period = max(0.1, (self.config.watchdog_s or 3.0) / 3)
         while True:
             await trio.sleep(max(0.0, self._last_command + period - trio.current_time()))
             if trio.current_time() - self._last_command >= period:
+                writes = self._heater_writes
                 try:
-                    await self.call(lambda d: d.query("SYST:WATC?"))
+                    readback = await self.call(lambda d: d.query_as("HEAT:VOLT:ALL?", _volts))
                 except (LinkError, DeviceError, InterlockError) as exc:
                     log.debug("%s: watchdog feed failed: %s", self.name, exc)
                     self._last_command = trio.current_time()
+                    continue
+                if writes == self._heater_writes and not self.interlocked:  # nobody set them meanwhile
+                    self._compare(self.volts, readback)
+                    self.volts = readback
 
     async def _watch_temperature(self) -> None:
         while True:
@@ -309,6 +319,7 @@ class ManagedDevice:
                 )
             target[heater] = value
         self.check(target)
+        self._heater_writes += 1
 
         async def write_and_read(driver: PhotonicaDriver) -> np.ndarray:
             if volts is None and len(changes) == 1:
@@ -320,19 +331,24 @@ class ManagedDevice:
 
         readback = await self.call(write_and_read)
         self.volts = readback
-        mismatched = np.flatnonzero(np.abs(readback - target) > self.config.readback_tolerance_v)
-        if len(mismatched):
-            heaters = [int(h) for h in mismatched]
+        return readback, self._compare(target, readback)
+
+    def _compare(self, expected: np.ndarray, readback: np.ndarray) -> list[int]:
+        """Heaters reading back other than expected: logged and raised as an alarm (`ReadbackMismatch`)."""
+        if expected.shape != readback.shape:
+            return []
+        heaters = [int(h) for h in np.flatnonzero(np.abs(readback - expected) > self.config.readback_tolerance_v)]
+        if heaters:
             log.error("%s: read differs from set on heater(s) %s", self.name, heaters)
             self.emit(
                 ReadbackMismatch(
                     device=self.name,
                     heaters=heaters,
-                    set_v=[float(target[h]) for h in heaters],
+                    set_v=[float(expected[h]) for h in heaters],
                     read_v=[float(readback[h]) for h in heaters],
                 )
             )
-        return readback, [int(h) for h in mismatched]
+        return heaters
 
     async def get_heaters(self) -> np.ndarray:
         self.volts = await self.call(lambda d: d.query_as("HEAT:VOLT:ALL?", _volts))
@@ -401,6 +417,7 @@ class ManagedDevice:
         commands = "SOUR:ENAB OFF"
         if not self.interlocked:
             commands += ";HEAT:VOLT:ALL " + ",".join(["0"] * len(self.limits))
+        self._heater_writes += 1
         await self.call(lambda d: d.write(commands))
         if not self.interlocked:
             self.volts = np.zeros_like(self.volts)

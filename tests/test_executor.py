@@ -325,6 +325,22 @@ async def test_a_heater_that_does_not_hold_its_voltage_is_reported_and_plans_mov
         assert not await physical_modes("after") & {0, 1}
 
 
+async def test_a_heater_that_sticks_between_jobs_is_caught_by_the_hal_and_reported_by_the_next_job(tmp_path):
+    async with bench(tmp_path, quiet_hal=True) as b:
+        await b.ask("scheduler", SetStrategy(strategy=StrategyConfig(kind="dynamic")))
+        assert (await b.run(hom(100), "before")).state == "completed"
+        async with b.client.open_event_stream("hal.readback_mismatch") as alarms:
+            b.server.device.chip.stuck[0] = 1.5  # while nothing runs
+            with trio.fail_after(30):
+                alarm = (await alarms.receive()).body  # the HAL's idle read-back
+        assert alarm.heaters == [0]
+        for i in range(3):
+            assert (await b.run(hom(100), f"stuck-{i}")).state == "completed"
+        record = await b.run(hom(100), "after")
+        plan = (await b.ask("memory", GetPlan(plan=record.plan))).body
+        assert not {p["physical"] for phase in plan["phases"] for p in phase["placement"]} & {0, 1}
+
+
 async def test_a_device_that_keeps_failing_opens_the_breaker_until_a_probe_succeeds(tmp_path):
     async with bench(tmp_path, quiet_hal=True, retries=0, breaker_threshold=2, breaker_probe_s=1.0) as b:
         for job in ("first", "second"):
