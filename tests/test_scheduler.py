@@ -142,6 +142,8 @@ async def test_a_submitted_job_is_stored_before_it_is_acknowledged_planned_and_d
         stored = await lab_.ask("memory", GetPlan(plan=plan.id))
         assert stored.body["id"] == plan.id
         await eventually(lambda: lab_.is_state("hom-1", "running"))
+        while_running = await lab_.sched(Submit(circuit=hom(), job="hom-1"))
+        assert (while_running.created, while_running.position) == (False, 0)  # recognised, not run twice
         assert (await lab_.sched(Checkpoint(job="hom-1", phase=0, duration_s=0.01))).action == "continue"
         await lab_.finish("hom-1", "completed")
         assert await lab_.state("hom-1") == "completed"

@@ -62,7 +62,8 @@ class JobQueue:
         return not self.paused and not self.suspended
 
     def position(self, job: str) -> int:
-        return next(i for i, j in enumerate(self.waiting()) if j.job == job)
+        """Jobs waiting ahead of this one (none when it is running)."""
+        return next((i for i, j in enumerate(self.waiting()) if j.job == job), 0)
 
     def next_ready(self) -> QueuedJob | None:
         """The job to run next, if dispatch is on, the device free, and the first in line planned.
