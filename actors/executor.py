@@ -39,7 +39,6 @@ import numpy as np
 import trio
 
 from protocol import AwenError, Envelope, ErrorCode, convert_settings
-from protocol.circuit import RunMode
 from protocol.executor import (
     Abort,
     ExecutorStatus,
@@ -124,6 +123,10 @@ class _Failed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class _NotAccepted(Exception):
+    """A job dispatched while its acceptance committed was refused by the store: it was never accepted."""
 
 
 VOLTS_CACHE = 4096
@@ -215,7 +218,12 @@ class ExecutorActor(Actor):
         ended = _Ended("failed", "", 0)
         try:
             with trio.fail_after(self.config.job_timeout_s):
-                ended = await self._run(job, plan, assignment.start_phase, assignment.run, assignment.fresh)
+                ended = await self._run(job, plan, assignment)
+        except _NotAccepted as exc:
+            # Nothing of it was allocated or stored, and nobody was told it was accepted: no end to record.
+            log.warning("%s: dropped %s, which the store did not accept: %s", self.name, job, exc)
+            self.job = self.phase = None
+            return
         except trio.TooSlowError:
             ended = _Ended("failed", f"the job took longer than job_timeout_s = {self.config.job_timeout_s:g} s", 0)
         except _Failed as exc:
@@ -314,7 +322,8 @@ class ExecutorActor(Actor):
         except (AwenError, trio.TooSlowError) as exc:
             log.error("%s: could not put %s in its safe state: %s", self.name, self.config.device, exc)
 
-    async def _run(self, job: str, plan: Plan, start_phase: int, run: RunMode, fresh: bool) -> _Ended:
+    async def _run(self, job: str, plan: Plan, assignment: Assignment) -> _Ended:
+        start_phase, run, fresh = assignment.start_phase, assignment.run, assignment.fresh
         model = await self._calibration(plan)
         if run.mode == "continuous":
             return await self._continuous(job, plan, model)
@@ -351,6 +360,7 @@ class ExecutorActor(Actor):
             calibration=plan.calibration,
             resume=True,
             mark_running=f"running on {self.name}",
+            accepting=assignment.accepting,
         )
         first_write: Allocate | None = None
         if fresh:  # nothing to resume: the allocation rides with the first write, one message less
@@ -381,16 +391,17 @@ class ExecutorActor(Actor):
         async def commit(values: list[SlotValue], finish: Literal["completed"] | None) -> None:
             """One frame (results and journal) committed; with ``finish``, the job's end stored with it."""
             nonlocal frame, committed, recorded
+            allocate = allocation()
             write = Write(
-                job=job,
-                frame=frame,
-                writer=self.name,
-                values=values,
-                commit=True,
-                finish=finish,
-                allocate=allocation(),
+                job=job, frame=frame, writer=self.name, values=values, commit=True, finish=finish, allocate=allocate
             )
-            await self.request(self.config.memory, write)
+            try:
+                await self.request(self.config.memory, write)
+            except RemoteError as exc:
+                refused = exc.code in (ErrorCode.NOT_FOUND, ErrorCode.ILLEGAL_TRANSITION)
+                if allocate is not None and allocate.accepting and refused:
+                    raise _NotAccepted(exc.message) from None
+                raise
             frame += 1
             committed += 1
             recorded = finish is not None

@@ -97,6 +97,11 @@ class Allocate(Request[Allocated], frozen=True, kw_only=True):
     the next transaction and the reply does not wait for it (anything the job
     commits later comes after it); a job that has ended is refused with
     ``illegal-transition`` and nothing is allocated.
+
+    With ``accepting``, the job's ``mem.put_job`` may still be on its way (the
+    scheduler dispatched it while its acceptance commits): a job not stored
+    yet is waited for, up to the memory actor's ``accept_wait_s``, before it
+    is refused with ``not-found``.
     """
 
     TYPE = "mem.allocate"
@@ -110,6 +115,7 @@ class Allocate(Request[Allocated], frozen=True, kw_only=True):
     calibration: int | None = None
     resume: bool = False
     mark_running: str | None = None
+    accepting: bool = False
 
 
 class SlotValue(_Body, frozen=True, kw_only=True):

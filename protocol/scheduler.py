@@ -236,6 +236,10 @@ class Assignment(Reply, frozen=True, kw_only=True):
     fresh: bool = False
     """Nothing of the job has run before (no journal to resume from): the executor may set up and fire
     its first phase while the job's slots are being allocated."""
+    accepting: bool = False
+    """The job's acceptance may still be committing (it was dispatched at once): its allocation says so
+    (`Allocate` ``accepting``), and the memory actor waits for it. If the acceptance fails, or finds the job
+    ended already, the allocation is refused and the job is dropped: it was never accepted."""
 
 
 class JobFinished(Request[Ok], frozen=True, kw_only=True):

@@ -136,6 +136,21 @@ async def test_hom_runs_end_to_end_and_shows_the_dip(tmp_path):
         assert {(r.device, r.calibration, r.plan) for r in results} == {("chip", 1, record.plan)}
 
 
+async def test_a_job_submitted_again_after_it_ended_is_dropped_not_run_again(tmp_path, caplog):
+    async with bench(tmp_path) as b:
+        first = await b.run(hom(2000), "once")
+        assert first.state == "completed", first.reason
+        again = await b.ask("scheduler", Submit(circuit=hom(2000), job="once"))
+        assert not again.created
+        after = await b.run(hom(2000), "next")  # the executor goes on, its breaker untouched
+        assert after.state == "completed", after.reason
+        assert b.executor.failures == 0
+        record = (await b.ask("memory", GetJob(job="once"))).record
+        assert (record.state, record.frames, record.results) == ("completed", first.frames, first.results)
+        # Its plan was at hand, so it went to the waiting executor while the store looked it up.
+        assert "dropped once, which the store did not accept: memory: job 'once' is completed" in caplog.text
+
+
 async def test_a_distinguishing_phase_gives_classical_coincidences(tmp_path):
     """Same chip, photons sent through a 0/100 splitter: every shot is a coincidence (minus losses)."""
     circuit = CircuitBuilder(2, shots=4000).input(0).input(1).bs(0, 1, theta=0.0).measure([0, 1], "c").build()

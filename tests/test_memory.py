@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 from actors import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions
 from actors.memory import (
@@ -353,7 +354,7 @@ async def test_commits_leave_the_wal_to_a_checkpoint_beside_the_writer(tmp_path)
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
             try:
                 return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
-            except sqlite3.OperationalError:  # not even the schema has been copied yet
+            except sqlite3.DatabaseError:  # not even the schema copied yet, or caught mid-checkpoint: look again
                 return 0
 
     async with memory(tmp_path, checkpoint_s=0.05) as (_, me):
@@ -365,6 +366,37 @@ async def test_commits_leave_the_wal_to_a_checkpoint_beside_the_writer(tmp_path)
 
         await eventually(all_there, within=10)
         assert (await me.request("memory", GetJob(job="j19"))).record.state == "queued"
+
+
+async def test_a_first_write_that_overtakes_its_jobs_acceptance_waits_for_it(tmp_path):
+    """The scheduler may dispatch a job while its acceptance commits; the executor's first write says so."""
+
+    def first_write(job: str) -> Write:
+        allocate = Allocate(job=job, slots=SLOTS[:1], device="chip", mark_running="on exec", accepting=True)
+        counts = SlotValue(slot="counts", value=np.arange(4, dtype=np.int64))
+        return Write(job=job, frame=0, writer="exec", values=[counts], commit=True, allocate=allocate)
+
+    async with memory(tmp_path, accept_wait_s=0.5) as (_, me):
+        written = []
+
+        async def executor() -> None:
+            written.append(await me.request("memory", first_write("j1")))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(executor)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not written  # it waits: the job is not stored yet
+            await me.request("memory", PutJob(job="j1", circuit={"c": 1}, plan="p-1"))
+        assert written[0].committed
+        record = (await me.request("memory", GetJob(job="j1"))).record
+        assert (record.state, record.frames) == ("running", 1)  # the running mark came after the acceptance
+        with pytest.raises(RemoteError, match=r"no job 'ghost' .* did not come within accept_wait_s = 0.5 s"):
+            await me.request("memory", first_write("ghost"))
+        with pytest.raises(RemoteError, match=r"no job 'other' in the store.*\[not-found\]"):  # not accepting: at once
+            await me.request("memory", Allocate(job="other", slots=SLOTS[:1], device="chip"))
+        await me.request("memory", SetJobState(job="j1", state="completed"))
+        with pytest.raises(RemoteError, match=r"job 'j1' is completed: it is not run \(again\)"):
+            await me.request("memory", first_write("j1"))
 
 
 async def test_queries_by_state_device_and_time_and_calibration_versions(tmp_path):

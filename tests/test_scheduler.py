@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from actors import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions
 from actors.hal import HalActor
@@ -83,7 +84,10 @@ class Lab:
         """Ask for work as the executor does: a job it gets, it records as running with its allocation."""
         assignment = await self.sched(NextJob(executor="exec", wait_s=wait_s))
         if assignment.job is not None:
-            await self.ask("memory", Allocate(job=assignment.job, slots=[], device="chip", mark_running="on exec"))
+            allocate = Allocate(
+                job=assignment.job, slots=[], device="chip", mark_running="on exec", accepting=assignment.accepting
+            )
+            await self.ask("memory", allocate)
             await self.ask("memory", Free(job=assignment.job))
         return assignment
 
@@ -155,6 +159,47 @@ async def test_a_submitted_job_is_stored_before_it_is_acknowledged_planned_and_d
             async for event in events:
                 seen.append(event.type)
         assert seen[:2] == ["sched.job_planned", "sched.job_dispatched"]
+
+
+async def test_a_job_with_its_plan_at_hand_goes_to_a_waiting_executor_while_it_is_stored(tmp_path):
+    async with lab(tmp_path) as lab_:
+        await lab_.sched(Submit(circuit=hom(), job="first"))
+        assert (await lab_.take()).job == "first"  # planned by the planner: its plan is stored and cached
+        await lab_.finish("first", "completed")
+
+        async def submitted_while_an_executor_waits(job: str) -> tuple[Any, Any]:
+            got: list[Any] = []
+
+            async def executor() -> None:
+                got.append(await lab_.sched(NextJob(executor="exec", wait_s=10)))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(executor)
+                await trio.testing.wait_all_tasks_blocked()
+                accepted = await lab_.sched(Submit(circuit=hom(), job=job))
+            return accepted, got[0]
+
+        accepted, assignment = await submitted_while_an_executor_waits("second")
+        assert (accepted.created, assignment.job, assignment.accepting, assignment.fresh) == (
+            True,
+            "second",
+            True,
+            True,
+        )
+        allocate = Allocate(job="second", slots=[], device="chip", mark_running="on exec", accepting=True)
+        await lab_.ask("memory", allocate)
+        await eventually(lambda: lab_.is_state("second", "running"))  # written behind the allocation
+        await lab_.finish("second", "completed")
+
+        # The same job again, once it has ended: it is handed out before the store recognises it, but the
+        # executor's allocation is refused, and the job stays as it ended.
+        again, assignment = await submitted_while_an_executor_waits("second")
+        assert (again.created, assignment.job) == (False, "second")
+        with pytest.raises(RemoteError, match=r"job 'second' is completed: it is not run \(again\)"):
+            await lab_.ask("memory", allocate)
+        assert await lab_.state("second") == "completed"
+        queue = await lab_.sched(GetQueue())
+        assert (queue.running, queue.jobs) == (None, [])
 
 
 async def test_an_invalid_circuit_is_refused_with_every_problem_and_nothing_is_stored(tmp_path):

@@ -34,7 +34,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 import trio
 
-from protocol import AwenError, Envelope, IllegalTransition, convert_settings, pack
+from protocol import AwenError, Envelope, IllegalTransition, NotFound, convert_settings, pack
 from protocol.memory import (
     JOB_TRANSITIONS,
     TERMINAL_STATES,
@@ -128,6 +128,8 @@ class MemoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             each.
         write_behind_s: Longest a write nobody waits for (a logged event) waits for a transaction to ride along with.
         checkpoint_s: How often the WAL is copied into the database file, beside the writer (never inside a commit).
+        accept_wait_s: Longest an allocation marked ``accepting`` waits for its job's ``mem.put_job``
+            (dispatched while its acceptance commits) before it is refused with ``not-found``.
     """
 
     data_dir: str = msgspec.field(default_factory=default_data_dir)
@@ -151,6 +153,7 @@ class MemoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     )
     write_behind_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.1
     checkpoint_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
+    accept_wait_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 5.0
 
     @property
     def store_path(self) -> Path:
@@ -187,6 +190,8 @@ class MemoryActor(Actor):
         self._events: list[tuple[float, str, str, bytes]] = []
         self._behind: list[_Op] = []
         self._flush_due = False
+        self._storing: dict[str, trio.Event] = {}
+        """Jobs whose mem.put_job is committing (or awaited by an accepting allocation): set once it has."""
         self._writer = trio.CapacityLimiter(1)
         self._reader = trio.CapacityLimiter(1)
         self._checkpointer = trio.CapacityLimiter(1)
@@ -309,7 +314,36 @@ class MemoryActor(Actor):
     # --- slots ------------------------------------------------------------------------------
 
     @handles(Allocate)
-    def _allocate(self, msg: Allocate, env: Envelope) -> Allocated:
+    def _allocate(self, msg: Allocate, env: Envelope) -> Allocated | Awaitable[Allocated]:
+        try:
+            return self._allocate_now(msg)
+        except NotFound:
+            if not msg.accepting:
+                raise
+            return self._allocate_once_stored(msg)
+
+    async def _allocate_once_stored(self, msg: Allocate) -> Allocated:
+        """Allocate for a job whose acceptance (its mem.put_job) is still on its way.
+
+        The scheduler may dispatch a job while its acceptance commits, and the
+        executor's first write can overtake it: they come over different
+        connections. Waits up to ``accept_wait_s`` for it to commit.
+        """
+        stored = self._storing.setdefault(msg.job, trio.Event())
+        with trio.move_on_after(self.config.accept_wait_s):
+            await stored.wait()
+        if self._storing.get(msg.job) is stored and not stored.is_set():
+            del self._storing[msg.job]
+        try:
+            return self._allocate_now(msg)
+        except NotFound:
+            raise NotFound(
+                f"no job {msg.job!r} in the store: its acceptance (mem.put_job) failed, or did not come within "
+                f"accept_wait_s = {self.config.accept_wait_s:g} s",
+                field="job",
+            ) from None
+
+    def _allocate_now(self, msg: Allocate) -> Allocated:
         assert self.store is not None
         state, frames, buffer = self.store.read(ops.load_state(msg.job), quick=True)  # one job's journal: short
         if msg.mark_running is not None and state != "running" and "running" not in JOB_TRANSITIONS[state]:
@@ -338,7 +372,17 @@ class MemoryActor(Actor):
         if msg.allocate is not None:
             if msg.allocate.job != msg.job:
                 raise AwenError(f"the allocation is for {msg.allocate.job}, the write for {msg.job}", field="allocate")
-            self._allocate(msg.allocate, env)
+            allocated = self._allocate(msg.allocate, env)
+            if not isinstance(allocated, Allocated):  # its acceptance is still on its way
+                return self._write_once_allocated(allocated, msg)
+        return self._write_allocated(msg)
+
+    async def _write_once_allocated(self, allocating: Awaitable[Allocated], msg: Write) -> Written:
+        await allocating
+        written = self._write_allocated(msg)
+        return written if isinstance(written, Written) else await written
+
+    def _write_allocated(self, msg: Write) -> Written | Awaitable[Written]:
         self.slots.write(msg.job, msg.frame, msg.writer, [(v.slot, v.value) for v in msg.values])
         if not msg.commit:
             return Written(job=msg.job, frame=msg.frame, committed=False)
@@ -395,7 +439,22 @@ class MemoryActor(Actor):
 
     @handles(PutJob)
     async def _put_job(self, msg: PutJob, env: Envelope) -> JobStored:
-        seq, created = await self._write(
+        stored = self._storing.setdefault(msg.job, trio.Event())
+        try:
+            seq, created = await self._put(msg, env)
+        finally:
+            if self._storing.get(msg.job) is stored:
+                del self._storing[msg.job]
+            stored.set()
+        if created:
+            self.publish_soon(JobStateChanged(job=msg.job, state="queued", previous=None, reason="accepted"))
+            if msg.plan is not None:
+                planned = f"plan {msg.plan}"
+                self.publish_soon(JobStateChanged(job=msg.job, state="planned", previous="queued", reason=planned))
+        return JobStored(job=msg.job, seq=seq, created=created)
+
+    async def _put(self, msg: PutJob, env: Envelope) -> tuple[int, bool]:
+        return await self._write(
             ops.put_job(
                 msg.job,
                 msg.circuit,
@@ -408,12 +467,6 @@ class MemoryActor(Actor):
                 calibration=msg.calibration,
             )
         )
-        if created:
-            self.publish_soon(JobStateChanged(job=msg.job, state="queued", previous=None, reason="accepted"))
-            if msg.plan is not None:
-                planned = f"plan {msg.plan}"
-                self.publish_soon(JobStateChanged(job=msg.job, state="planned", previous="queued", reason=planned))
-        return JobStored(job=msg.job, seq=seq, created=created)
 
     @handles(SetJobState)
     async def _set_job_state(self, msg: SetJobState, env: Envelope) -> JobStateSet:

@@ -93,7 +93,7 @@ from .._actor import Actor, handles, subscribes
 from .._config import Runtime
 from .._errors import RemoteError
 from ._compile import Health, Limits, analyse, compile_circuit, device_key, plan_id
-from ._queue import JobQueue, QueuedJob
+from ._queue import ACCEPTING_SEQ, JobQueue, QueuedJob
 from ._strategy import Feedback, apply_strategy, combined_health
 from ._validate import validate_plan
 
@@ -285,38 +285,63 @@ class SchedulerActor(Actor):
             if analysis.problems:
                 raise CircuitError(analysis.problems)
         job_id = msg.job or _new_job_id()
-        stored = await self.request(
-            self.config.memory,
-            PutJob(
-                job=job_id,
-                circuit=msgspec.to_builtins(circuit),
-                shots=circuit.shots,
-                priority=circuit.priority,
-                device=self.config.device,
-                deadline=circuit.deadline,
-                submitter=env.sender,
-                plan=plan.id if plan is not None else None,
-                calibration=plan.calibration if plan is not None else None,
-            ),
+        queued = QueuedJob(
+            job=job_id,
+            seq=ACCEPTING_SEQ,
+            circuit=circuit,
+            priority=circuit.priority,
+            deadline=circuit.deadline,
+            state="queued" if plan is None else "planned",
+            plan=plan,
+            accepting=plan is not None,
         )
-        if job_id not in self.queue.jobs and stored.created:
-            self.queue.add(
-                QueuedJob(
+        # A planned job may be dispatched while its acceptance commits: the memory actor orders the
+        # executor's first write after it (`Assignment.accepting`). The client hears only once it has.
+        early = queued.accepting and job_id not in self.queue.jobs
+        if early:
+            assert plan is not None
+            self.queue.add(queued)
+            self.cache_hits += 1
+            self.publish_soon(JobPlanned(job=job_id, plan=plan.id, metrics=plan.metrics, cached=True))
+            self._wake()
+        try:
+            stored = await self.request(
+                self.config.memory,
+                PutJob(
                     job=job_id,
-                    seq=stored.seq,
-                    circuit=circuit,
+                    circuit=msgspec.to_builtins(circuit),
+                    shots=circuit.shots,
                     priority=circuit.priority,
+                    device=self.config.device,
                     deadline=circuit.deadline,
-                    state="queued" if plan is None else "planned",
-                    plan=plan,
-                )
+                    submitter=env.sender,
+                    plan=plan.id if plan is not None else None,
+                    calibration=plan.calibration if plan is not None else None,
+                ),
             )
-            if plan is not None:
-                self.cache_hits += 1
-                self.publish_soon(JobPlanned(job=job_id, plan=plan.id, metrics=plan.metrics, cached=True))
+        except BaseException:
+            if early:
+                self._withdraw(queued)
+            raise
+        if early and not stored.created:
+            self._withdraw(queued)  # the same job was stored before, and has ended: it does not run again
+        elif stored.created and (early or job_id not in self.queue.jobs):
+            queued.seq, queued.accepting = stored.seq, False
+            if not early:
+                self.queue.add(queued)
             self._wake()
         position = self.queue.position(job_id) if job_id in self.queue.jobs else 0
         return Accepted(job=job_id, seq=stored.seq, position=position, created=stored.created)
+
+    def _withdraw(self, job: QueuedJob) -> None:
+        """Take back a job queued while its acceptance committed, which then failed or found it stored and ended.
+
+        If it was dispatched already, the executor's first write is refused
+        (the memory actor waited for the acceptance) and the executor drops it.
+        """
+        if self.queue.jobs.get(job.job) is job:
+            self.queue.remove(job.job)
+            self._wake()
 
     @handles(SubmitProcedure)
     async def _submit_procedure(self, msg: SubmitProcedure, env: Envelope) -> Accepted:
@@ -613,6 +638,7 @@ class SchedulerActor(Actor):
                     deadline=j.deadline,
                 )
                 for j in self.queue.ordered()
+                if not j.accepting  # not accepted yet (for a few milliseconds)
             ],
             plans_compiled=self.plans_compiled,
             plan_cache_hits=self.cache_hits,
@@ -713,7 +739,9 @@ class SchedulerActor(Actor):
         self.publish_soon(JobDispatched(job=job.job, executor=executor, start_phase=job.next_phase))
         run = job.circuit.run if job.circuit is not None else Assignment().run
         fresh, job.fresh = job.fresh, False
-        return Assignment(job=job.job, plan=job.plan, start_phase=job.next_phase, run=run, fresh=fresh)
+        return Assignment(
+            job=job.job, plan=job.plan, start_phase=job.next_phase, run=run, fresh=fresh, accepting=job.accepting
+        )
 
     async def _replan_if_recalibrated(self, job: QueuedJob) -> None:
         """A job resuming (after preemption or a crash) under a superseded calibration is planned again.

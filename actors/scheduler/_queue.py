@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from protocol.circuit import Circuit
 from protocol.plan import Plan
 
+ACCEPTING_SEQ = 2**62
+"""The order of a job whose acceptance has not committed yet: after every stored job (its seq comes later)."""
+
 
 @dataclass
 class QueuedJob:
@@ -24,6 +27,8 @@ class QueuedJob:
     planning: bool = False
     fresh: bool = True
     """Never dispatched: nothing of it ran, nothing is journalled."""
+    accepting: bool = False
+    """Queued (and maybe dispatched) while its acceptance commits: not yet stored, nor answered."""
 
     @property
     def order(self) -> tuple[int, int]:
