@@ -450,9 +450,11 @@ class Actor:
     def publish(self, body: Event) -> None:
         """Publish an event to every subscriber, this actor's own included.
 
-        Never waits: a subscriber that cannot keep up misses events.
+        Never waits: a subscriber that cannot keep up misses events. An event
+        nobody subscribes to (here or at the publisher's socket) costs nothing.
         """
-        self._publish(make_envelope(body, sender=self.name, to="*", id=self._next_id()))
+        if self._taken(body.TYPE):
+            self._publish(make_envelope(body, sender=self.name, to="*", id=self._next_id()))
 
     def publish_soon(self, body: Event) -> None:
         """Publish an event once the running task has sent what it is about to send (a reply, a request).
@@ -465,6 +467,8 @@ class Actor:
         if self._work is None:
             self.publish(body)
             return
+        if not self._taken(body.TYPE):
+            return
         self._soon.append(make_envelope(body, sender=self.name, to="*", id=self._next_id()))
         if len(self._soon) == 1:
             self._work.start_soon(self._publish_soon)
@@ -474,9 +478,17 @@ class Actor:
         for env in soon:
             self._publish(env)
 
+    def _taken(self, event_type: str) -> bool:
+        """Whether anyone takes events of this type now: this actor, or a subscriber of its publisher."""
+        if any(event_type.startswith(prefix) for prefix, _ in self._subscriptions):
+            return True
+        return self._publisher is not None and self._publisher.wants(event_type.encode())
+
     def _publish(self, env: Envelope) -> None:
         if self._publisher is not None:
-            self._publisher.publish(env.type.encode(), self.codec.encode(env))
+            topic = env.type.encode()
+            if self._publisher.wants(topic):
+                self._publisher.publish(topic, self.codec.encode(env))
         self._dispatch_event(env)
 
     async def _deadline_loop(self) -> None:

@@ -82,6 +82,10 @@ class Outbound(Protocol):
 class Publisher(Protocol):
     address: str
 
+    def wants(self, topic: bytes) -> bool:
+        """Whether a subscriber takes this topic now: if not, publishing it would send nothing anywhere."""
+        ...
+
     def publish(self, topic: bytes, frame: bytes) -> None:
         """Publish without waiting; a subscriber that cannot keep up misses events."""
         ...
@@ -154,7 +158,45 @@ class _ZmqOutbound(_ZmqEndpoint, Outbound):
         await self._owner.send((frame,))
 
 
+class _Interest:
+    """The topic prefixes a publisher's subscribers ask for, as its XPUB socket reports them.
+
+    Without ``XPUB_VERBOSE`` zmq reports a prefix when the first subscriber
+    asks for it and its end when the last one leaves: a set is the truth.
+    """
+
+    def __init__(self) -> None:
+        self._prefixes: set[bytes] = set()
+        self._topics: dict[bytes, bool] = {}
+
+    def on_recv(self, frames: list[bytes]) -> None:
+        message = frames[0]
+        if message[:1] == b"\x01":
+            self._prefixes.add(message[1:])
+        elif message[:1] == b"\x00":
+            self._prefixes.discard(message[1:])
+        else:
+            return
+        self._topics.clear()
+
+    def wants(self, topic: bytes) -> bool:
+        wanted = self._topics.get(topic)
+        if wanted is None:
+            wanted = self._topics[topic] = any(topic.startswith(prefix) for prefix in self._prefixes)
+        return wanted
+
+
 class _ZmqPublisher(_ZmqEndpoint, Publisher):
+    def __init__(self, owner: ZmqSocket, address: str, interest: _Interest) -> None:
+        super().__init__(owner, address)
+        self._interest = interest
+
+    def wants(self, topic: bytes) -> bool:
+        if self._interest.wants(topic):
+            return True
+        self._owner.poll()  # a subscription may have just arrived: a PUB socket would honour it
+        return self._interest.wants(topic)
+
     def publish(self, topic: bytes, frame: bytes) -> None:
         try:
             self._owner.send_nowait((topic, frame))
@@ -343,6 +385,9 @@ class _LocalPublisher(Publisher):
         self.subscribers: list[_LocalSubscriber] = []
         self._closed = trio.Event()
         self.dropped = 0
+
+    def wants(self, topic: bytes) -> bool:
+        return any(subscriber.wants(topic) for subscriber in self.subscribers)
 
     def publish(self, topic: bytes, frame: bytes) -> None:
         for subscriber in self.subscribers:
@@ -536,13 +581,21 @@ class Transport:
             publisher = _LocalPublisher(network, address)
             network._register_publisher(publisher)
             return publisher
-        sock = self.socket(zmq.PUB)
+        # XPUB: a PUB that hears its subscriptions, so an event nobody takes is not even encoded.
+        sock = self.socket(zmq.XPUB)
         bound = _bind(sock, address)
+        interest = _Interest()
         owner = ZmqSocket(
-            sock, name=f"pub {bound}", outbox_limit=self.hwm, drop_when_full=True, linger=self.linger, shield=True
+            sock,
+            name=f"pub {bound}",
+            on_recv=interest.on_recv,
+            outbox_limit=self.hwm,
+            drop_when_full=True,
+            linger=self.linger,
+            shield=True,
         )
         await nursery.start(owner.run)
-        return _ZmqPublisher(owner, bound)
+        return _ZmqPublisher(owner, bound, interest)
 
     def subscriber(self, nursery: trio.Nursery, on_event: OnFrame) -> Subscriber:
         return Subscriber(self, nursery, on_event)

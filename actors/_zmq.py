@@ -154,6 +154,11 @@ class ZmqSocket:
         if not self._owner_busy and self._pump():
             self._wake()
 
+    def poll(self) -> None:
+        """Take what has arrived and send what is queued, now, rather than on the owner's next turn."""
+        if not self._closing and not self._owner_busy and self._pump():
+            self._wake()
+
     def pause_reading(self) -> None:
         """Stop taking messages off the socket; zmq's queue (and HWM) holds them."""
         self._paused = True

@@ -29,7 +29,7 @@ from protocol import Codec, ErrorCode, make_envelope
 from protocol.system import GetStatus, Heartbeat, Ping
 
 from .actors import TEST_CATALOG, Add, Changed, Counter, Fail, Note, Stubborn, Total
-from .helpers import recv_message
+from .helpers import eventually, recv_message
 
 TRANSPORTS = ["mem", "inproc", "ipc", "tcp"]
 
@@ -101,6 +101,36 @@ async def test_events_published_soon_follow_the_reply_in_their_order(tmp_path):
             assert [e.body for e in received] == [Changed(total=2), Changed(total=5), Changed(total=9)]
             assert before <= received[0].ts <= received[1].ts <= received[2].ts
             assert [(await own.receive()).body.total for _ in range(3)] == [2, 5, 9]  # its own subscribers too
+
+
+async def test_an_event_nobody_subscribes_to_is_not_even_encoded(tmp_path, monkeypatch):
+    rt = runtime("ipc", ["client", "counter"], tmp_path)
+    client, counter = Actor("client", rt), Counter("counter", rt)
+    encoded: list[str] = []
+    encode = counter.codec.encode
+
+    def counting(env: Any) -> bytes:
+        encoded.append(env.type)
+        return encode(env)
+
+    monkeypatch.setattr(counter.codec, "encode", counting)
+    async with started(client, counter):
+        with trio.fail_after(10):
+            await client.wait_peer("counter")
+            for _ in range(3):
+                await client.request("counter", Add(n=1))
+            assert "test.changed" not in encoded
+            async with client.open_event_stream("test.") as events:
+
+                async def heard() -> Any:  # the subscription reaches the counter in its own time
+                    await client.request("counter", Add(n=1))
+                    with trio.move_on_after(0.2):
+                        return (await events.receive()).body
+                    return None
+
+                first = await heard() or await eventually(heard)
+            assert first.total >= 4
+            assert "test.changed" in encoded
 
 
 async def test_errors_come_back_typed_and_the_actor_keeps_serving(tmp_path):
