@@ -167,6 +167,8 @@ class Actor:
         self._handlers: dict[str, Handler] = {}
         self._inline: dict[str, bool] = {}  # plain functions run at once, without a task
         self._subscriptions: list[tuple[str, EventHandler]] = []
+        self._mine: dict[str, bool] = {}
+        """Event types this actor's own subscriptions take (kept until they change)."""
         self._collect_marked_methods()
         self._peers: dict[str, _Peer] = {n: _Peer() for n in runtime.directory if n != name}
         self._peer_changed = trio.lowlevel.ParkingLot()
@@ -299,11 +301,13 @@ class Actor:
     def subscribe(self, prefix: str, handler: EventHandler) -> None:
         """Call ``handler(body, envelope)`` for each event whose type starts with ``prefix``."""
         self._subscriptions.append((prefix, handler))
+        self._mine.clear()
         if self._subscriber is not None:
             self._subscriber.subscribe(prefix.encode())
 
     def unsubscribe(self, handler: EventHandler) -> None:
         self._subscriptions = [(p, h) for p, h in self._subscriptions if h != handler]
+        self._mine.clear()
 
     @asynccontextmanager
     async def open_event_stream(
@@ -480,7 +484,10 @@ class Actor:
 
     def _taken(self, event_type: str) -> bool:
         """Whether anyone takes events of this type now: this actor, or a subscriber of its publisher."""
-        if any(event_type.startswith(prefix) for prefix, _ in self._subscriptions):
+        mine = self._mine.get(event_type)
+        if mine is None:
+            mine = self._mine[event_type] = any(event_type.startswith(prefix) for prefix, _ in self._subscriptions)
+        if mine:
             return True
         return self._publisher is not None and self._publisher.wants(event_type.encode())
 

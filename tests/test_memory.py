@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 import trio
@@ -397,6 +398,30 @@ async def test_a_first_write_that_overtakes_its_jobs_acceptance_waits_for_it(tmp
         await me.request("memory", SetJobState(job="j1", state="completed"))
         with pytest.raises(RemoteError, match=r"job 'j1' is completed: it is not run \(again\)"):
             await me.request("memory", first_write("j1"))
+
+
+async def test_a_job_cancelled_before_it_runs_is_not_allocated_and_an_ended_one_keeps_no_state(tmp_path):
+    allocate = Allocate(job="j", slots=SLOTS[:1], state=[SlotSpec(name="n", dtype="int64")], device="chip")
+    async with memory(tmp_path) as (_, me):
+        await me.request("memory", PutJob(job="j", circuit={}, plan="p-1"))
+        await me.request("memory", SetJobState(job="j", state="cancelled", reason="by the user"))
+        with pytest.raises(RemoteError, match=r"job 'j' is cancelled: it is not run \(again\)"):
+            await me.request("memory", msgspec.structs.replace(allocate, mark_running="on exec"))
+        await me.request("memory", PutJob(job="k", circuit={}, plan="p-1"))
+        values = [SlotValue(slot="counts", value=np.ones(4, np.int64)), SlotValue(slot="n", value=7)]
+        first = msgspec.structs.replace(allocate, job="k", mark_running="on exec")
+        await me.request("memory", Write(job="k", frame=0, writer="x", values=values, commit=True, allocate=first))
+        values[1] = SlotValue(slot="n", value=8)
+        last = Write(job="k", frame=1, writer="x", values=values, commit=True, finish="completed")
+        await me.request("memory", last)
+        record = (await me.request("memory", GetJob(job="k"))).record
+        assert (record.state, record.frames, record.results) == ("completed", 2, 2)
+        # An ended job never resumes: its last frame does not store the state buffer (n = 8).
+        store = Store(tmp_path / "store.sqlite3", readonly=True)
+        try:
+            assert store.read(ops.load_state("k"))[1:] == (2, {"n": np.int64(7)})
+        finally:
+            store.close()
 
 
 async def test_queries_by_state_device_and_time_and_calibration_versions(tmp_path):

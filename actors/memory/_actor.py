@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+import numpy as np
 import trio
 
 from protocol import AwenError, Envelope, IllegalTransition, NotFound, convert_settings, pack
@@ -105,6 +106,10 @@ def default_data_dir() -> str:
         return os.environ["AWEN_DATA_DIR"]
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "awen")
+
+
+NEW_JOBS_KEPT = 10_000
+"""Jobs stored and not moved since whose state the memory actor keeps (their allocation reads nothing)."""
 
 
 class MemoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -191,6 +196,8 @@ class MemoryActor(Actor):
         self._behind: list[_Op] = []
         self._flush_due = False
         self._storing: dict[str, trio.Event] = {}
+        self._new: dict[str, str] = {}
+        """Jobs this actor stored that have not moved since, by state: their first allocation reads nothing."""
         """Jobs whose mem.put_job is committing (or awaited by an accepting allocation): set once it has."""
         self._writer = trio.CapacityLimiter(1)
         self._reader = trio.CapacityLimiter(1)
@@ -345,7 +352,12 @@ class MemoryActor(Actor):
 
     def _allocate_now(self, msg: Allocate) -> Allocated:
         assert self.store is not None
-        state, frames, buffer = self.store.read(ops.load_state(msg.job), quick=True)  # one job's journal: short
+        new = self._new.pop(msg.job, None)
+        buffer: dict[str, np.ndarray | bytes]
+        if new is not None:  # stored by us and untouched since: no frames, no state buffer
+            state, frames, buffer = new, 0, {}
+        else:
+            state, frames, buffer = self.store.read(ops.load_state(msg.job), quick=True)  # one job's journal
         if msg.mark_running is not None and state != "running" and "running" not in JOB_TRANSITIONS[state]:
             raise IllegalTransition(f"job {msg.job!r} is {state}: it is not run (again)", field="job")
         slots = self.slots.allocate(
@@ -413,7 +425,12 @@ class MemoryActor(Actor):
         snapshot = self.slots.prepare_commit(job, frame)
         slots = self.slots.job(job)
         frame_op = ops.commit_frame(
-            snapshot, phase=phase, device=slots.device, plan=slots.plan, calibration=slots.calibration
+            snapshot,
+            phase=phase,
+            device=slots.device,
+            plan=slots.plan,
+            calibration=slots.calibration,
+            last=finish is not None,
         )
         end_op = ops.set_job_state(job, finish, reason) if finish is not None else None
 
@@ -447,11 +464,17 @@ class MemoryActor(Actor):
                 del self._storing[msg.job]
             stored.set()
         if created:
+            self._remember_new(msg.job, "queued" if msg.plan is None else "planned")
             self.publish_soon(JobStateChanged(job=msg.job, state="queued", previous=None, reason="accepted"))
             if msg.plan is not None:
                 planned = f"plan {msg.plan}"
                 self.publish_soon(JobStateChanged(job=msg.job, state="planned", previous="queued", reason=planned))
         return JobStored(job=msg.job, seq=seq, created=created)
+
+    def _remember_new(self, job: str, state: str) -> None:
+        self._new[job] = state
+        if len(self._new) > NEW_JOBS_KEPT:  # a long queue: its oldest jobs read their state when they run
+            del self._new[next(iter(self._new))]
 
     async def _put(self, msg: PutJob, env: Envelope) -> tuple[int, bool]:
         return await self._write(
@@ -470,6 +493,7 @@ class MemoryActor(Actor):
 
     @handles(SetJobState)
     async def _set_job_state(self, msg: SetJobState, env: Envelope) -> JobStateSet:
+        self._new.pop(msg.job, None)
         moved = await self._write(
             ops.set_job_state(
                 msg.job, msg.state, msg.reason, expect=msg.expect, plan=msg.plan, calibration=msg.calibration

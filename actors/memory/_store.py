@@ -549,11 +549,20 @@ def _array_row(value: np.ndarray | bytes) -> tuple[str, str, bytes]:
 
 
 def commit_frame(
-    snapshot: FrameSnapshot, *, phase: int | None, device: str, plan: str | None, calibration: int | None
+    snapshot: FrameSnapshot,
+    *,
+    phase: int | None,
+    device: str,
+    plan: str | None,
+    calibration: int | None,
+    last: bool = False,
 ) -> WriteOp[int]:
-    """Store a frame's results and the job's state buffer; returns the result rows written."""
+    """Store a frame's results and the job's state buffer; returns the result rows written.
+
+    ``last``: the job ends with this frame, and never resumes from its state buffer: it is not stored.
+    """
     results = [(name, *_array_row(value)) for name, value in snapshot.results]
-    state = [(name, *_array_row(value)) for name, value in snapshot.state]
+    state = [] if last else [(name, *_array_row(value)) for name, value in snapshot.state]
     job, frame = snapshot.job, snapshot.frame
 
     def op(conn: sqlite3.Connection) -> int:
@@ -569,10 +578,11 @@ def commit_frame(
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(job, name, frame, phase, device, calibration, plan, dt, sh, data, now) for name, dt, sh, data in results],
         )
-        conn.executemany(
-            "INSERT OR REPLACE INTO job_state (job, slot, frame, dtype, shape, data) VALUES (?, ?, ?, ?, ?, ?)",
-            [(job, name, frame, dt, sh, data) for name, dt, sh, data in state],
-        )
+        if state:
+            conn.executemany(
+                "INSERT OR REPLACE INTO job_state (job, slot, frame, dtype, shape, data) VALUES (?, ?, ?, ?, ?, ?)",
+                [(job, name, frame, dt, sh, data) for name, dt, sh, data in state],
+            )
         conn.execute(
             "UPDATE jobs SET frames = frames + 1, last_phase = ?, results = results + ?, updated = ? WHERE id = ?",
             (phase, len(results), now, job),
