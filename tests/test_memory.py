@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,6 +30,8 @@ from actors.memory import (
     Store,
 )
 from actors.memory import _store as ops
+from actors.memory._actor import INLINE_BYTES
+from actors.memory._store import WriteOp
 from protocol import ConfigError, IllegalTransition, NotFound, StoreFull, StoreUnavailable
 from protocol.hal import Temperature
 from protocol.memory import (
@@ -422,6 +425,29 @@ async def test_a_job_cancelled_before_it_runs_is_not_allocated_and_an_ended_one_
             assert store.read(ops.load_state("k"))[1:] == (2, {"n": np.int64(7)})
         finally:
             store.close()
+
+
+async def test_a_job_cancelled_in_the_same_transaction_as_its_acceptance_is_not_allocated(tmp_path):
+    release = threading.Event()
+
+    def busy(conn: sqlite3.Connection) -> None:  # a big write the writer is busy with meanwhile
+        release.wait(10)
+
+    async with memory(tmp_path) as (actor, me):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(actor._write, WriteOp(busy, INLINE_BYTES))
+            await trio.testing.wait_all_tasks_blocked()
+            for request in (
+                PutJob(job="j", circuit={}, plan="p-1"),
+                SetJobState(job="j", state="cancelled", reason="cancelled at once"),
+            ):
+                nursery.start_soon(me.request, "memory", request)
+                await trio.testing.wait_all_tasks_blocked()
+            release.set()  # both commit in the next transaction, in that order
+        assert (await me.request("memory", GetJob(job="j"))).record.state == "cancelled"
+        allocate = Allocate(job="j", slots=SLOTS[:1], device="chip", mark_running="on exec", accepting=True)
+        with pytest.raises(RemoteError, match=r"job 'j' is cancelled: it is not run \(again\)"):
+            await me.request("memory", allocate)
 
 
 async def test_queries_by_state_device_and_time_and_calibration_versions(tmp_path):

@@ -171,8 +171,8 @@ class _Op:
     """None: nothing to write but the logged events waiting."""
     done: trio.Event | None = field(default_factory=trio.Event)
     """None: nobody waits for it."""
-    then: Callable[[Any], None] | None = None
-    """Called with the result once committed (for what nobody waits for)."""
+    then: Callable[[Any], object] | None = None
+    """Called with the result once committed, in the order of the writes (before any waiter hears)."""
     result: Any = None
 
 
@@ -253,14 +253,15 @@ class MemoryActor(Actor):
                 self.transactions += 1
             except Exception as exc:  # noqa: BLE001 - StoreUnavailable, or a bug: every waiter hears of it
                 results = [exc] * len(runs)
-            for op, result in zip(writes, results, strict=True):
+            for op, result in zip(writes, results, strict=True):  # in the order they were written
                 op.result = result
-                if op.done is not None:
-                    op.done.set()
-                elif isinstance(result, Exception):
-                    log.error("%s: a write nobody waited for failed: %s", self.name, result)
+                if isinstance(result, Exception):
+                    if op.done is None:
+                        log.error("%s: a write nobody waited for failed: %s", self.name, result)
                 elif op.then is not None:
                     op.then(result)
+                if op.done is not None:
+                    op.done.set()
 
     async def _checkpoint_loop(self) -> None:
         """Copy the WAL into the database file now and then, in a worker thread: commits stay short."""
@@ -277,9 +278,9 @@ class MemoryActor(Actor):
             except AwenError as exc:
                 log.warning("%s: %s", self.name, exc)
 
-    async def _write(self, run: WriteOp[T]) -> T:
+    async def _write(self, run: WriteOp[T], then: Callable[[T], object] | None = None) -> T:
         """Run a write operation in the next transaction; returns once it has committed."""
-        op = _Op(run)
+        op = _Op(run, then=then)
         self._ops_in.send_nowait(op)
         assert op.done is not None
         await op.done.wait()
@@ -464,7 +465,6 @@ class MemoryActor(Actor):
                 del self._storing[msg.job]
             stored.set()
         if created:
-            self._remember_new(msg.job, "queued" if msg.plan is None else "planned")
             self.publish_soon(JobStateChanged(job=msg.job, state="queued", previous=None, reason="accepted"))
             if msg.plan is not None:
                 planned = f"plan {msg.plan}"
@@ -477,6 +477,12 @@ class MemoryActor(Actor):
             del self._new[next(iter(self._new))]
 
     async def _put(self, msg: PutJob, env: Envelope) -> tuple[int, bool]:
+        state = "queued" if msg.plan is None else "planned"
+
+        def stored(result: tuple[int, bool]) -> None:  # at commit, in write order: before any later move
+            if result[1]:
+                self._remember_new(msg.job, state)
+
         return await self._write(
             ops.put_job(
                 msg.job,
@@ -488,7 +494,8 @@ class MemoryActor(Actor):
                 submitter=msg.submitter or env.sender,
                 plan=msg.plan,
                 calibration=msg.calibration,
-            )
+            ),
+            stored,
         )
 
     @handles(SetJobState)
@@ -497,7 +504,8 @@ class MemoryActor(Actor):
         moved = await self._write(
             ops.set_job_state(
                 msg.job, msg.state, msg.reason, expect=msg.expect, plan=msg.plan, calibration=msg.calibration
-            )
+            ),
+            lambda _moved: self._new.pop(msg.job, None),  # and again at commit: a put in the same batch came first
         )
         self._announce(msg.job, msg.state, msg.reason, moved)
         return JobStateSet(job=msg.job, state=msg.state, previous=moved[0])  # type: ignore[arg-type]
