@@ -196,9 +196,9 @@ class MemoryActor(Actor):
         self._behind: list[_Op] = []
         self._flush_due = False
         self._storing: dict[str, trio.Event] = {}
+        """Jobs whose mem.put_job is committing (or awaited by an accepting allocation): set once it has."""
         self._new: dict[str, str] = {}
         """Jobs this actor stored that have not moved since, by state: their first allocation reads nothing."""
-        """Jobs whose mem.put_job is committing (or awaited by an accepting allocation): set once it has."""
         self._writer = trio.CapacityLimiter(1)
         self._reader = trio.CapacityLimiter(1)
         self._checkpointer = trio.CapacityLimiter(1)
@@ -479,7 +479,7 @@ class MemoryActor(Actor):
     async def _put(self, msg: PutJob, env: Envelope) -> tuple[int, bool]:
         state = "queued" if msg.plan is None else "planned"
 
-        def stored(result: tuple[int, bool]) -> None:  # at commit, in write order: before any later move
+        def remember(result: tuple[int, bool]) -> None:  # at commit, in write order: before any later move
             if result[1]:
                 self._remember_new(msg.job, state)
 
@@ -495,7 +495,7 @@ class MemoryActor(Actor):
                 plan=msg.plan,
                 calibration=msg.calibration,
             ),
-            stored,
+            remember,
         )
 
     @handles(SetJobState)
