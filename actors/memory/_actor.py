@@ -7,8 +7,9 @@ has committed. A small transaction commits on the event loop's own thread (a
 worker-thread hop would cost more than the commit itself), a big one in a
 worker thread. Writes nobody waits for (logged events, the running state an
 executor's allocation records) ride along with the next transaction, or are
-written on their own at most ``write_behind_s`` after they arrived. Reads run on a second connection in
-another thread, beside the writer; short ones (a job's journal) at once.
+written on their own at most ``write_behind_s`` after they arrived. Reads run
+on a second connection in another thread, beside the writer; short ones (a
+job's journal) at once.
 
 Configured in the system file::
 
@@ -457,9 +458,28 @@ class MemoryActor(Actor):
 
     @handles(PutJob)
     async def _put_job(self, msg: PutJob, env: Envelope) -> JobStored:
+        state = "queued" if msg.plan is None else "planned"
+
+        def remember(result: tuple[int, bool]) -> None:  # at commit, in write order: before any later move
+            if result[1]:
+                self._remember_new(msg.job, state)
+
         stored = self._storing.setdefault(msg.job, trio.Event())
         try:
-            seq, created = await self._put(msg, env)
+            seq, created = await self._write(
+                ops.put_job(
+                    msg.job,
+                    msg.circuit,
+                    shots=msg.shots,
+                    priority=msg.priority,
+                    device=msg.device,
+                    deadline=msg.deadline,
+                    submitter=msg.submitter or env.sender,
+                    plan=msg.plan,
+                    calibration=msg.calibration,
+                ),
+                remember,
+            )
         finally:
             if self._storing.get(msg.job) is stored:
                 del self._storing[msg.job]
@@ -475,28 +495,6 @@ class MemoryActor(Actor):
         self._new[job] = state
         if len(self._new) > NEW_JOBS_KEPT:  # a long queue: its oldest jobs read their state when they run
             del self._new[next(iter(self._new))]
-
-    async def _put(self, msg: PutJob, env: Envelope) -> tuple[int, bool]:
-        state = "queued" if msg.plan is None else "planned"
-
-        def remember(result: tuple[int, bool]) -> None:  # at commit, in write order: before any later move
-            if result[1]:
-                self._remember_new(msg.job, state)
-
-        return await self._write(
-            ops.put_job(
-                msg.job,
-                msg.circuit,
-                shots=msg.shots,
-                priority=msg.priority,
-                device=msg.device,
-                deadline=msg.deadline,
-                submitter=msg.submitter or env.sender,
-                plan=msg.plan,
-                calibration=msg.calibration,
-            ),
-            remember,
-        )
 
     @handles(SetJobState)
     async def _set_job_state(self, msg: SetJobState, env: Envelope) -> JobStateSet:
