@@ -275,11 +275,22 @@ _HEADER = re.compile(rb"^:?(\*[A-Za-z]+|[A-Za-z][A-Za-z0-9]*(?::[A-Za-z][A-Za-z0
 
 
 def _split_units(message: bytes, separator: int) -> list[bytes]:
-    """Split at ``separator`` outside strings and blocks."""
+    """Split at ``separator`` outside strings and blocks; each part without its trailing blanks.
+
+    A blank that is a block's last byte is data, not a blank: only what
+    follows the last block of a part is trimmed.
+    """
     parts: list[bytes] = []
-    start = i = 0
+    start = i = kept = 0
     quote = 0
     n = len(message)
+
+    def part(end: int) -> bytes:
+        stop = end
+        while stop > max(start, kept) and message[stop - 1] in (0x20, 0x09):
+            stop -= 1
+        return message[start:stop]
+
     while i < n:
         byte = message[i]
         if quote:
@@ -294,19 +305,20 @@ def _split_units(message: bytes, separator: int) -> list[bytes]:
             field_ = message[i + 2 : i + 2 + digits]
             if len(field_) == digits and field_.isdigit():
                 i += 2 + digits + int(field_)
+                kept = min(i, n)
                 continue
         elif byte == separator:
-            parts.append(message[start:i])
+            parts.append(part(i))
             start = i + 1
         i += 1
     if quote:
         raise ScpiError(SYNTAX_ERROR, "unterminated string")
-    parts.append(message[start:])
+    parts.append(part(n))
     return parts
 
 
 def _param(raw: bytes) -> str | bytes:
-    raw = raw.strip(b" \t")
+    raw = raw.lstrip(b" \t")  # the end was trimmed by _split_units, which knows where blocks end
     if raw.startswith(b"#") and len(raw) > 1:
         if raw[1:2] == b"0":
             raise ScpiError(INVALID_BLOCK_DATA, "indefinite-length blocks (#0) are not supported")
@@ -330,7 +342,7 @@ def parse_message(message: bytes) -> list[Parsed | ScpiError]:
     except ScpiError as exc:
         return [exc]
     for unit in units:
-        unit = unit.strip(b" \t")
+        unit = unit.lstrip(b" \t")
         if not unit:
             if len(units) > 1:
                 result.append(ScpiError(SYNTAX_ERROR, "empty command between ';'"))
@@ -349,7 +361,7 @@ def parse_message(message: bytes) -> list[Parsed | ScpiError]:
             shown = unit[: m.end() + 8].decode("ascii", "backslashreplace")
             result.append(ScpiError(INVALID_SEPARATOR, f"expected a space after the header in '{shown}'"))
             continue
-        rest = rest.strip(b" \t")
+        rest = rest.lstrip(b" \t")
         try:
             params = tuple(_param(p) for p in _split_units(rest, 0x2C)) if rest else ()  # ','
         except ScpiError as exc:

@@ -94,3 +94,14 @@ def test_every_command_has_a_distinct_header():
 def test_error_entries_round_trip():
     error = scpi.ScpiError(scpi.DATA_OUT_OF_RANGE, 'heater 3: "9 V"')
     assert scpi.parse_error_entry(error.entry()) == (-222, "Data out of range; heater 3: '9 V'")
+
+
+@given(st.binary(min_size=1, max_size=40), st.sampled_from([b"", b" ", b"\t ", b" ;*OPC?"]))
+def test_a_block_keeps_its_blank_last_bytes(data, after):
+    # A heater setting whose last float64 byte is 0x20 or 0x09 lost it to the
+    # parser's trimming ("block says 128 bytes, holds 127").
+    for last in (0x20, 0x09):
+        payload = data + bytes([last])
+        parsed = scpi.parse_message(b"HEAT:VOLT:ALL " + scpi.block(payload) + after)
+        assert isinstance(parsed[0], scpi.Parsed)
+        assert parsed[0].params == (payload,)
