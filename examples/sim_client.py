@@ -27,7 +27,7 @@ def main() -> None:
         print("identity:", ask("*IDN?"))
         print("heater 3 at 2.5 V:", ask("HEAT:VOLT 3,2.5;HEAT:VOLT? 3;SYST:ERR?"))
         print("heater 3 at 9 V:  ", ask("HEAT:VOLT 3,9;SYST:ERR?"))
-        print("run:", ask("*RST;INP:STAT 0,PHOT;INP:STAT 1,PHOT;RUN:SHOT 10000;SYST:ERR?"))
+        print("run:", ask("*RST;INP:STAT 0,PHOT;INP:STAT 1,PHOT;SOUR:ENAB ON;RUN:SHOT 10000;SYST:ERR?"))
         print("counts per detector:", ask("FETC:COUN?"))
         print("status:", ask("STAT:TEMP?;SYST:INT?;HEAT:POW?"))
 

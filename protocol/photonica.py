@@ -190,7 +190,7 @@ def _c(pattern: str, params: tuple[Param, ...], summary: str, *, reply: str = ""
 P = Param
 COMMANDS: tuple[Command, ...] = (
     _c("*IDN?", (), "Identity.", reply="Photonica,<model>,<serial>,<firmware>"),
-    _c("*RST", (), "Reset: heaters to 0 V, inputs to vacuum, sources on, programs and results cleared."),
+    _c("*RST", (), "Reset to the safe state: heaters 0 V, sources off, inputs vacuum, programs and results cleared."),
     _c("*CLS", (), "Clear the error queue."),
     _c("*OPC?", (), "Wait until every heater has settled, then answer 1.", reply="1"),
     _c("*TST?", (), "Self-test.", reply="0 (passed)"),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+import numpy as np
 
 from protocol import convert_settings, load_settings
 from protocol.photonica import (
@@ -29,6 +30,32 @@ from protocol.photonica import (
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
+PerHeater = Positive | list[Positive] | dict[str, Positive]
+"""One value for every heater, one per heater, or a map of heater numbers (and ``default``) to values."""
+PerHeaterVolts = NonNegative | list[NonNegative] | dict[str, NonNegative]
+
+
+def per_heater(value: float | list[float] | dict[str, float], count: int, *, default: float, key: str) -> list[float]:
+    """A `PerHeater` setting as one value per heater.
+
+    Raises:
+        ValueError: a list of the wrong length, or a map key that is not a heater
+            (msgspec reports it as a validation error of the file).
+    """
+    if isinstance(value, int | float):
+        return [float(value)] * count
+    if isinstance(value, list):
+        if len(value) != count:
+            raise ValueError(f"{key}: {len(value)} values for {count} heaters (modes**2)")
+        return [float(v) for v in value]
+    values = [float(value.get("default", default))] * count
+    for name, item in value.items():
+        if name == "default":
+            continue
+        if not name.isdigit() or int(name) >= count:
+            raise ValueError(f"{key}: {name!r} is not a heater (0-{count - 1}) or 'default'")
+        values[int(name)] = float(item)
+    return values
 
 
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -95,6 +122,19 @@ class ThermalConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     kelvin_per_watt: NonNegative = 5.0
 
 
+class PowerOnConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The state the device powers up in: safe (sources off, heaters at 0 V) unless the file says otherwise.
+
+    Attributes:
+        sources: Whether the sources are on at power-up.
+        volts: The heaters' voltages at power-up (one for all, per heater, or a
+            map), within every limit.
+    """
+
+    sources: bool = False
+    volts: PerHeaterVolts = 0.0
+
+
 class FaultConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One fault to inject.
 
@@ -144,11 +184,35 @@ class SimConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True)
     memory: MemoryConfig = msgspec.field(default_factory=MemoryConfig)
     feedforward: FeedForwardConfig = msgspec.field(default_factory=FeedForwardConfig)
     thermal: ThermalConfig = msgspec.field(default_factory=ThermalConfig)
+    power_on: PowerOnConfig = msgspec.field(default_factory=PowerOnConfig)
     faults: list[FaultConfig] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        volts = np.array(self.power_on_volts)
+        v_max = self.heater_v_max
+        over = np.flatnonzero(volts > np.array(v_max))
+        if len(over):
+            h = int(over[0])
+            raise ValueError(f"power_on.volts: heater {h}: {volts[h]:g} V is outside 0-{v_max[h]:g} V")
+        power = float(np.sum(volts * volts) / self.heaters.resistance_ohm)
+        if power > self.power_limit_w:
+            raise ValueError(
+                f"power_on.volts: {power:.3g} W (nominal) exceeds heaters.power_limit_w {self.power_limit_w:.3g} W"
+            )
 
     @property
     def heater_count(self) -> int:
         return self.modes * self.modes
+
+    @property
+    def heater_v_max(self) -> list[float]:
+        """The highest voltage each heater accepts."""
+        return [self.heaters.v_max] * self.heater_count
+
+    @property
+    def power_on_volts(self) -> list[float]:
+        """Each heater's voltage at power-up."""
+        return per_heater(self.power_on.volts, self.heater_count, default=0.0, key="power_on.volts")
 
     @property
     def power_limit_w(self) -> float:

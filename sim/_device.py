@@ -118,7 +118,7 @@ class Device:
         self.clock = 0.0
         self.errors: deque[ScpiError] = deque()
         self.inputs = [Input() for _ in range(config.modes)]
-        self.sources_on = True
+        self.sources_on = config.power_on.sources
         self.interlock = False
         self.watchdog = 0.0
         self.watchdog_expired = False
@@ -164,6 +164,7 @@ class Device:
             "MEMory:CLEar": self._memory_clear,
             "MEMory:LOOP": lambda c, a: scpi.format_number(self.config.memory.loop_s),
         }
+        self._power_on()
 
     # --- the entry point ----------------------------------------------------------------
 
@@ -222,6 +223,18 @@ class Device:
         self.sources_on = False
 
     # --- plumbing -----------------------------------------------------------------------
+
+    def _power_on(self) -> None:
+        """The heaters as the device file says they power up (0 V unless it says otherwise), settled."""
+        volts = np.array(self.config.power_on_volts, dtype=np.float64)
+        if not volts.any():
+            return
+        power, limit = self.chip.power(volts), self.config.power_limit_w
+        if power > limit:  # the file checked the nominal power; the chip's true resistances draw more
+            self._trip(f"power-on heater power {power:.3f} W exceeds {limit:.3f} W")
+            return
+        self.chip.set_voltages(volts, -math.inf)
+        self.received.append((self.clock, self.chip.applied_voltages()))
 
     def _tick(self, seconds: float) -> None:
         if self.config.clock == "wall":
@@ -282,10 +295,11 @@ class Device:
     # --- commands -----------------------------------------------------------------------
 
     def _reset(self, command: Command, args: list[Any]) -> None:
+        # SCPI's *RST state has every output off: heaters at 0 V, sources off.
         if not self.interlock:
             self._apply(np.zeros(self.config.heater_count))
         self.inputs = [Input() for _ in range(self.config.modes)]
-        self.sources_on = True
+        self.sources_on = False
         self.program = Program()
         self.results = None
         self.watchdog = 0.0

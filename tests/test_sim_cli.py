@@ -47,7 +47,7 @@ def test_serve_tcp_with_a_seed_and_a_device_file(tmp_path):
 
 
 def test_the_same_seed_gives_the_same_replies_across_runs():
-    script = (b"INP:STAT 0,PHOT;INP:STAT 2,PHOT", b"HEAT:VOLT 4,3", b"RUN:SHOT 200", b"FETC:PATT?")
+    script = (b"INP:STAT 0,PHOT;INP:STAT 2,PHOT", b"HEAT:VOLT 4,3", b"SOUR:ENAB ON;RUN:SHOT 200", b"FETC:PATT?")
     runs = []
     for _ in range(2):
         with awen_sim("--tcp", "127.0.0.1:0", "--seed", "11") as (_, lines):

@@ -201,7 +201,7 @@ def test_single_photon_detection_rate_matches_losses_and_efficiency():
     config = quiet_config(loss={"input_db": 1.0, "mzi_db": 0.1, "output_db": 0.5}, detectors={"dark_rate_hz": 0})
     device = Device(config, seed=3)
     program(device, identity_phases(4))
-    device.handle(b"INP:STAT 2,PHOT;RUN:SHOT 200000")
+    device.handle(b"INP:STAT 2,PHOT;SOUR:ENAB ON;RUN:SHOT 200000")
     counts = np.array(device.handle(b"FETC:COUN?").split(b","), dtype=int)
     p = 10 ** (-(1.0 + 0.1 * 4 + 0.5) / 10) * config.detectors.efficiency
     sigma = math.sqrt(p * (1 - p) / 200_000)
@@ -212,7 +212,7 @@ def test_single_photon_detection_rate_matches_losses_and_efficiency():
 def test_dark_counts_follow_the_configured_rate():
     config = quiet_config(detectors={"dark_rate_hz": 2e6, "gate_s": 1e-7})  # 0.2 per gate
     device = Device(config, seed=4)
-    device.handle(b"RUN:SHOT 100000")
+    device.handle(b"SOUR:ENAB ON;RUN:SHOT 100000")
     counts = np.array(device.handle(b"FETC:COUN?").split(b","), dtype=int)
     p = 1 - math.exp(-0.2)
     sigma = math.sqrt(p * (1 - p) / 100_000)
@@ -227,7 +227,7 @@ def test_photon_number_resolving_detectors_see_the_bunched_pairs():
     )
     device = Device(config, seed=5)
     program(device, np.array([math.pi / 2, 0, 0, 0]))  # one balanced MZI, output phases 0
-    device.handle(b"INP:STAT 0,PHOT;INP:STAT 1,PHOT;RUN:SHOT 100000")
+    device.handle(b"INP:STAT 0,PHOT;INP:STAT 1,PHOT;SOUR:ENAB ON;RUN:SHOT 100000")
     patterns = np.frombuffer(device.handle(b"FETC:PATT?")[6:], dtype=np.uint8).reshape(-1, 2)
     totals = patterns.sum(axis=1)
     coincidences = np.mean((patterns[:, 0] == 1) & (patterns[:, 1] == 1))
@@ -242,13 +242,19 @@ def test_coherent_light_powers_follow_the_mesh():
     device = Device(config, seed=6)
     u = haar(4, np.random.default_rng(1))
     program(device, clements(u))
-    device.handle(b"INP:STAT 1,COH,1e-3")
+    device.handle(b"INP:STAT 1,COH,1e-3;SOUR:ENAB ON")
     powers = np.array(device.handle(b"MEAS:POW?").split(b","), dtype=float)
     assert np.allclose(powers, 1e-3 * abs(u[:, 1]) ** 2, rtol=1e-3, atol=1e-9)
 
 
 def test_the_same_seed_and_commands_give_the_same_replies():
-    script = [b"INP:STAT 0,PHOT;INP:STAT 3,PHOT", b"HEAT:VOLT 5,3.3", b"RUN:SHOT 500", b"FETC:PATT?", b"MEAS:POW?"]
+    script = [
+        b"INP:STAT 0,PHOT;INP:STAT 3,PHOT;SOUR:ENAB ON",
+        b"HEAT:VOLT 5,3.3",
+        b"RUN:SHOT 500",
+        b"FETC:PATT?",
+        b"MEAS:POW?",
+    ]
 
     def replies(seed: int) -> list[bytes | None]:
         device = Device(SimConfig(), seed=seed)
@@ -287,7 +293,7 @@ def test_memory_round_trips_cost_transmission_per_round():
     for rounds, survive in [(15, math.exp(-0.5)), (30, math.exp(-1)), (61, 0.0)]:
         device = Device(config, seed=rounds)
         program(device, np.array([math.pi, 0, 0, 0]))  # straight through
-        device.handle(f"INP:STAT 0,PHOT;MEM:STOR 0,0,0,{rounds};RUN:SHOT 50000".encode())
+        device.handle(f"INP:STAT 0,PHOT;MEM:STOR 0,0,0,{rounds};SOUR:ENAB ON;RUN:SHOT 50000".encode())
         counts = np.array(device.handle(b"FETC:COUN?").split(b","), dtype=int)
         # columns: first pass (mode 0 stored, so 0), then the second pass.
         assert counts[0] == 0
@@ -320,7 +326,7 @@ def test_feed_forward_phase_steers_a_stored_photon_only_when_it_arrives_in_time(
         device.handle(b"FFOR:MEAS 0")
         if rule:
             device.handle(b"FFOR:RULE 0,1,3.141592653589793")
-        device.handle(b"RUN:SHOT 4000")
+        device.handle(b"SOUR:ENAB ON;RUN:SHOT 4000")
         assert device.handle(b"SYST:ERR?") == b'0,"No error"'
         counts = np.array(device.handle(b"FETC:COUN?").split(b","), dtype=int)
         assert counts[:3].sum() == 0  # nothing detected in the first pass
