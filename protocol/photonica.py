@@ -61,6 +61,9 @@ class HeaterSpec(msgspec.Struct, frozen=True, kw_only=True):
         resistance_ohm: Nominal resistance, per heater (power = V**2 / R).
         power_limit_w: Total electrical power that trips the interlock.
         settle_s: Time for a heater's phase to settle after a change (1/e).
+        power_max_w: The highest electrical power each heater accepts, per
+            heater, in W; a setting over it is refused like one over v_max.
+            None: no limit beyond v_max.
     """
 
     count: int
@@ -68,6 +71,7 @@ class HeaterSpec(msgspec.Struct, frozen=True, kw_only=True):
     resistance_ohm: list[float]
     power_limit_w: float
     settle_s: float
+    power_max_w: list[float] | None = None
 
 
 class DetectorSpec(msgspec.Struct, frozen=True, kw_only=True):

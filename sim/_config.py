@@ -62,6 +62,9 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """A table of the device file: frozen, and a misspelt key is an error, not a silent default."""
 
 
+V_MAX = 7.0
+
+
 class IdentityConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     model: str = "PX-8"
     serial: str = "SN-000001"
@@ -73,7 +76,10 @@ class HeaterConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     resistance_spread: NonNegative = 0.05
     power_per_pi_mw: Positive = 20.0
     power_per_pi_spread: NonNegative = 0.05
-    v_max: Positive = 7.0
+    v_max: PerHeater = V_MAX
+    """The highest voltage a heater accepts: one for all, per heater, or a map over ``default`` (7 V)."""
+    power_max_w: PerHeater | None = None
+    """A heater's own highest electrical power (one for all, per heater, or a map); None: only v_max."""
     crosstalk: Fraction = 0.03
     crosstalk_spread: NonNegative = 0.2
     settle_s: Positive = 5e-6
@@ -194,7 +200,16 @@ class SimConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True)
         if len(over):
             h = int(over[0])
             raise ValueError(f"power_on.volts: heater {h}: {volts[h]:g} V is outside 0-{v_max[h]:g} V")
-        power = float(np.sum(volts * volts) / self.heaters.resistance_ohm)
+        powers = volts * volts / self.heaters.resistance_ohm
+        power_max = np.array(self.heater_power_max_w or [math.inf] * len(volts))
+        over = np.flatnonzero(powers > power_max)
+        if len(over):
+            h = int(over[0])
+            raise ValueError(
+                f"power_on.volts: heater {h}: {volts[h]:g} V draws {powers[h]:.4g} W (nominal), "
+                f"over its limit {power_max[h]:g} W"
+            )
+        power = float(np.sum(powers))
         if power > self.power_limit_w:
             raise ValueError(
                 f"power_on.volts: {power:.3g} W (nominal) exceeds heaters.power_limit_w {self.power_limit_w:.3g} W"
@@ -207,7 +222,14 @@ class SimConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True)
     @property
     def heater_v_max(self) -> list[float]:
         """The highest voltage each heater accepts."""
-        return [self.heaters.v_max] * self.heater_count
+        return per_heater(self.heaters.v_max, self.heater_count, default=V_MAX, key="heaters.v_max")
+
+    @property
+    def heater_power_max_w(self) -> list[float] | None:
+        """Each heater's own power limit in W (inf: none beyond v_max); None if the file sets none."""
+        if self.heaters.power_max_w is None:
+            return None
+        return per_heater(self.heaters.power_max_w, self.heater_count, default=math.inf, key="heaters.power_max_w")
 
     @property
     def power_on_volts(self) -> list[float]:
@@ -227,15 +249,20 @@ class SimConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True)
     def description(self) -> DeviceDescription:
         """What the device reports about itself: nominal values."""
         n = self.heater_count
+        v_max, power_max, r = self.heater_v_max, self.heater_power_max_w, self.heaters.resistance_ohm
         return DeviceDescription(
             identity=Identity(model=self.identity.model, serial=self.identity.serial, firmware=self.identity.firmware),
             modes=self.modes,
             heaters=HeaterSpec(
                 count=n,
-                v_max=[self.heaters.v_max] * n,
-                resistance_ohm=[self.heaters.resistance_ohm] * n,
+                v_max=v_max,
+                resistance_ohm=[r] * n,
                 power_limit_w=self.power_limit_w,
                 settle_s=self.heaters.settle_s,
+                # A heater with no limit of its own draws at most what v_max allows.
+                power_max_w=None
+                if power_max is None
+                else [p if math.isfinite(p) else v * v / r for p, v in zip(power_max, v_max, strict=True)],
             ),
             detectors=DetectorSpec(
                 kind=self.detectors.kind,

@@ -112,6 +112,9 @@ class Device:
             if fault.kind == "stuck":
                 self.chip.stuck[fault.heater] = fault.volts
         self.description = config.description()
+        self._v_max = np.array(config.heater_v_max)
+        power_max = config.heater_power_max_w
+        self._power_max = None if power_max is None else np.array(power_max)
         self._description_json = encode_description(self.description)
         self.host_clock = host_clock
         self._host_start = host_clock()
@@ -280,11 +283,21 @@ class Device:
     def _set_heaters(self, voltages: np.ndarray) -> None:
         if self.interlock:
             raise device_error(INTERLOCK_TRIPPED, "heater writes are refused until SYST:INT:RES")
-        v_max = self.config.heaters.v_max
-        bad = np.flatnonzero((voltages < 0) | (voltages > v_max) | ~np.isfinite(voltages))
+        v_max = self._v_max
+        bad = np.flatnonzero(~np.isfinite(voltages) | (voltages < 0) | (voltages > v_max))
         if len(bad):
             h = int(bad[0])
-            raise ScpiError(scpi.DATA_OUT_OF_RANGE, f"heater {h}: {voltages[h]:g} V is outside 0-{v_max:g} V")
+            raise ScpiError(scpi.DATA_OUT_OF_RANGE, f"heater {h}: {voltages[h]:g} V is outside 0-{v_max[h]:g} V")
+        if self._power_max is not None:
+            # What the heater draws, as the controller measures it: the true resistance.
+            powers = voltages * voltages / self.chip.resistance
+            over = np.flatnonzero(powers > self._power_max)
+            if len(over):
+                h = int(over[0])
+                raise ScpiError(
+                    scpi.DATA_OUT_OF_RANGE,
+                    f"heater {h}: {voltages[h]:g} V draws {powers[h]:.4g} W, over its limit {self._power_max[h]:g} W",
+                )
         power = self.chip.power(voltages)
         limit = self.config.power_limit_w
         if power > limit:
