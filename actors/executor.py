@@ -69,8 +69,10 @@ TRANSIENT = {
     ErrorCode.DEVICE_ERROR,
     ErrorCode.PEER_LOST,
     ErrorCode.UNAVAILABLE,
+    ErrorCode.STATE_CHANGED,
 }
-"""Error codes worth another try: the link, a slow reply, a device error from a glitch."""
+"""Error codes worth another try: the link, a slow reply, a device error from a glitch, and
+another client changing the device under the job (it is set up again first)."""
 
 
 class ExecutorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -115,6 +117,10 @@ class _Ended(NamedTuple):
     phase: int | None = None
     duration_s: float = 0.0
     failures: tuple[str, ...] = ()
+
+
+class _StateChanged(Exception):
+    """Someone else changed the device while this executor was setting it up."""
 
 
 class _Failed(Exception):
@@ -162,6 +168,10 @@ class ExecutorActor(Actor):
         self._configured: tuple[Any, ...] | None = None
         self._volts: np.ndarray | None = None
         """What the device is known to be set to (heaters; inputs and programs in ``_configured``)."""
+        self._version: int | None = None
+        """The HAL's state version of the device as this executor last left it: every request that
+        relies on what the executor set carries it, and the HAL refuses it (``state-changed``) under
+        the device's lock if anyone changed the device since."""
         self._models: dict[int, CalibrationModel] = {}
         self._phase_volts: dict[tuple[str, int, int], np.ndarray] = {}
         self._rng = random.Random()
@@ -297,6 +307,7 @@ class ExecutorActor(Actor):
         """The device may not be as last set (safe state, reconnect, interlock): set everything next time."""
         self._configured = None
         self._volts = None
+        self._version = None
 
     @subscribes("hal.")
     def _device_event(self, body: Any, env: Envelope) -> None:
@@ -435,8 +446,11 @@ class ExecutorActor(Actor):
                     if phase.readout == "powers":
                         t0 = time.monotonic()
                         powers, tries = await self._retry(
-                            lambda: self.request(self.config.hal, ReadPowers(device=self.config.device)),
+                            lambda: self.request(
+                                self.config.hal, ReadPowers(device=self.config.device, expect_version=self._version)
+                            ),
                             f"phase {phase.index}: reading the photodiodes",
+                            again=lambda phase=phase: self._configure(plan.id, phase, model),
                         )
                         retries += tries
                         t1 = time.monotonic()
@@ -457,7 +471,7 @@ class ExecutorActor(Actor):
                         n = min(self.config.batch_shots, phase.shots - shots_done)
                         t0 = time.monotonic()
                         patterns, tries = await self._retry(
-                            lambda n=n: self.request(self.config.hal, RunShots(device=self.config.device, shots=n)),
+                            lambda n=n: self._shots(n),
                             f"phase {phase.index}: {n} shots",
                             again=lambda phase=phase: self._configure(plan.id, phase, model),
                         )
@@ -548,7 +562,7 @@ class ExecutorActor(Actor):
                 n = min(self.config.batch_shots, phase.shots)
                 t0 = time.monotonic()
                 shots, _ = await self._retry(
-                    lambda n=n: self.request(self.config.hal, RunShots(device=self.config.device, shots=n)),
+                    lambda n=n: self._shots(n),
                     f"phase {phase.index}: {n} shots",
                     again=lambda phase=phase: self._configure(plan.id, phase, model),
                 )
@@ -611,19 +625,48 @@ class ExecutorActor(Actor):
             volts = self._phase_volts[key] = model.volts_for(phase.mesh_phases)
         return volts
 
+    async def _shots(self, n: int) -> Any:
+        """A batch of shots, only on the device as this executor set it (else ``state-changed``)."""
+        return await self.request(
+            self.config.hal, RunShots(device=self.config.device, shots=n, expect_version=self._version)
+        )
+
     async def _configure(self, plan: str, phase: Phase, model: CalibrationModel | None) -> tuple[float, int]:
+        """Set the device up for a phase, sending only what differs from how this executor left it.
+
+        Each change carries the state version the previous one made, so a
+        change by anyone else in between is caught by the HAL (``state-changed``):
+        then everything is sent again.
+        """
         began = time.monotonic()
+        retries = 0
+        for attempt in range(self.config.retries + 1):
+            try:
+                retries += await self._configure_once(plan, phase, model)
+                return time.monotonic() - began, retries
+            except _StateChanged as exc:
+                if attempt == self.config.retries:
+                    raise _Failed(f"phase {phase.index}: {exc} after {attempt + 1} tries") from None
+                log.warning("%s: %s; setting the device up again", self.name, exc)
+                self._forget_device_state()
+                retries += 1
+        raise AssertionError("unreachable")
+
+    async def _configure_once(self, plan: str, phase: Phase, model: CalibrationModel | None) -> int:
         retries = 0
         device = self.config.device
         volts = self._volts_for(plan, phase, model)
         if volts is not None and self._volts is not None and np.array_equal(volts, self._volts):
             volts = None  # the heaters are there already (the same configuration as the last phase or job)
+        # The version chain is kept here, not in self._version, which a device event may clear meanwhile.
+        version = self._version
         if volts is not None:
             self._volts = None
-            heaters, tries = await self._retry(
-                lambda: self.request(self.config.hal, SetHeaters(device=device, volts=volts)), "setting the heaters"
+            heaters, tries = await self._change(
+                SetHeaters(device=device, volts=volts, expect_version=version), "setting the heaters"
             )
             retries += tries
+            version = heaters.version
             if heaters.mismatched:  # the device is not where it was set: tell the scheduler which modes, set it again
                 layout = clements_layout(math.isqrt(len(volts)))
                 self._failing.update(f"mode:{m}" for h in heaters.mismatched for m in layout.modes_of(h))
@@ -632,23 +675,33 @@ class ExecutorActor(Actor):
         rules = {b.pattern: b.phases for b in phase.branches if b.phases}
         setup = (phase.inputs, phase.ff_modes, rules, phase.memory)
         if setup != self._configured:  # a sweep changes only the heaters: the rest is sent once
-            _, tries = await self._retry(
-                lambda: self.request(self.config.hal, ConfigureInputs(device=device, inputs=phase.inputs, clear=True)),
-                "configuring the inputs",
-            )
+            self._configured = None
+            inputs = ConfigureInputs(device=device, inputs=phase.inputs, clear=True, expect_version=version)
+            configured, tries = await self._change(inputs, "configuring the inputs")
             retries += tries
-            _, tries = await self._retry(
-                lambda: self.request(
-                    self.config.hal, Program(device=device, ff_modes=phase.ff_modes, rules=rules, memory=phase.memory)
-                ),
-                "programming feed-forward and memory",
+            program = Program(
+                device=device,
+                ff_modes=phase.ff_modes,
+                rules=rules,
+                memory=phase.memory,
+                expect_version=configured.version,
             )
+            configured, tries = await self._change(program, "programming feed-forward and memory")
             retries += tries
+            version = configured.version
             self._configured = setup
+        self._version = version
         if volts is not None:  # heaters changed: let them settle (unchanged ones settled long ago)
             await trio.sleep(phase.settle_s)
             await self._settled()
-        return time.monotonic() - began, retries
+        return retries
+
+    async def _change(self, request: Any, what: str) -> tuple[Any, int]:
+        """A change of the device's state, retried on transient errors; `_StateChanged` if someone else changed it."""
+        try:
+            return await self._retry(lambda: self.request(self.config.hal, request), what, state_changed=True)
+        except RemoteError as exc:
+            raise _StateChanged(f"{what}: {exc.message}") from None
 
     async def _settled(self) -> None:
         """Until the device says its heaters have settled (the phases are where they were set)."""
@@ -659,11 +712,13 @@ class ExecutorActor(Actor):
             await trio.sleep(0.001)
         log.warning("%s: %s did not report settled heaters; going on", self.name, self.config.device)
 
-    async def _retry(self, call: Any, what: str, again: Any = None) -> tuple[Any, int]:
+    async def _retry(self, call: Any, what: str, again: Any = None, *, state_changed: bool = False) -> tuple[Any, int]:
         """``await call()``, again after transient errors with backoff and jitter; (result, retries).
 
         Before another try, ``await again()`` if given: shots are fired again
-        only on a device set up again, in case the failure reset it.
+        only on a device set up again, in case the failure reset it. With
+        ``state_changed``, a ``state-changed`` refusal is raised at once (the
+        caller sets the device up again) rather than tried again as it was.
         """
         delay = self.config.backoff_s
         for attempt in range(self.config.retries + 1):
@@ -674,6 +729,8 @@ class ExecutorActor(Actor):
             try:
                 return await call(), attempt
             except RemoteError as exc:
+                if state_changed and exc.code == ErrorCode.STATE_CHANGED:
+                    raise
                 if exc.code == ErrorCode.INTERLOCK:
                     raise _Failed(f"{what}: the interlock tripped ({exc.message})") from None
                 if exc.code not in TRANSIENT or attempt == self.config.retries:

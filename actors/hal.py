@@ -24,6 +24,7 @@ import numpy as np
 from hal import HalConfig, ManagedDevice, load_hal_config, parse_hal_config
 from protocol import AwenError, ErrorCode
 from protocol.hal import (
+    Configured,
     ConfigureInputs,
     Describe,
     Description,
@@ -112,8 +113,10 @@ class HalActor(Actor):
     @handles(SetHeaters)
     async def _set_heaters(self, msg: SetHeaters, env: Any) -> HeatersSet:
         device = self.device(msg.device)
-        readback, mismatched = await device.set_heaters(msg.volts, {int(k): float(v) for k, v in msg.changes.items()})
-        return HeatersSet(device=msg.device, readback=readback, mismatched=mismatched)
+        readback, mismatched, version = await device.set_heaters(
+            msg.volts, {int(k): float(v) for k, v in msg.changes.items()}, expect_version=msg.expect_version
+        )
+        return HeatersSet(device=msg.device, readback=readback, mismatched=mismatched, version=version)
 
     @handles(GetHeaters)
     async def _get_heaters(self, msg: GetHeaters, env: Any) -> Heaters:
@@ -125,23 +128,26 @@ class HalActor(Actor):
         return HeaterVolts(device=msg.device, heater=msg.heater, volts=volts)
 
     @handles(ConfigureInputs)
-    async def _configure_inputs(self, msg: ConfigureInputs, env: Any) -> Ok:
-        await self.device(msg.device).configure_inputs(msg.inputs, msg.clear)
-        return Ok()
+    async def _configure_inputs(self, msg: ConfigureInputs, env: Any) -> Configured:
+        device = self.device(msg.device)
+        version = await device.configure_inputs(msg.inputs, msg.clear, expect_version=msg.expect_version)
+        return Configured(device=msg.device, version=version)
 
     @handles(Program)
-    async def _program(self, msg: Program, env: Any) -> Ok:
-        await self.device(msg.device).program(msg.ff_modes, msg.rules, msg.memory)
-        return Ok()
+    async def _program(self, msg: Program, env: Any) -> Configured:
+        device = self.device(msg.device)
+        version = await device.program(msg.ff_modes, msg.rules, msg.memory, expect_version=msg.expect_version)
+        return Configured(device=msg.device, version=version)
 
     @handles(RunShots)
     async def _run_shots(self, msg: RunShots, env: Any) -> Shots:
-        patterns, width = await self.device(msg.device).run_shots(msg.shots)
+        patterns, width = await self.device(msg.device).run_shots(msg.shots, expect_version=msg.expect_version)
         return Shots(device=msg.device, patterns=patterns, width=width)
 
     @handles(ReadPowers)
     async def _read_powers(self, msg: ReadPowers, env: Any) -> Powers:
-        return Powers(device=msg.device, watts=np.asarray(await self.device(msg.device).read_powers()))
+        watts = await self.device(msg.device).read_powers(expect_version=msg.expect_version)
+        return Powers(device=msg.device, watts=np.asarray(watts))
 
     @handles(GetDeviceStatus)
     async def _status(self, msg: GetDeviceStatus, env: Any) -> DeviceStatus:
@@ -158,6 +164,7 @@ class HalActor(Actor):
             sources=bool(status.get("sources")),
             reconnects=device.driver.reconnects if device.driver else 0,
             status=status,
+            version=device.version,
         )
 
     @handles(ResetInterlock)

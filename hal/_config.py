@@ -6,11 +6,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
+import numpy as np
 
 from protocol import ConfigError, convert_settings, load_settings
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
+HeaterKey = Annotated[str, msgspec.Meta(pattern=r"^([0-9]{1,6}|default)$")]
+PerHeater = Positive | list[Positive] | dict[HeaterKey, Positive]
+"""A limit for every heater (a number), one per heater (a list), or a table by heater index
+whose ``default`` applies to the heaters it does not name (as the simulator's device file)."""
 
 
 class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -19,7 +24,12 @@ class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     Attributes:
         name: How requests name the device.
         url: ``tcp://HOST:PORT``, ``serial:///dev/ttyUSB0?baud=115200`` or ``sim://?seed=1``.
-        v_max: A voltage limit for every heater, applied if stricter than the device's.
+        v_max: A voltage limit, applied where stricter than the device's: one for
+            every heater (``v_max = 5.0``), one per heater (a list as long as the
+            device has heaters), or for some heaters (``v_max = { "12" = 3.5 }``, with
+            ``default`` for the others).
+        power_max_w: The electrical power one heater may draw (V**2 / its nominal
+            resistance), given like ``v_max``; applied where stricter than the device's.
         power_limit_w: A total power limit, applied if stricter than the device's.
         power_margin: Fraction kept below the device's own power interlock, for the
             spread between nominal and true heater resistance.
@@ -33,7 +43,8 @@ class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
     name: Name
     url: str
-    v_max: Positive | None = None
+    v_max: PerHeater | None = None
+    power_max_w: PerHeater | None = None
     power_limit_w: Positive | None = None
     power_margin: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.1
     calibration: str | None = None
@@ -51,6 +62,35 @@ class HalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ConfigError(f"device names must be unique; repeated: {', '.join(repeated)}", field="device.name")
+
+
+def per_heater(limit: PerHeater | None, count: int, *, what: str) -> np.ndarray:
+    """A configured limit as one value per heater (``inf`` where none is configured).
+
+    Raises:
+        ConfigError: a list of another length, or a heater the device does not have.
+    """
+    values = np.full(count, np.inf)
+    if limit is None:
+        return values
+    if isinstance(limit, float | int):
+        values[:] = float(limit)
+    elif isinstance(limit, list):
+        if len(limit) != count:
+            raise ConfigError(f"{what} lists {len(limit)} values, but the device has {count} heaters", field=what)
+        values[:] = limit
+    else:
+        values[:] = limit.get("default", np.inf)
+        for key, value in limit.items():
+            if key == "default":
+                continue
+            heater = int(key)
+            if heater >= count:
+                raise ConfigError(
+                    f"{what} names heater {heater}, but the device has heaters 0-{count - 1}", field=f"{what}.{key}"
+                )
+            values[heater] = value
+    return values
 
 
 def parse_hal_config(data: dict[str, Any], *, source: str = "HAL configuration") -> HalConfig:

@@ -6,6 +6,15 @@ against the device's limits before anything reaches the wire, reads back what
 it wrote, arms and feeds the device's host watchdog, watches the interlock and
 the temperature, and puts the device in its safe state when it stops. One
 command stream at a time per device; different devices proceed in parallel.
+
+Every decision on the device's state is made under the device's lock, in the
+same step as the action it allows: a heater setting is checked against the
+state its write will leave, read back and compared with what the device should
+then hold, before any other request may touch the device. Concurrent requests
+therefore behave as if run one after another, in the order they took the lock.
+Each change of the device's state (heaters, inputs, program, safe state,
+interlock, reconnect) adds one to its `version`; a request that carries the
+version it expects is refused with `StateChanged` if another came between.
 """
 
 from __future__ import annotations
@@ -21,7 +30,18 @@ import numpy as np
 import trio
 
 from drivers import IdentityChanged, PhotonicaDriver, endpoint_from_url, held, shots_timeout
-from protocol import DeviceError, Event, InterlockError, LinkError, SafetyLimitError, scpi
+from protocol import (
+    AwenError,
+    ConfigError,
+    DeviceError,
+    ErrorCode,
+    Event,
+    InterlockError,
+    LinkError,
+    SafetyLimitError,
+    StateChanged,
+    scpi,
+)
 from protocol.hal import (
     DeviceConnected,
     DeviceDisconnected,
@@ -37,12 +57,18 @@ from protocol.hal import (
 from protocol.mesh import MeshLayout
 from protocol.photonica import INTERLOCK_TRIPPED, DeviceDescription, decode_description
 
-from ._config import DeviceConfig
+from ._config import DeviceConfig, per_heater
 
 log = logging.getLogger("awen.hal")
 
 T = TypeVar("T")
 Emit = Callable[[Event], None]
+
+
+class NoSuchHeater(AwenError):
+    """A request names a heater the device does not have."""
+
+    code = ErrorCode.INVALID
 
 
 class ManagedDevice:
@@ -63,11 +89,20 @@ class ManagedDevice:
         self.description: DeviceDescription | None = None
         self.layout: MeshLayout | None = None
         self.limits = np.zeros(0)
+        """The voltage each heater may be set to: the strictest of the device's and the configured
+        voltage limits, and the voltage at which it would draw its configured power limit."""
+        self.heater_power_max = np.zeros(0)
+        """The power each heater may draw (W; ``inf`` where only its voltage limit applies)."""
         self.resistance = np.ones(0)
         self.power_budget = 0.0
         self.volts = np.zeros(0)
-        self._heater_writes = 0
-        """Heater writes begun: an idle read-back compares only if none began meanwhile."""
+        """The heaters as last read back."""
+        self.expected = np.zeros(0)
+        """What the heaters should hold: the last setting the device accepted (0 V after a safe state)."""
+        self.version = 0
+        """Adds one with every change of the device's state; see `StateChanged`."""
+        self._alarmed: tuple[int, ...] = ()
+        """Heaters an idle read-back has already raised an alarm for (not raised again until they change)."""
         self.interlocked = False
         self._lock = trio.Lock()
         self._last_command = -math.inf
@@ -96,6 +131,9 @@ class ManagedDevice:
                     except IdentityChanged as exc:
                         self._refuse(str(exc))
                         break
+                    except ConfigError as exc:
+                        self._refuse(f"its configuration does not fit the device: {exc}")
+                        break
                     except (LinkError, DeviceError, OSError) as exc:
                         self.state, self.detail = "unreachable", str(exc)
                         log.warning("%s: %s; retrying", self.name, exc)
@@ -118,6 +156,7 @@ class ManagedDevice:
                         await self.driver.aclose()
 
     async def wait_connected(self) -> None:
+        """Until the device is connected, or refused for good (`state` says which)."""
         await self._connected.wait()
 
     def info(self) -> DeviceInfo:
@@ -142,6 +181,7 @@ class ManagedDevice:
         self.state, self.detail = "refused", why
         log.error("%s: %s", self.name, why)
         self.emit(DeviceDisconnected(device=self.name, reason=why))
+        self._connected.set()  # nobody need wait for it any longer
 
     async def _after_connect(self, *, first: bool) -> None:
         """Learn (or re-check) what the device is, arm its watchdog, read its state."""
@@ -153,32 +193,27 @@ class ManagedDevice:
         assert description is not None
         self.description = description
         self.layout = description.layout()
-        heaters = description.heaters
-        limits = np.array(heaters.v_max, dtype=np.float64)
-        if self.config.v_max is not None:
-            limits = np.minimum(limits, self.config.v_max)
-        self.limits = limits
-        self.resistance = np.array(heaters.resistance_ohm, dtype=np.float64)
-        device_limit = heaters.power_limit_w
-        if self.config.power_limit_w is not None:
-            device_limit = min(device_limit, self.config.power_limit_w)
-        self.power_budget = device_limit * (1 - self.config.power_margin)
+        self._set_limits(description)
         if self.config.watchdog_s:
             await driver.write(f"SYST:WATC {self.config.watchdog_s:g}")
         self.interlocked = await driver.query_as("SYST:INT?", _flag)
-        self._heater_writes += 1  # what an idle read-back finds next is compared with what this reads
-        self.volts = await driver.query_as("HEAT:VOLT:ALL?", _volts)
-        if first and (self.volts.any() or await driver.query_as("SOUR:ENAB?", _flag)):
+        volts = await driver.query_as("HEAT:VOLT:ALL?", _volts)
+        if first and (volts.any() or await driver.query_as("SOUR:ENAB?", _flag)):
             # Left as a HAL that died (or someone else) had it: nobody here asked
             # for that state, so start from the safe one.
             log.warning("%s: found heaters on or sources enabled at start; putting it in its safe state", self.name)
-            off = (
-                "SOUR:ENAB OFF"
-                if self.interlocked
-                else "SOUR:ENAB OFF;HEAT:VOLT:ALL " + ",".join(["0"] * len(self.volts))
-            )
+            off = "SOUR:ENAB OFF" if self.interlocked else "SOUR:ENAB OFF;HEAT:VOLT:ALL " + ",".join(["0"] * len(volts))
             await driver.write(off)
-            self.volts = np.zeros_like(self.volts)
+            volts = np.zeros_like(volts)
+        elif not first and self.expected.shape == volts.shape and not np.array_equal(self.expected, volts):
+            log.warning(
+                "%s: after the reconnect the heaters hold other voltages than were set (heaters %s)",
+                self.name,
+                [int(h) for h in np.flatnonzero(self.expected != volts)][:16],
+            )
+        # What the device holds now is what it should hold: whoever set it before must set it again.
+        self.volts, self.expected, self._alarmed = volts, volts.copy(), ()
+        self.version += 1
         self._last_command = trio.current_time()
         self.state = "interlocked" if self.interlocked else "connected"
         self.detail = ""
@@ -189,6 +224,25 @@ class ManagedDevice:
         else:
             log.info("%s: reconnected and re-checked", self.name)
             self.emit(DeviceReconnected(device=self.name, identity=driver.identity or ""))
+
+    def _set_limits(self, description: DeviceDescription) -> None:
+        """The limits the HAL enforces: the stricter of the device's and the configuration's, per heater."""
+        heaters = description.heaters
+        count = heaters.count
+        config = self.config
+        v_config = per_heater(config.v_max, count, what="v_max")
+        p_config = per_heater(config.power_max_w, count, what="power_max_w")
+        resistance = np.array(heaters.resistance_ohm, dtype=np.float64)
+        p_device = getattr(heaters, "power_max_w", None)
+        power_max = np.minimum(p_config, np.array(p_device, dtype=np.float64) if p_device is not None else np.inf)
+        limits = np.minimum(np.array(heaters.v_max, dtype=np.float64), v_config)
+        self.limits = np.minimum(limits, np.sqrt(power_max * resistance))
+        self.heater_power_max = power_max
+        self.resistance = resistance
+        device_limit = heaters.power_limit_w
+        if config.power_limit_w is not None:
+            device_limit = min(device_limit, config.power_limit_w)
+        self.power_budget = device_limit * (1 - config.power_margin)
 
     async def _recheck_capabilities(self, driver: PhotonicaDriver) -> DeviceDescription:
         """The device's capabilities after a reconnect: refuse it if they changed.
@@ -219,28 +273,38 @@ class ManagedDevice:
         while True:
             await trio.sleep(max(0.0, self._last_command + period - trio.current_time()))
             if trio.current_time() - self._last_command >= period:
-                writes = self._heater_writes
                 try:
-                    readback = await self.call(lambda d: d.query_as("HEAT:VOLT:ALL?", _volts))
+                    await self.call(self._idle_readback)
                 except (LinkError, DeviceError, InterlockError) as exc:
                     log.debug("%s: watchdog feed failed: %s", self.name, exc)
                     self._last_command = trio.current_time()
-                    continue
-                if writes == self._heater_writes and not self.interlocked:  # nobody set them meanwhile
-                    self._compare(self.volts, readback)
-                    self.volts = readback
+
+    async def _idle_readback(self, driver: PhotonicaDriver) -> None:
+        """Read the heaters back and compare with what they should hold (the lock is held: nobody sets them)."""
+        volts = await driver.query_as("HEAT:VOLT:ALL?", _volts)
+        self.volts = volts
+        if self.interlocked or volts.shape != self.expected.shape:
+            return
+        differ = tuple(int(h) for h in np.flatnonzero(np.abs(volts - self.expected) > self.config.readback_tolerance_v))
+        if differ != self._alarmed:
+            self._alarmed = differ
+            self._compare(self.expected, volts)
 
     async def _watch_temperature(self) -> None:
         while True:
             await trio.sleep(self.config.temperature_every_s)
             try:
-                celsius = await self.call(lambda d: d.query_as("STAT:TEMP?", float))
-                tripped = await self.call(lambda d: d.query_as("SYST:INT?", _flag))
+                celsius = await self.call(self._read_temperature)
             except (LinkError, DeviceError, InterlockError, ValueError):
                 continue
             self.emit(Temperature(device=self.name, celsius=celsius))
-            if tripped and not self.interlocked:
-                self._tripped("the device reports its interlock tripped")
+
+    async def _read_temperature(self, driver: PhotonicaDriver) -> float:
+        """The temperature, and whether the device tripped its interlock on its own (the lock is held)."""
+        celsius = await driver.query_as("STAT:TEMP?", float)
+        if await driver.query_as("SYST:INT?", _flag) and not self.interlocked:
+            self._tripped("the device reports its interlock tripped")
+        return celsius
 
     async def _final_safe_state(self) -> None:
         if self.driver is None or self.state in ("refused",) or self.driver.identity is None:
@@ -255,11 +319,7 @@ class ManagedDevice:
 
     async def call(self, operation: Callable[[PhotonicaDriver], Awaitable[T]]) -> T:
         """Run ``operation(driver)`` with the device to ourselves."""
-        if self.state == "refused":
-            raise LinkError(f"{self.name}: refused: {self.detail}")
-        driver = self.driver
-        if driver is None or driver.description is None:
-            raise LinkError(f"{self.name}: not connected ({self.detail or self.state})")
+        driver = self._usable()
         async with held(self._lock):
             try:
                 result = await operation(driver)
@@ -275,12 +335,47 @@ class ManagedDevice:
                     await self._after_connect(first=False)
             return result
 
+    def _usable(self) -> PhotonicaDriver:
+        """The driver, if the device can be used at all; `LinkError` saying why not otherwise."""
+        if self.state == "refused":
+            raise LinkError(f"{self.name}: refused: {self.detail}")
+        driver = self.driver
+        if driver is None or driver.description is None or not len(self.limits):
+            raise LinkError(f"{self.name}: not connected ({self.detail or self.state})")
+        return driver
+
     def _tripped(self, reason: str) -> None:
         self.interlocked = True
         self.state = "interlocked"
         self.volts = np.zeros_like(self.volts)
+        self.expected = np.zeros_like(self.expected)
+        self.version += 1
         log.error("%s: interlock tripped: %s", self.name, reason)
         self.emit(InterlockTripped(device=self.name, reason=reason))
+
+    def _expect(self, version: int | None) -> None:
+        """Refuse a request made for another state of the device than the one it is in (lock held)."""
+        if version is not None and version != self.version:
+            raise StateChanged(
+                f"{self.name}: the device is at state version {self.version}, not {version}: "
+                "another request changed it since; set it again",
+                field="expect_version",
+            )
+
+    def _changed(self) -> int:
+        """A change of the device's state is about to go out (lock held): its new version."""
+        self.version += 1
+        return self.version
+
+    def heater(self, heater: int, *, field: str) -> int:
+        """``heater`` if the device has it; `NoSuchHeater` naming the field otherwise."""
+        self._usable()
+        count = len(self.limits)
+        if not 0 <= heater < count:
+            raise NoSuchHeater(
+                f"{self.name}: heater {heater} does not exist (the device has heaters 0-{count - 1})", field=field
+            )
+        return heater
 
     def check(self, volts: np.ndarray) -> None:
         """Refuse, before the wire, a setting over any heater's limit or the power budget."""
@@ -292,9 +387,16 @@ class ManagedDevice:
         if len(bad):
             h = int(bad[0])
             what = self.layout.describe_heater(h) if self.layout else f"heater {h}"
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            draws = float(volts[h]) ** 2 / self.resistance[h] if np.isfinite(volts[h]) else math.nan
+            if volts[h] >= 0 and draws > self.heater_power_max[h]:
+                raise SafetyLimitError(
+                    f"{self.name}: heater {h} ({what}): {volts[h]:g} V draws {draws:.4f} W, over its limit of "
+                    f"{self.heater_power_max[h]:g} W (at most {self.limits[h]:.4g} V){more}",
+                    field="volts",
+                )
             raise SafetyLimitError(
-                f"{self.name}: heater {h} ({what}): {volts[h]:g} V is outside 0-{self.limits[h]:g} V"
-                + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""),
+                f"{self.name}: heater {h} ({what}): {volts[h]:g} V is outside 0-{self.limits[h]:g} V{more}",
                 field="volts",
             )
         power = float(np.sum(volts * volts / self.resistance))
@@ -307,31 +409,42 @@ class ManagedDevice:
                 field="volts",
             )
 
-    async def set_heaters(self, volts: np.ndarray | None, changes: dict[int, float]) -> tuple[np.ndarray, list[int]]:
-        """Set all heaters, or some; returns the read-back and the heaters that differ from it."""
-        if self.interlocked:
-            raise InterlockError(f"{self.name}: the interlock has tripped; reset it (hal.reset_interlock) first")
-        target = self.volts.copy() if volts is None else np.asarray(volts, dtype=np.float64).copy()
-        for heater, value in changes.items():
-            if not 0 <= heater < len(target):
-                raise SafetyLimitError(
-                    f"{self.name}: heater {heater} does not exist (0-{len(target) - 1})", field="changes"
-                )
-            target[heater] = value
-        self.check(target)
-        self._heater_writes += 1
+    async def set_heaters(
+        self, volts: np.ndarray | None, changes: dict[int, float], *, expect_version: int | None = None
+    ) -> tuple[np.ndarray, list[int], int]:
+        """Set all heaters, or some; (the read-back, the heaters that differ from it, the new version).
 
-        async def write_and_read(driver: PhotonicaDriver) -> np.ndarray:
-            if volts is None and len(changes) == 1:
+        Everything is decided with the device held: ``changes`` apply to what the
+        heaters should hold at that moment, the limits are checked against the
+        state the write leaves, and the read-back is compared with that state.
+        """
+        for heater in changes:
+            self.heater(heater, field="changes")
+        setting = None if volts is None else np.asarray(volts, dtype=np.float64)
+
+        async def write_and_read(driver: PhotonicaDriver) -> tuple[np.ndarray, list[int], int]:
+            self._expect(expect_version)
+            if self.interlocked:
+                raise InterlockError(f"{self.name}: the interlock has tripped; reset it (hal.reset_interlock) first")
+            target = (self.expected if setting is None else setting).copy()
+            for heater, value in changes.items():
+                target[heater] = value
+            self.check(target)
+            # From here the device may hold the new setting even if the exchange fails.
+            self.expected, self._alarmed = target, ()
+            version = self._changed()
+            if setting is None and len(changes) == 1:
                 ((heater, value),) = changes.items()
                 await driver.write(f"HEAT:VOLT {heater},{value!r}")
             else:
                 await driver.write(b"HEAT:VOLT:ALL " + scpi.block(target.astype("<f8").tobytes()))
-            return await driver.query_as("HEAT:VOLT:ALL?", _volts)
+            readback = await driver.query_as("HEAT:VOLT:ALL?", _volts)
+            self.volts = readback
+            mismatched = self._compare(target, readback)
+            self._alarmed = tuple(mismatched)  # an idle read-back raises these again only if they change
+            return readback, mismatched, version
 
-        readback = await self.call(write_and_read)
-        self.volts = readback
-        return readback, self._compare(target, readback)
+        return await self.call(write_and_read)
 
     def _compare(self, expected: np.ndarray, readback: np.ndarray) -> list[int]:
         """Heaters reading back other than expected: logged and raised as an alarm (`ReadbackMismatch`)."""
@@ -351,16 +464,20 @@ class ManagedDevice:
         return heaters
 
     async def get_heaters(self) -> np.ndarray:
-        self.volts = await self.call(lambda d: d.query_as("HEAT:VOLT:ALL?", _volts))
-        return self.volts
+        async def read(driver: PhotonicaDriver) -> np.ndarray:
+            self.volts = await driver.query_as("HEAT:VOLT:ALL?", _volts)
+            return self.volts
+
+        return await self.call(read)
 
     async def get_heater(self, heater: int) -> float:
-        if not 0 <= heater < len(self.limits):
-            raise SafetyLimitError(f"{self.name}: heater {heater} does not exist (0-{len(self.limits) - 1})")
+        self.heater(heater, field="heater")
         return await self.call(lambda d: d.query_as(f"HEAT:VOLT? {heater}", float))
 
-    async def configure_inputs(self, inputs: list[InputSetting], clear: bool) -> None:
-        """Set the inputs; the sources are switched on when any input carries light."""
+    async def configure_inputs(
+        self, inputs: list[InputSetting], clear: bool, *, expect_version: int | None = None
+    ) -> int:
+        """Set the inputs; the sources are switched on when any input carries light. Returns the new version."""
         parts = ["INP:CLE"] if clear else []
         for item in inputs:
             if item.state == "coherent":
@@ -369,10 +486,17 @@ class ManagedDevice:
                 parts.append(f"INP:STAT {item.mode},{'PHOT' if item.state == 'photon' else 'VAC'}")
         if any(item.state != "vacuum" for item in inputs):
             parts.append("SOUR:ENAB ON")
-        if parts:
-            await self.call(lambda d: d.write(";".join(parts)))
+        return await self._change(";".join(parts), expect_version)
 
-    async def program(self, ff_modes: list[int], rules: dict[str, dict[int, float]], memory: list[MemorySlot]) -> None:
+    async def program(
+        self,
+        ff_modes: list[int],
+        rules: dict[str, dict[int, float]],
+        memory: list[MemorySlot],
+        *,
+        expect_version: int | None = None,
+    ) -> int:
+        """Replace the feed-forward and delay-line program; returns the new version."""
         parts = ["FFOR:CLE", "MEM:CLE"]
         for slot in memory:
             parts.append(f"MEM:STOR {slot.slot},{slot.out_mode},{slot.in_mode},{slot.rounds}")
@@ -381,9 +505,21 @@ class ManagedDevice:
         for pattern, phases in rules.items():
             pairs = ",".join(f"{mode},{phase!r}" for mode, phase in phases.items())
             parts.append(f"FFOR:RULE {pattern}" + (f",{pairs}" if pairs else ""))
-        await self.call(lambda d: d.write(";".join(parts)))
+        return await self._change(";".join(parts), expect_version)
 
-    async def run_shots(self, shots: int) -> tuple[np.ndarray, int]:
+    async def _change(self, commands: str, expect_version: int | None) -> int:
+        """Send commands that change the device's state (not its heaters); the new version."""
+
+        async def send(driver: PhotonicaDriver) -> int:
+            self._expect(expect_version)
+            version = self._changed()
+            if commands:
+                await driver.write(commands)
+            return version
+
+        return await self.call(send)
+
+    async def run_shots(self, shots: int, *, expect_version: int | None = None) -> tuple[np.ndarray, int]:
         timeout = shots_timeout(self.description, shots, self.config.timeout_s)
 
         def patterns(reply: bytes) -> tuple[np.ndarray, int]:
@@ -393,34 +529,55 @@ class ManagedDevice:
                 raise ValueError(f"{len(data)} bytes of patterns do not divide into {shots} shots")
             return np.frombuffer(data, np.uint8).reshape(shots, width).copy(), width
 
-        # One exchange: the run and its patterns (the width follows from the block's length).
-        return await self.call(lambda d: d.query_as(f"RUN:SHOT {shots};:FETC:PATT?", patterns, reply_timeout=timeout))
+        async def run(driver: PhotonicaDriver) -> tuple[np.ndarray, int]:
+            self._expect(expect_version)
+            # One exchange: the run and its patterns (the width follows from the block's length).
+            return await driver.query_as(f"RUN:SHOT {shots};:FETC:PATT?", patterns, reply_timeout=timeout)
 
-    async def read_powers(self) -> np.ndarray:
-        return await self.call(lambda d: d.query_as("MEAS:POW?", _floats))
+        return await self.call(run)
+
+    async def read_powers(self, *, expect_version: int | None = None) -> np.ndarray:
+        async def read(driver: PhotonicaDriver) -> np.ndarray:
+            self._expect(expect_version)
+            return await driver.query_as("MEAS:POW?", _floats)
+
+        return await self.call(read)
 
     async def status(self) -> dict[str, Any]:
-        status: dict[str, Any] = await self.call(lambda d: d.query_as("STAT?", _json_block))
-        if status.get("interlock") and not self.interlocked:
-            self._tripped("the device reports its interlock tripped")
-        return status
+        async def read(driver: PhotonicaDriver) -> dict[str, Any]:
+            status: dict[str, Any] = await driver.query_as("STAT?", _json_block)
+            if status.get("interlock") and not self.interlocked:
+                self._tripped("the device reports its interlock tripped")
+            return status
+
+        return await self.call(read)
 
     async def reset_interlock(self) -> None:
-        await self.call(lambda d: d.write("SYST:INT:RES"))
-        self.interlocked = False
-        self.state = "connected"
-        await self.get_heaters()
+        async def reset(driver: PhotonicaDriver) -> None:
+            await driver.write("SYST:INT:RES")
+            volts = await driver.query_as("HEAT:VOLT:ALL?", _volts)
+            self.interlocked = False
+            self.state = "connected"
+            self.volts, self.expected, self._alarmed = volts, volts.copy(), ()
+            self._changed()
+
+        await self.call(reset)
         self.emit(InterlockReset(device=self.name))
 
     async def safe_state(self) -> None:
         """Heaters to 0 V (unless the interlock already put them there) and sources off."""
-        commands = "SOUR:ENAB OFF"
-        if not self.interlocked:
-            commands += ";HEAT:VOLT:ALL " + ",".join(["0"] * len(self.limits))
-        self._heater_writes += 1
-        await self.call(lambda d: d.write(commands))
-        if not self.interlocked:
-            self.volts = np.zeros_like(self.volts)
+
+        async def make_safe(driver: PhotonicaDriver) -> None:
+            commands = "SOUR:ENAB OFF"
+            if not self.interlocked:
+                commands += ";HEAT:VOLT:ALL " + ",".join(["0"] * len(self.limits))
+                self.expected, self._alarmed = np.zeros_like(self.expected), ()
+            self._changed()
+            await driver.write(commands)
+            if not self.interlocked:
+                self.volts = np.zeros_like(self.volts)
+
+        await self.call(make_safe)
 
 
 def _flag(reply: bytes) -> bool:

@@ -28,6 +28,7 @@ from ._errors import MalformedFrame as MalformedFrame
 from ._errors import NotFound as NotFound
 from ._errors import ProtocolError as ProtocolError
 from ._errors import SafetyLimitError as SafetyLimitError
+from ._errors import StateChanged as StateChanged
 from ._errors import StoreFull as StoreFull
 from ._errors import StoreUnavailable as StoreUnavailable
 from ._errors import UnknownMessageType as UnknownMessageType

@@ -43,6 +43,7 @@ class ErrorCode(enum.StrEnum):
     STORE_UNAVAILABLE = "store-unavailable"
     INVALID_CIRCUIT = "invalid-circuit"
     UNAVAILABLE = "unavailable"
+    STATE_CHANGED = "state-changed"
 
     @property
     def meaning(self) -> str:
@@ -80,6 +81,7 @@ _MEANINGS = {
     ErrorCode.STORE_UNAVAILABLE: "The store cannot be opened or written; the message says why and what to do.",
     ErrorCode.INVALID_CIRCUIT: "The circuit cannot run on the device; the message lists every problem with its op.",
     ErrorCode.UNAVAILABLE: "Something the request needs (the device, another actor) is not available now.",
+    ErrorCode.STATE_CHANGED: "The device's state changed since the version the request expected; set it again.",
 }
 
 
@@ -166,6 +168,12 @@ class SafetyLimitError(AwenError):
     """A request would put a voltage or a total power over its limit; nothing was sent."""
 
     code = ErrorCode.SAFETY_LIMIT
+
+
+class StateChanged(AwenError):
+    """The device's state is not the version the request expected: another request changed it since."""
+
+    code = ErrorCode.STATE_CHANGED
 
 
 class InterlockError(AwenError):

@@ -17,6 +17,12 @@ from .system import Ok
 
 DeviceName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 Mode = Annotated[int, msgspec.Meta(ge=0)]
+Version = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+"""A device's state version: every accepted change of its heaters, inputs or program adds one.
+
+A request carrying ``expect_version`` is refused with ``state-changed`` when the
+device is at another version: someone else changed it since the sender last did.
+"""
 
 
 class DeviceInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -64,13 +70,18 @@ class HeatersSet(Reply, frozen=True, kw_only=True):
     device: DeviceName
     readback: np.ndarray
     mismatched: list[int] = msgspec.field(default_factory=list)
+    version: Version = 0
+    """The device's state version this write made."""
 
 
 class SetHeaters(Request[HeatersSet], frozen=True, kw_only=True):
     """Set every heater (``volts``, one value per heater) or some (``changes``, heater -> V).
 
     Refused with ``safety-limit`` if any voltage or the total power would
-    exceed its limit, before anything reaches the device.
+    exceed its limit, before anything reaches the device. The check is made
+    against the state this write leaves (``changes`` apply to what the device
+    holds when the write runs), under the same lock as the write: concurrent
+    requests behave as if run one after another.
     """
 
     TYPE = "hal.set_heaters"
@@ -78,6 +89,7 @@ class SetHeaters(Request[HeatersSet], frozen=True, kw_only=True):
     device: DeviceName
     volts: np.ndarray | None = None
     changes: dict[int, float] = msgspec.field(default_factory=dict)
+    expect_version: Version | None = None
 
 
 class Heaters(Reply, frozen=True, kw_only=True):
@@ -117,7 +129,16 @@ class InputSetting(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     phase_rad: float = 0.0
 
 
-class ConfigureInputs(Request[Ok], frozen=True, kw_only=True):
+class Configured(Reply, frozen=True, kw_only=True):
+    """A change of the device's inputs or program was carried out."""
+
+    TYPE = "hal.configured"
+    device: DeviceName
+    version: Version
+    """The device's state version this change made."""
+
+
+class ConfigureInputs(Request[Configured], frozen=True, kw_only=True):
     """Set the listed modes' inputs; with ``clear``, every other mode to vacuum first.
 
     The sources are switched on when any input carries light (the HAL starts
@@ -125,10 +146,11 @@ class ConfigureInputs(Request[Ok], frozen=True, kw_only=True):
     """
 
     TYPE = "hal.configure_inputs"
-    REPLY = Ok
+    REPLY = Configured
     device: DeviceName
     inputs: list[InputSetting]
     clear: bool = True
+    expect_version: Version | None = None
 
 
 class MemorySlot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -138,7 +160,7 @@ class MemorySlot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     rounds: Annotated[int, msgspec.Meta(ge=1)]
 
 
-class Program(Request[Ok], frozen=True, kw_only=True):
+class Program(Request[Configured], frozen=True, kw_only=True):
     """Replace the device's feed-forward and delay-line program.
 
     ``rules`` maps a click pattern of ``ff_modes`` (``"10"``) to fast phases
@@ -146,11 +168,12 @@ class Program(Request[Ok], frozen=True, kw_only=True):
     """
 
     TYPE = "hal.program"
-    REPLY = Ok
+    REPLY = Configured
     device: DeviceName
     ff_modes: list[Mode] = msgspec.field(default_factory=list)
     rules: dict[str, dict[int, float]] = msgspec.field(default_factory=dict)
     memory: list[MemorySlot] = msgspec.field(default_factory=list)
+    expect_version: Version | None = None
 
 
 class Shots(Reply, frozen=True, kw_only=True):
@@ -163,10 +186,13 @@ class Shots(Reply, frozen=True, kw_only=True):
 
 
 class RunShots(Request[Shots], frozen=True, kw_only=True):
+    """Fire shots; with ``expect_version``, only if the device is still as the sender set it."""
+
     TYPE = "hal.run_shots"
     REPLY = Shots
     device: DeviceName
     shots: Annotated[int, msgspec.Meta(ge=1)]
+    expect_version: Version | None = None
 
 
 class Powers(Reply, frozen=True, kw_only=True):
@@ -176,11 +202,12 @@ class Powers(Reply, frozen=True, kw_only=True):
 
 
 class ReadPowers(Request[Powers], frozen=True, kw_only=True):
-    """Photodiode power per output mode, in W."""
+    """Photodiode power per output mode, in W; with ``expect_version``, only if the device is still as set."""
 
     TYPE = "hal.read_powers"
     REPLY = Powers
     device: DeviceName
+    expect_version: Version | None = None
 
 
 class DeviceStatus(Reply, frozen=True, kw_only=True):
@@ -195,6 +222,7 @@ class DeviceStatus(Reply, frozen=True, kw_only=True):
     sources: bool
     reconnects: int
     status: dict[str, Any] = msgspec.field(default_factory=dict)
+    version: Version = 0
 
 
 class GetDeviceStatus(Request[DeviceStatus], frozen=True, kw_only=True):
@@ -282,6 +310,7 @@ HAL_MESSAGES = (
     HeaterVolts,
     ConfigureInputs,
     Program,
+    Configured,
     RunShots,
     Shots,
     ReadPowers,

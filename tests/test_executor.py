@@ -28,6 +28,7 @@ from actors.memory import MemoryActor
 from actors.scheduler import SchedulerActor
 from protocol.circuit import CircuitBuilder, RunMode
 from protocol.executor import Abort, GetExecutorStatus
+from protocol.hal import ConfigureInputs, InputSetting, SetHeaters
 from protocol.memory import GetJob, GetPlan, PutCalibration, QueryResults
 from protocol.scheduler import GetQueue, SetStrategy, StrategyConfig, Submit
 from sim import DeviceServer, parse_config, parse_fault, serve_tcp
@@ -382,3 +383,47 @@ async def test_the_same_seed_and_plan_give_the_same_results(tmp_path):
             await b.run(hom(6000), "same")
             runs.append([r.value.tolist() for r in (await b.ask("memory", QueryResults(job="same"))).results])
     assert runs[0] == runs[1]
+
+
+async def test_shots_are_fired_only_on_the_device_as_the_executor_set_it_while_another_client_changes_it(tmp_path):
+    # The executor keeps what it set (heaters, inputs) and sends only what
+    # changes; another client of the HAL changing the chip between two shot
+    # batches must not go unnoticed. The HAL checks the executor's state
+    # version under the device's lock, in the same step as the shots.
+    async with bench(tmp_path) as b:
+        device = b.server.device
+        runs: list[tuple[tuple[float, ...], tuple[str, ...]]] = []
+        handle = device.handle
+
+        def recording(message: bytes, faults: Any = None) -> Any:
+            if b"RUN:SHOT" in message.upper():
+                runs.append(
+                    (tuple(device.chip.applied_voltages().round(9)), tuple(item.kind for item in device.inputs))
+                )
+            return handle(message, faults)
+
+        device.handle = recording  # type: ignore[method-assign]
+        intruded = 0
+
+        async def intruder() -> None:
+            nonlocal intruded
+            for i in range(10_000):
+                if i % 2:
+                    await b.ask("hal", SetHeaters(device="chip", changes={i % 16: 0.777}))
+                else:
+                    await b.ask("hal", ConfigureInputs(device="chip", inputs=[InputSetting(mode=1, state="vacuum")]))
+                intruded += 1
+                await trio.sleep(0.015)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(intruder)
+            records = [await b.run(hom(6000), f"hom-{i}") for i in range(4)]
+            nursery.cancel_scope.cancel()
+        assert intruded > 10
+        assert [r.state for r in records] == ["completed"] * 4, [r.reason for r in records]
+        for i in range(4):
+            assert (await b.counts(f"hom-{i}", "p0.c")).sum() == 6000
+        assert runs
+        assert {inputs[:2] for _, inputs in runs} == {("PHOT", "PHOT")}, "shots fired with another client's inputs"
+        assert all(0.777 not in volts for volts, _ in runs), "shots fired on another client's heater setting"
+        assert len({volts for volts, _ in runs}) == 1  # one circuit, one setting: every batch on it

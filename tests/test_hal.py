@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 
 from actors import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions
 from actors.hal import HalActor
-from protocol import ErrorCode
+from hal import parse_hal_config
+from hal._config import per_heater
+from protocol import ConfigError, ErrorCode
 from protocol.hal import (
     ConfigureInputs,
     Describe,
@@ -190,6 +192,82 @@ async def test_limits_are_enforced_before_the_wire():
         assert len(b.server.device.received) == sent_before  # nothing reached the device
 
 
+async def test_limits_per_heater_voltage_and_power_are_enforced_before_the_wire():
+    per_heater_v = [7.0] * 16
+    per_heater_v[3] = 2.5
+    # heater 9 may draw 1 mW: at its nominal resistance that is sqrt(1e-3 * R) volts
+    async with bench(v_max=per_heater_v, power_max_w={"9": 1e-3}) as b:
+        resistance = b.server.device.description.heaters.resistance_ohm[9]
+        at_most = (1e-3 * resistance) ** 0.5
+        limits = (await b.ask(Describe(device="chip"))).limits_v
+        assert limits[3] == 2.5
+        assert limits[9] == pytest.approx(at_most)
+        assert limits[0] == 7.0
+        sent_before = len(b.server.device.received)
+        with pytest.raises(RemoteError) as caught:
+            await b.ask(SetHeaters(device="chip", changes={3: 2.6}))
+        assert caught.value.code == ErrorCode.SAFETY_LIMIT
+        assert "heater 3" in str(caught.value)
+        assert "outside 0-2.5 V" in str(caught.value)
+        with pytest.raises(RemoteError) as caught:
+            await b.ask(SetHeaters(device="chip", changes={9: at_most * 1.05}))
+        assert caught.value.code == ErrorCode.SAFETY_LIMIT
+        assert "heater 9" in str(caught.value)
+        assert "over its limit of 0.001 W" in str(caught.value)
+        assert len(b.server.device.received) == sent_before  # nothing reached the device
+        result = await b.ask(SetHeaters(device="chip", changes={3: 2.5, 9: at_most * 0.99}))
+        assert result.readback[3] == 2.5
+
+
+async def test_a_configuration_that_does_not_fit_the_device_refuses_it_with_the_reason():
+    async with bench(v_max=[5.0] * 15) as b:  # the chip has 16 heaters
+        (info,) = (await b.ask(ListDevices())).devices
+        assert info.state == "refused"
+        assert "v_max lists 15 values, but the device has 16 heaters" in info.detail
+        with pytest.raises(RemoteError) as caught:
+            await b.ask(SetHeaters(device="chip", changes={0: 1.0}))
+        assert caught.value.code == ErrorCode.LINK_ERROR
+        assert "v_max lists 15 values" in str(caught.value)
+
+
+async def test_a_heater_the_device_does_not_have_is_an_invalid_request_naming_the_field():
+    async with bench() as b:
+        with pytest.raises(RemoteError) as caught:
+            await b.ask(GetHeater(device="chip", heater=16))
+        assert (caught.value.code, caught.value.field) == (ErrorCode.INVALID, "heater")
+        assert "heater 16 does not exist (the device has heaters 0-15)" in str(caught.value)
+        with pytest.raises(RemoteError) as caught:
+            await b.ask(SetHeaters(device="chip", changes={2: 1.0, 99: 1.0}))
+        assert (caught.value.code, caught.value.field) == (ErrorCode.INVALID, "changes")
+        assert b.server.device.chip.voltages[2] == 0  # nothing of it was applied
+
+
+async def test_a_request_for_another_state_version_is_refused_before_the_wire():
+    async with bench() as b:
+        first = await b.ask(SetHeaters(device="chip", changes={1: 1.0}))
+        configured = await b.ask(
+            ConfigureInputs(device="chip", inputs=[InputSetting(mode=0, state="photon")], expect_version=first.version)
+        )
+        assert configured.version == first.version + 1
+        await b.ask(RunShots(device="chip", shots=10, expect_version=configured.version))
+        other = await b.ask(SetHeaters(device="chip", changes={2: 1.0}))  # someone else changes the chip
+        assert other.version == configured.version + 1
+        sent_before = len(b.server.device.received)
+        for stale in (
+            RunShots(device="chip", shots=10, expect_version=configured.version),
+            ReadPowers(device="chip", expect_version=configured.version),
+            SetHeaters(device="chip", changes={1: 2.0}, expect_version=configured.version),
+            Program(device="chip", expect_version=configured.version),
+        ):
+            with pytest.raises(RemoteError) as caught:
+                await b.ask(stale)
+            assert (caught.value.code, caught.value.field) == (ErrorCode.STATE_CHANGED, "expect_version")
+        assert len(b.server.device.received) == sent_before
+        assert b.server.device.chip.voltages[1] == 1.0
+        status = await b.ask(GetDeviceStatus(device="chip"))
+        assert status.version == other.version
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.lists(
@@ -216,7 +294,7 @@ async def test_no_sequence_of_requests_puts_an_out_of_limit_voltage_on_the_wire(
                 await b.ask(request)
             except RemoteError as exc:
                 refusals.append(exc.code)
-        assert set(refusals) <= {ErrorCode.SAFETY_LIMIT}
+        assert set(refusals) <= {ErrorCode.SAFETY_LIMIT, ErrorCode.INVALID}  # invalid: heaters 16 and 17
         chip = b.server.device.chip
         limit = b.server.device.config.power_limit_w
         for _, applied in b.server.device.received:
@@ -353,3 +431,34 @@ async def test_reconnects_within_a_second_of_the_device_coming_back():
             assert trio.current_time() - back < 1.0
         assert device.state == "connected"
         outer.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("limit", "expected"),
+    [
+        (None, [np.inf] * 4),
+        (5.0, [5.0] * 4),
+        ([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]),
+        ({"2": 1.5}, [np.inf, np.inf, 1.5, np.inf]),
+        ({"2": 1.5, "default": 6.0}, [6.0, 6.0, 1.5, 6.0]),
+    ],
+)
+def test_a_limit_is_given_for_all_heaters_per_heater_or_for_some(limit, expected):
+    assert per_heater(limit, 4, what="v_max").tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("limit", "message"),
+    [
+        ([1.0, 2.0], "v_max lists 2 values, but the device has 4 heaters"),
+        ({"4": 1.0}, "v_max names heater 4, but the device has heaters 0-3"),
+    ],
+)
+def test_a_limit_that_does_not_fit_the_device_says_why(limit, message):
+    with pytest.raises(ConfigError, match=message):
+        per_heater(limit, 4, what="v_max")
+
+
+def test_a_per_heater_limit_key_must_be_a_heater_index_or_default():
+    with pytest.raises(ConfigError, match="v_max"):
+        parse_hal_config({"device": [{"name": "chip", "url": "sim://", "v_max": {"twelve": 1.0}}]})
