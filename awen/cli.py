@@ -179,7 +179,7 @@ def _cmd_sim_serve(args: argparse.Namespace) -> int:
     if faults:
         config = msgspec.structs.replace(config, faults=[*config.faults, *faults])
     configure_logging(args.log_level)
-    server = sim.DeviceServer(config, seed=args.seed)
+    server = sim.DeviceServer(config, seed=args.seed, record=args.record)
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
@@ -341,6 +341,11 @@ def _parser() -> argparse.ArgumentParser:
         help=(
             "inject a fault: close|delay|corrupt|error|interlock|stuck[:p=P,nth=N+M,seconds=S,code=C,heater=H,volts=V]"
         ),
+    )
+    serve.add_argument(
+        "--record",
+        metavar="FILE",
+        help="write every change that reaches the chip to FILE, one JSON line each, as it happens (an audit record)",
     )
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_cmd_sim_serve)

@@ -5,7 +5,9 @@ Import what you need to check the physics against another tool::
     from sim import output_distribution, clements, mesh_unitary
 
 `Device` is the simulated controller (sans-IO); `serve_tcp` and `serve_pty`
-put it on a TCP port or a pseudo-terminal (``awen sim serve``). This package
+put it on a TCP port or a pseudo-terminal (``awen sim serve``). Given a
+``record`` (a file or a callback), a device writes an audit record of every
+change that reached its chip (`RecordEntry`, `read_record`, `record_violations`). This package
 imports only `protocol`: it is a separate program that speaks the same wire
 protocol as the hardware.
 """
@@ -28,6 +30,10 @@ from ._device import Device as Device
 from ._factory import chip_of as chip_of
 from ._factory import factory_calibration as factory_calibration
 from ._factory import write_factory_calibration as write_factory_calibration
+from ._record import RecordEntry as RecordEntry
+from ._record import RecordFile as RecordFile
+from ._record import read_record as read_record
+from ._record import record_violations as record_violations
 from ._sampling import clifford_clifford as clifford_clifford
 from ._sampling import sample_ideal as sample_ideal
 from ._server import DeviceServer as DeviceServer

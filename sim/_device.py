@@ -33,10 +33,24 @@ from protocol.scpi import ScpiError
 
 from ._chip import Chip
 from ._config import FaultConfig, SimConfig
+from ._record import RecordEntry, RecordEvent, RecordTarget, recorder
 from ._sampling import Detection, Stored, TwoPass, sample_ideal, sample_two_pass
 
 ERROR_QUEUE = 32
 TRANSPORT_FAULTS = ("close", "delay", "corrupt")
+RECORDED_WRITES = frozenset(
+    {
+        "HEATer:VOLTage",
+        "HEATer:VOLTage:ALL",
+        "SOURce:ENABle",
+        "INPut:STATe",
+        "INPut:CLEar",
+        "RUN:SHOTs",
+        "*RST",
+        "SYSTem:INTerlock:RESet",
+    }
+)
+"""Commands whose refusal the audit record notes (their success has a line of its own)."""
 
 
 @dataclass
@@ -99,9 +113,19 @@ class Device:
         seed: Overrides ``config.seed``; the same seed and the same messages
             give the same replies (with the default ``commands`` clock).
         host_clock: Seconds, for the watchdog and the ``wall`` device clock.
+        record: Where the audit record goes: a file (JSON lines, emptied
+            first) or a callback taking each `RecordEntry`. Every change that
+            reaches the chip, in the order it does (sim._record).
     """
 
-    def __init__(self, config: SimConfig, *, seed: int | None = None, host_clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        config: SimConfig,
+        *,
+        seed: int | None = None,
+        host_clock: Callable[[], float] = time.monotonic,
+        record: RecordTarget | None = None,
+    ):
         self.config = config
         self.seed = seed if seed is not None else (config.seed if config.seed is not None else 0)
         chip_seed, shot_seed, fault_seed = np.random.SeedSequence(self.seed).spawn(3)
@@ -131,6 +155,12 @@ class Device:
         self.received: list[tuple[float, np.ndarray]] = []
         """Every voltage vector put on the heaters, with its device time: what a
         test checks to prove nothing out of limits ever reached the chip."""
+        self._record = recorder(record) if record is not None else None
+        self._nominal_resistance = np.array(self.description.heaters.resistance_ohm)
+        self._seq = 0
+        self._connection: int | None = None
+        self._connections = 0
+        self._peers: dict[int, str] = {}
         self._handlers: dict[str, Callable[[Command, list[Any]], str | bytes | None]] = {
             "*IDN": lambda c, a: self.description.identity.idn(),
             "*RST": self._reset,
@@ -168,37 +198,62 @@ class Device:
             "MEMory:LOOP": lambda c, a: scpi.format_number(self.config.memory.loop_s),
         }
         self._power_on()
+        self._note("start", seed=self.seed, description=self.description, resistance_ohm=self.chip.resistance.tolist())
 
     # --- the entry point ----------------------------------------------------------------
 
-    def handle(self, message: bytes, faults: list[FaultConfig] | None = None) -> bytes | None:
-        """Carry out one message; the reply line (without newline), or None."""
+    def handle(
+        self, message: bytes, faults: list[FaultConfig] | None = None, *, connection: int | None = None
+    ) -> bytes | None:
+        """Carry out one message; the reply line (without newline), or None.
+
+        ``connection`` (from `connect`) names the client in the audit record.
+        """
         self.check_watchdog()
         self._last_command = self.host_clock()
         replies: list[bytes] = []
-        fail_first = False
+        fail_first: ScpiError | None = None
         for fault in faults or []:
             if fault.kind == "error":
-                fail_first = True  # the message's first command fails with it, the rest runs
-                self._push(ScpiError(fault.code, fault.message))
+                fail_first = ScpiError(fault.code, fault.message)  # the first command fails with it, the rest runs
+                self._push(fail_first)
             if fault.kind == "interlock":
                 self._trip(f"injected: {fault.message}")
-        for parsed in scpi.parse_message(message):
-            self._tick(self.config.command_s)
-            if fail_first:
-                fail_first = False
-                continue
-            if isinstance(parsed, ScpiError):
-                self._push(parsed)
-                continue
-            try:
-                reply = self._execute(parsed)
-            except ScpiError as exc:
-                self._push(exc)
-                continue
-            if parsed.query and reply is not None:
-                replies.append(reply.encode("ascii", "backslashreplace") if isinstance(reply, str) else reply)
+        self._connection = connection
+        try:
+            for parsed in scpi.parse_message(message):
+                self._tick(self.config.command_s)
+                if fail_first is not None:
+                    self._refused(parsed, fail_first)
+                    fail_first = None
+                    continue
+                if isinstance(parsed, ScpiError):
+                    self._push(parsed)
+                    continue
+                try:
+                    reply = self._execute(parsed)
+                except ScpiError as exc:
+                    self._push(exc)
+                    self._refused(parsed, exc)
+                    continue
+                if parsed.query and reply is not None:
+                    replies.append(reply.encode("ascii", "backslashreplace") if isinstance(reply, str) else reply)
+        finally:
+            self._connection = None
         return b";".join(replies) if replies else None
+
+    def connect(self, peer: str) -> int:
+        """A client connected: its number in the audit record (1, 2, ...)."""
+        self._connections += 1
+        self._peers[self._connections] = peer
+        self._note("connect", state=False, connection=self._connections)
+        return self._connections
+
+    def disconnect(self, connection: int) -> None:
+        """The client `connect` numbered has gone."""
+        if connection in self._peers:
+            self._note("disconnect", state=False, connection=connection)
+            del self._peers[connection]
 
     def overrun(self, size: int) -> None:
         """The reader discarded a message over the length limit."""
@@ -207,6 +262,7 @@ class Device:
     def check_watchdog(self) -> bool:
         """Go to the safe state if the armed watchdog has run out; True if it just did."""
         if self.watchdog and self.host_clock() - self._last_command > self.watchdog:
+            self._note("watchdog", state=False, timeout_s=self.watchdog, code=WATCHDOG_EXPIRED)
             self.safe_state()
             self.watchdog_expired = True
             self._push(
@@ -224,6 +280,7 @@ class Device:
         """All heaters to 0 V, sources off."""
         self._apply(np.zeros(self.config.heater_count))
         self.sources_on = False
+        self._note("safe_state")
 
     # --- plumbing -----------------------------------------------------------------------
 
@@ -234,7 +291,9 @@ class Device:
             return
         power, limit = self.chip.power(volts), self.config.power_limit_w
         if power > limit:  # the file checked the nominal power; the chip's true resistances draw more
-            self._trip(f"power-on heater power {power:.3f} W exceeds {limit:.3f} W")
+            self.interlock = True
+            why = f"power-on heater power {power:.3f} W exceeds {limit:.3f} W; heaters at 0 V until SYST:INT:RES"
+            self._push(device_error(INTERLOCK_TRIPPED, why))
             return
         self.chip.set_voltages(volts, -math.inf)
         self.received.append((self.clock, self.chip.applied_voltages()))
@@ -266,10 +325,51 @@ class Device:
         self.chip.set_voltages(voltages, self.clock)
         self.received.append((self.clock, self.chip.applied_voltages()))
 
-    def _trip(self, why: str) -> None:
+    def _trip(self, why: str, command: Command | None = None) -> None:
         self.interlock = True
         self._apply(np.zeros(self.config.heater_count))
-        self._push(device_error(INTERLOCK_TRIPPED, f"{why}; heaters at 0 V until SYST:INT:RES"))
+        error = device_error(INTERLOCK_TRIPPED, f"{why}; heaters at 0 V until SYST:INT:RES")
+        self._push(error)
+        self._note("interlock", command=command.short if command else None, code=error.code, error=error.text)
+
+    def _note(self, event: RecordEvent, *, state: bool = True, **fields: Any) -> None:
+        """A line of the audit record, with the state after the change unless ``state`` is False."""
+        if self._record is None:
+            return
+        self._seq += 1
+        connection = fields.pop("connection", self._connection)
+        if state:
+            volts = self.chip.applied_voltages()
+            powers = volts * volts / self.chip.resistance
+            fields.update(
+                volts=volts.tolist(),
+                power_w=float(powers.sum()),
+                power_nominal_w=float(np.sum(volts * volts / self._nominal_resistance)),
+                heater_power_w=powers.tolist(),
+                sources=self.sources_on,
+                interlock=self.interlock,
+                inputs=[_input_text(item) for item in self.inputs],
+            )
+        self._record(
+            RecordEntry(
+                seq=self._seq,
+                event=event,
+                time_s=self.clock,
+                host_s=self.host_clock() - self._host_start,
+                unix_s=time.time(),
+                connection=connection,
+                peer=self._peers.get(connection) if connection is not None else None,
+                **fields,
+            )
+        )
+
+    def _refused(self, parsed: scpi.Parsed | ScpiError, error: ScpiError) -> None:
+        """A write the device refused: noted in the record, marked so."""
+        if self._record is None or isinstance(parsed, ScpiError):
+            return
+        command = find_command(parsed.header, parsed.query)
+        if command is not None and not command.query and command.pattern in RECORDED_WRITES:
+            self._note("refused", command=command.short, code=error.code, error=error.text)
 
     def _check_heater(self, heater: int) -> None:
         n = self.config.heater_count
@@ -280,7 +380,7 @@ class Device:
         if not 0 <= mode < self.config.modes:
             raise ScpiError(scpi.DATA_OUT_OF_RANGE, f"mode {mode} does not exist (0-{self.config.modes - 1})")
 
-    def _set_heaters(self, voltages: np.ndarray) -> None:
+    def _set_heaters(self, voltages: np.ndarray, command: Command, heater: int | None = None) -> None:
         if self.interlock:
             raise device_error(INTERLOCK_TRIPPED, "heater writes are refused until SYST:INT:RES")
         v_max = self._v_max
@@ -301,9 +401,10 @@ class Device:
         power = self.chip.power(voltages)
         limit = self.config.power_limit_w
         if power > limit:
-            self._trip(f"total heater power {power:.3f} W exceeds {limit:.3f} W")
+            self._trip(f"total heater power {power:.3f} W exceeds {limit:.3f} W", command)
             return
         self._apply(voltages)
+        self._note("heaters", command=command.short, heater=heater)
 
     # --- commands -----------------------------------------------------------------------
 
@@ -316,6 +417,7 @@ class Device:
         self.program = Program()
         self.results = None
         self.watchdog = 0.0
+        self._note("reset", command=command.short)
 
     def _opc(self, command: Command, args: list[Any]) -> str:
         self._tick(self.chip.settle_time(self.clock))
@@ -343,6 +445,7 @@ class Device:
 
     def _interlock_reset(self, command: Command, args: list[Any]) -> None:
         self.interlock = False
+        self._note("interlock_reset", command=command.short)
 
     def _status(self, command: Command, args: list[Any]) -> bytes:
         status = {
@@ -364,7 +467,7 @@ class Device:
             return scpi.format_number(float(self.chip.applied_voltages()[heater]))
         voltages = self.chip.voltages.copy()
         voltages[heater] = args[1]
-        self._set_heaters(voltages)
+        self._set_heaters(voltages, command, heater)
         return None
 
     def _heaters(self, command: Command, args: list[Any]) -> bytes | None:
@@ -382,7 +485,7 @@ class Device:
                 code = scpi.MISSING_PARAMETER if len(values) < n else scpi.PARAMETER_NOT_ALLOWED
                 raise ScpiError(code, f"expected {n} voltages, got {len(values)}")
             voltages = np.array([_float(v) for v in values])
-        self._set_heaters(voltages)
+        self._set_heaters(voltages, command)
         return None
 
     def _input(self, command: Command, args: list[Any]) -> str | None:
@@ -403,19 +506,22 @@ class Device:
             if not 0 < power <= limit:
                 raise ScpiError(scpi.DATA_OUT_OF_RANGE, f"coherent power {power:g} W is outside (0, {limit:g}] W")
             self.inputs[mode] = Input("COH", power, phase or 0.0)
-            return None
-        if power is not None:
+        elif power is not None:
             raise ScpiError(scpi.PARAMETER_NOT_ALLOWED, f"{kind.upper()} takes no power or phase")
-        self.inputs[mode] = Input("PHOT" if kind == "PHOTon" else "VAC")
+        else:
+            self.inputs[mode] = Input("PHOT" if kind == "PHOTon" else "VAC")
+        self._note("inputs", command=command.short)
         return None
 
     def _clear_inputs(self, command: Command, args: list[Any]) -> None:
         self.inputs = [Input() for _ in range(self.config.modes)]
+        self._note("inputs", command=command.short)
 
     def _sources(self, command: Command, args: list[Any]) -> str | None:
         if command.query:
             return "1" if self.sources_on else "0"
         self.sources_on = bool(args[0])
+        self._note("sources", command=command.short)
         return None
 
     def _detection(self, mesh_passes: int, include_input: bool) -> Detection:
@@ -462,6 +568,7 @@ class Device:
             patterns = self._detection(1, True).apply(counts, self.rng)
             width = self.config.modes
         self.results = Results(np.ascontiguousarray(patterns, dtype=np.uint8), width)
+        self._note("shots", command=command.short, shots=shots)
         self._tick(shots / self.config.shot_rate_hz)
 
     def _two_pass(self) -> TwoPass:
@@ -578,6 +685,11 @@ class Device:
 
     def _memory_clear(self, command: Command, args: list[Any]) -> None:
         self.program.memory = {}
+
+
+def _input_text(item: Input) -> str:
+    """An input as the record shows it: ``INP:STAT?``'s reply, with every digit of its numbers."""
+    return f"COH,{item.power!r},{item.phase!r}" if item.kind == "COH" else item.kind
 
 
 # --- parameter conversion ---------------------------------------------------------------------

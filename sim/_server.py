@@ -24,6 +24,7 @@ from protocol import scpi
 
 from ._config import SimConfig
 from ._device import TRANSPORT_FAULTS, Device
+from ._record import RecordTarget
 
 log = logging.getLogger("awen.sim")
 
@@ -37,11 +38,13 @@ class DeviceServer:
     Args:
         config: The device description.
         seed: The seed (overrides the file's).
+        record: Where the device's audit record goes (a file or a callback; see `Device`).
     """
 
-    def __init__(self, config: SimConfig, *, seed: int | None = None) -> None:
+    def __init__(self, config: SimConfig, *, seed: int | None = None, record: RecordTarget | None = None) -> None:
         self.config = config
         self.seed = seed
+        self.record = record
         self._device: Device | None = None
         self._lock = trio.Lock()
         self._poke = trio.Event()
@@ -52,7 +55,7 @@ class DeviceServer:
     def device(self) -> Device:
         if self._device is None:
             # Built in trio, so that the watchdog follows trio's clock (and a test's autojump clock).
-            self._device = Device(self.config, seed=self.seed, host_clock=trio.current_time)
+            self._device = Device(self.config, seed=self.seed, host_clock=trio.current_time, record=self.record)
         return self._device
 
     def banner(self) -> str:
@@ -76,11 +79,17 @@ class DeviceServer:
                 if device.check_watchdog():
                     log.warning("watchdog expired: heaters at 0 V, sources off")
 
-    async def serve_stream(self, stream: trio.abc.Stream, *, on_close: Callable[[], None] | None = None) -> bool:
-        """Answer one client until it leaves; True if an injected fault closed the connection."""
+    async def serve_stream(
+        self, stream: trio.abc.Stream, *, on_close: Callable[[], None] | None = None, peer: str = "stream"
+    ) -> bool:
+        """Answer one client until it leaves; True if an injected fault closed the connection.
+
+        ``peer`` names the client in the audit record.
+        """
         device = self.device
         framer = scpi.Framer()
         self.connections += 1
+        connection = device.connect(peer)
         try:
             while True:
                 try:
@@ -93,7 +102,7 @@ class DeviceServer:
                     if isinstance(item, scpi.Overrun):
                         device.overrun(item.size)
                         continue
-                    reply = await self.respond(item)
+                    reply = await self.respond(item, connection=connection)
                     if reply is CLOSE:
                         await stream.aclose()
                         if on_close is not None:
@@ -107,8 +116,9 @@ class DeviceServer:
                         return False
         finally:
             self.connections -= 1
+            device.disconnect(connection)
 
-    async def respond(self, message: bytes) -> bytes | None:
+    async def respond(self, message: bytes, *, connection: int | None = None) -> bytes | None:
         """One message carried out: the reply line to send (newline included), None, or `CLOSE`.
 
         Takes as long as the device would (shots, settling, an injected delay).
@@ -122,7 +132,9 @@ class DeviceServer:
                 return CLOSE
             before = device.clock
             try:
-                reply = device.handle(message, [f for f in faults if f.kind not in TRANSPORT_FAULTS])
+                reply = device.handle(
+                    message, [f for f in faults if f.kind not in TRANSPORT_FAULTS], connection=connection
+                )
             except Exception:
                 log.exception("the simulator failed on %r", message[:60])
                 device.errors.append(scpi.ScpiError(scpi.DEVICE_ERROR, "internal simulator error; see its log"))
@@ -168,6 +180,7 @@ class InProcessStream(trio.abc.Stream):
         self._eof = False
         self._closed = False
         self._sending = False
+        self._connection: int | None = None  # numbered by the device at the first message
         server.connections += 1
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -180,11 +193,13 @@ class InProcessStream(trio.abc.Stream):
         self._sending = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
+            if self._connection is None:
+                self._connection = self._server.device.connect("in-process")
             for item in self._framer.feed(bytes(data)):
                 if isinstance(item, scpi.Overrun):
                     self._server.device.overrun(item.size)
                     continue
-                reply = await self._server.respond(item)
+                reply = await self._server.respond(item, connection=self._connection)
                 if reply is CLOSE:
                     self._eof = True
                     self._arrived.set()
@@ -215,6 +230,8 @@ class InProcessStream(trio.abc.Stream):
         if not self._closed:
             self._closed = True
             self._server.connections -= 1
+            if self._connection is not None:
+                self._server.device.disconnect(self._connection)
         await trio.lowlevel.checkpoint()
 
 
@@ -229,7 +246,12 @@ async def serve_tcp(
 
     async def handler(stream: trio.SocketStream) -> None:
         async with stream:
-            await server.serve_stream(stream)
+            try:
+                host, port = stream.socket.getpeername()[:2]
+                peer = f"tcp {host}:{port}"
+            except OSError:
+                peer = "tcp"
+            await server.serve_stream(stream, peer=peer)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run_watchdog)
@@ -283,7 +305,7 @@ async def serve_pty(
                 on_path(pty.path)
             stream = trio.lowlevel.FdStream(os.dup(pty.master))
             try:
-                closed = await server.serve_stream(stream)
+                closed = await server.serve_stream(stream, peer=f"pty {pty.path}")
             finally:
                 await stream.aclose()
                 pty.close()

@@ -79,3 +79,19 @@ def test_a_bad_device_file_is_refused_with_its_name(tmp_path):
     )
     assert result.returncode == 1
     assert f"{device}: Expected `int` >= 2 - at `$.modes`" in result.stderr
+
+
+def test_serve_writes_an_audit_record_another_process_reads_as_it_grows(tmp_path):
+    from sim import read_record, record_violations
+
+    record = tmp_path / "record.jsonl"
+    with awen_sim("--tcp", "127.0.0.1:0", "--record", str(record)) as (_, lines):
+        port = int(lines[-1].rsplit(":", 1)[1])
+        assert ask_tcp(port, b"HEAT:VOLT 2,3;HEAT:VOLT 2,8;SOUR:ENAB ON;*OPC?") == [b"1"]
+        entries = read_record(record)  # while it runs
+        events = [e.event for e in entries]
+        assert events[:5] == ["start", "connect", "heaters", "refused", "sources"]  # written before the reply
+        assert events[5:] in ([], ["disconnect"])
+        assert entries[2].volts is not None
+        assert entries[2].volts[2] == 3.0
+        assert record_violations(entries) == []
