@@ -289,6 +289,16 @@ def _compose_general(gates: list[tuple[int, Any, Op]], stage: int, modes: list[i
     return u
 
 
+_MODE_STATES = {
+    "fresh": "nothing has happened to it in this round: vacuum, free for an input or a load",
+    "p1": "carries first-pass light (an input, or vacuum a first-pass gate met)",
+    "gone": "empty: its photon went into a delay line (stored; loaded back or not, it is elsewhere)",
+    "measured": "detected in the first pass; free for a load, or as vacuum a loaded photon meets",
+    "p2": "carries second-pass light (a loaded photon, or vacuum a second-pass gate met)",
+    "done": "detected in the second pass: the round is over for it",
+}
+"""What a mode holds within a round; ``analyse`` moves each mode through these by its own ops only."""
+
 _CLOSED_ALWAYS = {
     "done": "was measured in the second pass: this shot is over for it; a new input starts the next",
 }
@@ -345,14 +355,15 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
     limit_ns = window_ns * (1 - limits.coherence_margin)
     ff_latency_ns = device.feedforward.latency_s * 1e9
 
-    # Per-mode state within the current round: fresh, p1, stored, measured, p2.
+    # Each mode's state within the current round (`_MODE_STATES`). Where a stored photon is, is the
+    # business of ``held`` (slot -> where it came from) alone: a store empties its mode, a load fills
+    # the mode it names, and neither touches any other mode.
     state: list[str] = ["fresh"] * circuit.modes
     touched2: list[bool] = [False] * circuit.modes
     loaded: dict[int, _Loaded] = {}
     held: dict[str, _Held] = {}
     registers: dict[str, _Register] = {}
     round_index = 0
-    round_has_load = False
     clock = 0.0
     find = _Find()
     # Dependency graph: the last op that touched each mode / slot / register.
@@ -376,9 +387,8 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
         predecessors.append(preds)
 
     def start_round() -> None:
-        nonlocal round_index, round_has_load, clock
+        nonlocal round_index, clock
         round_index += 1
-        round_has_load = False
         clock = 0.0
         for q in range(circuit.modes):
             state[q] = "fresh"
@@ -464,7 +474,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
         if isinstance(op, Input):
             if state[op.mode] != "fresh":
                 busy = [q for q in range(circuit.modes) if state[q] in ("p1", "p2")]
-                if held or any(state[q] == "stored" for q in range(circuit.modes)) or busy:
+                if held or busy:
                     what = f"slots {sorted(held)} hold photons" if held else f"modes {busy} are still in flight"
                     problem(
                         path,
@@ -539,15 +549,6 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                 if error > UNITARY_TOLERANCE:
                     problem(path, "re", f"the matrix is not unitary: |U^dagger U - 1| reaches {error:.2e}")
                     continue
-            stored = [q for q in modes if state[q] == "stored"]
-            if stored:
-                slot = next((h.slot for h in held.values() if h.mode == stored[0]), "?")
-                problem(
-                    path,
-                    "modes" if len(modes) > 1 else "mode",
-                    f"mode {stored[0]} is empty: its photon is in memory slot {slot!r}; load it before acting on it",
-                )
-                continue
             states = {state[q] for q in modes}
             if "p1" in states and "p2" in states:
                 p1 = [q for q in modes if state[q] == "p1"]
@@ -559,11 +560,21 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                     "memory); a second-pass photon meets only other loaded photons and vacuum",
                 )
                 continue
-            stage = 2 if "p2" in states or ("p1" not in states and round_has_load) else 1
+            # The modes' own states decide the pass, never what happened to other modes: light-free
+            # modes join the second pass only by meeting a loaded photon (or vacuum that met one).
+            stage = 2 if "p2" in states else 1
             closed = _CLOSED_ALWAYS if stage == 2 else _CLOSED_IN_FIRST_PASS
             q = next((q for q in modes if state[q] in closed), None)
             if q is not None:
-                problem(path, "modes" if len(modes) > 1 else "mode", f"mode {q} {closed[state[q]]}")
+                why = closed[state[q]]
+                if state[q] == "gone":
+                    h = next((h for h in held.values() if h.mode == q), None)
+                    if h is not None:
+                        why = (
+                            f"is empty: its photon is in memory slot {h.slot!r} (op {h.path}); the first pass is "
+                            "over for it, and only a load brings a photon back"
+                        )
+                problem(path, "modes" if len(modes) > 1 else "mode", f"mode {q} {why}")
                 continue
             if cond is not None:
                 q = op.mode  # type: ignore[union-attr]
@@ -612,7 +623,6 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                 why = {
                     "fresh": "holds no photon (no input)",
                     "p2": "is in the second pass: a photon can be stored once per shot",
-                    "stored": "is already stored",
                     "measured": "was measured",
                     "done": "was measured in the second pass",
                     "gone": "is empty: its photon went into memory",
@@ -628,7 +638,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                 )
                 continue
             held[op.slot] = _Held(op.slot, op.mode, path, clock, index)
-            state[op.mode] = "stored"
+            state[op.mode] = "gone"
             find.union((round_index * n_modes + op.mode), ("s", round_index, op.slot))
             contributions.append((round_index, (round_index * n_modes + op.mode), path, op, 1))
             continue
@@ -666,12 +676,10 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                 del held[op.slot]  # reported once, not again as "never loaded"
                 continue
             del held[op.slot]
-            state[h.mode] = "gone"  # empty: its photon left through the delay line
             rounds = max(1, math.ceil(stored_ns / loop_ns - 1e-9))
             loaded[op.mode] = _Loaded(op.mode, op.slot, h.path, path, stored_ns, rounds, h.mode)
             state[op.mode] = "p2"
             touched2[op.mode] = False
-            round_has_load = True
             find.union(("s", round_index, op.slot), (round_index * n_modes + op.mode))
             contributions.append((round_index, (round_index * n_modes + op.mode), path, loaded[op.mode], 2))
             load_limits[index] = (h.index, limit_ns)
@@ -679,10 +687,9 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
 
         if isinstance(op, Measure):
             states = {state[q] for q in op.modes}
-            if states & {"stored", "measured", "gone", "done"}:
-                q = next(q for q in op.modes if state[q] in ("stored", "measured", "gone", "done"))
+            if states & {"measured", "gone", "done"}:
+                q = next(q for q in op.modes if state[q] in ("measured", "gone", "done"))
                 what = {
-                    "stored": "stored in memory",
                     "measured": "measured already",
                     "done": "measured already",
                     "gone": "empty: its photon went into memory",
