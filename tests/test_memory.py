@@ -36,6 +36,7 @@ from protocol import ConfigError, IllegalTransition, NotFound, StoreFull, StoreU
 from protocol.hal import Temperature
 from protocol.memory import (
     Allocate,
+    Allocated,
     Clear,
     CommitFrame,
     Export,
@@ -57,6 +58,7 @@ from protocol.memory import (
     SlotSpec,
     SlotValue,
     Write,
+    Written,
 )
 
 from .helpers import eventually
@@ -592,3 +594,52 @@ def test_the_store_commands_read_a_data_directory(tmp_path):
     assert "wrote" in exported
     assert json.loads((tmp_path / "j1.json").read_text())["state"] == "cancelled"
     assert "no job 'ghost' in the store" in awen("show", "ghost")
+
+
+@pytest.mark.parametrize("free_first", [False, True])
+async def test_an_allocation_while_the_jobs_frame_commits_continues_after_that_frame(tmp_path, free_first):
+    # A restarted executor allocates the job again (resume) while the frame the
+    # old one wrote is still being committed: the allocation must start after
+    # that frame, with its journal, and the old commit must not touch the new
+    # allocation's frame.
+    release = threading.Event()
+    state = [SlotSpec(name="shots_done", dtype="int64")]
+
+    def busy(conn: sqlite3.Connection) -> None:
+        release.wait(10)
+
+    async with memory(tmp_path) as (actor, me):
+        await me.request("memory", PutJob(job="j", circuit=None))
+        await me.request("memory", Allocate(job="j", slots=SLOTS[:1], state=state, device="chip"))
+        outcomes: dict[str, Any] = {}
+
+        async def ask(key: str, request: Any) -> None:
+            try:
+                outcomes[key] = await me.request("memory", request)
+            except RemoteError as exc:
+                outcomes[key] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(actor._write, WriteOp(busy, INLINE_BYTES))
+            await trio.testing.wait_all_tasks_blocked()
+            values = [SlotValue(slot="shots_done", value=500), SlotValue(slot="counts", value=np.arange(4))]
+            nursery.start_soon(ask, "write", Write(job="j", frame=0, writer="old", values=values, commit=True))
+            await trio.testing.wait_all_tasks_blocked()
+            if free_first:
+                nursery.start_soon(ask, "free", Free(job="j"))
+                await trio.testing.wait_all_tasks_blocked()
+            again = Allocate(job="j", slots=SLOTS[:1], state=state, device="chip", resume=True)
+            nursery.start_soon(ask, "allocate", again)
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        assert isinstance(outcomes["write"], Written), outcomes["write"]
+        allocated = outcomes["allocate"]
+        assert isinstance(allocated, Allocated), allocated
+        assert allocated.frame == 1, "the new allocation must open the frame after the committed one"
+        values = (await me.request("memory", Read(job="j", slots=["shots_done"]))).values
+        assert values["shots_done"] == 500
+        # The new writer goes on at frame 1; frame 0 is in the store once.
+        more = [SlotValue(slot="shots_done", value=900)]
+        await me.request("memory", Write(job="j", frame=1, writer="new", values=more, commit=True))
+        record = (await me.request("memory", GetJob(job="j"))).record
+        assert record.frames == 2

@@ -198,6 +198,9 @@ class MemoryActor(Actor):
         self._flush_due = False
         self._storing: dict[str, trio.Event] = {}
         """Jobs whose mem.put_job is committing (or awaited by an accepting allocation): set once it has."""
+        self._commits: dict[str, trio.Event] = {}
+        """Jobs with a frame being committed: set once it has. An allocation of the job waits for it,
+        so that it opens the frame after it, with the state buffer it stored."""
         self._new: dict[str, str] = {}
         """Jobs this actor stored that have not moved since, by state: their first allocation reads nothing."""
         self._writer = trio.CapacityLimiter(1)
@@ -324,12 +327,24 @@ class MemoryActor(Actor):
 
     @handles(Allocate)
     def _allocate(self, msg: Allocate, env: Envelope) -> Allocated | Awaitable[Allocated]:
+        return self._allocate_request(msg)
+
+    def _allocate_request(self, msg: Allocate) -> Allocated | Awaitable[Allocated]:
+        if msg.job in self._commits:
+            return self._allocate_after_commit(msg)
         try:
             return self._allocate_now(msg)
         except NotFound:
             if not msg.accepting:
                 raise
             return self._allocate_once_stored(msg)
+
+    async def _allocate_after_commit(self, msg: Allocate) -> Allocated:
+        """A job allocated again (a restarted executor) while a frame of it commits: after that frame."""
+        while (committing := self._commits.get(msg.job)) is not None:
+            await committing.wait()
+        allocated = self._allocate_request(msg)
+        return allocated if isinstance(allocated, Allocated) else await allocated
 
     async def _allocate_once_stored(self, msg: Allocate) -> Allocated:
         """Allocate for a job whose acceptance (its mem.put_job) is still on its way.
@@ -386,7 +401,7 @@ class MemoryActor(Actor):
         if msg.allocate is not None:
             if msg.allocate.job != msg.job:
                 raise AwenError(f"the allocation is for {msg.allocate.job}, the write for {msg.job}", field="allocate")
-            allocated = self._allocate(msg.allocate, env)
+            allocated = self._allocate_request(msg.allocate)
             if not isinstance(allocated, Allocated):  # its acceptance is still on its way
                 return self._write_once_allocated(allocated, msg)
         return self._write_allocated(msg)
@@ -426,6 +441,7 @@ class MemoryActor(Actor):
         """Commit the open frame; with ``finish``, end the job in the same transaction and free its slots."""
         snapshot = self.slots.prepare_commit(job, frame)
         slots = self.slots.job(job)
+        committed = self._commits[job] = trio.Event()
         frame_op = ops.commit_frame(
             snapshot,
             phase=phase,
@@ -442,12 +458,17 @@ class MemoryActor(Actor):
         try:
             results, ended = await self._write(WriteOp(commit, frame_op.nbytes))
         except BaseException:
-            self.slots.abort_commit(job)
+            self.slots.abort_commit(job, slots)
             raise
-        self.slots.finish_commit(job)
+        finally:
+            if self._commits.get(job) is committed:
+                del self._commits[job]
+            committed.set()
+        # The job may have been freed, or allocated anew, while the frame was stored: only this allocation moves.
+        self.slots.finish_commit(job, slots)
         if finish is not None and ended is not None:
             self._announce(job, finish, reason, ended)
-            self.slots.free(job)
+            self.slots.free(job, slots)
         return results
 
     @handles(Free)

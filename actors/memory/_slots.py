@@ -301,22 +301,29 @@ class SlotTable:
             state=[(s.name, _copy(s.value)) for s in slots.slots if s.state],
         )
 
-    def finish_commit(self, job: str) -> None:
+    def finish_commit(self, job: str, allocation: JobSlots | None = None) -> None:
+        """The frame is stored: open the next. With ``allocation``, only if the job still has that one."""
         slots = self.jobs.get(job)
-        if slots is None:  # freed while its last frame was being stored
-            return
+        if slots is None or (allocation is not None and slots is not allocation):
+            return  # freed, or allocated anew, while the frame was being stored
         for slot in slots.written:
             slot.writer = None
         slots.written.clear()
         slots.frame += 1
         slots.committing = False
 
-    def abort_commit(self, job: str) -> None:
+    def abort_commit(self, job: str, allocation: JobSlots | None = None) -> None:
         """The store refused the frame: it stays open, its writes kept, to be committed again."""
-        if job in self.jobs:
-            self.jobs[job].committing = False
+        slots = self.jobs.get(job)
+        if slots is not None and (allocation is None or slots is allocation):
+            slots.committing = False
 
-    def free(self, job: str) -> None:
+    def free(self, job: str, allocation: JobSlots | None = None) -> None:
+        """Free a job's slots (`NotFound` if it has none); with ``allocation``, only that one, if it is still there."""
+        if allocation is not None:
+            if self.jobs.get(job) is allocation:
+                del self.jobs[job]
+            return
         self.job(job)
         del self.jobs[job]
 
