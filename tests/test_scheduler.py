@@ -202,6 +202,33 @@ async def test_a_job_with_its_plan_at_hand_goes_to_a_waiting_executor_while_it_i
         assert (queue.running, queue.jobs) == (None, [])
 
 
+async def test_a_running_job_is_claimed_by_the_executor_it_went_to(tmp_path):
+    # Executors asking at once: one gets the job; the others wait, and are not handed the same job while it
+    # runs. Only the executor that holds it gets it again (it asks for work, so it lost what it ran).
+    async with lab(tmp_path) as lab_:
+        await lab_.sched(Submit(circuit=hom(), job="only"))
+        await lab_.wait_planned("only")
+        got: dict[str, Any] = {}
+
+        async def executor(name: str) -> None:
+            got[name] = (await lab_.sched(NextJob(executor=name, wait_s=0.5))).job
+
+        async with trio.open_nursery() as nursery:
+            for i in range(6):
+                nursery.start_soon(executor, f"exec-{i}")
+        holders = [name for name, job in got.items() if job == "only"]
+        assert len(holders) == 1, got
+        assert set(got.values()) == {"only", None}
+        (holder,) = holders
+        assert (await lab_.sched(NextJob(executor=holder, wait_s=0.2))).job == "only"  # offered again to it
+        other = next(name for name in got if name != holder)
+        assert (await lab_.sched(NextJob(executor=other, wait_s=0.2))).job is None
+        await lab_.ask("memory", Allocate(job="only", slots=[], device="chip", mark_running=f"on {holder}"))
+        await eventually(lambda: lab_.is_state("only", "running"))
+        await lab_.finish("only", "completed")
+        assert (await lab_.sched(NextJob(executor=other, wait_s=0.2))).job is None  # ended: nobody gets it
+
+
 async def test_an_invalid_circuit_is_refused_with_every_problem_and_nothing_is_stored(tmp_path):
     bad = CircuitBuilder(2).input(0).bs(0, 1).store(1, "m").measure([0], "c").build()
     async with lab(tmp_path) as lab_:

@@ -710,8 +710,9 @@ class SchedulerActor(Actor):
         deadline = trio.current_time() + msg.wait_s
         while True:
             running = self.queue.jobs.get(self.queue.running) if self.queue.running else None
-            if running is not None and running.plan is not None:
-                # An executor that asks for work holds none: what was running is offered again.
+            if running is not None and running.plan is not None and running.executor in (None, msg.executor):
+                # An executor that asks for work holds none: what it was running is offered to it again.
+                # (Claimed by nobody: the scheduler restarted while it ran; the first to ask takes it.)
                 log.warning(
                     "%s: %s asks for work while %s is marked running; offering it again from phase %d",
                     self.name,
@@ -719,11 +720,13 @@ class SchedulerActor(Actor):
                     running.job,
                     running.next_phase,
                 )
+                running.executor = msg.executor
                 return await self._assign(running, msg.executor)
             job = self.queue.next_ready()
             if job is not None:
                 assert job.plan is not None
-                self.queue.running = job.job
+                # Claimed before any await: another executor asking meanwhile waits for the device.
+                self.queue.running, job.executor = job.job, msg.executor
                 job.state = "running"  # the executor records it, with its allocation (mem.allocate mark_running)
                 return await self._assign(job, msg.executor)
             changed = self._changed
@@ -809,7 +812,7 @@ class SchedulerActor(Actor):
             return Proceed(action="continue")
         await self._set_state(job.job, "planned", f"{why}; resumes at phase {job.next_phase}", expect=["running"])
         job.state = "planned"
-        self.queue.running = None
+        self.queue.release(job)
         self.publish(JobPreempted(job=job.job, by=why, next_phase=job.next_phase))
         self._wake()
         return Proceed(action="preempt", reason=why)

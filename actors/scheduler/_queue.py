@@ -29,6 +29,8 @@ class QueuedJob:
     """Never dispatched: nothing of it ran, nothing is journalled."""
     accepting: bool = False
     """Queued (and maybe dispatched) while its acceptance commits: not yet stored, nor answered."""
+    executor: str | None = None
+    """The executor a running job went to: only it is offered the job again (None: any, after a restart)."""
 
     @property
     def order(self) -> tuple[int, int]:
@@ -54,6 +56,12 @@ class JobQueue:
         if self.running == job:
             self.running = None
         return self.jobs.pop(job, None)
+
+    def release(self, job: QueuedJob) -> None:
+        """The running job goes back to waiting (preempted): no executor holds it now."""
+        job.executor = None
+        if self.running == job.job:
+            self.running = None
 
     def ordered(self) -> list[QueuedJob]:
         """Every job in dispatch order: priority (high first), then acceptance."""
