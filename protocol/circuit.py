@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, Literal
 
@@ -159,7 +160,12 @@ class Circuit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 
 class CircuitProblem(msgspec.Struct, frozen=True, kw_only=True):
-    """One thing wrong with a circuit: where (``op`` index path such as ``"4"`` or ``"7.ops.0"``), which field, why."""
+    """One thing wrong with a circuit: where (``op`` index path such as ``"4"`` or ``"7.ops.0"``), which key, why.
+
+    ``field`` is a key of that op (or of the circuit's header when ``op`` is
+    None) as docs/circuits.md names it: ``modes`` for a ``measure``, never
+    ``mode``; a missing key is named too. None when no one key is at fault.
+    """
 
     op: str | None
     field: str | None
@@ -183,6 +189,43 @@ class CircuitError(AwenError):
         super().__init__(head + "; ".join(str(p) for p in self.problems), field="ops")
 
 
+_AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>.*)`$", re.DOTALL)
+_INDEX = re.compile(r"\[\d+\]")
+QUOTE_CHARS = 64
+"""The most of a client's string (an unknown key, an op name) a problem quotes."""
+
+
+def clip(text: str, limit: int = QUOTE_CHARS) -> str:
+    """``text``, or its start and how much more there was: a problem never repeats a client's megabyte."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def _validation_problem(op: str | None, error: msgspec.ValidationError) -> CircuitProblem:
+    """A msgspec refusal as a problem whose ``field`` is a key the document has (or lacks).
+
+    ``Expected `int` >= 0 - at `$.modes[1]``` is about the key ``modes``;
+    ``Object missing required field `phi``` about ``phi``. Inside a circuit's
+    header the key path keeps its dots (``run.cycles``); list indices go to the
+    message.
+    """
+    text = str(error)
+    at = _AT.search(text)
+    path = at.group("path").lstrip(".") if at else ""
+    message = text[: at.start()] if at else text
+    named = _NAMED.match(message)
+    if named:
+        name = clip(named.group("name"))
+        message = message[: named.start("name")] + name + "`"
+        path = f"{path}.{name}" if path else name
+    key = _INDEX.sub("", path) or None
+    if key is not None and op is not None:
+        key = key.split(".", 1)[0]
+    if path and path != key:
+        message = f"{message} (at `{path}`)"
+    return CircuitProblem(op=op, field=key, message=message)
+
+
 def _convert_op(raw: Any, path: str, problems: list[CircuitProblem]) -> Op | None:
     if not isinstance(raw, dict):
         problems.append(CircuitProblem(op=path, field=None, message=f"an op is an object, got {type(raw).__name__}"))
@@ -190,14 +233,13 @@ def _convert_op(raw: Any, path: str, problems: list[CircuitProblem]) -> Op | Non
     kind = raw.get("op")
     if kind not in OP_NAMES:
         known = ", ".join(OP_NAMES)
-        problems.append(CircuitProblem(op=path, field="op", message=f"unknown op {kind!r} (known: {known})"))
+        what = repr(clip(kind)) if isinstance(kind, str) else f"of type {type(kind).__name__}"
+        problems.append(CircuitProblem(op=path, field="op", message=f"unknown op {what} (known: {known})"))
         return None
     try:
         op: Op = msgspec.convert(raw, Op)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        field = text.rsplit("`$.", 1)[1].rstrip("`") if "`$." in text else None
-        problems.append(CircuitProblem(op=path, field=field, message=text.split(" - at ")[0]))
+        problems.append(_validation_problem(path, exc))
         return None
     if isinstance(op, If):
         inner = [_convert_op(o, f"{path}.ops.{i}", problems) for i, o in enumerate(op.ops)]
@@ -242,9 +284,7 @@ def parse_circuit(data: Any) -> Circuit:
     try:
         circuit = msgspec.convert(data, Circuit)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        field = text.rsplit("`$.", 1)[1].rstrip("`") if "`$." in text else None
-        raise CircuitError([CircuitProblem(op=None, field=field, message=text.split(" - at ")[0])]) from None
+        raise CircuitError([_validation_problem(None, exc)]) from None
     _, problems = parse_ops(circuit)
     if problems:
         raise CircuitError(problems)

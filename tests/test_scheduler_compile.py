@@ -81,7 +81,7 @@ def test_format_problems_are_all_reported_with_op_and_field():
             }
         )
     found = [(p.op, p.field) for p in caught.value.problems]
-    assert found == [("0", "op"), ("1", None), ("2", "theta"), ("3.ops.0", "mode"), ("4", None)]
+    assert found == [("0", "op"), ("1", "phi"), ("2", "theta"), ("3.ops.0", "mode"), ("4", None)]
     assert "unknown op 'teleport'" in str(caught.value)
     assert "missing required field `phi`" in str(caught.value)
     assert caught.value.code == "invalid-circuit"

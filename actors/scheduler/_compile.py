@@ -151,6 +151,12 @@ class Component:
     registers: list[_Register] = field(default_factory=list)
     conditions: list[tuple[str, int, int, float]] = field(default_factory=list)
     """(register, value, second-pass mode, phase)."""
+    added: list[tuple[str | int, str]] = field(default_factory=list)
+    """(op path, key) of the op that brought each of its modes in, pass by pass, in circuit order."""
+    detected_at: list[str | int] = field(default_factory=list)
+    """The measurement of each detection, in circuit order."""
+    condition_paths: list[str | int] = field(default_factory=list)
+    """The conditional phase shift of each condition."""
 
     @property
     def ff_modes(self) -> list[int]:
@@ -324,6 +330,16 @@ def _gate(op: Op) -> np.ndarray:
     return op.matrix()
 
 
+def _modes_key(op: Op) -> str:
+    """The key an op names its modes by: ``mode`` or ``modes``, whatever their number."""
+    return "mode" if isinstance(op, Input | PhaseShift | Store | Load) else "modes"
+
+
+def _enclosing(path: str | int) -> str:
+    """The path of the conditional a path inside it belongs to (``"7.ops.0"`` -> ``"7"``)."""
+    return str(path).rsplit(".ops.", 1)[0]
+
+
 def _modes_of(op: Op) -> list[int]:
     if isinstance(op, Input | PhaseShift | Store | Load):
         return [op.mode]
@@ -455,7 +471,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
         if bad:
             problem(
                 path,
-                "mode" if len(modes) == 1 else "modes",
+                _modes_key(op),
                 f"mode {bad[0]} is out of range: the circuit declares {circuit.modes} modes (0-{circuit.modes - 1})",
             )
             continue
@@ -496,9 +512,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
             contributions.append((round_index, (round_index * n_modes + op.mode), path, op, 1))
             continue
 
-        if isinstance(op, Wait):
-            if cond is not None:
-                problem(path, "op", "a wait cannot be conditional")
+        if isinstance(op, Wait):  # never conditional: a conditional block holds phase shifts only (above)
             clock += op.ns
             continue
 
@@ -574,7 +588,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                             f"is empty: its photon is in memory slot {h.slot!r} (op {h.path}); the first pass is "
                             "over for it, and only a load brings a photon back"
                         )
-                problem(path, "modes" if len(modes) > 1 else "mode", f"mode {q} {why}")
+                problem(path, _modes_key(op), f"mode {q} {why}")
                 continue
             if cond is not None:
                 q = op.mode  # type: ignore[union-attr]
@@ -596,8 +610,8 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                     continue
                 waited = loaded[q].stored_ns
                 if waited < ff_latency_ns:
-                    problem(
-                        path,
+                    problem(  # about the conditional and the register it reads, not the phase inside
+                        _enclosing(path),
                         "register",
                         f"needs feed-forward within {waited:g} ns of the measurement (the photon "
                         f"waits {waited:g} ns in slot {loaded[q].slot!r}); the device's feed-forward takes "
@@ -785,33 +799,39 @@ def _components(contributions: list[tuple[int, Any, str | int, Any, int]], find:
                 if q not in seen:
                     seen.add(q)
                     listed.append(q)
+                    component.added.append((path, "modes" if kind is not PhaseShift else "mode"))
             component.gates.append((stage, modes, op))
             continue
         if kind is tuple:  # a conditional phase: (If, PhaseShift)
             cond, ps = op
             component.conditions.append((cond.register, cond.equals, ps.mode, ps.phi))
+            component.condition_paths.append(path)
             continue
         if kind is _Loaded:
             component.loads[op.mode] = op
             if op.mode not in component.seen2:
                 component.pass2.append(op.mode)
                 component.seen2.add(op.mode)
+                component.added.append((path, "mode"))
             continue
         modes = _modes_of(op)
-        target = component.pass2 if stage == 2 else component.pass1
+        seen, target = (component.seen2, component.pass2) if stage == 2 else (component.seen1, component.pass1)
+        if isinstance(op, Store):
+            seen, target = component.seen1, component.pass1
         for q in modes:
-            if q not in target and not isinstance(op, Store):
+            if q not in seen:
+                seen.add(q)
                 target.append(q)
-                (component.seen2 if stage == 2 else component.seen1).add(q)
-        if isinstance(op, Store) and op.mode not in component.pass1:
-            component.pass1.append(op.mode)
-            component.seen1.add(op.mode)
+                component.added.append((path, _modes_key(op)))
         if isinstance(op, Input):
             component.inputs[op.mode] = op
         elif isinstance(op, UnitaryOp):
             component.gates.append((stage, modes, op))
         elif isinstance(op, Measure):
-            component.measured.update((stage, q) for q in op.modes)
+            for q in op.modes:
+                if (stage, q) not in component.measured:
+                    component.measured.add((stage, q))
+                    component.detected_at.append(path)
             component.registers.append(_Register(op.into, round_index, stage, list(op.modes), path))
     return order
 
@@ -823,68 +843,72 @@ def _check_fit(
     health: Health,
     problems: list[CircuitProblem],
 ) -> None:
+    """What one shot of each component needs of the device; each problem at the op that goes beyond it."""
     usable_modes = device.modes - len(health.modes)
     usable_slots = device.memory.slots - len(health.slots)
+    good_detectors = device.modes - len(health.detectors | health.modes)
+    shifters = device.feedforward.phase_shifters
+
+    def problem(path: str | int, key: str, message: str) -> None:
+        problems.append(CircuitProblem(op=str(path), field=key, message=message))
+
     for c in components:
-        where = str(c.ops[0])
+        first = str(c.ops[0])
         modes = len(c.pass1) + len(c.pass2)
         if modes > usable_modes:
-            problems.append(
-                CircuitProblem(
-                    op=where,
-                    field="modes",
-                    message=(
-                        f"the operations from here on need {modes} physical modes in one shot ({len(c.pass1)} in "
-                        f"the first pass, {len(c.pass2)} in the second); the device has {usable_modes} usable"
-                    ),
-                )
+            path, key = c.added[max(usable_modes, 0)]
+            problem(
+                path,
+                key,
+                f"the operations from op {first} on need {modes} physical modes in one shot ({len(c.pass1)} in "
+                f"the first pass, {len(c.pass2)} in the second); the device has {usable_modes} usable, and this "
+                "operation brings in the first mode beyond them",
             )
-        slots = len(c.loads)
-        if slots > usable_slots:
-            problems.append(
-                CircuitProblem(
-                    op=where,
-                    field="slot",
-                    message=(
-                        f"the operations from here on hold {slots} photons in memory at once; the device has "
-                        f"{usable_slots} usable delay lines"
-                    ),
-                )
+        if len(c.loads) > usable_slots:
+            beyond = list(c.loads.values())[max(usable_slots, 0)]
+            problem(
+                beyond.load_path,
+                "slot",
+                f"the operations from op {first} on hold {len(c.loads)} photons in memory at once; the device has "
+                f"{usable_slots} usable delay lines, and this load brings back the first photon beyond them",
             )
-        ff = c.ff_modes
-        if len(ff) > device.feedforward.phase_shifters:
-            problems.append(
-                CircuitProblem(
-                    op=where,
-                    field="ops",
-                    message=(
-                        f"feed-forward on {len(ff)} modes; the device has {device.feedforward.phase_shifters} "
-                        "fast phase shifters"
-                    ),
-                )
+        targets: list[int] = []
+        read: list[str] = []
+        bits = 0
+        for (register, _, mode, _), path in zip(c.conditions, c.condition_paths, strict=True):
+            if mode not in targets:
+                targets.append(mode)
+                if len(targets) == shifters + 1:
+                    problem(
+                        path,
+                        "mode",
+                        f"feed-forward on {len(c.ff_modes)} modes in one shot (from op {first} on); the device has "
+                        f"{shifters} fast phase shifters, and this conditional phase needs one more",
+                    )
+            if register not in read:
+                read.append(register)
+                width = next((len(r.modes) for r in c.registers if r.name == register), 0)  # 0: refused already
+                if bits <= limits.max_ff_bits < bits + width:
+                    total = sum(len(r.modes) for r in c.registers if r.name in {reg for reg, *_ in c.conditions})
+                    problem(
+                        _enclosing(path),
+                        "register",
+                        f"feed-forward reads {total} register bits in one shot (from op {first} on; "
+                        f"{_power_of_two(total)} branches to plan); the configured limit is {limits.max_ff_bits} bits, "
+                        f"and register {register!r} goes beyond it",
+                    )
+                bits += width
+        if len(c.detected_at) > good_detectors:
+            problem(
+                c.detected_at[max(good_detectors, 0)],
+                "modes",
+                f"{len(c.detected_at)} detections in one shot (from op {first} on); the device has {good_detectors} "
+                "working detectors, and this measurement needs more",
             )
-        bits = sum(len(r.modes) for r in c.registers if any(r.name == reg for reg, _, _, _ in c.conditions))
-        if bits > limits.max_ff_bits:
-            problems.append(
-                CircuitProblem(
-                    op=where,
-                    field="register",
-                    message=(
-                        f"feed-forward reads {bits} register bits ({2**bits} branches); the configured limit is "
-                        f"{limits.max_ff_bits} bits"
-                    ),
-                )
-            )
-        measured = sum(1 for _ in c.measured)
-        good_detectors = device.modes - len(health.detectors | health.modes)
-        if measured > good_detectors:
-            problems.append(
-                CircuitProblem(
-                    op=where,
-                    field="modes",
-                    message=(f"{measured} detections in one shot; the device has {good_detectors} working detectors"),
-                )
-            )
+
+
+def _power_of_two(bits: int) -> str:
+    return f"{2**bits:,}" if bits < 64 else f"2^{bits}"
 
 
 # --- from components to phases ---------------------------------------------------------------------
