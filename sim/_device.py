@@ -9,11 +9,12 @@ failed query answers nothing. Nothing here waits or does I/O: the servers in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,7 +208,8 @@ class Device:
     ) -> bytes | None:
         """Carry out one message; the reply line (without newline), or None.
 
-        ``connection`` (from `connect`) names the client in the audit record.
+        ``connection`` (from `connect`) names the client in the audit record
+        (default: the one `attributed_to` names).
         """
         self.check_watchdog()
         self._last_command = self.host_clock()
@@ -218,9 +220,9 @@ class Device:
                 fail_first = ScpiError(fault.code, fault.message)  # the first command fails with it, the rest runs
                 self._push(fail_first)
             if fault.kind == "interlock":
-                self._trip(f"injected: {fault.message}")
-        self._connection = connection
-        try:
+                with self.attributed_to(None):  # the device's own doing
+                    self._trip(f"injected: {fault.message}")
+        with self.attributed_to(connection if connection is not None else self._connection):
             for parsed in scpi.parse_message(message):
                 self._tick(self.config.command_s)
                 if fail_first is not None:
@@ -238,9 +240,16 @@ class Device:
                     continue
                 if parsed.query and reply is not None:
                     replies.append(reply.encode("ascii", "backslashreplace") if isinstance(reply, str) else reply)
-        finally:
-            self._connection = None
         return b";".join(replies) if replies else None
+
+    @contextlib.contextmanager
+    def attributed_to(self, connection: int | None) -> Iterator[None]:
+        """Messages handled in this block came from ``connection`` (what the servers use)."""
+        outer, self._connection = self._connection, connection
+        try:
+            yield
+        finally:
+            self._connection = outer
 
     def connect(self, peer: str) -> int:
         """A client connected: its number in the audit record (1, 2, ...)."""
@@ -262,8 +271,9 @@ class Device:
     def check_watchdog(self) -> bool:
         """Go to the safe state if the armed watchdog has run out; True if it just did."""
         if self.watchdog and self.host_clock() - self._last_command > self.watchdog:
-            self._note("watchdog", state=False, timeout_s=self.watchdog, code=WATCHDOG_EXPIRED)
-            self.safe_state()
+            with self.attributed_to(None):  # the device's own doing, whoever's message noticed it
+                self._note("watchdog", state=False, timeout_s=self.watchdog, code=WATCHDOG_EXPIRED)
+                self.safe_state()
             self.watchdog_expired = True
             self._push(
                 device_error(WATCHDOG_EXPIRED, f"no command for {self.watchdog:g} s: heaters at 0 V, sources off")
@@ -271,6 +281,10 @@ class Device:
             self.watchdog = 0.0
             return True
         return False
+
+    def feed_watchdog(self) -> None:
+        """Count the watchdog's silence from now (the end of a command that kept the device busy)."""
+        self._last_command = self.host_clock()
 
     def watchdog_deadline(self) -> float | None:
         """Host time at which the watchdog runs out, if armed."""

@@ -122,6 +122,9 @@ class DeviceServer:
         """One message carried out: the reply line to send (newline included), None, or `CLOSE`.
 
         Takes as long as the device would (shots, settling, an injected delay).
+        The device is held, other clients waiting, only while it is busy with
+        the message; an injected delay holds back the reply alone, as a slow
+        link would, so the watchdog and other clients carry on meanwhile.
         """
         device = self.device
         async with self._lock:
@@ -132,9 +135,8 @@ class DeviceServer:
                 return CLOSE
             before = device.clock
             try:
-                reply = device.handle(
-                    message, [f for f in faults if f.kind not in TRANSPORT_FAULTS], connection=connection
-                )
+                with device.attributed_to(connection):
+                    reply = device.handle(message, [f for f in faults if f.kind not in TRANSPORT_FAULTS])
             except Exception:
                 log.exception("the simulator failed on %r", message[:60])
                 device.errors.append(scpi.ScpiError(scpi.DEVICE_ERROR, "internal simulator error; see its log"))
@@ -144,19 +146,23 @@ class DeviceServer:
                 self._poke.set()  # armed or shortened: the watchdog must wake sooner than it would
             busy = device.clock - before
             if busy > BUSY_SLEEP_THRESHOLD:
-                await trio.sleep(busy)
-            if reply is None:
-                return None
-            if "delay" in transport:
-                await trio.sleep(transport["delay"].seconds)
-            if "corrupt" in transport and reply:
+                try:
+                    await trio.sleep(busy)
+                finally:
+                    # Busy for a client is not silence: the watchdog counts from the end.
+                    device.feed_watchdog()
+            if reply is not None and "corrupt" in transport and reply:
                 at = transport["corrupt"].at
                 position = min(at, len(reply) - 1) if at is not None else int(device.faults.rng.integers(len(reply)))
                 corrupted = bytearray(reply)
                 flipped = corrupted[position] ^ 0x01
                 corrupted[position] = flipped if flipped != 0x0A else corrupted[position] ^ 0x02
                 reply = bytes(corrupted)
-            return reply + b"\n"
+        if reply is None:
+            return None
+        if "delay" in transport:
+            await trio.sleep(transport["delay"].seconds)
+        return reply + b"\n"
 
 
 CLOSE = b"<close>"
@@ -291,25 +297,27 @@ async def serve_pty(
 
     An injected ``close`` fault hangs the line up, as an unplugged adapter
     does, and opens a new pty (reported through ``on_path``, and ``link``
-    re-pointed to it if given).
+    re-pointed to it if given) before the old one hangs up: a client that
+    follows the link when its line goes dead finds the new one there.
     """
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run_watchdog)
-        started = False
-        while True:
-            pty = PseudoTerminal(link)
-            if not started:
-                task_status.started(pty.path)
-                started = True
-            elif on_path is not None:
-                on_path(pty.path)
-            stream = trio.lowlevel.FdStream(os.dup(pty.master))
-            try:
-                closed = await server.serve_stream(stream, peer=f"pty {pty.path}")
-            finally:
-                await stream.aclose()
-                pty.close()
-            if not closed:
-                # The master reported end of file: the far end stays ours, so
-                # this only happens on an error; start a fresh line.
-                await trio.sleep(0.05)
+        pty = PseudoTerminal(link)
+        task_status.started(pty.path)
+        try:
+            while True:
+                stream = trio.lowlevel.FdStream(os.dup(pty.master))
+                try:
+                    closed = await server.serve_stream(stream, peer=f"pty {pty.path}")
+                finally:
+                    await stream.aclose()
+                if not closed:
+                    # The master reported end of file: the far end stays ours, so
+                    # this only happens on an error; start a fresh line.
+                    await trio.sleep(0.05)
+                old, pty = pty, PseudoTerminal(link)
+                if on_path is not None:
+                    on_path(pty.path)
+                old.close()
+        finally:
+            pty.close()

@@ -78,7 +78,7 @@ def test_the_device_s_own_actions_are_lines_without_a_connection():
     device = Device(SMALL, seed=1, host_clock=lambda: clock[0], record=entries.append)
     device.handle(b"HEAT:VOLT 2,3;SOUR:ENAB ON;SYST:WATC 2", connection=7)
     clock[0] = 2.5
-    assert device.check_watchdog()
+    assert device.handle(b"SOUR:ENAB?", connection=9) == b"0"  # the message that finds it run out
     watchdog, safe = entries[-2:]
     assert (watchdog.event, watchdog.connection, watchdog.timeout_s, watchdog.volts) == ("watchdog", None, 2.0, None)
     assert (safe.event, safe.connection, safe.volts, safe.sources) == ("safe_state", None, [0.0] * 16, False)
