@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pytest
+import trio
 
 from actors.calibration import CalibrationModel, fit_sweeps, sweep_plan
 from actors.calibration._actor import sweep_data
 from protocol.calibration import Calibrate, CheckReference, GetCalibrationStatus
-from protocol.memory import GetCalibration, GetJob
+from protocol.memory import GetCalibration, GetJob, ListCalibrations, PutCalibration, QueryJobs
 from protocol.mesh import clements_layout
 from sim import chip_of, factory_calibration
 
-from .test_executor import CHIP, bench, hom
+from .helpers import eventually
+from .test_executor import CHIP, bench, hom, truth
 
 
 def wrapped(x: np.ndarray) -> np.ndarray:
@@ -110,3 +113,39 @@ async def test_the_drift_check_recalibrates_when_the_chip_moved_and_weak_outputs
         again = await b.ask("calibration", CheckReference())
         assert again.version == 2
         assert again.fidelity > 0.98
+
+
+async def test_a_drift_check_does_not_recalibrate_when_a_newer_calibration_came_while_it_ran(tmp_path):
+    # The check's job ran under version 1 and found the chip drifted; meanwhile a calibration (whose fit
+    # ends after the check's job began) stored version 2. Recalibrating again would be a needless half
+    # minute on the chip: the decision is made with the calibration lock held, against the latest version.
+    factory = tmp_path / "factory.json"
+    factory.write_text(json.dumps(factory_calibration(CHIP, 7)))
+    config = {"factory": str(factory), "points": 8, "reference_every_s": None, "reference_shots": 5_000}
+    async with bench(tmp_path, calibrate=False, calibration=config) as b:
+        assert b.calibration is not None
+        await b.ask("calibration", Calibrate())
+        b.server.device.chip.phi0[[0, 5, 7]] += 0.7  # the chip drifted since version 1
+        outcome: list[Any] = []
+
+        async def check() -> None:
+            outcome.append(await b.ask("calibration", CheckReference()))
+
+        async with trio.open_nursery() as nursery:
+            await b.calibration._lock.acquire()  # a calibration is under way
+            nursery.start_soon(check)
+
+            async def reference_done() -> bool:
+                jobs = (await b.ask("memory", QueryJobs(states=["completed"]))).jobs
+                return any(j.job.startswith("ref-") for j in jobs)
+
+            await eventually(reference_done)
+            fits = truth(b.server).fits()
+            await b.ask("memory", PutCalibration(device="chip", identity="the calibration under way", fits=fits))
+            b.calibration._lock.release()
+        (checked,) = outcome
+        assert checked.fidelity < 0.98
+        assert (checked.version, checked.recalibrated, checked.new_version) == (1, False, None)
+        assert "version 2 was stored since" in checked.reason
+        versions = (await b.ask("memory", ListCalibrations(device="chip"))).calibrations
+        assert [c.version for c in versions] == [1, 2]

@@ -49,6 +49,7 @@ class Bench:
     client: Actor
     executor: ExecutorActor
     scheduler: SchedulerActor
+    calibration: CalibrationActor | None = None
 
     async def ask(self, to: str, request: Any) -> Any:
         with trio.fail_after(60):
@@ -111,9 +112,11 @@ async def bench(
             await nursery.start(scheduler.run)
             executor_actor = ExecutorActor("executor", runtime, batch_shots=2000, backoff_s=0.01, **executor)
             await nursery.start(executor_actor.run)
+            calibration_actor = None
             if calibration is not None:
-                await nursery.start(CalibrationActor("calibration", runtime, **calibration).run)
-            yield Bench(server, client, executor_actor, scheduler)
+                calibration_actor = CalibrationActor("calibration", runtime, **calibration)
+                await nursery.start(calibration_actor.run)
+            yield Bench(server, client, executor_actor, scheduler, calibration_actor)
             nursery.cancel_scope.cancel()
         outside.cancel_scope.cancel()
 

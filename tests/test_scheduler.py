@@ -19,7 +19,7 @@ from actors.memory import MemoryActor
 from actors.scheduler import SchedulerActor
 from protocol.circuit import CircuitBuilder
 from protocol.hal import InterlockReset, InterlockTripped
-from protocol.memory import Allocate, Free, GetJob, GetPlan, SetJobState
+from protocol.memory import Allocate, Free, GetJob, GetPlan, PutCalibration, SetJobState
 from protocol.scheduler import (
     Cancel,
     Checkpoint,
@@ -85,7 +85,13 @@ class Lab:
         assignment = await self.sched(NextJob(executor="exec", wait_s=wait_s))
         if assignment.job is not None:
             allocate = Allocate(
-                job=assignment.job, slots=[], device="chip", mark_running="on exec", accepting=assignment.accepting
+                job=assignment.job,
+                slots=[],
+                device="chip",
+                plan=assignment.plan.id,
+                calibration=assignment.plan.calibration,
+                mark_running="on exec",
+                accepting=assignment.accepting,
             )
             await self.ask("memory", allocate)
             await self.ask("memory", Free(job=assignment.job))
@@ -380,3 +386,19 @@ async def test_large_circuits_are_planned_in_a_worker_process(tmp_path):
         assert workers
         assert all(w.pid != 0 for w in workers)
     assert all(not w.is_alive() for w in workers)  # stopped with the scheduler
+
+
+async def test_a_job_planned_ahead_runs_under_the_calibration_that_is_latest_when_it_is_handed_out(tmp_path):
+    async with lab(tmp_path) as lab_:
+        fits = {"phi0": [0.0] * 64, "alpha": [1.0] * 64}
+        await lab_.ask("memory", PutCalibration(device="chip", identity="sim", fits=fits))
+        await lab_.sched(Pause(reason="wait"))
+        await lab_.sched(Submit(circuit=hom(), job="early"))
+        await lab_.wait_planned("early")
+        assert lab_.scheduler.queue.jobs["early"].plan.calibration == 1
+        await lab_.ask("memory", PutCalibration(device="chip", identity="sim", fits=fits))  # recalibrated meanwhile
+        await lab_.sched(Resume())
+        assignment = await lab_.take()
+        assert (assignment.job, assignment.plan.calibration) == ("early", 2)
+        await eventually(lambda: lab_.is_state("early", "running"))
+        assert (await lab_.ask("memory", GetJob(job="early"))).record.calibration == 2

@@ -319,12 +319,13 @@ class CalibrationActor(Actor):
         for peer in (self.config.memory, self.config.scheduler, self.config.hal):
             await self.wait_peer(peer)
         if self.config.auto:
-            status = await self._status()
-            if not status.valid:
-                try:
-                    await self.calibrate(self.config.points)
-                except AwenError as exc:
-                    log.error("%s: calibration at start failed: %s", self.name, exc)
+            async with self._lock:  # decided with the lock held: a calibration asked for meanwhile counts
+                status = await self._status()
+                if not status.valid:
+                    try:
+                        await self._calibrate_locked(self.config.points)
+                    except AwenError as exc:
+                        log.error("%s: calibration at start failed: %s", self.name, exc)
         if self.config.reference_every_s is None:
             await trio.sleep_forever()
         while True:
@@ -359,6 +360,11 @@ class CalibrationActor(Actor):
         if record.state != "completed":
             raise AwenError(f"the reference circuit {job} ended {record.state}: {record.reason}")
         results = (await self.request(self.config.memory, QueryResults(job=job))).results
+        ran_under = {r.calibration for r in results if r.slot == "p0.ref"}
+        if len(ran_under) == 1 and (version := ran_under.pop()) not in (None, latest.version):
+            # A newer calibration came while the check waited its turn: it checks the one it ran under.
+            latest = await self.request(self.config.memory, GetCalibration(device=device, version=version))
+            age = time.time() - latest.created
         counts = np.sum([np.asarray(r.value) for r in results if r.slot == "p0.ref"], axis=0)
         scales = np.asarray(
             latest.data.get("detection_efficiency", latest.data.get("output_scales", np.ones(modes))), dtype=np.float64
@@ -376,8 +382,16 @@ class CalibrationActor(Actor):
             reason = f"calibration version {latest.version} is {age:.0f} s old (max_age_s {self.config.max_age_s:g})"
         new_version = None
         if reason:
-            log.warning("%s: %s: recalibrating %s", self.name, reason, device)
-            new_version = (await self.calibrate(self.config.points)).version
+            # Whether to recalibrate is decided with the lock held, against the latest version then: a
+            # calibration stored while the check ran (its fit ends after the check's job began) makes it moot.
+            async with self._lock:
+                current = await self._latest()
+                if current is not None and current.version != latest.version:
+                    reason += f"; version {current.version} was stored since, so it was not recalibrated"
+                    log.info("%s: %s", self.name, reason)
+                else:
+                    log.warning("%s: %s: recalibrating %s", self.name, reason, device)
+                    new_version = (await self._calibrate_locked(self.config.points)).version
         return ReferenceChecked(
             device=device,
             version=latest.version,
@@ -385,7 +399,7 @@ class CalibrationActor(Actor):
             threshold=self.config.fidelity_threshold,
             events=events,
             job=job,
-            recalibrated=bool(reason),
+            recalibrated=new_version is not None,
             new_version=new_version,
             reason=reason,
         )
@@ -420,12 +434,16 @@ class CalibrationActor(Actor):
 
     async def calibrate(self, points: int) -> Calibrated:
         async with self._lock:
-            try:
-                return await self._run(points)
-            except AwenError as exc:
-                self.last_error = exc.message
-                self.publish(CalibrationFailed(device=self.config.device, reason=exc.message))
-                raise
+            return await self._calibrate_locked(points)
+
+    async def _calibrate_locked(self, points: int) -> Calibrated:
+        assert self._lock.locked()
+        try:
+            return await self._run(points)
+        except AwenError as exc:
+            self.last_error = exc.message
+            self.publish(CalibrationFailed(device=self.config.device, reason=exc.message))
+            raise
 
     async def _run(self, points: int) -> Calibrated:
         began = time.monotonic()

@@ -389,7 +389,9 @@ class MemoryActor(Actor):
         self.slots.restore(msg.job, frames, buffer if msg.resume else {})
         if msg.mark_running is not None and state != "running":
             # Written behind: before anything the job commits later, but nobody waits for it.
-            transition = ops.set_job_state(msg.job, "running", msg.mark_running, expect=[state])
+            transition = ops.set_job_state(
+                msg.job, "running", msg.mark_running, expect=[state], plan=msg.plan, calibration=msg.calibration
+            )
             announce = partial(self._announce, msg.job, "running", msg.mark_running)
             self._write_behind(_Op(transition, done=None, then=announce))
         return Allocated(job=msg.job, slots=[s.info() for s in slots.slots], frame=slots.frame, nbytes=slots.nbytes)

@@ -515,9 +515,16 @@ class SchedulerActor(Actor):
 
     @subscribes("mem.calibration_added")
     def _calibration_added(self, body: CalibrationAdded, env: Envelope) -> None:
-        if body.device == self.config.device:
-            self._calibration_version = max(body.version, self._calibration_version or 0)
-            self._calibration_known = True
+        if body.device != self.config.device:
+            return
+        self._calibration_version = max(body.version, self._calibration_version or 0)
+        self._calibration_known = True
+        # Plans made ahead under an older version are made again, ahead too (`_assign` checks once more).
+        for job in self.queue.jobs.values():
+            stale = job.plan is not None and job.plan.calibration != self._calibration_version
+            if stale and job.circuit is not None and job.job != self.queue.running and not job.planning:
+                job.plan = None
+        self._wake()
 
     def _refusal(self, plan: Plan) -> str | None:
         """Why a plan may not run under the strategy's limits, if it may not."""
@@ -736,8 +743,9 @@ class SchedulerActor(Actor):
                 return Assignment()
 
     async def _assign(self, job: QueuedJob, executor: str) -> Assignment:
-        if job.next_phase > 0:
-            await self._replan_if_recalibrated(job)
+        # Planned ahead, perhaps under a calibration that has since been superseded: the decision which
+        # calibration a job runs under is made here, as it is handed out, not when it was planned.
+        await self._replan_if_recalibrated(job)
         assert job.plan is not None
         self.publish_soon(JobDispatched(job=job.job, executor=executor, start_phase=job.next_phase))
         run = job.circuit.run if job.circuit is not None else Assignment().run
@@ -747,9 +755,10 @@ class SchedulerActor(Actor):
         )
 
     async def _replan_if_recalibrated(self, job: QueuedJob) -> None:
-        """A job resuming (after preemption or a crash) under a superseded calibration is planned again.
+        """A job about to run under a superseded calibration is planned again with the latest.
 
-        The new plan has the same phases (same circuit, same device), so the
+        A job that resumes (after preemption or a crash) keeps its phases: the
+        new plan has the same phases (same circuit, same device), so the
         executor's journal still says where to resume; results from here on
         name the new calibration version.
         """
@@ -758,8 +767,19 @@ class SchedulerActor(Actor):
         calibration = await self._calibration()
         if calibration is None or calibration == job.plan.calibration:
             return
-        plan, _ = await self._plan(job.circuit)
-        if len(plan.phases) != len(job.plan.phases):
+        try:
+            plan, _ = await self._plan(job.circuit)
+        except AwenError as exc:  # it was planned once; what it was planned with still describes how it runs
+            log.warning(
+                "%s: %s cannot be planned under calibration %s (%s); it runs under %s",
+                self.name,
+                job.job,
+                calibration,
+                exc,
+                job.plan.calibration,
+            )
+            return
+        if job.next_phase > 0 and len(plan.phases) != len(job.plan.phases):
             log.warning(
                 "%s: %s: the new plan has other phases; keeping calibration %s",
                 self.name,
@@ -770,7 +790,7 @@ class SchedulerActor(Actor):
         if plan.id not in self._stored_plans:
             await self._store_plan(plan, job.job)
         log.info(
-            "%s: %s resumes at phase %d under calibration %s (was %s)",
+            "%s: %s runs from phase %d under calibration %s (planned under %s)",
             self.name,
             job.job,
             job.next_phase,
