@@ -27,16 +27,19 @@ from typing import Any, ClassVar, TypeVar
 import trio
 
 from protocol import (
+    MAX_ERROR_TEXT,
     AwenError,
     Envelope,
     ErrorCode,
     Event,
+    FrameTooLarge,
     InvalidMessage,
     Message,
     Notice,
     ProtocolError,
     Reply,
     Request,
+    clip,
     make_envelope,
 )
 from protocol.system import (
@@ -52,6 +55,7 @@ from protocol.system import (
     Pong,
     Status,
     Stopping,
+    bounded_error,
 )
 
 from ._config import Address, Runtime
@@ -528,17 +532,27 @@ class Actor:
     # --- receiving --------------------------------------------------------------------------
 
     def _on_request(self, route: Any, frame: bytes) -> None:
+        # Called by the transport's receiving task: whatever goes wrong here must
+        # cost this frame, never the actor (and with it, for the supervisor, the system).
+        try:
+            self._receive_request(route, frame)
+        except Exception:
+            self.malformed += 1
+            log.exception("%s: could not take a frame of %d bytes; dropped it", self.name, len(frame))
+
+    def _receive_request(self, route: Any, frame: bytes) -> None:
         try:
             env = self.codec.decode(frame)
         except ProtocolError as exc:
             self.malformed += 1
             self._bad_frames.warning("%s: refused a frame: %s", self.name, exc)
-            self._reply_error(route, exc.code, str(exc), exc.field, re=exc.request_id, to=exc.sender or "?")
+            if self._answers_refusal(exc):
+                self._reply_error(route, exc.code, exc.message, exc.field, re=exc.request_id, to=exc.sender or "?")
             return
         body = env.body
         is_request = isinstance(body, Request)
         if not is_request and not isinstance(body, Notice):
-            self._bad_frames.warning("%s: a %s (%s) was sent to its address; dropped", self.name, body.KIND, env.type)
+            self._bad_frames.warning("%s: %s (%s) was sent to its address; dropped", self.name, env.type, body.KIND)
             return
         if self._stopping:
             if is_request:
@@ -587,6 +601,16 @@ class Actor:
         assert self._work is not None
         self._work.start_soon(self._run_handler, handler, route, env, rest)
 
+    def _answers_refusal(self, exc: ProtocolError) -> bool:
+        """Whether a frame that could not be read is answered: not if its header names a notice, reply or event.
+
+        A notice gets no reply, even on error, and replies and events are never
+        answered; a frame whose type is unknown or unreadable might be a
+        request, and is answered.
+        """
+        kind = exc.message_kind
+        return kind is None or kind == Request.KIND
+
     async def _run_handler(
         self, handler: Handler, route: Any, env: Envelope, rest: Awaitable[Reply | None] | None = None
     ) -> None:
@@ -624,7 +648,7 @@ class Actor:
     def _answer_failure(self, route: Any, env: Envelope, exc: Exception) -> None:
         self.failed += 1
         if isinstance(exc, AwenError):
-            log.info("%s: %s from %s failed: %s", self.name, env.type, env.sender, exc)
+            log.info("%s: %s from %s failed: %s", self.name, env.type, env.sender, clip(str(exc), MAX_ERROR_TEXT))
             error = Error(code=exc.code, message=exc.message, field=exc.field)
         else:
             log.error("%s: handler for %s raised", self.name, env.type, exc_info=exc)
@@ -641,12 +665,23 @@ class Actor:
     def _send_reply(self, route: Any, body: Reply, *, to: str, re: int | None) -> None:
         if self._inbound is None:
             return
+        if isinstance(body, Error):
+            body = bounded_error(body)
         env = make_envelope(body, sender=self.name, to=to, id=self._next_id(), re=re)
         try:
             frame = self.codec.encode(env)
+        except FrameTooLarge as exc:
+            log.warning("%s: the reply %s to %s is too large to send: %s", self.name, body.TYPE, clip(to, 80), exc)
+            error = Error(
+                code=ErrorCode.TOO_LARGE,
+                message=f"{self.name}: its reply ({body.TYPE}) would be too large: {exc.message}; ask for less",
+            )
+            frame = self.codec.encode(make_envelope(error, sender=self.name, to=to, id=self._next_id(), re=re))
         except (AwenError, TypeError, ValueError) as exc:
-            log.error("%s: cannot encode the reply %s: %s", self.name, body.TYPE, exc)
-            error = Error(code=ErrorCode.HANDLER_FAILED, message=f"{self.name} could not encode its reply: {exc}")
+            log.error("%s: cannot encode the reply %s: %s", self.name, body.TYPE, clip(str(exc), MAX_ERROR_TEXT))
+            error = bounded_error(
+                Error(code=ErrorCode.HANDLER_FAILED, message=f"{self.name} could not encode its reply: {exc}")
+            )
             frame = self.codec.encode(make_envelope(error, sender=self.name, to=to, id=self._next_id(), re=re))
         self._inbound.reply(route, frame)
 
@@ -657,9 +692,23 @@ class Actor:
         except ProtocolError as exc:
             self.malformed += 1
             self._bad_frames.warning("%s: refused %s frame: %s", self.name, what, exc)
+            if exc.reply_to is not None:
+                # A reply that cannot be read still says which request it answers:
+                # that request fails now, with the reason, rather than at its timeout.
+                pending = self._pending.get(exc.reply_to)
+                if pending is not None and not pending.done.is_set():
+                    pending.error = exc
+                    pending.done.set()
             return None
 
     def _on_reply(self, frame: bytes) -> None:
+        try:
+            self._receive_reply(frame)
+        except Exception:
+            self.malformed += 1
+            log.exception("%s: could not take a reply of %d bytes; dropped it", self.name, len(frame))
+
+    def _receive_reply(self, frame: bytes) -> None:
         env = self._decode_or_count(frame, "a reply")
         if env is None:
             return
@@ -672,6 +721,13 @@ class Actor:
         pending.done.set()
 
     def _on_event(self, frame: bytes) -> None:
+        try:
+            self._receive_event(frame)
+        except Exception:
+            self.malformed += 1
+            log.exception("%s: could not take an event of %d bytes; dropped it", self.name, len(frame))
+
+    def _receive_event(self, frame: bytes) -> None:
         env = self._decode_or_count(frame, "an event")
         if env is None:
             return

@@ -8,16 +8,40 @@ import sys
 
 from protocol import AwenError
 
+MAX_LOG_RECORD = 8192
+"""The most characters one log record writes, traceback included: the backstop behind every
+place that quotes what a client sent (those cut it far shorter)."""
+
+
+class BoundedFormatter(logging.Formatter):
+    """A formatter whose records are at most ``limit`` characters: the start, a note of the cut, the end.
+
+    The end is kept because a traceback's last line names the exception.
+    """
+
+    def __init__(self, fmt: str, datefmt: str, *, limit: int = MAX_LOG_RECORD) -> None:
+        super().__init__(fmt, datefmt)
+        self.limit = limit
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if len(text) <= self.limit:
+            return text
+        note = f" ... [{len(text) - self.limit + 80} characters cut] ... "
+        tail = min(2000, self.limit // 4)
+        head = self.limit - tail - len(note)
+        return text[:head] + note + text[-tail:]
+
 
 def configure_logging(level: str = "info", *, actor: str | None = None) -> None:
-    """Log to stderr, one line per record, naming the process's actor.
+    """Log to stderr, one line per record (at most `MAX_LOG_RECORD` characters), naming the process's actor.
 
     ``AWEN_LOG`` (debug, info, warning, error) overrides the configured level.
     """
     level = os.environ.get("AWEN_LOG", level).upper()
     who = f"{actor}[{os.getpid()}]" if actor else f"awen[{os.getpid()}]"
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"%(asctime)s {who} %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setFormatter(BoundedFormatter(f"%(asctime)s {who} %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level, logging.INFO))

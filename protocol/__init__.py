@@ -11,6 +11,8 @@ from . import memory as memory
 from . import scheduler as scheduler
 from . import system as system
 from ._codec import DEFAULT_MAX_FRAME_BYTES as DEFAULT_MAX_FRAME_BYTES
+from ._codec import MAX_ERROR_TEXT as MAX_ERROR_TEXT
+from ._codec import MAX_FIELD_PATH as MAX_FIELD_PATH
 from ._codec import Catalog as Catalog
 from ._codec import Codec as Codec
 from ._codec import make_envelope as make_envelope
@@ -43,12 +45,17 @@ from ._message import Message as Message
 from ._message import Notice as Notice
 from ._message import Reply as Reply
 from ._message import Request as Request
+from ._ndarray import MAX_NDIM as MAX_NDIM
+from ._ndarray import NDARRAY_DTYPES as NDARRAY_DTYPES
 from ._ndarray import NDARRAY_EXT as NDARRAY_EXT
 from ._ndarray import decode_ndarray as decode_ndarray
 from ._ndarray import encode_ndarray as encode_ndarray
 from ._ndarray import pack as pack
 from ._ndarray import unpack as unpack
 from ._schema import protocol_schema as protocol_schema
+from ._structure import MAX_DEPTH as MAX_DEPTH
+from ._structure import MAX_VALUES as MAX_VALUES
+from ._text import clip as clip
 from .system import SYSTEM_MESSAGES as SYSTEM_MESSAGES
 
 CATALOG = Catalog(

@@ -113,11 +113,17 @@ class ProtocolError(AwenError):
     Attributes:
         request_id: The frame's message id, when its header could be read.
         sender: The frame's sender, when its header could be read.
+        reply_to: The frame's ``re`` (the request a reply answers), when its header could be read.
+        message_kind: The kind (``request``, ``notice``, ``reply``, ``event``) of the message type the
+            header names, when it could be read and names a known type: a notice, reply or event that
+            cannot be read is not answered.
     """
 
     code = ErrorCode.MALFORMED
     request_id: int | None = None
     sender: str | None = None
+    reply_to: int | None = None
+    message_kind: str | None = None
 
 
 class MalformedFrame(ProtocolError):

@@ -62,6 +62,58 @@ class Event(Message, frozen=True, kw_only=True):
 U63 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 """Ids are non-negative and fit a signed 64-bit integer, so every language can hold them."""
 
+MAX_TYPE = 64
+"""The longest message type name."""
+
+MAX_SENDER = 256
+"""The longest ``from`` and ``to``: a client names itself as it likes, within this."""
+
+FLOAT_MAX = 1.7976931348623157e308
+"""The largest finite float64: ``ge=-FLOAT_MAX, le=FLOAT_MAX`` is how a field says it must be finite."""
+
+TypeName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TYPE)]
+Peer = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SENDER)]
+
+# --- what fields may hold: every number has a range, every string and list a length -------------
+#
+# The limits are the protocol's (docs/protocol.md, "Limits"): a frame outside them is refused
+# with ``invalid`` naming the field, before any handler runs, so that no number a client
+# chooses can overflow a store column or an allocation.
+
+I64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+"""Any signed 64-bit integer (what SQLite's INTEGER holds)."""
+
+Count = U63
+"""Counters, sequence numbers, sizes in bytes: 0 to 2**63 - 1."""
+
+Index = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+"""Positions in a plan or on a chip (phases, heaters, detector columns): 0 to 2**31 - 1."""
+
+Pid = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+"""An operating-system process id."""
+
+Finite = Annotated[float, msgspec.Meta(ge=-FLOAT_MAX, le=FLOAT_MAX)]
+"""A float that is neither infinite nor NaN."""
+
+Timestamp = Finite
+"""Seconds since the Unix epoch, finite."""
+
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=FLOAT_MAX)]
+"""A duration: finite and not negative."""
+
+MAX_LABEL = 256
+MAX_REASON = 4096
+MAX_TEXT = 65536
+
+Label = Annotated[str, msgspec.Meta(max_length=MAX_LABEL)]
+"""A short free-form name (an executor, a writer, a condition): at most 256 characters."""
+
+Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON)]
+"""Why something happened, for a human: at most 4096 characters."""
+
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+"""Longer free text (a note, a path, a device's detail): at most 65536 characters."""
+
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     """What travels in every frame.
@@ -78,12 +130,12 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     v: int
-    id: int
-    type: str
-    sender: str = msgspec.field(name="from")
-    to: str
-    re: int | None = None
-    ts: float
+    id: U63
+    type: TypeName
+    sender: Peer = msgspec.field(name="from")
+    to: Peer
+    re: U63 | None = None
+    ts: Timestamp
     body: Any
 
 
@@ -92,9 +144,9 @@ class RawEnvelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     v: int
     id: U63
-    type: str
-    sender: str = msgspec.field(name="from")
-    to: str
+    type: TypeName
+    sender: Peer = msgspec.field(name="from")
+    to: Peer
     re: U63 | None = None
-    ts: float
+    ts: Timestamp
     body: msgspec.Raw

@@ -6,16 +6,19 @@ MessagePack array of three items::
     [dtype: str, shape: [uint, ...], data: bin]
 
 ``dtype`` is numpy's array-protocol type string (``"<f8"``, ``"|b1"``,
-``"<c16"``): byte order, kind, item size. ``data`` is the C-ordered raw bytes.
-Only plain numeric and boolean dtypes are accepted, so a frame can never ask the
-receiver to build Python objects.
+``"<c16"``): byte order, kind, item size, one of `NDARRAY_DTYPES`. ``data``
+is the C-ordered raw bytes. Only plain numeric and boolean dtypes are
+accepted, so a frame can never ask the receiver to build Python objects, and
+every part of the payload is checked before numpy sees it, so that numpy
+never raises: an ext payload that does not describe an array is a
+`msgspec.ValidationError`, like any other wrong value.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any, Final
 
 import msgspec
 import numpy as np
@@ -23,16 +26,52 @@ import numpy as np
 NDARRAY_EXT = 1
 """The MessagePack extension type code of a numpy array."""
 
-MAX_NDIM = 32
+MAX_NDIM: Final = 32
+"""Dimensions an array may have (numpy's own limit before numpy 2)."""
 
-_DTYPE = re.compile(r"[<>|][biufc](1|2|4|8|16)")
-_payload_decoder = msgspec.msgpack.Decoder(tuple[str, list[int], bytes])
+MAX_ARRAY_BYTES: Final = 2**63 - 1
+"""The item size times the product of the non-zero dimensions must not exceed this (numpy's ``intp``)."""
+
+NDARRAY_ITEM_SIZES: Final[Mapping[str, tuple[int, ...]]] = {
+    "b": (1,),
+    "i": (1, 2, 4, 8),
+    "u": (1, 2, 4, 8),
+    "f": (2, 4, 8),
+    "c": (8, 16),
+}
+"""Item sizes in bytes per dtype kind: bool, int, unsigned int, float (half, single, double), complex.
+
+Not ``f16``/``c32`` (long double), whose size and layout differ between platforms."""
+
+
+def _allowed_dtypes() -> Iterator[str]:
+    for kind, sizes in NDARRAY_ITEM_SIZES.items():
+        for size in sizes:
+            for order in "|<>" if size == 1 else "<>":
+                yield f"{order}{kind}{size}"
+
+
+NDARRAY_DTYPES: Final[Mapping[str, np.dtype[Any]]] = {name: np.dtype(name) for name in _allowed_dtypes()}
+"""Every dtype string an array may carry, and its numpy dtype. Byte order ``<`` or ``>``;
+a one-byte type may also say ``|`` (numpy's own spelling for it)."""
+
+_Dim = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+_payload_decoder = msgspec.msgpack.Decoder(
+    tuple[
+        Annotated[str, msgspec.Meta(max_length=8)],
+        Annotated[list[_Dim], msgspec.Meta(max_length=MAX_NDIM)],
+        bytes,
+    ]
+)
 
 
 def encode_ndarray(array: np.ndarray) -> msgspec.msgpack.Ext:
     """Turn an array into the ext value `msgspec` writes on the wire."""
-    if array.dtype.kind not in "biufc":
-        raise TypeError(f"cannot send a numpy array of dtype {array.dtype} (only bool, int, uint, float, complex)")
+    if array.dtype.str not in NDARRAY_DTYPES:
+        raise TypeError(
+            f"cannot send a numpy array of dtype {array.dtype} ({array.dtype.str}): only bool, int and uint of "
+            "1-8 bytes, float of 2-8 bytes and complex of 8-16 bytes travel (protocol.NDARRAY_DTYPES)"
+        )
     if not array.flags.c_contiguous:
         array = array.copy(order="C")  # not ascontiguousarray: it turns 0-d arrays into 1-d ones
     data = memoryview(array).cast("B") if array.size else b""  # type: ignore[arg-type]
@@ -41,22 +80,33 @@ def encode_ndarray(array: np.ndarray) -> msgspec.msgpack.Ext:
 
 
 def decode_ndarray(data: bytes | memoryview) -> np.ndarray:
-    """Build the array an ext payload describes, validating every part of it.
+    """Build the array an ext payload describes, validating every part of it first.
 
-    The array is read-only: it shares memory with the received frame.
+    The array is read-only: it shares memory with the decoded payload.
 
     Raises:
-        msgspec.ValidationError: the payload does not describe a valid array.
+        msgspec.ValidationError: the payload does not describe an allowed array.
     """
     try:
         dtype_str, shape, raw = _payload_decoder.decode(data)
     except (msgspec.DecodeError, ValueError) as exc:  # ValueError: a dtype that is not UTF-8
-        raise msgspec.ValidationError(f"numpy array ext payload must be [dtype, shape, bytes]: {exc}") from None
-    if not _DTYPE.fullmatch(dtype_str):
-        raise msgspec.ValidationError(f"numpy array dtype {dtype_str!r} is not a plain numeric dtype such as '<f8'")
-    dtype = np.dtype(dtype_str)
-    if len(shape) > MAX_NDIM or any(n < 0 for n in shape):
-        raise msgspec.ValidationError(f"numpy array shape {shape} is not a valid shape")
+        what = str(exc).split(" - at `$", 1)[0]  # a path inside the payload would pass for one inside the body
+        raise msgspec.ValidationError(
+            "numpy array ext payload must be [dtype: str of at most 8 characters, "
+            f"shape: [at most {MAX_NDIM} ints in 0..2**63-1], data: bin]: {_clip(what)}"
+        ) from None
+    dtype = NDARRAY_DTYPES.get(dtype_str)
+    if dtype is None:
+        raise msgspec.ValidationError(
+            f"numpy array dtype {dtype_str!r} is not one awen accepts: byte order '<' or '>' ('|' too for one "
+            "byte), then b1, i1/2/4/8, u1/2/4/8, f2/4/8 or c8/16, such as '<f8'"
+        )
+    span = dtype.itemsize * math.prod(n for n in shape if n)
+    if span > MAX_ARRAY_BYTES:
+        raise msgspec.ValidationError(
+            f"numpy array shape {_clip(str(tuple(shape)))} is too large for any array of {dtype_str} "
+            f"(item size times its non-zero dimensions exceeds 2**63 - 1)"
+        )
     expected = math.prod(shape) * dtype.itemsize
     if expected != len(raw):
         raise msgspec.ValidationError(
@@ -64,6 +114,10 @@ def decode_ndarray(data: bytes | memoryview) -> np.ndarray:
             f"the frame has {len(raw)}"
         )
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def enc_hook(obj: Any) -> Any:

@@ -11,12 +11,32 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from ._errors import ErrorCode
-from ._message import Event, Notice, Reply, Request
+from ._message import (
+    I64,
+    U63,
+    Count,
+    Event,
+    Label,
+    Notice,
+    Pid,
+    Reason,
+    Reply,
+    Request,
+    Seconds,
+)
+from ._text import clip
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 """An actor name: letters, digits, ``_``, ``.`` and ``-``."""
 
-Seconds = Annotated[float, msgspec.Meta(ge=0)]
+Incarnation = U63
+"""A random number an actor draws when it starts (awen's are below 2**62)."""
+
+MAX_ERROR_MESSAGE = 4096
+"""The longest ``sys.error`` message: longer ones are cut (the log has the rest)."""
+
+MAX_ERROR_FIELD = 200
+"""The longest field path a ``sys.error`` names."""
 
 
 # --- replies every request may get -----------------------------------------------------
@@ -32,9 +52,9 @@ class Error(Reply, frozen=True, kw_only=True):
     """
 
     TYPE = "sys.error"
-    code: str
-    message: str
-    field: str | None = None
+    code: Annotated[str, msgspec.Meta(max_length=64)]
+    message: Annotated[str, msgspec.Meta(max_length=MAX_ERROR_MESSAGE)]
+    field: Annotated[str, msgspec.Meta(max_length=MAX_ERROR_FIELD)] | None = None
 
     @property
     def error_code(self) -> ErrorCode | None:
@@ -42,6 +62,18 @@ class Error(Reply, frozen=True, kw_only=True):
             return ErrorCode(self.code)
         except ValueError:
             return None
+
+
+def bounded_error(error: Error) -> Error:
+    """``error`` with its message and field cut to what the schema allows, saying how much was cut."""
+    message, field = error.message, error.field
+    if len(message) <= MAX_ERROR_MESSAGE and (field is None or len(field) <= MAX_ERROR_FIELD):
+        return error
+    return Error(
+        code=error.code,
+        message=clip(message, MAX_ERROR_MESSAGE),
+        field=None if field is None else clip(field, MAX_ERROR_FIELD),
+    )
 
 
 class Ok(Reply, frozen=True, kw_only=True):
@@ -56,8 +88,8 @@ class Ok(Reply, frozen=True, kw_only=True):
 class Pong(Reply, frozen=True, kw_only=True):
     TYPE = "sys.pong"
     data: Any = None
-    pid: int
-    incarnation: int
+    pid: Pid
+    incarnation: Incarnation
 
 
 class Ping(Request[Pong], frozen=True, kw_only=True):
@@ -70,8 +102,8 @@ class Ping(Request[Pong], frozen=True, kw_only=True):
 
 class PeerInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     state: Literal["unknown", "up", "lost", "stopped"]
-    incarnation: int | None = None
-    last_seen_ago: float | None = None
+    incarnation: Incarnation | None = None
+    last_seen_ago: Seconds | None = None
 
 
 class Status(Reply, frozen=True, kw_only=True):
@@ -87,16 +119,16 @@ class Status(Reply, frozen=True, kw_only=True):
     """
 
     TYPE = "sys.status"
-    name: str
-    kind: str
-    pid: int
-    incarnation: int
+    name: Label
+    kind: Label
+    pid: Pid
+    incarnation: Incarnation
     uptime: Seconds
-    handled: int
-    failed: int
-    malformed: int
-    in_flight: int
-    pending: int
+    handled: Count
+    failed: Count
+    malformed: Count
+    in_flight: Count
+    pending: Count
     peers: dict[str, PeerInfo] = msgspec.field(default_factory=dict)
 
 
@@ -115,9 +147,9 @@ class Heartbeat(Event, frozen=True, kw_only=True):
 
     TYPE = "sys.heartbeat"
     name: Name
-    pid: int
-    incarnation: int
-    seq: int
+    pid: Pid
+    incarnation: Incarnation
+    seq: Count
     interval: Seconds
     uptime: Seconds
 
@@ -127,7 +159,7 @@ class Stopping(Event, frozen=True, kw_only=True):
 
     TYPE = "sys.stopping"
     name: Name
-    incarnation: int
+    incarnation: Incarnation
 
 
 class Ready(Notice, frozen=True, kw_only=True):
@@ -135,8 +167,8 @@ class Ready(Notice, frozen=True, kw_only=True):
 
     TYPE = "sys.ready"
     name: Name
-    pid: int
-    incarnation: int
+    pid: Pid
+    incarnation: Incarnation
 
 
 class PeerUp(Event, frozen=True, kw_only=True):
@@ -144,7 +176,7 @@ class PeerUp(Event, frozen=True, kw_only=True):
 
     TYPE = "peer.up"
     peer: Name
-    incarnation: int
+    incarnation: Incarnation
     restarted: bool = False
 
 
@@ -153,7 +185,7 @@ class PeerLost(Event, frozen=True, kw_only=True):
 
     TYPE = "peer.lost"
     peer: Name
-    reason: str
+    reason: Reason
     silent_for: Seconds | None = None
 
 
@@ -163,8 +195,8 @@ class PeerLost(Event, frozen=True, kw_only=True):
 class ActorStarted(Event, frozen=True, kw_only=True):
     TYPE = "actor.started"
     actor: Name
-    pid: int
-    restarts: int = 0
+    pid: Pid
+    restarts: Count = 0
 
 
 class ActorExited(Event, frozen=True, kw_only=True):
@@ -177,17 +209,17 @@ class ActorExited(Event, frozen=True, kw_only=True):
 
     TYPE = "actor.exited"
     actor: Name
-    pid: int
-    returncode: int | None
+    pid: Pid
+    returncode: I64 | None
     expected: bool
-    reason: str
+    reason: Reason
 
 
 class ActorRestarting(Event, frozen=True, kw_only=True):
     TYPE = "actor.restarting"
     actor: Name
     delay: Seconds
-    restarts: int
+    restarts: Count
     window: Seconds
 
 
@@ -196,9 +228,9 @@ class ActorGaveUp(Event, frozen=True, kw_only=True):
 
     TYPE = "actor.gave_up"
     actor: Name
-    restarts: int
+    restarts: Count
     window: Seconds
-    reason: str
+    reason: Reason
 
 
 SYSTEM_MESSAGES: tuple[type[Request[Any]] | type[Reply] | type[Notice] | type[Event], ...] = (
