@@ -138,7 +138,8 @@ class Device:
                 self.chip.stuck[fault.heater] = fault.volts
         self.description = config.description()
         self._v_max = np.array(config.heater_v_max)
-        power_max = config.heater_power_max_w
+        # The device holds each heater to the power it describes (what v_max allows, for one without its own).
+        power_max = self.description.heaters.power_max_w
         self._power_max = None if power_max is None else np.array(power_max)
         self._description_json = encode_description(self.description)
         self.host_clock = host_clock

@@ -195,3 +195,16 @@ def test_the_per_heater_limits_of_the_simulator_doc_load(tmp_path):
     assert config.heater_v_max[12] == 4.0
     assert config.heater_v_max[0] == 6.5
     assert config.heater_power_max_w == [0.04] * 64
+
+
+def test_the_device_holds_a_heater_to_the_power_it_describes_even_without_a_limit_of_its_own():
+    device = Device(parse_config({"modes": 4, "heaters": {"power_max_w": {"0": 1.0}}}), seed=1)
+    low = int(np.argmin(device.chip.resistance[1:])) + 1  # its true resistance is under the nominal
+    assert device.chip.resistance[low] < 1000
+    described = description(device).heaters.power_max_w
+    assert described is not None
+    assert described[low] == pytest.approx(0.049)
+    device.handle(f"HEAT:VOLT {low},7".encode())  # within v_max, over the power it describes
+    code, text = error(device)
+    assert code == scpi.DATA_OUT_OF_RANGE
+    assert f"heater {low}: 7 V draws" in text
