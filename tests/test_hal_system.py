@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import sim
 from actors import Actor, ResolvedSystem, Runtime
-from protocol import scpi
+from protocol import ErrorCode, scpi
 from protocol.hal import ConfigureInputs, InputSetting, ListDevices, SetHeaters
 from protocol.system import GetStatus
 
-from .helpers import LineReader, awen_process
+from .helpers import REPO, LineReader, awen_process
+from .test_hal_concurrency import linearise
 
 pytestmark = pytest.mark.system
 
@@ -48,9 +55,15 @@ class Sim:
 
 @contextmanager
 def lab(
-    tmp_path: Path, *, hal_in_process: bool = False
+    tmp_path: Path, *, hal_in_process: bool = False, record: Path | None = None, limits: str = ""
 ) -> Iterator[tuple[Sim, subprocess.Popen[str], Path, LineReader, LineReader]]:
+    """A simulator process (its audit record in ``record``) and ``awen up`` with a HAL on it.
+
+    ``limits``: more keys of the HAL's device entry (TOML inline-table syntax).
+    """
     simulator = ("sim", "serve", "--tcp", "127.0.0.1:0", "--seed", "3", "--log-level", "info")
+    if record is not None:
+        simulator += ("--record", str(record))
     with awen_process(*simulator) as (sim_proc, sim_out):
         port = int(sim_out.until("awen sim:", timeout=60).rsplit(":", 1)[1])
         config = tmp_path / "lab.toml"
@@ -65,7 +78,7 @@ name = "hal"
 factory = "actors.hal:HalActor"
 process = {"false" if hal_in_process else "true"}
 restart = {{ max_restarts = 5, window = 60, backoff = 0.1 }}
-config = {{ devices = [{{ name = "chip", url = "tcp://127.0.0.1:{port}", watchdog_s = 1.0 }}] }}
+config = {{ devices = [{{ name = "chip", url = "tcp://127.0.0.1:{port}", watchdog_s = 1.0{limits} }}] }}
 """
         )
         with awen_process("up", str(config)) as (up, up_out):
@@ -141,3 +154,119 @@ def test_the_device_watchdog_acts_when_nothing_of_awen_is_left(tmp_path):
         assert sim.safe()
         code, text = scpi.parse_error_entry(sim.ask(b"SYST:ERR?").decode())
         assert code == 102, text  # the watchdog, not a HAL, made it safe
+
+
+HEATERS = 64  # the 8-mode chip `awen sim serve` simulates by default
+V_MAX = {"default": 4.0, "5": 2.0, "40": 1.0}
+POWER_MAX_W = {"7": 0.004}
+POWER_LIMIT_W = 0.12
+STRICTER = ', v_max = { default = 4.0, "5" = 2.0, "40" = 1.0 }, power_max_w = { "7" = 0.004 }, power_limit_w = 0.12'
+
+
+def heater_requests(count: int) -> st.SearchStrategy[list[dict[str, Any]]]:
+    """Heater settings of every kind, most of them within the limits, some over, some together over the budget."""
+    volts = st.floats(0, 4.5, allow_nan=False).map(lambda v: round(v, 3))
+    everything = st.lists(volts, min_size=HEATERS, max_size=HEATERS).map(
+        lambda v: {"volts": [x / 4 for x in v], "changes": {}}
+    )
+    some = st.dictionaries(st.integers(0, HEATERS - 1).map(str), volts, min_size=1, max_size=5).map(
+        lambda c: {"volts": None, "changes": c}
+    )
+    return st.lists(st.one_of(some, some, everything), min_size=count, max_size=count)
+
+
+def test_clients_in_several_processes_never_take_the_chip_past_the_hals_limits(tmp_path):
+    # A HAL configured stricter than the device, hammered by concurrent requests from trio tasks in
+    # several client processes; the separate simulator's audit record is the judge. What reached the chip
+    # must never break the HAL's limits, must be the accepted requests applied in one order (none lost or
+    # half applied), and no read-back alarm may be raised (the chip holds what it should).
+    record = tmp_path / "chip.jsonl"
+    with lab(tmp_path, record=record, limits=STRICTER) as (_sim, _up, system_file, up_out, _sim_out):
+        with_client(system_file, ready)
+        budget = POWER_LIMIT_W * 0.9  # the HAL's default margin
+        rounds = 0
+
+        @settings(max_examples=6, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(st.lists(heater_requests(12), min_size=3, max_size=3))
+        def one_round(per_client: list[list[dict[str, Any]]]) -> None:
+            nonlocal rounds
+            rounds += 1
+            before = sim.read_record(record)
+            states = [e.volts for e in before if e.event == "heaters" and e.volts is not None]
+            start = np.array(states[-1] if states else np.zeros(HEATERS))
+            outcomes = hammer(tmp_path, system_file, per_client)
+            entries = sim.read_record(record)[len(before) :]
+            assert (
+                sim.record_violations(
+                    entries,
+                    v_max=limits(V_MAX),
+                    power_max_w=limits(POWER_MAX_W, np.inf),
+                    power_limit_w=budget,
+                    nominal=True,
+                )
+                == []
+            )
+            assert {e.event for e in entries} <= {"heaters"}, "the device refused or tripped on something the HAL sent"
+            requests = [request for client in per_client for request in client]
+            accepted = [
+                (as_request(request), Readback(outcome))
+                for request, outcome in zip(requests, [o for client in outcomes for o in client], strict=True)
+                if "error" not in outcome
+            ]
+            refused = [o for client in outcomes for o in client if "error" in o]
+            assert {o["error"] for o in refused} <= {ErrorCode.SAFETY_LIMIT}, refused
+            linearise(start, [np.array(e.volts) for e in entries], accepted)
+            assert all(readback.mismatched == [] for _, readback in accepted)
+
+        one_round()
+        assert rounds >= 3
+        with pytest.raises(AssertionError):  # no alarm in the HAL's log, ever
+            up_out.until("read differs", timeout=2, anywhere=True)
+
+
+async def ready(client: Actor) -> None:
+    while (await client.request("hal", ListDevices())).devices[0].state != "connected":  # noqa: ASYNC110
+        await trio.sleep(0.05)
+
+
+def limits(table: dict[str, float], unnamed: float | None = None) -> list[float]:
+    default = table.get("default", unnamed if unnamed is not None else np.inf)
+    values = [default] * HEATERS
+    for key, value in table.items():
+        if key != "default":
+            values[int(key)] = value
+    return values
+
+
+def hammer(tmp_path: Path, system_file: Path, per_client: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    """Run one client process per list of requests, side by side; their outcomes."""
+    processes = []
+    for i, requests in enumerate(per_client):
+        asked, answered = tmp_path / f"requests-{i}.json", tmp_path / f"outcomes-{i}.json"
+        asked.write_text(json.dumps(requests))
+        answered.unlink(missing_ok=True)
+        command = [sys.executable, "-m", "tests.hal_client", str(system_file), str(asked), str(answered)]
+        processes.append((subprocess.Popen(command, cwd=REPO), answered))
+    outcomes = []
+    for process, answered in processes:
+        try:
+            assert process.wait(timeout=120) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        outcomes.append(json.loads(answered.read_text()))
+    return outcomes
+
+
+class Readback:
+    """An accepted request's reply, as `tests.test_hal_concurrency.linearise` reads it."""
+
+    def __init__(self, outcome: dict[str, Any]) -> None:
+        self.readback = np.array(outcome["readback"])
+        self.mismatched = outcome["mismatched"]
+
+
+def as_request(request: dict[str, Any]) -> SetHeaters:
+    volts = None if request["volts"] is None else np.array(request["volts"])
+    return SetHeaters(device="chip", volts=volts, changes={int(h): v for h, v in request["changes"].items()})
