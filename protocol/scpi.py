@@ -96,9 +96,29 @@ class ScpiError(Exception):
         return f"{self.base}; {self.detail}" if self.detail else self.base
 
     def entry(self) -> str:
-        """The error as ``SYST:ERR?`` reports it: ASCII, no double quote inside."""
-        text = self.text.replace(chr(34), chr(39)).encode("ascii", "backslashreplace").decode("ascii")
-        return f'{self.code},"{text}"'
+        """The error as ``SYST:ERR?`` reports it: printable ASCII on one line, no double quote inside.
+
+        Text taken from what a client sent may hold any byte; a newline left in
+        it would split the reply in two and desynchronise the client.
+        """
+        return f'{self.code},"{self.text.translate(_ENTRY_TEXT)}"'
+
+
+class _EntryText(dict[int, str]):
+    """``str.translate`` table: printable ASCII stays, '"' becomes "'", anything else an escape (``\\n``, ``\\xd7``)."""
+
+    def __missing__(self, code: int) -> str:
+        if code == 0x22:
+            value = "'"
+        elif 0x20 <= code < 0x7F:
+            value = chr(code)
+        else:
+            value = chr(code).encode("unicode_escape").decode("ascii")
+        self[code] = value
+        return value
+
+
+_ENTRY_TEXT = _EntryText()
 
 
 _ERROR_ENTRY = re.compile(r'^\s*([+-]?\d+)\s*,\s*"(.*)"\s*$', re.DOTALL)
@@ -130,8 +150,10 @@ class Framer:
 
     ``feed(data)`` returns the complete messages (without their terminator)
     and `Overrun` markers for messages that grew past ``limit`` bytes, which
-    are discarded up to the next newline. Incomplete data waits for the next
-    feed.
+    are discarded up to their end. A message being discarded is still read
+    as a message (its blocks are skipped by their length), so a newline inside
+    a block never ends it: however the bytes arrive, the same messages come
+    out. Incomplete data waits for the next feed.
     """
 
     limit: int = MAX_MESSAGE
@@ -148,29 +170,19 @@ class Framer:
         buf.extend(data)
         i = self._scan
         while i < len(buf):
-            if not (self._discarding or self._block_left or self._quote):
-                # Jump to the next byte that matters: a newline, a block's '#', a quote.
-                found = _SPECIAL.search(buf, i)
-                if found is None:
-                    i = len(buf)
-                    break
-                i = found.start()
-            if self._discarding:
-                nl = buf.find(b"\n", i)
-                if nl < 0:
-                    del buf[:]
-                    i = 0
-                    break
-                del buf[: nl + 1]
-                i = 0
-                self._discarding = False
-                continue
             if self._block_left:
                 take = min(self._block_left, len(buf) - i)
                 i += take
                 self._block_left -= take
                 self._block_end = i
                 continue
+            if not self._quote:
+                # Jump to the next byte that matters: a newline, a block's '#', a quote.
+                found = _SPECIAL.search(buf, i)
+                if found is None:
+                    i = len(buf)
+                    break
+                i = found.start()
             byte = buf[i]
             if self._quote and byte != 0x0A:  # a newline ends the message even in a string
                 if byte == self._quote:
@@ -185,34 +197,37 @@ class Framer:
                 break  # a block may start here: wait for the next byte
             if byte == 0x23 and 0x31 <= buf[i + 1] <= 0x39:  # '#' and a digit 1-9
                 digits = buf[i + 1] - 0x30
-                if i + 2 + digits > len(buf):
-                    break  # the length field has not arrived yet
                 length_field = bytes(buf[i + 2 : i + 2 + digits])
-                if length_field.isdigit():
+                if length_field.isdigit() or not length_field:
+                    if len(length_field) < digits:
+                        break  # the rest of the length field has not arrived yet
                     self._block_left = int(length_field)
                     i += 2 + digits
                     continue
-                i += 1
+                i += 1  # not a block: a byte of the length field is not a digit
                 continue
             if byte == 0x0A:
                 self._quote = 0
-                message = bytes(buf[:i])
-                if message.endswith(b"\r") and i - 1 >= self._block_end:  # not a block's last byte
-                    message = message[:-1]
-                out.append(message if len(message) <= self.limit else Overrun(len(message)))
+                if self._discarding:
+                    self._discarding = False  # reported when it outgrew the limit
+                else:
+                    message = bytes(buf[:i])
+                    if message.endswith(b"\r") and i - 1 >= self._block_end:  # not a block's last byte
+                        message = message[:-1]
+                    out.append(message if len(message) <= self.limit else Overrun(len(message)))
                 del buf[: i + 1]
                 i = 0
                 self._block_end = 0
                 continue
             i += 1
-        if len(buf) > self.limit and not self._discarding:
-            out.append(Overrun(len(buf)))
-            nl = buf.find(b"\n")
-            self._discarding = nl < 0
-            del buf[: nl + 1 if nl >= 0 else len(buf)]
+        if i > self.limit and not self._discarding:
+            # What has been read is one incomplete message (bytes beyond a '#'
+            # waiting for its length field may belong to the next one).
+            out.append(Overrun(i))
+            self._discarding = True
+        if self._discarding:
+            del buf[:i]  # drop what has been read; an unread '#' and its length field stay
             i = 0
-            self._quote = 0
-            self._block_left = 0
             self._block_end = 0
         self._scan = i
         return out

@@ -105,3 +105,31 @@ def test_a_block_keeps_its_blank_last_bytes(data, after):
         parsed = scpi.parse_message(b"HEAT:VOLT:ALL " + scpi.block(payload) + after)
         assert isinstance(parsed[0], scpi.Parsed)
         assert parsed[0].params == (payload,)
+
+
+@pytest.mark.parametrize("piece", [1, 7, 16, 1000])
+def test_a_block_s_bytes_are_never_read_as_messages_after_an_overrun(piece):
+    # Found by stress/fuzz_scpi.py: once a message outgrew the limit, the framer
+    # dropped bytes up to the next newline, even one inside a block, and read the
+    # rest of the block as commands.
+    payload = b"0123456789\nRUN:SHOT 1\n0123456"
+    stream = b"HEAT:VOLT:ALL #2" + str(len(payload)).encode() + payload + b";*IDN?\n*CLS\n"
+    framer = scpi.Framer(limit=16)
+    received: list[bytes | scpi.Overrun] = []
+    for start in range(0, len(stream), piece):
+        received += framer.feed(stream[start : start + piece])
+    assert [type(item) for item in received] == [scpi.Overrun, bytes]
+    assert received[1] == b"*CLS"
+    assert framer.pending() == 0
+
+
+@pytest.mark.parametrize("piece", [1, 3, 1000])
+def test_a_short_message_is_not_an_overrun_while_a_block_s_length_is_awaited(piece):
+    # Found by stress/fuzz_scpi.py: '#9' waits for nine length digits; the bytes
+    # after the message's newline piled up meanwhile and counted against it.
+    stream = b"SYST:ECHO? #9x\n*IDN?\n"
+    framer = scpi.Framer(limit=16)
+    received: list[bytes | scpi.Overrun] = []
+    for start in range(0, len(stream), piece):
+        received += framer.feed(stream[start : start + piece])
+    assert received == [b"SYST:ECHO? #9x", b"*IDN?"]
