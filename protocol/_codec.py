@@ -127,7 +127,7 @@ def make_envelope(
     )
 
 
-_AT = re.compile(r" - at `\$([^`]*)`$")
+_AT = re.compile(r" - at `(?:key` in `)?\$([^`]*)`$")
 _NAMED_FIELD = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")
 
 

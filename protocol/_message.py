@@ -98,8 +98,14 @@ Finite = Annotated[float, msgspec.Meta(ge=-FLOAT_MAX, le=FLOAT_MAX)]
 Timestamp = Finite
 """Seconds since the Unix epoch, finite."""
 
-Seconds = Annotated[float, msgspec.Meta(ge=0, le=FLOAT_MAX)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0, le=FLOAT_MAX)]
+"""A float that is finite and not negative."""
+
+Seconds = NonNegative
 """A duration: finite and not negative."""
+
+Priority = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+"""A job's priority: higher runs first."""
 
 MAX_LABEL = 256
 MAX_REASON = 4096

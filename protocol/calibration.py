@@ -6,17 +6,18 @@ from typing import Annotated, Final
 
 import msgspec
 
-from ._message import Event, Reply, Request
+from ._message import Count, Event, Index, Label, Reply, Request, Text
+from .memory import CalibrationVersion, JobId
 
 
 class Calibrated(Reply, frozen=True, kw_only=True):
     """A new calibration version, stored; the figures of its fit."""
 
     TYPE = "cal.calibrated"
-    device: str
-    version: int
-    job: str
-    heaters_fitted: int
+    device: Label
+    version: CalibrationVersion
+    job: JobId
+    heaters_fitted: Count
     phi0_sigma_max: float
     """Largest uncertainty of a fitted ``phi0`` (rad)."""
     alpha_sigma_max: float
@@ -38,13 +39,13 @@ class Calibrate(Request[Calibrated], frozen=True, kw_only=True):
 
 class CalibrationStatus(Reply, frozen=True, kw_only=True):
     TYPE = "cal.status"
-    device: str
-    version: int | None
+    device: Label
+    version: CalibrationVersion | None
     age_s: float | None
     valid: bool
     """A calibration exists and is younger than ``max_age_s``."""
     calibrating: bool
-    last_error: str
+    last_error: Text
 
 
 class GetCalibrationStatus(Request[CalibrationStatus], frozen=True, kw_only=True):
@@ -56,16 +57,16 @@ class ReferenceChecked(Reply, frozen=True, kw_only=True):
     """How well the chip, set with the current calibration, still does a known two-photon circuit."""
 
     TYPE = "cal.reference_checked"
-    device: str
-    version: int
+    device: Label
+    version: CalibrationVersion
     fidelity: float
     """Classical fidelity (sum of sqrt(p q)) of the measured coincidence patterns against the model's."""
     threshold: float
-    events: int
-    job: str
+    events: Count
+    job: JobId
     recalibrated: bool
-    new_version: int | None
-    reason: str
+    new_version: CalibrationVersion | None
+    reason: Text
     """Why it recalibrated (fidelity below threshold, calibration too old), or empty."""
 
 
@@ -78,30 +79,30 @@ class CheckReference(Request[ReferenceChecked], frozen=True, kw_only=True):
 
 class CalibrationStarted(Event, frozen=True, kw_only=True):
     TYPE = "cal.started"
-    device: str
-    job: str
-    phases: int
+    device: Label
+    job: JobId
+    phases: Index
 
 
 class CalibrationDone(Event, frozen=True, kw_only=True):
     TYPE = "cal.done"
-    device: str
-    version: int
+    device: Label
+    version: CalibrationVersion
     residual_rms: float
 
 
 class ReferenceResult(Event, frozen=True, kw_only=True):
     TYPE = "cal.reference"
-    device: str
-    version: int
+    device: Label
+    version: CalibrationVersion
     fidelity: float
     threshold: float
 
 
 class CalibrationFailed(Event, frozen=True, kw_only=True):
     TYPE = "cal.failed"
-    device: str
-    reason: str
+    device: Label
+    reason: Text
 
 
 CALIBRATION_MESSAGES: Final = (

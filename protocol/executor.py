@@ -6,19 +6,19 @@ from typing import Final, Literal
 
 import msgspec
 
-from ._message import Event, Reply, Request
-from .memory import JobId
+from ._message import Count, Event, Index, Reason, Reply, Request, Text
+from .memory import CalibrationVersion, JobId, PlanId
 from .system import Ok
 
 
 class ExecutorStatus(Reply, frozen=True, kw_only=True):
     TYPE = "exec.status"
     state: Literal["idle", "running", "breaker-open"]
-    job: str | None
-    phase: int | None
-    breaker_failures: int
+    job: JobId | None
+    phase: Index | None
+    breaker_failures: Count
     """Consecutive device failures; at the threshold the breaker opens and new work fails fast."""
-    jobs_run: int
+    jobs_run: Count
 
 
 class GetExecutorStatus(Request[ExecutorStatus], frozen=True, kw_only=True):
@@ -33,16 +33,16 @@ class Abort(Request[Ok], frozen=True, kw_only=True):
     TYPE = "exec.abort"
     REPLY = Ok
     job: JobId
-    reason: str = "aborted by request"
+    reason: Reason = "aborted by request"
 
 
 class Progress(Event, frozen=True, kw_only=True):
     TYPE = "exec.progress"
-    job: str
-    phase: int
-    phases: int
-    shots_done: int
-    shots_total: int
+    job: JobId
+    phase: Index
+    phases: Index
+    shots_done: Count
+    shots_total: Count
     eta_s: float
     """Estimated time left for the job, from the rate so far."""
 
@@ -51,9 +51,9 @@ class Rates(Event, frozen=True, kw_only=True):
     """Live count rates of a continuous job: clicks per second on every detector column of the batch."""
 
     TYPE = "exec.rates"
-    job: str
-    phase: int
-    shots: int
+    job: JobId
+    phase: Index
+    shots: Count
     seconds: float
     rates: list[float]
     registers: dict[str, list[float]]
@@ -62,19 +62,19 @@ class Rates(Event, frozen=True, kw_only=True):
 
 class JobStarted(Event, frozen=True, kw_only=True):
     TYPE = "exec.job_started"
-    job: str
-    plan: str
-    calibration: int | None
-    start_phase: int
+    job: JobId
+    plan: PlanId
+    calibration: CalibrationVersion | None
+    start_phase: Index
     resumed: bool
 
 
 class JobEnded(Event, frozen=True, kw_only=True):
     TYPE = "exec.job_ended"
-    job: str
+    job: JobId
     state: Literal["completed", "failed", "cancelled", "preempted"]
-    reason: str
-    frames: int
+    reason: Text
+    frames: Count
     seconds: float
 
 
@@ -88,12 +88,12 @@ class PhaseDone(Event, frozen=True, kw_only=True):
     """Feedback: how long a phase really took, and where the time went."""
 
     TYPE = "exec.phase_done"
-    job: str
-    phase: int
+    job: JobId
+    phase: Index
     expected_s: float
     measured_s: float
     times: PhaseTimes
-    retries: int
+    retries: Count
 
 
 EXECUTOR_MESSAGES: Final = (

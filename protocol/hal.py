@@ -11,12 +11,38 @@ from typing import Annotated, Any, Literal
 import msgspec
 import numpy as np
 
-from ._message import Event, Reply, Request
+from ._message import Count, Event, Finite, Index, Label, NonNegative, Reason, Reply, Request, Text
 from .photonica import DeviceDescription
 from .system import Ok
 
+MAX_MODES = 256
+"""The most modes a chip may have as far as the protocol is concerned (the simulator's have at most 64)."""
+
+MAX_HEATERS = MAX_MODES**2
+"""The most heaters: a Clements mesh of ``m`` modes has about ``m**2``."""
+
+MAX_SLOTS = 256
+"""The most delay lines (memory slots) a device may have."""
+
+MAX_ROUNDS = 65_535
+"""The most round trips a stored photon may be asked to make."""
+
+MAX_SHOTS_PER_RUN = 1_000_000
+"""The most shots one ``hal.run_shots`` fires (its reply holds shots x width bytes)."""
+
+MAX_RULES = 65_536
+"""The most feed-forward rules (click patterns) one program holds."""
+
 DeviceName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-Mode = Annotated[int, msgspec.Meta(ge=0)]
+Mode = Annotated[int, msgspec.Meta(ge=0, le=MAX_MODES - 1)]
+Heater = Annotated[int, msgspec.Meta(ge=0, le=MAX_HEATERS - 1)]
+Slot = Annotated[int, msgspec.Meta(ge=0, le=MAX_SLOTS - 1)]
+Volts = Finite
+Watts = NonNegative
+Column = Annotated[int, msgspec.Meta(ge=0, le=2 * MAX_MODES - 1)]
+"""A column of a shot pattern: one per mode per pass."""
+Pattern = Annotated[str, msgspec.Meta(max_length=MAX_MODES, pattern=r"^[01]*$")]
+"""A click pattern: one ``0`` or ``1`` per feed-forward mode."""
 Version = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 """A device's state version: every accepted change of its heaters, inputs or program adds one.
 
@@ -26,11 +52,11 @@ device is at another version: someone else changed it since the sender last did.
 
 
 class DeviceInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    name: str
-    url: str
+    name: Label
+    url: Text
     state: Literal["connecting", "connected", "reconnecting", "interlocked", "refused", "unreachable"]
-    identity: str | None = None
-    detail: str = ""
+    identity: Text | None = None
+    detail: Text = ""
 
 
 class Devices(Reply, frozen=True, kw_only=True):
@@ -69,7 +95,7 @@ class HeatersSet(Reply, frozen=True, kw_only=True):
     TYPE = "hal.heaters_set"
     device: DeviceName
     readback: np.ndarray
-    mismatched: list[int] = msgspec.field(default_factory=list)
+    mismatched: list[Heater] = msgspec.field(default_factory=list)
     version: Version = 0
     """The device's state version this write made."""
 
@@ -88,7 +114,7 @@ class SetHeaters(Request[HeatersSet], frozen=True, kw_only=True):
     REPLY = HeatersSet
     device: DeviceName
     volts: np.ndarray | None = None
-    changes: dict[int, float] = msgspec.field(default_factory=dict)
+    changes: Annotated[dict[Heater, Volts], msgspec.Meta(max_length=MAX_HEATERS)] = msgspec.field(default_factory=dict)
     expect_version: Version | None = None
 
 
@@ -109,7 +135,7 @@ class GetHeaters(Request[Heaters], frozen=True, kw_only=True):
 class HeaterVolts(Reply, frozen=True, kw_only=True):
     TYPE = "hal.heater_volts"
     device: DeviceName
-    heater: int
+    heater: Heater
     volts: float
 
 
@@ -119,14 +145,14 @@ class GetHeater(Request[HeaterVolts], frozen=True, kw_only=True):
     TYPE = "hal.get_heater"
     REPLY = HeaterVolts
     device: DeviceName
-    heater: Annotated[int, msgspec.Meta(ge=0)]
+    heater: Heater
 
 
 class InputSetting(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     mode: Mode
     state: Literal["photon", "coherent", "vacuum"]
-    power_w: float = 0.0
-    phase_rad: float = 0.0
+    power_w: Watts = 0.0
+    phase_rad: Finite = 0.0
 
 
 class Configured(Reply, frozen=True, kw_only=True):
@@ -148,16 +174,16 @@ class ConfigureInputs(Request[Configured], frozen=True, kw_only=True):
     TYPE = "hal.configure_inputs"
     REPLY = Configured
     device: DeviceName
-    inputs: list[InputSetting]
+    inputs: Annotated[list[InputSetting], msgspec.Meta(max_length=MAX_MODES)]
     clear: bool = True
     expect_version: Version | None = None
 
 
 class MemorySlot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    slot: Annotated[int, msgspec.Meta(ge=0)]
+    slot: Slot
     out_mode: Mode
     in_mode: Mode
-    rounds: Annotated[int, msgspec.Meta(ge=1)]
+    rounds: Annotated[int, msgspec.Meta(ge=1, le=MAX_ROUNDS)]
 
 
 class Program(Request[Configured], frozen=True, kw_only=True):
@@ -170,9 +196,12 @@ class Program(Request[Configured], frozen=True, kw_only=True):
     TYPE = "hal.program"
     REPLY = Configured
     device: DeviceName
-    ff_modes: list[Mode] = msgspec.field(default_factory=list)
-    rules: dict[str, dict[int, float]] = msgspec.field(default_factory=dict)
-    memory: list[MemorySlot] = msgspec.field(default_factory=list)
+    ff_modes: Annotated[list[Mode], msgspec.Meta(max_length=MAX_MODES)] = msgspec.field(default_factory=list)
+    rules: Annotated[
+        dict[Pattern, Annotated[dict[Mode, Finite], msgspec.Meta(max_length=MAX_MODES)]],
+        msgspec.Meta(max_length=MAX_RULES),
+    ] = msgspec.field(default_factory=dict)
+    memory: Annotated[list[MemorySlot], msgspec.Meta(max_length=MAX_SLOTS)] = msgspec.field(default_factory=list)
     expect_version: Version | None = None
 
 
@@ -182,7 +211,7 @@ class Shots(Reply, frozen=True, kw_only=True):
     TYPE = "hal.shots"
     device: DeviceName
     patterns: np.ndarray
-    width: int
+    width: Index
 
 
 class RunShots(Request[Shots], frozen=True, kw_only=True):
@@ -191,7 +220,7 @@ class RunShots(Request[Shots], frozen=True, kw_only=True):
     TYPE = "hal.run_shots"
     REPLY = Shots
     device: DeviceName
-    shots: Annotated[int, msgspec.Meta(ge=1)]
+    shots: Annotated[int, msgspec.Meta(ge=1, le=MAX_SHOTS_PER_RUN)]
     expect_version: Version | None = None
 
 
@@ -213,14 +242,14 @@ class ReadPowers(Request[Powers], frozen=True, kw_only=True):
 class DeviceStatus(Reply, frozen=True, kw_only=True):
     TYPE = "hal.device_status"
     device: DeviceName
-    state: str
+    state: Label
     temperature_c: float
     power_w: float
     interlock: bool
     settled: bool
     watchdog_s: float
     sources: bool
-    reconnects: int
+    reconnects: Count
     status: dict[str, Any] = msgspec.field(default_factory=dict)
     version: Version = 0
 
@@ -253,25 +282,25 @@ class SafeState(Request[Ok], frozen=True, kw_only=True):
 class DeviceConnected(Event, frozen=True, kw_only=True):
     TYPE = "hal.connected"
     device: DeviceName
-    identity: str
+    identity: Text
 
 
 class DeviceDisconnected(Event, frozen=True, kw_only=True):
     TYPE = "hal.disconnected"
     device: DeviceName
-    reason: str
+    reason: Reason
 
 
 class DeviceReconnected(Event, frozen=True, kw_only=True):
     TYPE = "hal.reconnected"
     device: DeviceName
-    identity: str
+    identity: Text
 
 
 class InterlockTripped(Event, frozen=True, kw_only=True):
     TYPE = "hal.interlock"
     device: DeviceName
-    reason: str
+    reason: Reason
 
 
 class InterlockReset(Event, frozen=True, kw_only=True):
@@ -292,7 +321,7 @@ class ReadbackMismatch(Event, frozen=True, kw_only=True):
 
     TYPE = "hal.readback_mismatch"
     device: DeviceName
-    heaters: list[int]
+    heaters: list[Heater]
     set_v: list[float]
     read_v: list[float]
 

@@ -13,18 +13,41 @@ bool, int or float of the slot's kind. Nothing is converted silently.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-from ._message import Event, Reply, Request
+from ._message import Count, Event, Finite, Index, Label, Priority, Reply, Request, Text, Timestamp
 from .system import Ok
+
+MAX_JOB_SLOTS = 65_536
+"""The most slots (results and state together) one job allocates, and one request names."""
+
+MAX_SLOT_ELEMENTS = 2**40
+"""The product of a slot shape's non-zero dimensions is at most this (the byte limits refuse far less)."""
+
+MAX_SLOT_NDIM = 32
+
+MAX_QUERY = 100_000
+"""The most records one query returns (``limit``); page with ``since``/``after_seq`` for more."""
+
+MAX_ENTRIES = 65_536
+"""The most entries of a free-form map in a request (calibration fits, constants, metrics)."""
 
 JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 SlotName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]
-SlotRef = SlotName | Annotated[int, msgspec.Meta(ge=0)]
+SlotId = Annotated[int, msgspec.Meta(ge=0, le=MAX_JOB_SLOTS - 1)]
+SlotRef = SlotName | SlotId
 """A slot by name, or by the dense id `Allocated` gave it."""
-Frame = Annotated[int, msgspec.Meta(ge=0)]
+SlotRefs = Annotated[list[SlotRef], msgspec.Meta(max_length=MAX_JOB_SLOTS)]
+Frame = Count
+Dim = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+CalibrationVersion = Count
+"""A device's calibration version: 1, 2, ... (SQLite INTEGER)."""
+PlanId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Device = Label
+"""A device's name where the memory actor records it (``""``: none)."""
 Dtype = Literal["float64", "float32", "int64", "int32", "uint32", "bool", "bytes"]
 DTYPES: Final = ("float64", "float32", "int64", "int32", "uint32", "bool", "bytes")
 
@@ -44,6 +67,10 @@ preemption at a phase boundary; ``interrupted`` is what a restart finds a job
 that was running when its process ended."""
 
 
+FreeMap = Annotated[dict[Label, Any], msgspec.Meta(max_length=MAX_ENTRIES)]
+"""A map of names to free-form values (a calibration's fits, its data)."""
+
+
 class _Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Every body part: frozen, strict about unknown fields."""
 
@@ -60,15 +87,20 @@ class SlotSpec(_Body, frozen=True, kw_only=True):
 
     name: SlotName
     dtype: Dtype
-    shape: list[Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=list)
+    shape: Annotated[list[Dim], msgspec.Meta(max_length=MAX_SLOT_NDIM)] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Refused while decoding (msgspec turns this into a validation error), before any allocation is tried.
+        if math.prod(n for n in self.shape if n) > MAX_SLOT_ELEMENTS:
+            raise ValueError(f"a slot of shape {self.shape} is too large: at most {MAX_SLOT_ELEMENTS} elements")
 
 
 class SlotInfo(_Body, frozen=True, kw_only=True):
-    id: int
-    name: str
+    id: SlotId
+    name: SlotName
     dtype: Dtype
-    shape: list[int]
-    nbytes: int
+    shape: list[Dim]
+    nbytes: Count
     state: bool
     """True for a state-buffer slot (lives across frames), False for a result slot."""
 
@@ -77,9 +109,9 @@ class Allocated(Reply, frozen=True, kw_only=True):
     TYPE = "mem.allocated"
     job: JobId
     slots: list[SlotInfo]
-    frame: int
+    frame: Frame
     """The open frame: 0 for a new job, the one after the last committed frame on resume."""
-    nbytes: int
+    nbytes: Count
 
 
 class Allocate(Request[Allocated], frozen=True, kw_only=True):
@@ -107,14 +139,16 @@ class Allocate(Request[Allocated], frozen=True, kw_only=True):
     TYPE = "mem.allocate"
     REPLY = Allocated
     job: JobId
-    slots: list[SlotSpec]
-    state: list[SlotSpec] = msgspec.field(default_factory=list)
-    constants: dict[str, Any] = msgspec.field(default_factory=dict)
-    device: str
-    plan: str | None = None
-    calibration: int | None = None
+    slots: Annotated[list[SlotSpec], msgspec.Meta(max_length=MAX_JOB_SLOTS)]
+    state: Annotated[list[SlotSpec], msgspec.Meta(max_length=MAX_JOB_SLOTS)] = msgspec.field(default_factory=list)
+    constants: Annotated[dict[SlotName, Any], msgspec.Meta(max_length=MAX_JOB_SLOTS)] = msgspec.field(
+        default_factory=dict
+    )
+    device: Device
+    plan: PlanId | None = None
+    calibration: CalibrationVersion | None = None
     resume: bool = False
-    mark_running: str | None = None
+    mark_running: Text | None = None
     accepting: bool = False
 
 
@@ -126,7 +160,7 @@ class SlotValue(_Body, frozen=True, kw_only=True):
 class Written(Reply, frozen=True, kw_only=True):
     TYPE = "mem.written"
     job: JobId
-    frame: int
+    frame: Frame
     committed: bool
     """True if ``commit`` was asked and the frame is now durable."""
 
@@ -150,17 +184,17 @@ class Write(Request[Written], frozen=True, kw_only=True):
     job: JobId
     frame: Frame
     writer: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    values: list[SlotValue]
+    values: Annotated[list[SlotValue], msgspec.Meta(max_length=MAX_JOB_SLOTS)]
     commit: bool = False
     finish: Literal["completed", "failed", "cancelled"] | None = None
-    reason: str = ""
+    reason: Text = ""
     allocate: Allocate | None = None
 
 
 class Values(Reply, frozen=True, kw_only=True):
     TYPE = "mem.values"
     job: JobId
-    frame: int
+    frame: Frame
     values: dict[str, Any]
 
 
@@ -170,7 +204,7 @@ class Read(Request[Values], frozen=True, kw_only=True):
     TYPE = "mem.read"
     REPLY = Values
     job: JobId
-    slots: list[SlotRef] = msgspec.field(default_factory=list)
+    slots: SlotRefs = msgspec.field(default_factory=list)
 
 
 class Clear(Request[Ok], frozen=True, kw_only=True):
@@ -179,14 +213,14 @@ class Clear(Request[Ok], frozen=True, kw_only=True):
     TYPE = "mem.clear"
     REPLY = Ok
     job: JobId
-    slots: list[SlotRef] = msgspec.field(default_factory=list)
+    slots: SlotRefs = msgspec.field(default_factory=list)
 
 
 class FrameCommitted(Reply, frozen=True, kw_only=True):
     TYPE = "mem.frame_committed"
     job: JobId
-    frame: int
-    results: int
+    frame: Frame
+    results: Count
     """Result rows this frame stored (one per slot written in it)."""
 
 
@@ -202,7 +236,7 @@ class CommitFrame(Request[FrameCommitted], frozen=True, kw_only=True):
     REPLY = FrameCommitted
     job: JobId
     frame: Frame
-    phase: int | None = None
+    phase: Index | None = None
 
 
 class Free(Request[Ok], frozen=True, kw_only=True):
@@ -219,32 +253,32 @@ class Free(Request[Ok], frozen=True, kw_only=True):
 class Transition(_Body, frozen=True, kw_only=True):
     state: JobState
     previous: JobState | None
-    reason: str
+    reason: Text
     ts: float
 
 
 class JobRecord(_Body, frozen=True, kw_only=True):
     """A job as the store holds it. ``circuit`` and ``transitions`` only from `GetJob`."""
 
-    job: str
-    seq: int
+    job: JobId
+    seq: Count
     """Order of acceptance: the queue's FIFO order within a priority."""
     state: JobState
-    reason: str
-    priority: int
-    shots: int
-    device: str
+    reason: Text
+    priority: Priority
+    shots: Count
+    device: Device
     deadline: float | None
-    submitter: str
+    submitter: Label
     submitted: float
     updated: float
-    plan: str | None
-    calibration: int | None
-    frames: int
+    plan: PlanId | None
+    calibration: CalibrationVersion | None
+    frames: Count
     """Frames committed so far."""
-    last_phase: int | None
+    last_phase: Index | None
     """The plan phase of the last committed frame."""
-    results: int
+    results: Count
     circuit: Any = None
     transitions: list[Transition] = msgspec.field(default_factory=list)
 
@@ -252,7 +286,7 @@ class JobRecord(_Body, frozen=True, kw_only=True):
 class JobStored(Reply, frozen=True, kw_only=True):
     TYPE = "mem.job_stored"
     job: JobId
-    seq: int
+    seq: Count
     created: bool
     """False if the same job was stored before (a repeated submission): nothing changed."""
 
@@ -269,13 +303,13 @@ class PutJob(Request[JobStored], frozen=True, kw_only=True):
     REPLY = JobStored
     job: JobId
     circuit: Any
-    shots: Annotated[int, msgspec.Meta(ge=0)] = 0
-    priority: int = 0
-    device: str = ""
-    deadline: float | None = None
-    submitter: str = ""
-    plan: str | None = None
-    calibration: int | None = None
+    shots: Count = 0
+    priority: Priority = 0
+    device: Device = ""
+    deadline: Timestamp | None = None
+    submitter: Label = ""
+    plan: PlanId | None = None
+    calibration: CalibrationVersion | None = None
 
 
 class JobStateSet(Reply, frozen=True, kw_only=True):
@@ -297,10 +331,10 @@ class SetJobState(Request[JobStateSet], frozen=True, kw_only=True):
     REPLY = JobStateSet
     job: JobId
     state: JobState
-    reason: str = ""
-    expect: list[JobState] | None = None
-    plan: str | None = None
-    calibration: int | None = None
+    reason: Text = ""
+    expect: Annotated[list[JobState], msgspec.Meta(max_length=7)] | None = None
+    plan: PlanId | None = None
+    calibration: CalibrationVersion | None = None
 
 
 class Job(Reply, frozen=True, kw_only=True):
@@ -326,11 +360,11 @@ class QueryJobs(Request[Jobs], frozen=True, kw_only=True):
 
     TYPE = "mem.query_jobs"
     REPLY = Jobs
-    states: list[JobState] = msgspec.field(default_factory=list)
-    device: str | None = None
-    since: float | None = None
-    until: float | None = None
-    limit: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    states: Annotated[list[JobState], msgspec.Meta(max_length=7)] = msgspec.field(default_factory=list)
+    device: Device | None = None
+    since: Timestamp | None = None
+    until: Timestamp | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUERY)] = 1000
 
 
 # --- plans --------------------------------------------------------------------------------
@@ -338,7 +372,7 @@ class QueryJobs(Request[Jobs], frozen=True, kw_only=True):
 
 class PlanStored(Reply, frozen=True, kw_only=True):
     TYPE = "mem.plan_stored"
-    plan: str
+    plan: PlanId
     created: bool
 
 
@@ -347,20 +381,20 @@ class PutPlan(Request[PlanStored], frozen=True, kw_only=True):
 
     TYPE = "mem.put_plan"
     REPLY = PlanStored
-    plan: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    job: str | None = None
-    device: str = ""
-    calibration: int | None = None
+    plan: PlanId
+    job: Label | None = None
+    device: Device = ""
+    calibration: CalibrationVersion | None = None
     body: Any
-    metrics: dict[str, float] = msgspec.field(default_factory=dict)
+    metrics: Annotated[dict[Label, Finite], msgspec.Meta(max_length=MAX_ENTRIES)] = msgspec.field(default_factory=dict)
 
 
 class Plan(Reply, frozen=True, kw_only=True):
     TYPE = "mem.plan"
-    plan: str
-    job: str | None
-    device: str
-    calibration: int | None
+    plan: PlanId
+    job: Label | None
+    device: Device
+    calibration: CalibrationVersion | None
     body: Any
     metrics: dict[str, float]
     created: float
@@ -369,7 +403,7 @@ class Plan(Reply, frozen=True, kw_only=True):
 class GetPlan(Request[Plan], frozen=True, kw_only=True):
     TYPE = "mem.get_plan"
     REPLY = Plan
-    plan: str
+    plan: PlanId
 
 
 # --- results ------------------------------------------------------------------------------
@@ -378,16 +412,16 @@ class GetPlan(Request[Plan], frozen=True, kw_only=True):
 class ResultRecord(_Body, frozen=True, kw_only=True):
     """One slot's value in one frame, and where it came from."""
 
-    id: int
-    job: str
-    slot: str
-    frame: int
-    phase: int | None
-    device: str
-    calibration: int | None
-    plan: str | None
+    id: Count
+    job: JobId
+    slot: SlotName
+    frame: Frame
+    phase: Index | None
+    device: Device
+    calibration: CalibrationVersion | None
+    plan: PlanId | None
     dtype: Dtype
-    shape: list[int]
+    shape: list[Dim]
     ts: float
     value: Any = None
     """The array (or bytes); None when the query asked for metadata only."""
@@ -408,7 +442,7 @@ class QueryResults(Request[Results], frozen=True, kw_only=True):
     TYPE = "mem.query_results"
     REPLY = Results
     job: JobId
-    slots: list[str] = msgspec.field(default_factory=list)
+    slots: Annotated[list[SlotName], msgspec.Meta(max_length=MAX_JOB_SLOTS)] = msgspec.field(default_factory=list)
     values: bool = True
 
 
@@ -422,17 +456,17 @@ class QueryDeviceResults(Request[DeviceResults], frozen=True, kw_only=True):
 
     TYPE = "mem.query_device_results"
     REPLY = DeviceResults
-    device: str
-    since: float | None = None
-    until: float | None = None
-    limit: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    device: Device
+    since: Timestamp | None = None
+    until: Timestamp | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUERY)] = 1000
 
 
 class Exported(Reply, frozen=True, kw_only=True):
     TYPE = "mem.exported"
     job: JobId
-    path: str
-    size: int
+    path: Text
+    size: Count
     """Bytes written."""
 
 
@@ -448,7 +482,7 @@ class Export(Request[Exported], frozen=True, kw_only=True):
     REPLY = Exported
     job: JobId
     format: Literal["npz", "json"] = "npz"
-    path: str | None = None
+    path: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
 
 
 # --- calibrations -------------------------------------------------------------------------
@@ -456,8 +490,8 @@ class Export(Request[Exported], frozen=True, kw_only=True):
 
 class CalibrationStored(Reply, frozen=True, kw_only=True):
     TYPE = "mem.calibration_stored"
-    device: str
-    version: int
+    device: Device
+    version: CalibrationVersion
 
 
 class PutCalibration(Request[CalibrationStored], frozen=True, kw_only=True):
@@ -466,19 +500,19 @@ class PutCalibration(Request[CalibrationStored], frozen=True, kw_only=True):
     TYPE = "mem.put_calibration"
     REPLY = CalibrationStored
     device: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    identity: str
-    fits: dict[str, Any]
-    uncertainties: dict[str, Any] = msgspec.field(default_factory=dict)
-    residuals: dict[str, Any] = msgspec.field(default_factory=dict)
-    data: dict[str, Any] = msgspec.field(default_factory=dict)
-    note: str = ""
+    identity: Text
+    fits: FreeMap
+    uncertainties: FreeMap = msgspec.field(default_factory=dict)
+    residuals: FreeMap = msgspec.field(default_factory=dict)
+    data: FreeMap = msgspec.field(default_factory=dict)
+    note: Text = ""
 
 
 class Calibration(Reply, frozen=True, kw_only=True):
     TYPE = "mem.calibration"
-    device: str
-    version: int
-    identity: str
+    device: Device
+    version: CalibrationVersion
+    identity: Text
     created: float
     fits: dict[str, Any]
     uncertainties: dict[str, Any]
@@ -492,14 +526,14 @@ class GetCalibration(Request[Calibration], frozen=True, kw_only=True):
 
     TYPE = "mem.get_calibration"
     REPLY = Calibration
-    device: str
-    version: int | None = None
+    device: Device
+    version: CalibrationVersion | None = None
 
 
 class CalibrationInfo(_Body, frozen=True, kw_only=True):
-    device: str
-    version: int
-    identity: str
+    device: Device
+    version: CalibrationVersion
+    identity: Text
     created: float
     note: str
 
@@ -514,14 +548,14 @@ class ListCalibrations(Request[Calibrations], frozen=True, kw_only=True):
 
     TYPE = "mem.list_calibrations"
     REPLY = Calibrations
-    device: str | None = None
+    device: Device | None = None
 
 
 # --- event log and status -----------------------------------------------------------------
 
 
 class LoggedEvent(_Body, frozen=True, kw_only=True):
-    seq: int
+    seq: Count
     ts: float
     type: str
     sender: str
@@ -538,11 +572,11 @@ class QueryEvents(Request[EventLog], frozen=True, kw_only=True):
 
     TYPE = "mem.query_events"
     REPLY = EventLog
-    prefix: str = ""
-    since: float | None = None
-    until: float | None = None
-    after_seq: int = 0
-    limit: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    prefix: Label = ""
+    since: Timestamp | None = None
+    until: Timestamp | None = None
+    after_seq: Count = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUERY)] = 1000
 
 
 class LogEvent(Request[Ok], frozen=True, kw_only=True):
@@ -557,16 +591,16 @@ class LogEvent(Request[Ok], frozen=True, kw_only=True):
 
 class StoreInfo(Reply, frozen=True, kw_only=True):
     TYPE = "mem.store_info"
-    path: str
-    schema_version: int
-    file_bytes: int
-    jobs: dict[str, int]
+    path: Text
+    schema_version: Count
+    file_bytes: Count
+    jobs: dict[str, Count]
     """Jobs per state."""
-    results: int
-    calibrations: int
-    events: int
-    allocated_jobs: int
-    allocated_bytes: int
+    results: Count
+    calibrations: Count
+    events: Count
+    allocated_jobs: Count
+    allocated_bytes: Count
 
 
 class GetStoreInfo(Request[StoreInfo], frozen=True, kw_only=True):
@@ -576,28 +610,28 @@ class GetStoreInfo(Request[StoreInfo], frozen=True, kw_only=True):
 
 class JobStateChanged(Event, frozen=True, kw_only=True):
     TYPE = "mem.job_state_changed"
-    job: str
+    job: JobId
     state: JobState
     previous: JobState | None
-    reason: str
+    reason: Text
 
 
 class CalibrationAdded(Event, frozen=True, kw_only=True):
     """A calibration version was stored: plans made from now on use it."""
 
     TYPE = "mem.calibration_added"
-    device: str
-    version: int
+    device: Device
+    version: CalibrationVersion
 
 
 class ResultsComplete(Event, frozen=True, kw_only=True):
     """A job reached a final state: its results are all in the store."""
 
     TYPE = "mem.results_complete"
-    job: str
+    job: JobId
     state: JobState
-    frames: int
-    results: int
+    frames: Count
+    results: Count
     partial: bool
 
 

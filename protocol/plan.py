@@ -15,11 +15,38 @@ circuit's order); independent phases may be reordered by a dynamic strategy.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
-from .hal import InputSetting, MemorySlot
+from ._message import Count, Finite, Index, Label, Seconds, Text
+from .hal import (
+    MAX_HEATERS,
+    MAX_MODES,
+    MAX_ROUNDS,
+    MAX_RULES,
+    MAX_SLOTS,
+    Column,
+    InputSetting,
+    MemorySlot,
+    Mode,
+    Pattern,
+    Slot,
+)
+
+MAX_PHASES = 65_536
+"""The most phases a plan may have."""
+
+MAX_PLAN_OPS = 2**20
+"""The most op index paths one phase may list."""
+
+MAX_REGISTERS = 1024
+"""The most registers a phase may read."""
+
+Modes = Annotated[list[Mode], msgspec.Meta(max_length=MAX_MODES)]
+Columns = Annotated[list[Column], msgspec.Meta(max_length=2 * MAX_MODES)]
+Slots = Annotated[list[Slot], msgspec.Meta(max_length=MAX_SLOTS)]
+PerHeater = Annotated[list[Finite], msgspec.Meta(max_length=MAX_HEATERS)]
 
 
 class _S(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -29,17 +56,17 @@ class _S(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 class Placement(_S, frozen=True, kw_only=True):
     """Logical mode ``logical`` of pass ``pass_`` sits on physical mode ``physical``."""
 
-    logical: int
-    physical: int
+    logical: Index
+    physical: Mode
     pass_: Literal[1, 2] = msgspec.field(name="pass")
 
 
 class RegisterRead(_S, frozen=True, kw_only=True):
     """Register ``name`` is the clicks in ``columns`` of a shot's pattern (first column most significant)."""
 
-    name: str
-    columns: list[int]
-    modes: list[int]
+    name: Label
+    columns: Columns
+    modes: Annotated[list[Index], msgspec.Meta(max_length=MAX_MODES)]
     """The logical modes measured, in the register's bit order."""
     pass_: Literal[1, 2] = msgspec.field(name="pass")
 
@@ -47,84 +74,84 @@ class RegisterRead(_S, frozen=True, kw_only=True):
 class Branch(_S, frozen=True, kw_only=True):
     """When the feed-forward modes click as ``pattern``: registers read ``outcome``, these fast phases are set."""
 
-    pattern: str
-    outcome: dict[str, int]
-    phases: dict[int, float]
+    pattern: Pattern
+    outcome: Annotated[dict[Label, Count], msgspec.Meta(max_length=MAX_REGISTERS)]
+    phases: Annotated[dict[Mode, Finite], msgspec.Meta(max_length=MAX_MODES)]
     """Physical second-pass input mode -> radians."""
 
 
 class Deadline(_S, frozen=True, kw_only=True):
     """A stored photon's coherence window, and how much of it the plan leaves unused."""
 
-    slot: str
-    physical_slot: int
-    store_op: str
-    load_op: str
-    stored_ns: float
-    limit_ns: float
+    slot: Label
+    physical_slot: Slot
+    store_op: Label
+    load_op: Label
+    stored_ns: Finite
+    limit_ns: Finite
     """The delay line's window less the safety margin."""
-    slack_ns: float
-    rounds: int
+    slack_ns: Finite
+    rounds: Annotated[int, msgspec.Meta(ge=0, le=MAX_ROUNDS)]
 
 
 class Resources(_S, frozen=True, kw_only=True):
-    modes: list[int]
-    detectors: list[int]
-    slots: list[int]
-    ff_shifters: int
+    modes: Modes
+    detectors: Columns
+    slots: Slots
+    ff_shifters: Index
 
 
 class Phase(_S, frozen=True, kw_only=True):
-    index: int
-    round: int
+    index: Index
+    round: Index
     """Which independent experiment of the circuit (a new round starts when a used mode gets a new input)."""
-    ops: list[str]
+    ops: Annotated[list[Label], msgspec.Meta(max_length=MAX_PLAN_OPS)]
     """Index paths of the circuit ops this phase carries out; runs of top-level ops as ``"a-b"``."""
-    depends_on: list[int]
-    mesh_phases: list[float]
+    depends_on: Annotated[list[Index], msgspec.Meta(max_length=MAX_PHASES)]
+    mesh_phases: PerHeater
     """Target phase per heater (m**2, numbered as in `protocol.mesh`); empty when ``volts`` is given."""
-    volts: list[float] | None = None
+    volts: PerHeater | None = None
     """Explicit heater voltages, for procedures (calibration sweeps): no calibration is applied."""
     readout: Literal["shots", "powers"] = "shots"
     """``powers``: read the photodiodes (coherent light) instead of firing shots."""
-    inputs: list[InputSetting]
-    memory: list[MemorySlot]
-    ff_modes: list[int]
-    branches: list[Branch]
-    registers: list[RegisterRead]
-    placement: list[Placement]
+    inputs: Annotated[list[InputSetting], msgspec.Meta(max_length=MAX_MODES)]
+    memory: Annotated[list[MemorySlot], msgspec.Meta(max_length=MAX_SLOTS)]
+    ff_modes: Modes
+    branches: Annotated[list[Branch], msgspec.Meta(max_length=MAX_RULES)]
+    registers: Annotated[list[RegisterRead], msgspec.Meta(max_length=MAX_REGISTERS)]
+    placement: Annotated[list[Placement], msgspec.Meta(max_length=2 * MAX_MODES)]
     resources: Resources
-    shots: int
-    width: int
+    shots: Count
+    width: Annotated[int, msgspec.Meta(ge=0, le=2 * MAX_MODES)]
     """Columns of this phase's shot patterns: the device's modes, twice that with a second pass."""
-    settle_s: float
-    duration_s: float
+    settle_s: Seconds
+    duration_s: Seconds
     """Expected: settling, shots at the device's rate, and readout."""
-    deadlines: list[Deadline]
+    deadlines: Annotated[list[Deadline], msgspec.Meta(max_length=MAX_SLOTS)]
 
 
 class PlanMetrics(_S, frozen=True, kw_only=True):
-    total_duration_s: float
-    phases: int
-    ops: int
-    min_slack_ns: float | None
+    total_duration_s: Seconds
+    phases: Index
+    ops: Count
+    min_slack_ns: Finite | None
     """Least slack before any stored photon's deadline; None without memory."""
-    compile_s: float
-    reconfigurations: int
+    compile_s: Seconds
+    reconfigurations: Count
 
 
 class Plan(_S, frozen=True, kw_only=True):
-    id: str
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     """A digest of circuit, device, calibration version and strategy: equal plans have equal ids."""
-    circuit: str
+    circuit: Label
     """The circuit's digest (`protocol.circuit.circuit_hash`)."""
-    device: str
-    identity: str
-    calibration: int | None
-    strategy: str
+    device: Label
+    identity: Text
+    calibration: Count | None
+    strategy: Label
     kind: Literal["circuit", "procedure"] = "circuit"
     """``procedure``: made by an actor (calibration), not compiled from a circuit."""
-    modes: int
+    modes: Annotated[int, msgspec.Meta(ge=1, le=MAX_MODES)]
     """The device's mode count; a pattern has ``modes`` columns per pass."""
-    phases: list[Phase]
+    phases: Annotated[list[Phase], msgspec.Meta(max_length=MAX_PHASES)]
     metrics: PlanMetrics

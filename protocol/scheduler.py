@@ -13,14 +13,20 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from ._message import Event, Reply, Request
+from ._message import FLOAT_MAX, Count, Event, Index, Label, Priority, Reason, Reply, Request, Seconds, Text
 from .circuit import Circuit, CircuitProblem, RunMode
-from .memory import JobId
+from .hal import MAX_MODES, MAX_SLOTS, Column, Mode, Slot
+from .memory import JobId, PlanId
 from .plan import Plan, PlanMetrics
 from .system import Ok
 
+MAX_FAILURES = 1024
+"""The most components one checkpoint or finish reports as failing."""
+
 Weight = Annotated[float, msgspec.Meta(ge=0, le=10)]
 Objective = Literal["min_duration", "max_slack", "min_reconfigurations", "fifo"]
+Positive = Annotated[float, msgspec.Meta(gt=0, le=FLOAT_MAX)]
+Failures = Annotated[list[Label], msgspec.Meta(max_length=MAX_FAILURES)]
 
 
 class Weights(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -56,12 +62,14 @@ class StrategyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """
 
     kind: Literal["static", "dynamic"] = "static"
-    objectives: list[Objective] = msgspec.field(default_factory=lambda: ["min_duration"])
+    objectives: Annotated[list[Objective], msgspec.Meta(max_length=4)] = msgspec.field(
+        default_factory=lambda: ["min_duration"]
+    )
     weights: Weights = msgspec.field(default_factory=Weights)
     preempt: bool = True
-    max_phase_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
-    max_job_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
-    max_wait_s: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+    max_phase_s: Positive = 60.0
+    max_job_s: Positive = 3600.0
+    max_wait_s: Positive = 120.0
     degrade_failure_rate: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.2
 
     def __post_init__(self) -> None:
@@ -88,8 +96,8 @@ class StrategyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 class Accepted(Reply, frozen=True, kw_only=True):
     TYPE = "sched.accepted"
     job: JobId
-    seq: int
-    position: int
+    seq: Count
+    position: Count
     """Jobs ahead of it in the queue when it was accepted."""
     created: bool
     """False if this job id was submitted before: nothing changed."""
@@ -120,8 +128,8 @@ class SubmitProcedure(Request[Accepted], frozen=True, kw_only=True):
     REPLY = Accepted
     job: JobId
     plan: Plan
-    priority: int = 0
-    description: str = ""
+    priority: Priority = 0
+    description: Text = ""
 
 
 class Validation(Reply, frozen=True, kw_only=True):
@@ -145,7 +153,7 @@ class Cancel(Request[Ok], frozen=True, kw_only=True):
     TYPE = "sched.cancel"
     REPLY = Ok
     job: JobId
-    reason: str = "cancelled by request"
+    reason: Reason = "cancelled by request"
 
 
 class Pause(Request[Ok], frozen=True, kw_only=True):
@@ -153,7 +161,7 @@ class Pause(Request[Ok], frozen=True, kw_only=True):
 
     TYPE = "sched.pause"
     REPLY = Ok
-    reason: str = ""
+    reason: Reason = ""
 
 
 class Resume(Request[Ok], frozen=True, kw_only=True):
@@ -162,13 +170,13 @@ class Resume(Request[Ok], frozen=True, kw_only=True):
 
 
 class QueueEntry(msgspec.Struct, frozen=True, kw_only=True):
-    job: str
-    seq: int
-    priority: int
+    job: JobId
+    seq: Count
+    priority: Priority
     state: Literal["queued", "planned", "running", "interrupted"]
     planned: bool
-    next_phase: int
-    phases: int
+    next_phase: Index
+    phases: Index
     expected_s: float | None
     deadline: float | None
 
@@ -181,8 +189,8 @@ class QueueState(Reply, frozen=True, kw_only=True):
     running: str | None
     jobs: list[QueueEntry]
     """In dispatch order: priority, then acceptance."""
-    plans_compiled: int
-    plan_cache_hits: int
+    plans_compiled: Count
+    plan_cache_hits: Count
 
 
 class GetQueue(Request[QueueState], frozen=True, kw_only=True):
@@ -203,14 +211,14 @@ class Suspend(Request[Ok], frozen=True, kw_only=True):
 
     TYPE = "sched.suspend"
     REPLY = Ok
-    condition: str
-    reason: str
+    condition: Label
+    reason: Reason
 
 
 class Unsuspend(Request[Ok], frozen=True, kw_only=True):
     TYPE = "sched.unsuspend"
     REPLY = Ok
-    condition: str
+    condition: Label
 
 
 class ReportHealth(Request[Ok], frozen=True, kw_only=True):
@@ -218,19 +226,19 @@ class ReportHealth(Request[Ok], frozen=True, kw_only=True):
 
     TYPE = "sched.report_health"
     REPLY = Ok
-    device: str
-    modes: list[int] = msgspec.field(default_factory=list)
-    detectors: list[int] = msgspec.field(default_factory=list)
-    slots: list[int] = msgspec.field(default_factory=list)
+    device: Label
+    modes: Annotated[list[Mode], msgspec.Meta(max_length=MAX_MODES)] = msgspec.field(default_factory=list)
+    detectors: Annotated[list[Column], msgspec.Meta(max_length=2 * MAX_MODES)] = msgspec.field(default_factory=list)
+    slots: Annotated[list[Slot], msgspec.Meta(max_length=MAX_SLOTS)] = msgspec.field(default_factory=list)
 
 
 class Assignment(Reply, frozen=True, kw_only=True):
     """The next job for the executor, or ``job = None`` if there is none within the wait."""
 
     TYPE = "sched.assignment"
-    job: str | None = None
+    job: JobId | None = None
     plan: Plan | None = None
-    start_phase: int = 0
+    start_phase: Index = 0
     """Phases before it were done already (a preempted or interrupted job resumes here)."""
     run: RunMode = msgspec.field(default_factory=RunMode)
     fresh: bool = False
@@ -253,10 +261,10 @@ class JobFinished(Request[Ok], frozen=True, kw_only=True):
     REPLY = Ok
     job: JobId
     state: Literal["completed", "failed", "cancelled", "interrupted"]
-    reason: str = ""
-    phase: int | None = None
-    duration_s: float = 0.0
-    failures: list[str] = msgspec.field(default_factory=list)
+    reason: Text = ""
+    phase: Index | None = None
+    duration_s: Seconds = 0.0
+    failures: Failures = msgspec.field(default_factory=list)
     """Components that misbehaved in that phase, as in `Checkpoint`."""
 
 
@@ -269,7 +277,7 @@ class NextJob(Request[Assignment], frozen=True, kw_only=True):
 
     TYPE = "sched.next_job"
     REPLY = Assignment
-    executor: str
+    executor: Label
     wait_s: Annotated[float, msgspec.Meta(ge=0, le=30)] = 1.0
     finished: JobFinished | None = None
 
@@ -277,7 +285,7 @@ class NextJob(Request[Assignment], frozen=True, kw_only=True):
 class Proceed(Reply, frozen=True, kw_only=True):
     TYPE = "sched.proceed"
     action: Literal["continue", "preempt", "cancel"]
-    reason: str = ""
+    reason: Text = ""
 
 
 class Checkpoint(Request[Proceed], frozen=True, kw_only=True):
@@ -290,45 +298,45 @@ class Checkpoint(Request[Proceed], frozen=True, kw_only=True):
     TYPE = "sched.checkpoint"
     REPLY = Proceed
     job: JobId
-    phase: int
+    phase: Index
     ok: bool = True
-    duration_s: float | None = None
-    failures: list[str] = msgspec.field(default_factory=list)
+    duration_s: Seconds | None = None
+    failures: Failures = msgspec.field(default_factory=list)
 
 
 class JobPlanned(Event, frozen=True, kw_only=True):
     TYPE = "sched.job_planned"
-    job: str
-    plan: str
+    job: JobId
+    plan: PlanId
     metrics: PlanMetrics
     cached: bool
 
 
 class JobDispatched(Event, frozen=True, kw_only=True):
     TYPE = "sched.job_dispatched"
-    job: str
-    executor: str
-    start_phase: int
+    job: JobId
+    executor: Label
+    start_phase: Index
 
 
 class JobPreempted(Event, frozen=True, kw_only=True):
     TYPE = "sched.job_preempted"
-    job: str
-    by: str
-    next_phase: int
+    job: JobId
+    by: Text
+    next_phase: Index
 
 
 class JobRefused(Event, frozen=True, kw_only=True):
     """A queued job failed before running: its deadline cannot be met, or it cannot be planned any more."""
 
     TYPE = "sched.job_refused"
-    job: str
-    reason: str
+    job: JobId
+    reason: Text
 
 
 class QueuePaused(Event, frozen=True, kw_only=True):
     TYPE = "sched.queue_paused"
-    reason: str
+    reason: Text
 
 
 class QueueResumed(Event, frozen=True, kw_only=True):
@@ -337,13 +345,13 @@ class QueueResumed(Event, frozen=True, kw_only=True):
 
 class Suspended(Event, frozen=True, kw_only=True):
     TYPE = "sched.suspended"
-    condition: str
-    reason: str
+    condition: Label
+    reason: Text
 
 
 class Unsuspended(Event, frozen=True, kw_only=True):
     TYPE = "sched.unsuspended"
-    condition: str
+    condition: Label
 
 
 SCHEDULER_MESSAGES: Final = (

@@ -1,0 +1,131 @@
+"""Every field of every message has a documented range: what a client may send is bounded before it is read.
+
+Numbers fit signed 64 bits (so that SQLite and numpy hold them), floats a
+request carries are finite, and strings, byte strings, lists and maps a
+request carries have a maximum length. msgspec enforces all of it while
+decoding, so no handler ever sees a value outside these ranges.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import msgspec.inspect as mi
+import pytest
+
+from protocol import CATALOG, Codec, ErrorCode, InvalidMessage, Notice, Request
+
+codec = Codec(CATALOG)
+
+ELSEWHERE = {"protocol.circuit", "protocol.photonica"}
+"""Declarations whose limits come with work in progress elsewhere (the compiler's circuits, the simulator's
+device description); their own tests hold them (tests/test_circuit_limits.py)."""
+
+HEADER = {"v": 1, "id": 7, "from": "client", "to": "memory", "re": None, "ts": 1700000000.5}
+
+
+def leaves(info: Any, path: str, seen: frozenset[Any] = frozenset()) -> list[tuple[str, Any]]:
+    """Every typed leaf and container reachable in a type, with its dotted path."""
+    found: list[tuple[str, Any]] = [(path, info)]
+    if isinstance(info, mi.StructType):
+        if info.cls in seen or info.cls.__module__ in ELSEWHERE:
+            return []
+        for f in info.fields:
+            found += leaves(f.type, f"{path}.{f.encode_name}", seen | {info.cls})
+    elif isinstance(info, mi.UnionType):
+        for t in info.types:
+            found += leaves(t, path, seen)
+    elif isinstance(info, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType):
+        found += leaves(info.item_type, f"{path}[]", seen)
+    elif isinstance(info, mi.TupleType):
+        for t in info.item_types:
+            found += leaves(t, f"{path}[]", seen)
+    elif isinstance(info, mi.DictType):
+        found += leaves(info.key_type, f"{path}{{key}}", seen)
+        found += leaves(info.value_type, f"{path}{{}}", seen)
+    return found
+
+
+def fields_of(kinds: tuple[type, ...]) -> list[tuple[str, Any]]:
+    return [
+        (path, info) for cls in CATALOG if issubclass(cls, kinds) for path, info in leaves(mi.type_info(cls), cls.TYPE)
+    ]
+
+
+def int_range(info: Any) -> tuple[int | None, int | None]:
+    lo = info.ge if info.ge is not None else (info.gt + 1 if info.gt is not None else None)
+    hi = info.le if info.le is not None else (info.lt - 1 if info.lt is not None else None)
+    return lo, hi
+
+
+def test_every_int_field_of_every_message_has_a_range_within_signed_64_bits():
+    unbounded = []
+    for path, info in fields_of((object,)):
+        if isinstance(info, mi.IntType):
+            lo, hi = int_range(info)
+            if lo is None or hi is None or lo < -(2**63) or hi > 2**63 - 1:
+                unbounded.append(path)
+    assert unbounded == []
+
+
+def test_every_float_a_request_carries_is_finite():
+    unbounded = [
+        path
+        for path, info in fields_of((Request, Notice))
+        if isinstance(info, mi.FloatType)
+        and ((info.ge is None and info.gt is None) or (info.le is None and info.lt is None))
+    ]
+    assert unbounded == []
+
+
+def test_every_string_list_and_map_a_request_carries_has_a_maximum_length():
+    sized = (mi.StrType, mi.BytesType, mi.ListType, mi.SetType, mi.FrozenSetType, mi.VarTupleType, mi.DictType)
+    unbounded = [
+        path for path, info in fields_of((Request, Notice)) if isinstance(info, sized) and info.max_length is None
+    ]
+    assert unbounded == []
+
+
+def frame(msg_type: str, body: dict[str, Any]) -> bytes:
+    return msgpack.packb({**HEADER, "type": msg_type, "body": body})
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "body", "field"),
+    [
+        ("mem.get_calibration", {"device": "chip", "version": 2**63}, "body.version"),
+        ("mem.get_calibration", {"device": "chip", "version": 2**64 - 1}, "body.version"),
+        ("mem.query_events", {"after_seq": 2**63}, "body.after_seq"),
+        ("mem.query_events", {"since": float("nan")}, "body.since"),
+        ("mem.put_job", {"job": "j", "circuit": {}, "priority": 2**63}, "body.priority"),
+        ("mem.put_job", {"job": "j", "circuit": {}, "shots": 2**63}, "body.shots"),
+        ("mem.commit_frame", {"job": "j", "frame": 2**63}, "body.frame"),
+        (
+            "mem.allocate",
+            {"job": "j", "device": "d", "slots": [{"name": "s", "dtype": "bool", "shape": [2**31]}]},
+            None,
+        ),
+        (
+            "mem.allocate",
+            {"job": "j", "device": "d", "slots": [{"name": "s", "dtype": "bool", "shape": [0, 2**30, 2**30, 2**30]}]},
+            None,
+        ),
+        ("hal.run_shots", {"device": "chip", "shots": 2**31}, "body.shots"),
+        ("hal.set_heaters", {"device": "chip", "changes": {0: float("nan")}}, None),
+        ("hal.set_heaters", {"device": "chip", "changes": {2**40: 1.0}}, None),
+        ("hal.get_heater", {"device": "chip", "heater": 2**63}, "body.heater"),
+        ("sched.cancel", {"job": "j", "reason": "r" * 100_000}, "body.reason"),
+        ("sched.next_job", {"executor": "e", "wait_s": float("inf")}, "body.wait_s"),
+        ("sched.report_health", {"device": "d", "modes": list(range(100_000))}, "body.modes"),
+        ("cal.calibrate", {"points": 2**63}, "body.points"),
+    ],
+)
+def test_values_past_a_fields_range_are_refused_as_invalid_before_any_handler(msg_type, body, field):
+    with pytest.raises(InvalidMessage) as caught:
+        codec.decode(frame(msg_type, body))
+    assert caught.value.code == ErrorCode.INVALID
+    if field is not None:
+        assert caught.value.field == field
+    else:
+        assert caught.value.field.startswith("body.")
