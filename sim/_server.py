@@ -151,7 +151,7 @@ class DeviceServer:
                 finally:
                     # Busy for a client is not silence: the watchdog counts from the end.
                     device.feed_watchdog()
-            if reply is not None and "corrupt" in transport and reply:
+            if reply and "corrupt" in transport:
                 at = transport["corrupt"].at
                 position = min(at, len(reply) - 1) if at is not None else int(device.faults.rng.integers(len(reply)))
                 corrupted = bytearray(reply)

@@ -197,7 +197,7 @@ def _param(param: Param, pick: Callable[[int], int], text: Callable[[], bytes], 
         return scpi.block(text())
     # rest: heater voltages (as a block of float64 or as numbers), or phase pairs
     count = heaters + pick(3) - 1
-    volts = [float(NUMBERS[pick(7)]) for _ in range(count)]
+    volts = [float(NUMBERS[pick(10)]) for _ in range(count)]  # up to 6.9 V: enough to trip the interlock
     if pick(2):
         return scpi.block(b"".join(struct.pack("<d", v) for v in volts))
     return b",".join(repr(v).encode() for v in volts)
