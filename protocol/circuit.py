@@ -201,6 +201,45 @@ def clip(text: str, limit: int = QUOTE_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
+MAX_PROBLEMS = 100
+"""Problems listed for one circuit unless configured otherwise; the rest are counted."""
+
+
+class ProblemList(list[CircuitProblem]):
+    """Problems in the order they are found: the first ``cap`` kept, the rest only counted.
+
+    A circuit of a million bad ops is a million problems; the client needs the
+    first ones and how many more there are, not a reply of hundreds of MB.
+    """
+
+    def __init__(self, cap: int = MAX_PROBLEMS) -> None:
+        super().__init__()
+        self.cap = cap
+        self.more = 0
+
+    def append(self, problem: CircuitProblem) -> None:
+        if len(self) < self.cap:
+            super().append(problem)
+        else:
+            self.more += 1
+
+    @property
+    def full(self) -> bool:
+        return len(self) >= self.cap
+
+    def report(self) -> list[CircuitProblem]:
+        """The problems kept, and one saying how many more there were."""
+        more = [CircuitProblem(op=None, field=None, message=f"{self.more} more problems are not listed")]
+        return [*self, *(more if self.more else [])]
+
+
+def number_text(value: int | float) -> str:
+    """A number a client wrote, for a message: an int of thousands of digits as its order of magnitude."""
+    if isinstance(value, int) and not -(10**30) < value < 10**30:
+        return f"{'-' if value < 0 else ''}about 10^{round(math.log10(abs(value)))}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _validation_problem(op: str | None, error: msgspec.ValidationError) -> CircuitProblem:
     """A msgspec refusal as a problem whose ``field`` is a key the document has (or lacks).
 
@@ -222,11 +261,36 @@ def _validation_problem(op: str | None, error: msgspec.ValidationError) -> Circu
     if key is not None and op is not None:
         key = key.split(".", 1)[0]
     if path and path != key:
-        message = f"{message} (at `{path}`)"
-    return CircuitProblem(op=op, field=key, message=message)
+        message = f"{message} (at `{clip(path)}`)"
+    return CircuitProblem(op=op, field=key, message=clip(message, 4 * QUOTE_CHARS))
 
 
-def _convert_op(raw: Any, path: str, problems: list[CircuitProblem]) -> Op | None:
+_NESTED = (
+    "conditional blocks cannot be nested: the device's feed-forward sets fast phase shifters once per shot, "
+    "so a conditional holds phase shifts only"
+)
+_UNREADABLE = (ValueError, OverflowError)
+"""What msgspec raises, instead of a ValidationError, for an int of thousands of digits."""
+
+
+def _too_large(op: str | None, raw: dict[Any, Any]) -> CircuitProblem:
+    """The problem for a number msgspec could not even read, at the key that holds it."""
+
+    def huge(value: Any) -> bool:
+        return type(value) is int and not -(2**63) <= value < 2**64
+
+    key = next(
+        (k for k, v in raw.items() if huge(v) or (type(v) is list and any(huge(x) for x in v))),
+        None,
+    )
+    return CircuitProblem(
+        op=op,
+        field=key if isinstance(key, str) else None,
+        message="a number too large to read: integers here fit in 64 bits",
+    )
+
+
+def _convert_op(raw: Any, path: str, problems: list[CircuitProblem], *, in_block: bool = False) -> Op | None:
     if not isinstance(raw, dict):
         problems.append(CircuitProblem(op=path, field=None, message=f"an op is an object, got {type(raw).__name__}"))
         return None
@@ -236,13 +300,19 @@ def _convert_op(raw: Any, path: str, problems: list[CircuitProblem]) -> Op | Non
         what = repr(clip(kind)) if isinstance(kind, str) else f"of type {type(kind).__name__}"
         problems.append(CircuitProblem(op=path, field="op", message=f"unknown op {what} (known: {known})"))
         return None
+    if in_block and kind == "if":  # refused before its body is looked at: nothing here recurses
+        problems.append(CircuitProblem(op=path, field="op", message=_NESTED))
+        return None
     try:
         op: Op = msgspec.convert(raw, Op)
     except msgspec.ValidationError as exc:
         problems.append(_validation_problem(path, exc))
         return None
+    except _UNREADABLE:
+        problems.append(_too_large(path, raw))
+        return None
     if isinstance(op, If):
-        inner = [_convert_op(o, f"{path}.ops.{i}", problems) for i, o in enumerate(op.ops)]
+        inner = [_convert_op(o, f"{path}.ops.{i}", problems, in_block=True) for i, o in enumerate(op.ops)]
         return If(register=op.register, equals=op.equals, ops=inner)
     return op
 
@@ -251,31 +321,49 @@ _OPS = list[Op]
 _BODIES = list[list[Op]]
 
 
-def _convert_all(raw: list[Any], prefix: str, problems: list[CircuitProblem]) -> list[Op | None]:
+def _convert_all(raw: list[Any], problems: list[CircuitProblem]) -> list[Op | None]:
+    """The circuit's ops, typed, with conditionals' bodies one level deep (a nested conditional is refused).
+
+    Nothing recurses: a conditional inside a conditional is refused before its
+    own body is read, so a circuit nested a million levels deep costs what its
+    first two levels cost.
+    """
     try:  # one call for the whole list: per-op calls cost ~50x more (msgspec sets up the union each time)
         ops: list[Op | None] = list(msgspec.convert(raw, _OPS))
-    except msgspec.ValidationError:
-        return [_convert_op(item, f"{prefix}{i}", problems) for i, item in enumerate(raw)]
-    blocks = [i for i, op in enumerate(ops) if isinstance(op, If)]
+    except (msgspec.ValidationError, *_UNREADABLE):
+        return [_convert_op(item, str(i), problems) for i, item in enumerate(raw)]
+    blocks = [i for i, op in enumerate(ops) if type(op) is If]
     if not blocks:
         return ops
     try:  # every conditional's body in one call too
-        bodies: list[list[Op]] = msgspec.convert([ops[i].ops for i in blocks], _BODIES)  # type: ignore[union-attr]
-    except msgspec.ValidationError:
-        bodies = [_convert_all(ops[i].ops, f"{prefix}{i}.ops.", problems) for i in blocks]  # type: ignore[misc, union-attr]
+        typed: list[list[Op]] = msgspec.convert([ops[i].ops for i in blocks], _BODIES)  # type: ignore[union-attr]
+        bodies: list[list[Op | None]] = [[*body] for body in typed]
+    except (msgspec.ValidationError, *_UNREADABLE):
+        bodies = [
+            [_convert_op(o, f"{i}.ops.{j}", problems, in_block=True) for j, o in enumerate(ops[i].ops)]  # type: ignore[union-attr]
+            for i in blocks
+        ]
     for i, body in zip(blocks, bodies, strict=True):
         block = ops[i]
         assert isinstance(block, If)
-        if any(isinstance(inner, If) for inner in body):  # nested: their own bodies, the same way
-            body = _convert_all([msgspec.to_builtins(inner) for inner in body], f"{prefix}{i}.ops.", problems)  # type: ignore[assignment]
+        for j, inner in enumerate(body):
+            if type(inner) is If:
+                problems.append(CircuitProblem(op=f"{i}.ops.{j}", field="op", message=_NESTED))
+                body[j] = None
         ops[i] = If(register=block.register, equals=block.equals, ops=body)
     return ops
 
 
-def parse_ops(circuit: Circuit) -> tuple[list[Op | None], list[CircuitProblem]]:
-    """Every op as its typed form (None where it is malformed), and every format problem."""
-    problems: list[CircuitProblem] = []
-    ops = _convert_all(circuit.ops, "", problems)
+def parse_ops(
+    circuit: Circuit, problems: list[CircuitProblem] | None = None
+) -> tuple[list[Op | None], list[CircuitProblem]]:
+    """Every op as its typed form (None where it is malformed), and every format problem.
+
+    Problems are appended to ``problems`` if given (a `ProblemList` keeps a
+    bounded number of them).
+    """
+    problems = ProblemList() if problems is None else problems
+    ops = _convert_all(circuit.ops, problems)
     return ops, problems
 
 
@@ -285,6 +373,8 @@ def parse_circuit(data: Any) -> Circuit:
         circuit = msgspec.convert(data, Circuit)
     except msgspec.ValidationError as exc:
         raise CircuitError([_validation_problem(None, exc)]) from None
+    except _UNREADABLE:
+        raise CircuitError([_too_large(None, data if isinstance(data, dict) else {})]) from None
     _, problems = parse_ops(circuit)
     if problems:
         raise CircuitError(problems)
@@ -297,21 +387,30 @@ def load_circuit(text: str | bytes) -> Circuit:
         data = msgspec.json.decode(text)
     except msgspec.DecodeError as exc:
         raise CircuitError([CircuitProblem(op=None, field=None, message=f"not valid JSON: {exc}")]) from None
+    except RecursionError:  # msgspec's decoder recurses per level of nesting
+        message = "the JSON nests too deep to be read: an op is an object of numbers, strings and lists of them"
+        raise CircuitError([CircuitProblem(op=None, field=None, message=message)]) from None
     return parse_circuit(data)
 
 
 def walk(ops: Sequence[Op | None], prefix: str = "") -> Iterator[tuple[str, Op, If | None]]:
-    """(index path, op, enclosing conditional) for every op, conditionals' bodies in place."""
-    for i, op in enumerate(ops):
-        if op is None:
-            continue
-        path = f"{prefix}{i}"
-        if isinstance(op, If):
-            yield path, op, None
-            for inner_path, inner, _ in walk(op.ops, f"{path}.ops."):
-                yield inner_path, inner, op
+    """(index path, op, enclosing conditional) for every op, conditionals' bodies in place.
+
+    With an explicit stack: however deep conditionals were nested, no recursion.
+    """
+    stack: list[tuple[Iterator[tuple[int, Op | None]], str, If | None]] = [(iter(enumerate(ops)), prefix, None)]
+    while stack:
+        items, at, block = stack[-1]
+        for i, op in items:
+            if op is None:
+                continue
+            path = f"{at}{i}"
+            yield path, op, block
+            if isinstance(op, If):
+                stack.append((iter(enumerate(op.ops)), f"{path}.ops.", op))
+                break
         else:
-            yield path, op, None
+            stack.pop()
 
 
 def flatten(ops: Sequence[Op | None]) -> list[tuple[str | int, Op, If | None]]:
@@ -370,7 +469,13 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
 
 def circuit_hash(circuit: Circuit) -> str:
     """A digest of what the circuit does (not its name, priority or deadline): equal circuits plan alike."""
-    body = msgspec.msgpack.encode({"modes": circuit.modes, "shots": circuit.shots, "ops": circuit.ops})
+    try:
+        body = msgspec.msgpack.encode({"modes": circuit.modes, "shots": circuit.shots, "ops": circuit.ops})
+    except RecursionError:  # only a circuit built in Python can get here: the wire's codec refuses deep frames
+        message = "the ops nest too deep to be read: an op is an object of numbers, strings and lists of them"
+        raise CircuitError([CircuitProblem(op=None, field="ops", message=message)]) from None
+    except OverflowError:
+        raise CircuitError([_too_large(None, {"modes": circuit.modes, "shots": circuit.shots})]) from None
     return hashlib.blake2b(body, digest_size=16).hexdigest()
 
 

@@ -41,14 +41,16 @@ def keys_of(op: Any) -> set[str]:
     """The keys a problem may name on ``op``: its type's fields and ``op``, and any key it was sent with."""
     if not isinstance(op, dict):
         return set()
-    return {"op"} | OP_FIELDS.get(op.get("op"), set()) | {k for k in op if isinstance(k, str)}
+    kind = op.get("op")
+    declared = OP_FIELDS.get(kind, set()) if isinstance(kind, str) else set()
+    return {"op"} | declared | {k for k in op if isinstance(k, str)}
 
 
 def assert_names_real_keys(data: dict[str, Any], problems: list[CircuitProblem]) -> None:
     ops = data.get("ops", [])
     for p in problems:
         if p.op is None:
-            assert p.field is None or p.field in CIRCUIT_FIELDS, p
+            assert p.field is None or p.field in CIRCUIT_FIELDS or p.field.split(".")[0] in data, p
         elif p.field is not None:
             assert p.field in keys_of(op_at(ops, p.op)), f"{p}: the op has {sorted(keys_of(op_at(ops, p.op)))}"
 

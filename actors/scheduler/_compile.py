@@ -21,6 +21,7 @@ unless there are none.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -43,14 +44,15 @@ from protocol.circuit import (
     MziOp,
     Op,
     PhaseShift,
+    ProblemList,
     Store,
     UnitaryOp,
     Wait,
     circuit_hash,
     compress_paths,
     flatten,
+    number_text,
     parse_ops,
-    walk,
 )
 from protocol.hal import InputSetting, MemorySlot
 from protocol.mesh import clements_many, embed_phases, mzi
@@ -63,11 +65,21 @@ UNITARY_TOLERANCE = 1e-8
 class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Configured limits on what the scheduler accepts (``[limits]`` of its configuration).
 
+    Each size a client chooses has one, checked before anything in proportion
+    to it is allocated (docs/circuits.md, "Limits", says why each is what it is).
+
     Attributes:
         max_ops: Operations in one circuit, conditionals' bodies included.
-        max_modes: Logical modes a circuit may declare.
+        max_modes: Logical modes a circuit may declare (per-mode state is kept for each).
         max_shots: Shots of one job.
-        max_ff_bits: Register bits one component's feed-forward may read (2**bits branches are planned).
+        max_ff_bits: Register bits the feed-forward of one phase may read (2**bits branches are planned).
+        max_register_bits: Modes one measurement reads into a register (its histogram has 2**bits bins).
+        max_result_bins: Histogram bins of all of a circuit's registers together (8 bytes each, per phase).
+        max_phases: Phases of one plan (each carries the mesh's m² heater phases); also bounds rounds.
+        max_branches: Feed-forward branches of one plan, all phases together.
+        max_wait_ns: Nanoseconds one wait may stand for.
+        max_name_chars: Characters of a circuit's name.
+        max_problems: Problems listed when a circuit is refused (the rest are counted).
         coherence_margin: Fraction of a delay line's window kept unused as a safety margin.
         readout_s_per_shot: Time to fetch one shot's pattern, for duration estimates.
         settle_factor: Heater settling waited, in time constants (5: within 1 %).
@@ -77,6 +89,13 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     max_modes: int = 1024
     max_shots: int = 100_000_000
     max_ff_bits: int = 10
+    max_register_bits: int = 20
+    max_result_bins: int = 2**22
+    max_phases: int = 1024
+    max_branches: int = 2**16
+    max_wait_ns: float = 1e9
+    max_name_chars: int = 256
+    max_problems: int = 100
     coherence_margin: float = 0.1
     readout_s_per_shot: float = 2e-7
     settle_factor: float = 5.0
@@ -84,6 +103,9 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     def __post_init__(self) -> None:
         if not 0 <= self.coherence_margin < 1:
             raise ValueError(f"limits.coherence_margin must be in [0, 1), got {self.coherence_margin}")
+        for name in Limits.__struct_fields__:
+            if name.startswith("max_") and not getattr(self, name) >= 1:
+                raise ValueError(f"limits.{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -162,6 +184,12 @@ class Component:
     def ff_modes(self) -> list[int]:
         return sorted({mode for _, _, mode, _ in self.conditions})
 
+    @functools.cached_property
+    def ff_bits(self) -> int:
+        """Register bits its feed-forward reads: its phase plans 2^bits branches (with its neighbours')."""
+        read = {register for register, *_ in self.conditions}
+        return sum(len(r.modes) for r in self.registers if r.name in read)
+
 
 @dataclass
 class Analysis:
@@ -174,6 +202,8 @@ class Analysis:
     """Op-level dependency graph (flattened op order): each op's predecessors."""
     slack_ns: float | None = None
     """Least slack before a stored photon's deadline, propagated backwards through the graph."""
+    builds: list[_PhaseBuild] | None = None
+    """The components packed into phases (the plan's phases, once built)."""
 
 
 class _Find:
@@ -200,6 +230,23 @@ _KIND_PS, _KIND_BS, _KIND_MZI = 0, 1, 2
 
 
 def _compose(blocks: list[tuple[list[int], list[tuple[int, Any, Op]], int]]) -> list[np.ndarray]:
+    """Each block's unitary, the blocks of one size at a time (`_compose_alike`).
+
+    One array for all blocks would be padded to the widest: thousands of
+    one-mode blocks beside one of 32 modes would take blocks x 33 x 32 complex
+    numbers. By size, the arrays hold what the blocks need, (k + 1) x k each.
+    """
+    by_size: dict[int, list[int]] = {}
+    for b, (modes, _, _) in enumerate(blocks):
+        by_size.setdefault(len(modes), []).append(b)
+    results: list[np.ndarray] = [np.empty(0)] * len(blocks)
+    for members in by_size.values():
+        for b, u in zip(members, _compose_alike([blocks[b] for b in members]), strict=True):
+            results[b] = u
+    return results
+
+
+def _compose_alike(blocks: list[tuple[list[int], list[tuple[int, Any, Op]], int]]) -> list[np.ndarray]:
     """Each block's unitary (its pass's gates on its logical modes, in order: U <- G U), all at once.
 
     A block is (logical modes, gates, pass). Every gate gets a depth (one more
@@ -350,21 +397,92 @@ def _modes_of(op: Op) -> list[int]:
     return []
 
 
+_NUMBERS: dict[type, tuple[str, ...]] = {
+    Input: ("power_w", "phase"),
+    PhaseShift: ("phi",),
+    BeamSplitter: ("theta", "phi"),
+    MziOp: ("theta", "phi"),
+    Wait: ("ns",),
+}
+"""The numbers of each op that must be finite (JSON cannot say inf or NaN; MessagePack and Python can)."""
+
+
+def _count_ops(raw: list[Any]) -> int:
+    """Ops as sent, conditionals' bodies included, counted without building anything.
+
+    One level of bodies: a conditional inside a conditional is refused unread.
+    """
+    count = len(raw)
+    for op in raw:
+        if type(op) is dict and op.get("op") == "if":
+            body = op.get("ops")
+            if type(body) is list:
+                count += len(body)
+    return count
+
+
+def _few(items: Any, at_most: int = 8) -> str:
+    """A client's list in a message: its first few, and how many more."""
+    shown = sorted(items)[:at_most] if not isinstance(items, list) else items[:at_most]
+    more = len(items) - len(shown)
+    return f"{shown}" if not more else f"{str(shown)[:-1]}, ... ({more} more)]"
+
+
+def _matrix_problem(op: UnitaryOp, device_modes: int) -> tuple[str, str] | None:
+    """What is wrong with a unitary's size or numbers, checked on the lists before any array is made."""
+    k = len(op.modes)
+    if k > device_modes:
+        return "modes", f"a unitary on {k} modes: the device has {device_modes}, so no shot can hold it"
+    for key, rows in (("re", op.re), ("im", op.im)):
+        if key == "im" and not rows:
+            continue
+        if len(rows) != k or any(len(row) != k for row in rows):
+            lengths = _few(sorted({len(row) for row in rows}))
+            return key, f"the matrix must be {k}x{k} for {k} modes; `{key}` has {len(rows)} rows of {lengths} entries"
+        if not all(math.isfinite(x) for row in rows for x in row):
+            return key, f"`{key}` holds a number that is not a finite number"
+    return None
+
+
 def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health: Health = Health()) -> Analysis:
-    """Check the circuit against the device and limits; group its operations into components."""
-    ops, problems = parse_ops(circuit)
+    """Check the circuit against the device and limits; group its operations into components.
+
+    Every size the client chose is checked before anything in proportion to
+    it is built: the modes and the number of ops first (per-mode state and the
+    typed ops come after), each op's own sizes before its matrix, histogram or
+    round is made (docs/circuits.md, "Limits").
+    """
+    problems = ProblemList(limits.max_problems)
 
     def problem(path: str | int | None, field_: str | None, message: str) -> None:
         problems.append(CircuitProblem(op=None if path is None else str(path), field=field_, message=message))
 
     if circuit.modes > limits.max_modes:
-        problem(None, "modes", f"{circuit.modes} modes is more than the configured limit of {limits.max_modes}")
+        problem(
+            None, "modes", f"{number_text(circuit.modes)} modes is more than the configured limit of {limits.max_modes}"
+        )
     if circuit.shots > limits.max_shots:
-        problem(None, "shots", f"{circuit.shots} shots is more than the configured limit of {limits.max_shots}")
+        problem(
+            None, "shots", f"{number_text(circuit.shots)} shots is more than the configured limit of {limits.max_shots}"
+        )
+    if len(circuit.name) > limits.max_name_chars:
+        problem(None, "name", f"the name has {len(circuit.name):,} characters; the limit is {limits.max_name_chars}")
+    if circuit.deadline is not None and not math.isfinite(circuit.deadline):
+        problem(None, "deadline", f"the deadline is {circuit.deadline}: not a finite unix time")
+    if not math.isfinite(circuit.run.period_s):
+        problem(None, "run.period_s", f"the period is {circuit.run.period_s} s: not a finite number")
+    count = _count_ops(circuit.ops)
+    if count > limits.max_ops:
+        problem(
+            None,
+            "ops",
+            f"{count:,} operations (conditionals' bodies included) is more than the configured limit of "
+            f"{limits.max_ops:,}",
+        )
+    if circuit.modes > limits.max_modes or count > limits.max_ops:
+        return Analysis([], problems.report(), [], 0, 0, [])
+    ops, _ = parse_ops(circuit, problems)
     flat = flatten(ops)
-    if len(flat) > limits.max_ops:
-        problem(None, "ops", f"{len(flat)} operations is more than the configured limit of {limits.max_ops}")
-        return Analysis(ops, problems, [], 0, 0, [])
 
     loop_ns = device.memory.loop_s * 1e9
     window_ns = device.memory.max_rounds * loop_ns
@@ -379,8 +497,12 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
     loaded: dict[int, _Loaded] = {}
     held: dict[str, _Held] = {}
     registers: dict[str, _Register] = {}
+    in_flight: set[int] = set()  # the modes in p1 or p2, kept as they change: no scan of every mode per op
+    result_bins = 0  # histogram bins of the registers measured so far (2^bits each)
     round_index = 0
     clock = 0.0
+    last_wait: int | None = None  # the graph's clock: the last wait, and the stores and loads since it
+    since_wait: list[int] = []
     find = _Find()
     # Dependency graph: the last op that touched each mode / slot / register.
     last_on: dict[Any, int] = {}
@@ -388,7 +510,6 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
     edges = 0
     # What each op contributes to its component, applied once components are known.
     contributions: list[tuple[int, Any, str | int, Any, int]] = []  # (round, key, path, op, pass)
-    durations: dict[int, float] = {}
     load_limits: dict[int, tuple[int, float]] = {}  # load index -> (its store's index, window less margin)
 
     def depend(index: int, keys: Sequence[Any]) -> None:
@@ -402,14 +523,25 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
         edges += len(preds)
         predecessors.append(preds)
 
-    def start_round() -> None:
-        nonlocal round_index, clock
+    def start_round() -> None:  # O(modes), at most max_phases times (checked before)
+        nonlocal round_index, clock, last_wait
         round_index += 1
         clock = 0.0
         for q in range(circuit.modes):
             state[q] = "fresh"
             touched2[q] = False
         loaded.clear()
+        in_flight.clear()
+        last_wait = None
+        since_wait.clear()
+
+    def read_clock(index: int) -> None:
+        """A store or load happens at a time: after the last wait, before the next."""
+        nonlocal edges
+        if last_wait is not None and last_wait not in predecessors[index]:
+            predecessors[index].append(last_wait)
+            edges += 1
+        since_wait.append(index)
 
     n_modes = circuit.modes
     pairs: set[tuple[int, int]] = set()  # modes a gate joins: unions done once per distinct pair, after the pass
@@ -421,7 +553,8 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
         if cond is None and (kind is BeamSplitter or kind is MziOp or kind is PhaseShift):
             if kind is PhaseShift:
                 a = op.mode  # type: ignore[union-attr]
-                if a < n_modes and (state[a] == "p1" or state[a] == "p2"):
+                phi = op.phi  # type: ignore[union-attr]
+                if a < n_modes and (state[a] == "p1" or state[a] == "p2") and phi - phi == 0:  # 0: finite
                     before = last_on.get(a)
                     last_on[a] = index
                     predecessors.append([] if before is None else [before])
@@ -433,7 +566,8 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                     continue
             else:
                 a, b = op.modes  # type: ignore[union-attr]
-                if a != b and a < n_modes and b < n_modes:
+                finite = op.theta - op.theta == 0 and op.phi - op.phi == 0  # type: ignore[union-attr]
+                if a != b and a < n_modes and b < n_modes and finite:
                     sa = state[a]
                     if sa == state[b] and (sa == "p1" or sa == "p2"):
                         pa, pb = last_on.get(a), last_on.get(b)
@@ -464,19 +598,39 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
             keys.append(("r", op.register))
         if cond is not None:
             keys.append(("r", cond.register))
-        if isinstance(op, Wait):  # the time it stands for passes for every photon held in memory
-            keys.extend(("s", slot) for slot in held)
-            durations[index] = op.ns
         depend(index, keys)
+        if isinstance(op, Wait):  # time passes for what was stored: after the last wait and what came since
+            preds = predecessors[index]
+            for p in ([] if last_wait is None else [last_wait]) + since_wait:
+                if p not in preds:
+                    preds.append(p)
+                    edges += 1
+            last_wait = index
+            since_wait.clear()
+        elif isinstance(op, Store | Load):
+            read_clock(index)
+        if isinstance(op, UnitaryOp | Measure) and not 0 < len(modes) <= circuit.modes:
+            problem(
+                path,
+                "modes",
+                f"lists {len(modes)} modes: an operation acts on at least one mode, and on at most the "
+                f"{circuit.modes} modes the circuit declares",
+            )
+            continue
         if bad:
             problem(
                 path,
                 _modes_key(op),
-                f"mode {bad[0]} is out of range: the circuit declares {circuit.modes} modes (0-{circuit.modes - 1})",
+                f"mode {number_text(bad[0])} is out of range: the circuit declares {circuit.modes} modes "
+                f"(0-{circuit.modes - 1})",
             )
             continue
         if len(set(modes)) != len(modes):
-            problem(path, "modes", f"the modes {modes} repeat: an operation acts on distinct modes")
+            problem(path, "modes", f"the modes {_few(modes)} repeat: an operation acts on distinct modes")
+            continue
+        infinite = next((k for k in _NUMBERS.get(type(op), ()) if not math.isfinite(getattr(op, k))), None)
+        if infinite is not None:
+            problem(path, infinite, f"{infinite} is {getattr(op, infinite)}: not a finite number")
             continue
         if cond is not None and not isinstance(op, PhaseShift):
             problem(
@@ -489,9 +643,10 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
 
         if isinstance(op, Input):
             if state[op.mode] != "fresh":
-                busy = [q for q in range(circuit.modes) if state[q] in ("p1", "p2")]
-                if held or busy:
-                    what = f"slots {sorted(held)} hold photons" if held else f"modes {busy} are still in flight"
+                if held or in_flight:
+                    what = (
+                        f"slots {_few(held)} hold photons" if held else f"modes {_few(in_flight)} are still in flight"
+                    )
                     problem(
                         path,
                         "mode",
@@ -499,6 +654,16 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                         "when the previous one is fully measured",
                     )
                     continue
+                if round_index + 1 >= limits.max_phases:
+                    problem(
+                        path,
+                        "mode",
+                        f"op {path} starts round {round_index + 2}: every round runs in a phase of its own at "
+                        f"least, and the configured limit is {limits.max_phases} phases (submit the rest as "
+                        "another job); the ops from here on are not checked",
+                    )
+                    held.clear()  # what the unchecked ops would have loaded is not reported as never loaded
+                    break
                 start_round()
             if op.state == "coherent" and op.power_w > device.sources.coherent_max_w:
                 problem(
@@ -509,17 +674,24 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
             if op.state == "photon" and not device.sources.single_photon:
                 problem(path, "state", "the device has no single-photon sources")
             state[op.mode] = "p1"
+            in_flight.add(op.mode)
             contributions.append((round_index, (round_index * n_modes + op.mode), path, op, 1))
             continue
 
         if isinstance(op, Wait):  # never conditional: a conditional block holds phase shifts only (above)
+            if op.ns > limits.max_wait_ns:
+                problem(
+                    path,
+                    "ns",
+                    f"a wait of {op.ns:g} ns is more than the configured limit of {limits.max_wait_ns:g} ns "
+                    f"(a delay line keeps a photon {window_ns:g} ns)",
+                )
+                continue
             clock += op.ns
             continue
 
         if isinstance(op, If):
             reg = registers.get(op.register)
-            if any(c is not None for _, _, c in walk(op.ops)) or any(isinstance(o, If) for o in op.ops):
-                problem(path, "ops", "conditional blocks cannot be nested")
             if reg is None:
                 problem(
                     path,
@@ -543,24 +715,21 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                 )
             elif op.equals >= 2 ** len(reg.modes):
                 problem(
-                    path, "equals", f"register {op.register!r} has {len(reg.modes)} bits; it never reads {op.equals}"
+                    path,
+                    "equals",
+                    f"register {op.register!r} has {len(reg.modes)} bits; it never reads {number_text(op.equals)}",
                 )
             continue
 
         if isinstance(op, PhaseShift | BeamSplitter | MziOp | UnitaryOp):
             if isinstance(op, UnitaryOp):
-                matrix = op.matrix() if op.re else np.zeros((0, 0))
-                k = len(op.modes)
-                if matrix.shape != (k, k):
-                    problem(
-                        path,
-                        "re",
-                        f"the matrix is {matrix.shape[0]}x{matrix.shape[1] if matrix.ndim == 2 else 0}"
-                        f" for {k} modes; it must be {k}x{k}",
-                    )
+                wrong = _matrix_problem(op, device.modes)
+                if wrong is not None:
+                    problem(path, *wrong)
                     continue
-                error = float(np.abs(matrix.conj().T @ matrix - np.eye(k)).max())
-                if error > UNITARY_TOLERANCE:
+                matrix = op.matrix()
+                error = float(np.abs(matrix.conj().T @ matrix - np.eye(len(op.modes))).max())
+                if not error <= UNITARY_TOLERANCE:
                     problem(path, "re", f"the matrix is not unitary: |U^dagger U - 1| reaches {error:.2e}")
                     continue
             states = {state[q] for q in modes}
@@ -620,6 +789,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                     continue
             for q in modes:
                 state[q] = f"p{stage}"
+                in_flight.add(q)
                 if stage == 2 and cond is None:
                     touched2[q] = True
             contributions.append((round_index, (round_index * n_modes + modes[0]), path, op, stage))
@@ -653,6 +823,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                 continue
             held[op.slot] = _Held(op.slot, op.mode, path, clock, index)
             state[op.mode] = "gone"
+            in_flight.discard(op.mode)
             find.union((round_index * n_modes + op.mode), ("s", round_index, op.slot))
             contributions.append((round_index, (round_index * n_modes + op.mode), path, op, 1))
             continue
@@ -693,6 +864,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
             rounds = max(1, math.ceil(stored_ns / loop_ns - 1e-9))
             loaded[op.mode] = _Loaded(op.mode, op.slot, h.path, path, stored_ns, rounds, h.mode)
             state[op.mode] = "p2"
+            in_flight.add(op.mode)
             touched2[op.mode] = False
             find.union(("s", round_index, op.slot), (round_index * n_modes + op.mode))
             contributions.append((round_index, (round_index * n_modes + op.mode), path, loaded[op.mode], 2))
@@ -716,10 +888,28 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
             if op.into in registers:
                 problem(path, "into", f"register {op.into!r} is written twice (first at op {registers[op.into].path})")
                 continue
+            bits = len(op.modes)
+            if bits > limits.max_register_bits:
+                problem(
+                    path,
+                    "modes",
+                    f"register {op.into!r} would have {bits} bits, and its histogram 2^{bits} bins; the configured "
+                    f"limit is {limits.max_register_bits} bits: measure into several registers",
+                )
+            else:
+                result_bins += 2**bits
+                if result_bins > limits.max_result_bins >= result_bins - 2**bits:
+                    problem(
+                        path,
+                        "modes",
+                        f"the registers measured up to here have {result_bins:,} histogram bins (2^bits each); the "
+                        f"configured limit is {limits.max_result_bins:,}",
+                    )
             stage = 2 if "p2" in states else 1
             registers[op.into] = _Register(op.into, round_index, stage, list(op.modes), path)
             for q in op.modes:
                 state[q] = "measured" if stage == 1 else "done"
+                in_flight.discard(q)
                 find.union((round_index * n_modes + op.modes[0]), (round_index * n_modes + q))
             contributions.append((round_index, (round_index * n_modes + op.modes[0]), path, op, stage))
             continue
@@ -737,42 +927,63 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
         find.union(a, b)
     components = _components(contributions, find)
     _check_fit(components, device, limits, health, problems)
-    slack = _slack(predecessors, durations, load_limits, clock_at)
-    return Analysis(ops, problems, components, round_index + 1, edges, predecessors, slack)
+    builds = pack(components, device, health, limits)
+    _check_phases(builds, limits, problems)
+    slack = _slack(load_limits, clock_at)
+    return Analysis(ops, problems.report(), components, round_index + 1, edges, predecessors, slack, builds)
 
 
-def _slack(
-    predecessors: list[list[int]],
-    durations: dict[int, float],
-    load_limits: dict[int, tuple[int, float]],
-    clock_at: list[float],
-) -> float | None:
+def _check_phases(builds: list[_PhaseBuild], limits: Limits, problems: list[CircuitProblem]) -> None:
+    """The plan's size: its phases (m² heater settings each) and feed-forward branches (2^bits per phase)."""
+    if len(builds) > limits.max_phases:
+        beyond = builds[limits.max_phases].components[0]
+        path, key = beyond.added[0] if beyond.added else (beyond.ops[0], None)
+        problems.append(
+            CircuitProblem(
+                op=str(path),
+                field=key,
+                message=(
+                    f"the circuit needs at least {len(builds):,} phases (device configurations, one after "
+                    f"another); the configured limit is {limits.max_phases:,}, and the phase from this op on is the "
+                    "first beyond it (submit the rest as another job)"
+                ),
+            )
+        )
+    branches = 0
+    for build in builds:
+        if build.bits > limits.max_ff_bits:
+            continue  # one component reads too many bits: refused already, at that component
+        branches += 2**build.bits if build.bits else 0
+        if branches > limits.max_branches:
+            first = next(c for c in build.components if c.condition_paths)
+            problems.append(
+                CircuitProblem(
+                    op=_enclosing(first.condition_paths[0]),
+                    field="register",
+                    message=(
+                        f"the plan needs {branches:,} feed-forward branches up to the phase of this conditional "
+                        f"(2^bits read, per phase); the configured limit is {limits.max_branches:,}"
+                    ),
+                )
+            )
+            return
+
+
+def _slack(load_limits: dict[int, tuple[int, float]], clock_at: list[float]) -> float | None:
     """Least slack (ns) before any stored photon's deadline, with deadlines propagated backwards.
 
-    Each op's earliest time is its time in the shot (``clock_at``). A load's
-    latest time is its store's time plus the window less the margin; walking
-    the dependency graph backwards from the load, every op after the store
-    must end early enough for its successors to meet theirs. The walk stops at
-    the store, so it costs the ops inside storage windows, not the circuit.
+    A load's latest time is its store's time plus the window less the margin;
+    every op the load depends on must end early enough for it. Propagated
+    backwards through the dependency graph, an op's latest time is the load's
+    less the waits on the path between them, and its time in the shot
+    (``clock_at``) is the load's less *all* the waits between them: waits are
+    the only ops that take time, and ops are in time order. So no op has less
+    slack than the load itself, and the least slack is the loads' own, found
+    without walking the graph (a walk per load cost loads x waits between).
     """
-    best: float | None = None
-    for load, (store, limit) in load_limits.items():
-        latest = {load: clock_at[store] + limit}
-        stack = [load]
-        while stack:
-            i = stack.pop()
-            for p in predecessors[i]:
-                if p < store:
-                    continue
-                bound = latest[i] - durations.get(p, 0.0)
-                if bound < latest.get(p, math.inf):
-                    latest[p] = bound
-                    stack.append(p)
-        for i, bound in latest.items():
-            slack = bound - clock_at[i]
-            if best is None or slack < best:
-                best = slack
-    return best
+    return min(
+        (limit - (clock_at[load] - clock_at[store]) for load, (store, limit) in load_limits.items()), default=None
+    )
 
 
 def _components(contributions: list[tuple[int, Any, str | int, Any, int]], find: _Find) -> list[Component]:
@@ -921,13 +1132,16 @@ class _PhaseBuild:
     modes: int = 0
     slots: int = 0
     ff: int = 0
+    bits: int = 0
+    """Register bits its feed-forward reads: it plans 2^bits branches."""
 
-    def fits(self, c: Component, capacity: tuple[int, int, int]) -> bool:
-        modes, slots, ff = capacity
+    def fits(self, c: Component, capacity: tuple[int, int, int, int]) -> bool:
+        modes, slots, ff, bits = capacity
         return (
             self.modes + len(c.pass1) + len(c.pass2) <= modes
             and self.slots + len(c.loads) <= slots
             and self.ff + len(c.ff_modes) <= ff
+            and self.bits + c.ff_bits <= bits
         )
 
     def add(self, c: Component) -> None:
@@ -935,14 +1149,22 @@ class _PhaseBuild:
         self.modes += len(c.pass1) + len(c.pass2)
         self.slots += len(c.loads)
         self.ff += len(c.ff_modes)
+        self.bits += c.ff_bits
 
 
-def pack(components: list[Component], device: DeviceDescription, health: Health) -> list[_PhaseBuild]:
-    """Components into phases: first fit within each round, in circuit order (deterministic)."""
+def pack(components: list[Component], device: DeviceDescription, health: Health, limits: Limits) -> list[_PhaseBuild]:
+    """Components into phases: first fit within each round, in circuit order (deterministic).
+
+    A phase's feed-forward reads at most ``max_ff_bits`` (its branches are
+    every outcome of the bits its components read together). Packing stops
+    one phase past ``max_phases``: such a circuit is refused, and first fit
+    costs components times open phases.
+    """
     capacity = (
         device.modes - len(health.modes),
         device.memory.slots - len(health.slots),
         device.feedforward.phase_shifters,
+        limits.max_ff_bits,
     )
     phases: list[_PhaseBuild] = []
     open_in_round: list[_PhaseBuild] = []
@@ -952,6 +1174,8 @@ def pack(components: list[Component], device: DeviceDescription, health: Health)
             current_round, open_in_round = c.round, []
         target = next((p for p in open_in_round if p.fits(c, capacity)), None)
         if target is None:
+            if len(phases) > limits.max_phases:
+                break
             target = _PhaseBuild(round=c.round)
             open_in_round.append(target)
             phases.append(target)
@@ -985,7 +1209,7 @@ def _place(
 def build_phases(
     analysis: Analysis, circuit: Circuit, device: DeviceDescription, limits: Limits, health: Health
 ) -> list[Phase]:
-    builds = pack(analysis.components, device, health)
+    builds = analysis.builds if analysis.builds is not None else pack(analysis.components, device, health, limits)
     m = device.modes
     settle_s = device.heaters.settle_s * limits.settle_factor
     last_phase_of_mode: dict[int, int] = {}

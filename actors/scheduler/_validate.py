@@ -97,9 +97,12 @@ def plan_problems(plan: Plan, device: DeviceDescription, *, circuit_ops: list[st
             if len(phase.ff_modes) > device.feedforward.phase_shifters + len(columns):
                 problems.append(f"{where} reads too many feed-forward modes")
             patterns = [b.pattern for b in phase.branches]
-            expected = {format(i, f"0{len(phase.ff_modes)}b") for i in range(2 ** len(phase.ff_modes))}
-            if sorted(patterns) != sorted(expected):
-                problems.append(f"{where} plans {len(patterns)} branches for {2 ** len(phase.ff_modes)} outcomes")
+            bits = len(phase.ff_modes)
+            if len(patterns) != 2**bits:  # first: the outcomes are enumerated only if the plan lists them all
+                outcomes = f"{2**bits}" if bits < 64 else f"2^{bits}"
+                problems.append(f"{where} plans {len(patterns)} branches for {outcomes} outcomes")
+            elif sorted(patterns) != [format(i, f"0{bits}b") for i in range(2**bits)]:
+                problems.append(f"{where} plans branches that are not every outcome of its {bits} bits once")
             targets = {q for b in phase.branches for q in b.phases}
             if not targets <= pass2:
                 problems.append(f"{where} sets fast phases on modes that carry no loaded photon")
