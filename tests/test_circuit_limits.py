@@ -97,6 +97,20 @@ def test_too_many_ops_are_refused_before_they_are_parsed():
     assert peak_bytes(compile_circuit, circuit, DEVICE, limits=Limits(max_ops=100_000)) < 200_000
 
 
+@pytest.mark.parametrize(
+    ("limits", "problem"),
+    [
+        ({"max_modes": 0}, "limits.max_modes must be at least 1"),
+        ({"max_ff_bits": 17}, "at most 65,536 feed-forward branches in a phase"),
+        ({"max_phases": 100_000}, "at most 65,536 phases in a plan"),
+        ({"max_ops": 2**21}, "at most 1,048,576 operations in a phase"),
+    ],
+)
+def test_limits_that_would_allow_plans_the_protocol_cannot_carry_are_refused(limits, problem):
+    with pytest.raises(msgspec.ValidationError, match=problem):
+        msgspec.convert(limits, Limits)
+
+
 def test_the_problems_listed_are_bounded_and_the_rest_counted():
     found = refused({"modes": 1, "ops": [ps(5)] * 1000})
     assert len(found) == 101
@@ -221,6 +235,31 @@ def test_a_plan_claiming_feed_forward_on_many_modes_is_checked_without_enumerati
     )
     found = plan_problems(forged, DEVICE)
     assert any("plans 1 branches for 2^64 outcomes" in p for p in found)
+
+
+@pytest.mark.parametrize(
+    ("ops", "problem"),
+    [
+        (["0-999999999999"], "names more than 10,000,000 operations"),
+        (["a-b"], "not an op path"),
+        (["1-2-3"], "not an op path"),
+        (["5-2"], "not an op path"),
+    ],
+)
+def test_a_plan_naming_absurd_op_ranges_is_checked_without_listing_them(ops, problem):
+    """Plans come from clients too (sched.submit_procedure): their op ranges are sizes they chose."""
+    plan = compile_circuit(CircuitBuilder(1).input(0).measure([0], "c").build(), DEVICE)
+    phase = msgspec.structs.replace(plan.phases[0])
+    msgspec.structs.force_setattr(phase, "ops", ops)  # past the schema's own checks: validate_plan stands alone
+    forged = msgspec.structs.replace(plan, phases=[phase])
+    tracemalloc.start()
+    try:
+        found = plan_problems(forged, DEVICE)
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert any(problem in p for p in found), found
+    assert peak < 1_000_000
 
 
 def test_the_dependency_graph_stays_linear_with_many_photons_in_memory_and_many_waits():

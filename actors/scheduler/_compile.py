@@ -54,10 +54,21 @@ from protocol.circuit import (
     number_text,
     parse_ops,
 )
-from protocol.hal import InputSetting, MemorySlot
+from protocol.hal import MAX_RULES, InputSetting, MemorySlot
 from protocol.mesh import clements_many, embed_phases, mzi
 from protocol.photonica import DeviceDescription
-from protocol.plan import Branch, Deadline, Phase, Placement, Plan, PlanMetrics, RegisterRead, Resources
+from protocol.plan import (
+    MAX_PHASES,
+    MAX_PLAN_OPS,
+    Branch,
+    Deadline,
+    Phase,
+    Placement,
+    Plan,
+    PlanMetrics,
+    RegisterRead,
+    Resources,
+)
 
 UNITARY_TOLERANCE = 1e-8
 
@@ -106,6 +117,14 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         for name in Limits.__struct_fields__:
             if name.startswith("max_") and not getattr(self, name) >= 1:
                 raise ValueError(f"limits.{name} must be at least 1, got {getattr(self, name)}")
+        # A plan the protocol would refuse to carry must be refused as a circuit instead.
+        for name, value, most, what in (
+            ("max_ff_bits", 2**self.max_ff_bits, MAX_RULES, "feed-forward branches in a phase"),
+            ("max_phases", self.max_phases, MAX_PHASES, "phases in a plan"),
+            ("max_ops", self.max_ops, MAX_PLAN_OPS, "operations in a phase"),
+        ):
+            if value > most:
+                raise ValueError(f"limits.{name} allows plans the protocol cannot carry: at most {most:,} {what}")
 
 
 @dataclass(frozen=True)

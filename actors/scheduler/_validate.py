@@ -7,11 +7,15 @@ the executor may check what it is given.
 from __future__ import annotations
 
 import math
+import re
 
 from protocol import AwenError, ErrorCode
-from protocol.circuit import expand_paths
+from protocol.circuit import clip, expand_paths
 from protocol.photonica import DeviceDescription
 from protocol.plan import Plan
+
+SHOWN_PROBLEMS = 20
+"""Broken invariants a refusal spells out (a submitted plan is a client's: it may break millions)."""
 
 
 class PlanInvalid(AwenError):
@@ -21,7 +25,9 @@ class PlanInvalid(AwenError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__(f"the plan breaks {len(problems)} invariant(s): " + "; ".join(problems))
+        shown = "; ".join(problems[:SHOWN_PROBLEMS])
+        more = f"; and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
+        super().__init__(f"the plan breaks {len(problems)} invariant(s): {shown}{more}")
 
 
 def plan_problems(plan: Plan, device: DeviceDescription, *, circuit_ops: list[str] | None = None) -> list[str]:
@@ -39,6 +45,7 @@ def plan_problems(plan: Plan, device: DeviceDescription, *, circuit_ops: list[st
     m = device.modes
     window_ns = device.memory.max_rounds * device.memory.loop_s * 1e9
     seen_ops: dict[str, int] = {}
+    listed = 0
     for position, phase in enumerate(plan.phases):
         where = f"phase {phase.index}"
         if phase.index != position:
@@ -70,10 +77,12 @@ def plan_problems(plan: Plan, device: DeviceDescription, *, circuit_ops: list[st
         for r in phase.registers:
             for c in r.columns:
                 if not 0 <= c < phase.width:
-                    problems.append(f"{where} reads column {c} of a {phase.width}-column pattern into {r.name!r}")
+                    problems.append(f"{where} reads column {c} of a {phase.width}-column pattern into {clip(r.name)!r}")
                 mode = c - m if c >= m else c
                 if mode not in (pass2 if c >= m else pass1):
-                    problems.append(f"{where} reads register {r.name!r} from a mode it did not place in that pass")
+                    problems.append(
+                        f"{where} reads register {clip(r.name)!r} from a mode it did not place in that pass"
+                    )
         slots = [s.slot for s in phase.memory]
         if len(set(slots)) != len(slots):
             problems.append(f"{where} uses delay line {slots[0]} twice")
@@ -92,7 +101,8 @@ def plan_problems(plan: Plan, device: DeviceDescription, *, circuit_ops: list[st
             problems.append(f"{where} has a second pass but {phase.width}-column patterns")
         for d in phase.deadlines:
             if d.stored_ns > d.limit_ns or d.limit_ns > window_ns or d.slack_ns < 0:
-                problems.append(f"{where}: the photon in slot {d.slot!r} misses its deadline by {-d.slack_ns:g} ns")
+                late = -d.slack_ns
+                problems.append(f"{where}: the photon in slot {clip(d.slot)!r} misses its deadline by {late:g} ns")
         if phase.ff_modes:
             if len(phase.ff_modes) > device.feedforward.phase_shifters + len(columns):
                 problems.append(f"{where} reads too many feed-forward modes")
@@ -122,6 +132,14 @@ def plan_problems(plan: Plan, device: DeviceDescription, *, circuit_ops: list[st
             problems.append(f"{where} has branches but no feed-forward modes")
         if phase.shots < 1 or phase.duration_s <= 0:
             problems.append(f"{where} has {phase.shots} shots and a duration of {phase.duration_s} s")
+        named = _named_ops(phase.ops)
+        if isinstance(named, str):
+            problems.append(f"{where} {named}")
+            continue
+        listed += named
+        if listed > MAX_PLAN_OPS:
+            problems.append(f"{where}: the plan names more than {MAX_PLAN_OPS:,} operations")
+            break
         for op in expand_paths(phase.ops):
             if op in seen_ops:
                 problems.append(f"op {op} is carried out by phases {seen_ops[op]} and {phase.index}")
@@ -134,6 +152,32 @@ def plan_problems(plan: Plan, device: DeviceDescription, *, circuit_ops: list[st
     if not math.isclose(total, plan.metrics.total_duration_s, rel_tol=1e-9):
         problems.append(f"the metrics say {plan.metrics.total_duration_s} s, the phases add up to {total} s")
     return problems
+
+
+MAX_PLAN_OPS = 10_000_000
+"""Operations a plan may name: its op ranges ("0-99") are listed one by one only within this."""
+
+_PATH = re.compile(r"\d+(\.ops\.\d+)*")
+
+
+def _named_ops(paths: list[str]) -> int | str:
+    """How many operations ``paths`` name (a range ``a-b`` names b - a + 1), or what is wrong with one.
+
+    Counted before `expand_paths` lists them: a plan submitted as a procedure
+    is a client's, and ``"0-999999999999"`` would list a trillion strings.
+    """
+    count = 0
+    for p in paths:
+        first, dash, last = p.partition("-")
+        if dash:
+            if not (first.isdigit() and last.isdigit() and len(last) < 19 and int(first) <= int(last)):
+                return f"names {clip(p)!r}: not an op path or a range a-b of them"
+            count += int(last) - int(first) + 1
+        elif _PATH.fullmatch(p):
+            count += 1
+        else:
+            return f"names {clip(p)!r}: not an op path or a range a-b of them"
+    return count
 
 
 def validate_plan(plan: Plan, device: DeviceDescription, *, circuit_ops: list[str] | None = None) -> None:
