@@ -482,7 +482,7 @@ class Export(Request[Exported], frozen=True, kw_only=True):
     REPLY = Exported
     job: JobId
     format: Literal["npz", "json"] = "npz"
-    path: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
+    path: Annotated[str, msgspec.Meta(min_length=1, max_length=4096, pattern="^[^\x00]*$")] | None = None
 
 
 # --- calibrations -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ circuit's order); independent phases may be reordered by a dynamic strategy.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 import msgspec
@@ -42,6 +43,9 @@ MAX_PLAN_OPS = 2**20
 
 MAX_REGISTERS = 1024
 """The most registers a phase may read."""
+
+_OP_PATH = re.compile(r"(0|[1-9][0-9]{0,9})(?:-(0|[1-9][0-9]{0,9})|(?:\.ops\.(?:0|[1-9][0-9]{0,9}))*)")
+"""An op's index path as a plan lists it: ``3``, a run of top-level ops ``0-5``, or a nested op ``2.ops.1``."""
 
 Modes = Annotated[list[Mode], msgspec.Meta(max_length=MAX_MODES)]
 Columns = Annotated[list[Column], msgspec.Meta(max_length=2 * MAX_MODES)]
@@ -128,6 +132,21 @@ class Phase(_S, frozen=True, kw_only=True):
     duration_s: Seconds
     """Expected: settling, shots at the device's rate, and readout."""
     deadlines: Annotated[list[Deadline], msgspec.Meta(max_length=MAX_SLOTS)]
+
+    def __post_init__(self) -> None:
+        # Checked while decoding (msgspec makes this a validation error): a run "0-99999999999"
+        # must not reach whoever expands it.
+        count = 0
+        for path in self.ops:
+            match = _OP_PATH.fullmatch(path)
+            if match is None:
+                raise ValueError(f"op path {path[:40]!r} is not an index path such as '3', '0-5' or '2.ops.1'")
+            first, last = match.group(1), match.group(2)
+            if last is not None and int(last) < int(first):
+                raise ValueError(f"op path {path!r} is a run that ends before it starts")
+            count += 1 if last is None else int(last) - int(first) + 1
+        if count > MAX_PLAN_OPS:
+            raise ValueError(f"the phase lists {count} ops; the limit is {MAX_PLAN_OPS}")
 
 
 class PlanMetrics(_S, frozen=True, kw_only=True):

@@ -119,6 +119,7 @@ def frame(msg_type: str, body: dict[str, Any]) -> bytes:
         ("sched.next_job", {"executor": "e", "wait_s": float("inf")}, "body.wait_s"),
         ("sched.report_health", {"device": "d", "modes": list(range(100_000))}, "body.modes"),
         ("cal.calibrate", {"points": 2**63}, "body.points"),
+        ("mem.export", {"job": "j", "path": "exports/a\x00b"}, "body.path"),
     ],
 )
 def test_values_past_a_fields_range_are_refused_as_invalid_before_any_handler(msg_type, body, field):
@@ -129,3 +130,58 @@ def test_values_past_a_fields_range_are_refused_as_invalid_before_any_handler(ms
         assert caught.value.field == field
     else:
         assert caught.value.field.startswith("body.")
+
+
+def plan_with_ops(ops: list[str]) -> dict[str, Any]:
+    phase = {
+        "index": 0,
+        "round": 0,
+        "ops": ops,
+        "depends_on": [],
+        "mesh_phases": [],
+        "inputs": [],
+        "memory": [],
+        "ff_modes": [],
+        "branches": [],
+        "registers": [],
+        "placement": [],
+        "resources": {"modes": [], "detectors": [], "slots": [], "ff_shifters": 0},
+        "shots": 1,
+        "width": 4,
+        "settle_s": 0.0,
+        "duration_s": 0.0,
+        "deadlines": [],
+    }
+    metrics = {"total_duration_s": 0.0, "phases": 1, "ops": 1, "min_slack_ns": None, "compile_s": 0.0}
+    return {
+        "id": "p",
+        "circuit": "c",
+        "device": "chip",
+        "identity": "sim",
+        "calibration": None,
+        "strategy": "static",
+        "modes": 2,
+        "phases": [phase],
+        "metrics": {**metrics, "reconfigurations": 0},
+    }
+
+
+@pytest.mark.parametrize(
+    ("ops", "ok"),
+    [
+        (["0", "1-3", "4.ops.0", "12.ops.3"], True),
+        (["../../etc"], False),
+        (["0-99999999999"], False),  # a run expanded by whoever reads the plan: a billion ops
+        (["0-1048576"], False),
+        (["5-2"], False),
+        (["01"], False),
+        (["1-2-3"], False),
+    ],
+)
+def test_a_plans_op_paths_are_index_paths_and_their_runs_are_bounded(ops, ok):
+    body = {"job": "j", "plan": plan_with_ops(ops)}
+    if ok:
+        assert codec.decode(frame("sched.submit_procedure", body)).body.plan.phases[0].ops == ops
+    else:
+        with pytest.raises(InvalidMessage, match=r"body\.plan\.phases"):
+            codec.decode(frame("sched.submit_procedure", body))
