@@ -233,8 +233,11 @@ class ManagedDevice:
         v_config = per_heater(config.v_max, count, what="v_max")
         p_config = per_heater(config.power_max_w, count, what="power_max_w")
         resistance = np.array(heaters.resistance_ohm, dtype=np.float64)
-        p_device = getattr(heaters, "power_max_w", None)
-        power_max = np.minimum(p_config, np.array(p_device, dtype=np.float64) if p_device is not None else np.inf)
+        # The device holds each heater to its power with the true resistance, the HAL knows the nominal one:
+        # the same margin as for the total keeps the HAL's refusals ahead of the device's.
+        p_device = heaters.power_max_w
+        margin = 1 - config.power_margin
+        power_max = np.minimum(p_config, np.array(p_device, dtype=np.float64) * margin if p_device else np.inf)
         limits = np.minimum(np.array(heaters.v_max, dtype=np.float64), v_config)
         self.limits = np.minimum(limits, np.sqrt(power_max * resistance))
         self.heater_power_max = power_max
