@@ -27,10 +27,15 @@ import msgspec
 import numpy as np
 
 from ._errors import AwenError, ErrorCode
+from ._message import FLOAT_MAX, Finite, NonNegative, Priority, Text, Timestamp
 
-Mode = Annotated[int, msgspec.Meta(ge=0)]
+# Every number has a range and every string a length, as everywhere in the protocol: integers
+# fit 64 bits, floats are finite. The sizes a scheduler accepts (modes, ops, shots, ...) are its
+# configured limits, checked by the compiler (docs/circuits.md, "Limits").
+Mode = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]
-Angle = float
+Angle = Finite
+Size = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 
 
 class _Op(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="op"):
@@ -42,7 +47,7 @@ class Input(_Op, frozen=True, kw_only=True, tag="input"):
 
     mode: Mode
     state: Literal["photon", "coherent", "vacuum"] = "photon"
-    power_w: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    power_w: NonNegative = 0.0
     phase: Angle = 0.0
 
 
@@ -73,8 +78,8 @@ class UnitaryOp(_Op, frozen=True, kw_only=True, tag="unitary"):
     """An arbitrary unitary on the listed modes: real parts ``re`` and imaginary parts ``im`` (default 0)."""
 
     modes: list[Mode]
-    re: list[list[float]]
-    im: list[list[float]] = msgspec.field(default_factory=list)
+    re: list[list[Finite]]
+    im: list[list[Finite]] = msgspec.field(default_factory=list)
 
     def matrix(self) -> np.ndarray:
         re = np.asarray(self.re, dtype=np.float64)
@@ -99,7 +104,7 @@ class Load(_Op, frozen=True, kw_only=True, tag="load"):
 class Wait(_Op, frozen=True, kw_only=True, tag="wait"):
     """Let time pass (nanoseconds): what a stored photon spends in its delay line."""
 
-    ns: Annotated[float, msgspec.Meta(gt=0)]
+    ns: Annotated[float, msgspec.Meta(gt=0, le=FLOAT_MAX)]
 
 
 class Measure(_Op, frozen=True, kw_only=True, tag="measure"):
@@ -113,7 +118,7 @@ class If(_Op, frozen=True, kw_only=True, tag="if"):
     """Run ``ops`` only in shots where register ``register`` reads ``equals`` (feed-forward)."""
 
     register: Name
-    equals: Annotated[int, msgspec.Meta(ge=0)]
+    equals: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
     ops: list[Any]
 
 
@@ -134,8 +139,8 @@ class RunMode(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     """
 
     mode: Literal["finite", "cyclic", "continuous"] = "finite"
-    period_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
-    cycles: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    period_s: NonNegative = 0.0
+    cycles: Size | None = None
 
 
 class Circuit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -150,12 +155,12 @@ class Circuit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         run: Finite (default), cyclic or continuous (`RunMode`).
     """
 
-    modes: Annotated[int, msgspec.Meta(ge=1)]
-    shots: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    modes: Size
+    shots: Size = 1000
     ops: list[Any] = msgspec.field(default_factory=list)
-    priority: int = 0
-    deadline: float | None = None
-    name: str = ""
+    priority: Priority = 0
+    deadline: Timestamp | None = None
+    name: Text = ""
     run: RunMode = msgspec.field(default_factory=RunMode)
 
 
@@ -192,6 +197,7 @@ class CircuitError(AwenError):
 _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>.*)`$", re.DOTALL)
 _INDEX = re.compile(r"\[\d+\]")
+_FINITE = re.compile(r"`float` [<>]=? -?1\.7976931348623157e\+308")
 QUOTE_CHARS = 64
 """The most of a client's string (an unknown key, an op name) a problem quotes."""
 
@@ -252,6 +258,7 @@ def _validation_problem(op: str | None, error: msgspec.ValidationError) -> Circu
     at = _AT.search(text)
     path = at.group("path").lstrip(".") if at else ""
     message = text[: at.start()] if at else text
+    message = _FINITE.sub("a finite number", message)
     named = _NAMED.match(message)
     if named:
         name = clip(named.group("name"))

@@ -65,7 +65,7 @@ def peak_bytes(fn: Any, *args: Any, **kwargs: Any) -> int:
 # --- the header and the op count, before anything else --------------------------------------------
 
 
-@pytest.mark.parametrize("modes", [2**31, 2**63 - 1, 10**40])
+@pytest.mark.parametrize("modes", [2**31, 2**63 - 1])
 def test_an_absurd_number_of_modes_is_refused_with_little_memory(modes):
     """sched.validate with 2^31 modes grew the scheduler by 700 MB a second: per-mode state came first."""
     circuit = msgspec.convert({"modes": modes, "ops": [inp(0), measure([0], "c")]}, Circuit)
@@ -128,8 +128,12 @@ def rounds(n: int) -> list[dict]:
 
 LIMITS: list[tuple[str, dict[str, Any], dict[str, Any], tuple[str | None, str | None, str]]] = [
     ("name", {"name": "x" * 300}, {}, (None, "name", "300 characters")),
-    ("deadline", {"deadline": math.inf}, {}, (None, "deadline", "not a finite")),
-    ("period", {"run": {"mode": "cyclic", "period_s": math.inf}}, {}, (None, "run.period_s", "not a finite")),
+    ("modes beyond 64 bits", {"modes": 10**40}, {}, (None, "modes", "Expected `int` <= 9223372036854775807")),
+    ("priority", {"priority": 2**40}, {}, (None, "priority", "Expected `int` <= 2147483647")),
+    ("deadline", {"deadline": math.inf}, {}, (None, "deadline", "Expected a finite number")),
+    ("period", {"run": {"mode": "cyclic", "period_s": math.inf}}, {}, (None, "run.period_s", "a finite number")),
+    ("cycles", {"run": {"mode": "cyclic", "cycles": 2**64}}, {}, (None, "run.cycles", "<= 9223372036854775807")),
+    ("a long name", {"name": "x" * 70_000}, {}, (None, "name", "Expected `str` of length <= 65536")),
     (
         "a register",
         {"ops": [inp(0), inp(1), inp(2), measure([0, 1, 2], "c")]},
@@ -157,19 +161,20 @@ LIMITS: list[tuple[str, dict[str, Any], dict[str, Any], tuple[str | None, str | 
         "nan in a matrix",
         {"ops": [{"op": "unitary", "modes": [0], "re": [[math.nan]]}]},
         {},
-        ("0", "re", "not a finite"),
+        ("0", "re", "a finite number"),
     ),
-    ("theta", {"ops": [inp(0), inp(1), {**bs(0, 1), "theta": math.inf}]}, {}, ("2", "theta", "not a finite")),
-    ("phi", {"ops": [inp(0), ps(0, math.nan)]}, {}, ("1", "phi", "not a finite")),
-    ("phase", {"ops": [inp(0, state="coherent", phase=math.inf)]}, {}, ("0", "phase", "not a finite")),
-    ("power", {"ops": [inp(0, state="vacuum", power_w=math.inf)]}, {}, ("0", "power_w", "not a finite")),
+    ("theta", {"ops": [inp(0), inp(1), {**bs(0, 1), "theta": math.inf}]}, {}, ("2", "theta", "a finite number")),
+    ("phi", {"ops": [inp(0), ps(0, math.nan)]}, {}, ("1", "phi", "a finite number")),
+    ("phase", {"ops": [inp(0, state="coherent", phase=math.inf)]}, {}, ("0", "phase", "a finite number")),
+    ("power", {"ops": [inp(0, state="vacuum", power_w=math.inf)]}, {}, ("0", "power_w", "a finite number")),
     ("a long wait", {"ops": [wait(2e9)]}, {}, ("0", "ns", "more than the configured limit of 1e+09 ns")),
-    ("an endless wait", {"ops": [wait(math.inf)]}, {}, ("0", "ns", "not a finite")),
+    ("an endless wait", {"ops": [wait(math.inf)]}, {}, ("0", "ns", "a finite number")),
     ("rounds", {"modes": 1, "ops": rounds(5)}, {"max_phases": 3}, ("6", "mode", "round 4")),
     ("nested if", {"ops": [inp(0), measure([0], "c"), ff("c", 1, ff("c", 0, ps(0)))]}, {}, ("2.ops.0", "op", "nested")),
-    ("a huge mode", {"ops": [{"op": "ps", "mode": 10**5000, "phi": 0}]}, {}, ("0", "mode", "10^5000")),
-    ("a huge input", {"ops": [inp(10**5000)]}, {}, ("0", "mode", "")),  # msgspec may refuse to read it at all
-    ("a huge equals", {"ops": [inp(0), measure([0], "c"), ff("c", 10**5000)]}, {}, ("2", "equals", "10^5000")),
+    ("a mode beyond 31 bits", {"ops": [ps(2**40)]}, {}, ("0", "mode", "Expected `int` <= 2147483647")),
+    ("a huge mode", {"ops": [{"op": "ps", "mode": 10**5000, "phi": 0}]}, {}, ("0", "mode", "")),
+    ("a huge input", {"ops": [inp(10**5000)]}, {}, ("0", "mode", "")),  # msgspec may not even read it
+    ("a huge equals", {"ops": [inp(0), measure([0], "c"), ff("c", 10**5000)]}, {}, ("2", "equals", "")),
 ]
 
 

@@ -416,16 +416,6 @@ def _modes_of(op: Op) -> list[int]:
     return []
 
 
-_NUMBERS: dict[type, tuple[str, ...]] = {
-    Input: ("power_w", "phase"),
-    PhaseShift: ("phi",),
-    BeamSplitter: ("theta", "phi"),
-    MziOp: ("theta", "phi"),
-    Wait: ("ns",),
-}
-"""The numbers of each op that must be finite (JSON cannot say inf or NaN; MessagePack and Python can)."""
-
-
 def _count_ops(raw: list[Any]) -> int:
     """Ops as sent, conditionals' bodies included, counted without building anything.
 
@@ -448,7 +438,10 @@ def _few(items: Any, at_most: int = 8) -> str:
 
 
 def _matrix_problem(op: UnitaryOp, device_modes: int) -> tuple[str, str] | None:
-    """What is wrong with a unitary's size or numbers, checked on the lists before any array is made."""
+    """What is wrong with a unitary's size, checked on the lists before any array is made.
+
+    Its numbers are finite already (`protocol.circuit.Finite`, checked as it was read).
+    """
     k = len(op.modes)
     if k > device_modes:
         return "modes", f"a unitary on {k} modes: the device has {device_modes}, so no shot can hold it"
@@ -458,8 +451,6 @@ def _matrix_problem(op: UnitaryOp, device_modes: int) -> tuple[str, str] | None:
         if len(rows) != k or any(len(row) != k for row in rows):
             lengths = _few(sorted({len(row) for row in rows}))
             return key, f"the matrix must be {k}x{k} for {k} modes; `{key}` has {len(rows)} rows of {lengths} entries"
-        if not all(math.isfinite(x) for row in rows for x in row):
-            return key, f"`{key}` holds a number that is not a finite number"
     return None
 
 
@@ -486,10 +477,6 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
         )
     if len(circuit.name) > limits.max_name_chars:
         problem(None, "name", f"the name has {len(circuit.name):,} characters; the limit is {limits.max_name_chars}")
-    if circuit.deadline is not None and not math.isfinite(circuit.deadline):
-        problem(None, "deadline", f"the deadline is {circuit.deadline}: not a finite unix time")
-    if not math.isfinite(circuit.run.period_s):
-        problem(None, "run.period_s", f"the period is {circuit.run.period_s} s: not a finite number")
     count = _count_ops(circuit.ops)
     if count > limits.max_ops:
         problem(
@@ -572,8 +559,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
         if cond is None and (kind is BeamSplitter or kind is MziOp or kind is PhaseShift):
             if kind is PhaseShift:
                 a = op.mode  # type: ignore[union-attr]
-                phi = op.phi  # type: ignore[union-attr]
-                if a < n_modes and (state[a] == "p1" or state[a] == "p2") and phi - phi == 0:  # 0: finite
+                if a < n_modes and (state[a] == "p1" or state[a] == "p2"):
                     before = last_on.get(a)
                     last_on[a] = index
                     predecessors.append([] if before is None else [before])
@@ -585,8 +571,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                     continue
             else:
                 a, b = op.modes  # type: ignore[union-attr]
-                finite = op.theta - op.theta == 0 and op.phi - op.phi == 0  # type: ignore[union-attr]
-                if a != b and a < n_modes and b < n_modes and finite:
+                if a != b and a < n_modes and b < n_modes:
                     sa = state[a]
                     if sa == state[b] and (sa == "p1" or sa == "p2"):
                         pa, pb = last_on.get(a), last_on.get(b)
@@ -646,10 +631,6 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
             continue
         if len(set(modes)) != len(modes):
             problem(path, "modes", f"the modes {_few(modes)} repeat: an operation acts on distinct modes")
-            continue
-        infinite = next((k for k in _NUMBERS.get(type(op), ()) if not math.isfinite(getattr(op, k))), None)
-        if infinite is not None:
-            problem(path, infinite, f"{infinite} is {getattr(op, infinite)}: not a finite number")
             continue
         if cond is not None and not isinstance(op, PhaseShift):
             problem(
