@@ -302,7 +302,7 @@ def _convert_op(raw: Any, path: str, problems: list[CircuitProblem], *, in_block
         problems.append(CircuitProblem(op=path, field=None, message=f"an op is an object, got {type(raw).__name__}"))
         return None
     kind = raw.get("op")
-    if kind not in OP_NAMES:
+    if type(kind) is not str or kind not in OP_NAMES:  # compared only as a str: a numpy array compares elementwise
         known = ", ".join(OP_NAMES)
         what = repr(clip(kind)) if isinstance(kind, str) else f"of type {type(kind).__name__}"
         problems.append(CircuitProblem(op=path, field="op", message=f"unknown op {what} (known: {known})"))
@@ -335,6 +335,8 @@ def _convert_all(raw: list[Any], problems: list[CircuitProblem]) -> list[Op | No
     own body is read, so a circuit nested a million levels deep costs what its
     first two levels cost.
     """
+    if not all(type(item) is dict for item in raw):  # msgspec reads the tag of a non-dict as it can (numpy: IndexError)
+        return [_convert_op(item, str(i), problems) for i, item in enumerate(raw)]
     try:  # one call for the whole list: per-op calls cost ~50x more (msgspec sets up the union each time)
         ops: list[Op | None] = list(msgspec.convert(raw, _OPS))
     except (msgspec.ValidationError, *_UNREADABLE):
@@ -342,14 +344,21 @@ def _convert_all(raw: list[Any], problems: list[CircuitProblem]) -> list[Op | No
     blocks = [i for i, op in enumerate(ops) if type(op) is If]
     if not blocks:
         return ops
-    try:  # every conditional's body in one call too
-        typed: list[list[Op]] = msgspec.convert([ops[i].ops for i in blocks], _BODIES)  # type: ignore[union-attr]
-        bodies: list[list[Op | None]] = [[*body] for body in typed]
-    except (msgspec.ValidationError, *_UNREADABLE):
-        bodies = [
-            [_convert_op(o, f"{i}.ops.{j}", problems, in_block=True) for j, o in enumerate(ops[i].ops)]  # type: ignore[union-attr]
-            for i in blocks
+    raw_bodies: list[list[Any]] = [ops[i].ops for i in blocks]  # type: ignore[union-attr]
+    typed: list[list[Op]] | None = None
+    if all(type(item) is dict for body in raw_bodies for item in body):  # every conditional's body in one call
+        try:
+            typed = msgspec.convert(raw_bodies, _BODIES)
+        except (msgspec.ValidationError, *_UNREADABLE):
+            typed = None
+    bodies: list[list[Op | None]] = (
+        [[*body] for body in typed]
+        if typed is not None
+        else [
+            [_convert_op(o, f"{i}.ops.{j}", problems, in_block=True) for j, o in enumerate(body)]
+            for i, body in zip(blocks, raw_bodies, strict=True)
         ]
+    )
     for i, body in zip(blocks, bodies, strict=True):
         block = ops[i]
         assert isinstance(block, If)
@@ -376,6 +385,12 @@ def parse_ops(
 
 def parse_circuit(data: Any) -> Circuit:
     """A circuit from a decoded JSON document; `CircuitError` with every format problem."""
+    if type(data) is not dict:  # msgspec looks into other objects as it can (a numpy array: IndexError)
+        message = f"a circuit is an object, got {type(data).__name__}"
+        raise CircuitError([CircuitProblem(op=None, field=None, message=message)])
+    if "run" in data and type(data["run"]) is not dict:  # the same, for the header's one object
+        message = f"Expected `object`, got `{type(data['run']).__name__}`"
+        raise CircuitError([CircuitProblem(op=None, field="run", message=message)])
     try:
         circuit = msgspec.convert(data, Circuit)
     except msgspec.ValidationError as exc:
@@ -483,6 +498,9 @@ def circuit_hash(circuit: Circuit) -> str:
         raise CircuitError([CircuitProblem(op=None, field="ops", message=message)]) from None
     except OverflowError:
         raise CircuitError([_too_large(None, {"modes": circuit.modes, "shots": circuit.shots})]) from None
+    except TypeError as exc:  # a numpy array the codec decoded among the ops: no op holds one
+        message = f"the ops hold a value JSON cannot write ({clip(str(exc))}): an op holds numbers, strings, lists"
+        raise CircuitError([CircuitProblem(op=None, field="ops", message=message)]) from None
     return hashlib.blake2b(body, digest_size=16).hexdigest()
 
 

@@ -423,7 +423,7 @@ def _count_ops(raw: list[Any]) -> int:
     """
     count = len(raw)
     for op in raw:
-        if type(op) is dict and op.get("op") == "if":
+        if type(op) is dict and type(op.get("op")) is str and op["op"] == "if":
             body = op.get("ops")
             if type(body) is list:
                 count += len(body)
