@@ -56,7 +56,10 @@ _MEANINGS = {
     ErrorCode.INVALID: "A field is missing, has the wrong type or an out-of-range value.",
     ErrorCode.UNKNOWN_TYPE: "The envelope names a message type this build of awen does not know.",
     ErrorCode.UNSUPPORTED_VERSION: "The envelope's protocol version is not one this build speaks.",
-    ErrorCode.TOO_LARGE: "The frame is longer than the receiver's configured limit.",
+    ErrorCode.TOO_LARGE: (
+        "The frame is longer than the receiver's configured limit, nests deeper or declares more items than "
+        "the protocol allows, or the reply would be longer than the frame limit."
+    ),
     ErrorCode.NO_HANDLER: "The recipient knows the type but does not handle it.",
     ErrorCode.WRONG_RECIPIENT: "The envelope's `to` names a different actor than the one that got it.",
     ErrorCode.HANDLER_FAILED: "The handler raised an unexpected exception (a bug; the log has the traceback).",
