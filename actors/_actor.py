@@ -697,7 +697,9 @@ class Actor:
                 # that request fails now, with the reason, rather than at its timeout.
                 pending = self._pending.get(exc.reply_to)
                 if pending is not None and not pending.done.is_set():
-                    pending.error = exc
+                    pending.error = RemoteError(
+                        exc.code, f"its reply could not be read: {exc.message}", field=exc.field, peer=pending.peer
+                    )
                     pending.done.set()
             return None
 
