@@ -31,6 +31,7 @@ the measurements.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,6 +52,10 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 RECV_BATCH = 256
 """Messages one pump call takes before it yields to other tasks."""
+
+PUMP_BUDGET_S = 0.02
+"""Seconds one pump call may spend taking messages before it yields, whatever their number: a burst of
+frames that are each slow to take (large, or hostile) must not keep heartbeats and replies from running."""
 
 
 def close_socket(sock: zmq.Socket[Any], *, linger_ms: int = 0) -> None:
@@ -210,6 +215,7 @@ class ZmqSocket:
         try:
             sock = self.sock
             outbox = self._outbox
+            deadline = time.monotonic() + PUMP_BUDGET_S
             for _ in range(RECV_BATCH):
                 if outbox:
                     self._flush(sock, outbox)
@@ -230,6 +236,8 @@ class ZmqSocket:
                         continue
                     self.received += 1
                     self._on_recv(frames)  # type: ignore[misc]
+                    if time.monotonic() > deadline:
+                        return True  # the owner comes round after a checkpoint
                 elif outbox and events & _POLLOUT:
                     continue
                 else:

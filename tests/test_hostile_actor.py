@@ -4,6 +4,7 @@ the actor keeps serving, and what it logs stays short."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 import trio
 import zmq
 
-from actors import Actor, Address, Directory, RemoteError, Runtime, RuntimeOptions, handles
+from actors import Actor, Address, Directory, RemoteError, Runtime, RuntimeOptions, ZmqSocket, handles
 from actors._logging import MAX_LOG_RECORD, configure_logging
 from protocol import MAX_ERROR_TEXT, Codec, ErrorCode, make_envelope
 from protocol.system import MAX_ERROR_MESSAGE, Ping
@@ -225,3 +226,44 @@ def test_log_records_are_cut_to_a_bounded_length(capsys):
     assert max(len(line) for line in lines) <= MAX_LOG_RECORD
     assert sum(len(line) for line in lines) <= 3 * MAX_LOG_RECORD
     assert any("ValueError" in line for line in lines)  # the end of a traceback is kept: it names the error
+
+
+async def test_a_burst_of_frames_slow_to_take_does_not_starve_the_other_tasks():
+    # 40 frames of 10 ms each arrive at once: taking them all in one pump would hold the
+    # event loop for 400 ms (a flood of large frames, each decoded in turn, for seconds,
+    # long enough for the heartbeats to stop and the supervisor to kill the actor as hung).
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.bind("inproc://slow")
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect("inproc://slow")
+    taken = 0
+
+    def slow(frames: list[bytes]) -> None:
+        nonlocal taken
+        time.sleep(0.01)
+        taken += 1
+
+    owner = ZmqSocket(router, name="router", on_recv=slow)
+    gaps: list[float] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(owner.run)
+            for i in range(40):
+                dealer.send(b"%d" % i)
+
+            async def tick() -> None:
+                last = time.monotonic()
+                while taken < 40:
+                    await trio.lowlevel.checkpoint()
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+
+            with trio.fail_after(10):
+                await tick()
+            nursery.cancel_scope.cancel()
+    finally:
+        dealer.close(linger=0)
+        context.destroy(linger=0)
+    assert max(gaps) < 0.2, f"the event loop was held for {max(gaps):.3f} s"
