@@ -356,6 +356,21 @@ def test_deep_prefixes_before_random_bytes_raise_only_protocol_errors(tail, dept
     only_protocol_errors(level * depth + tail)
 
 
+SIZED = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xC7: 1, 0xC8: 2, 0xC9: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}
+SIZED |= {0xDC: 2, 0xDD: 4, 0xDE: 2, 0xDF: 4}
+"""bin, ext, str, array and map headers that declare a size, and the width of the size."""
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(sorted(SIZED)), st.integers(0, 2**32 - 1), st.binary(max_size=64))
+def test_declared_sizes_that_lie_raise_only_protocol_errors(lead, size, tail):
+    width = SIZED[lead]
+    header = bytes([lead]) + (size % 2 ** (8 * width)).to_bytes(width, "big")
+    only_protocol_errors(ping_with(header + tail))
+    only_protocol_errors(frame_with_body(header + tail))
+    only_protocol_errors(header + tail)
+
+
 def test_a_frame_whose_decoding_fails_unexpectedly_still_raises_a_protocol_error(monkeypatch):
     broken = Codec(CATALOG)
 
