@@ -93,6 +93,8 @@ class ManagedDevice:
         voltage limits, and the voltage at which it would draw its configured power limit."""
         self.heater_power_max = np.zeros(0)
         """The power each heater may draw (W; ``inf`` where only its voltage limit applies)."""
+        self.heater_v_max = np.zeros(0)
+        """The voltage limits alone (the device's and the configured), without the power-derived ones."""
         self.resistance = np.ones(0)
         self.power_budget = 0.0
         self.volts = np.zeros(0)
@@ -238,8 +240,8 @@ class ManagedDevice:
         p_device = heaters.power_max_w
         margin = 1 - config.power_margin
         power_max = np.minimum(p_config, np.array(p_device, dtype=np.float64) * margin if p_device else np.inf)
-        limits = np.minimum(np.array(heaters.v_max, dtype=np.float64), v_config)
-        self.limits = np.minimum(limits, np.sqrt(power_max * resistance))
+        self.heater_v_max = np.minimum(np.array(heaters.v_max, dtype=np.float64), v_config)
+        self.limits = np.minimum(self.heater_v_max, np.sqrt(power_max * resistance))
         self.heater_power_max = power_max
         self.resistance = resistance
         device_limit = heaters.power_limit_w
@@ -391,8 +393,8 @@ class ManagedDevice:
             h = int(bad[0])
             what = self.layout.describe_heater(h) if self.layout else f"heater {h}"
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            draws = float(volts[h]) ** 2 / self.resistance[h] if np.isfinite(volts[h]) else math.nan
-            if volts[h] >= 0 and draws > self.heater_power_max[h]:
+            if 0 <= volts[h] <= self.heater_v_max[h]:  # within its voltage limit: over its power limit
+                draws = float(volts[h]) ** 2 / self.resistance[h]
                 raise SafetyLimitError(
                     f"{self.name}: heater {h} ({what}): {volts[h]:g} V draws {draws:.4f} W, over its limit of "
                     f"{self.heater_power_max[h]:g} W (at most {self.limits[h]:.4g} V){more}",

@@ -462,3 +462,18 @@ def test_a_limit_that_does_not_fit_the_device_says_why(limit, message):
 def test_a_per_heater_limit_key_must_be_a_heater_index_or_default():
     with pytest.raises(ConfigError, match="v_max"):
         parse_hal_config({"device": [{"name": "chip", "url": "sim://", "v_max": {"twelve": 1.0}}]})
+
+
+@pytest.mark.parametrize("value", [1e300, -1e300, 1.7976931348623157e308, float("inf"), float("nan")])
+async def test_any_float_in_a_heater_setting_is_refused_before_the_wire_never_a_handler_failure(value):
+    async with bench(power_max_w=0.01) as b:
+        sent_before = len(b.server.device.received)
+        for request in (
+            SetHeaters(device="chip", changes={3: value}),
+            SetHeaters(device="chip", volts=np.full(16, value)),
+        ):
+            with pytest.raises(RemoteError) as caught:
+                await b.ask(request)
+            # A finite float over the limit is the HAL's to refuse; the codec refuses a non-finite one in a map.
+            assert caught.value.code in (ErrorCode.SAFETY_LIMIT, ErrorCode.INVALID), caught.value
+        assert len(b.server.device.received) == sent_before
