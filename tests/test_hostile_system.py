@@ -57,13 +57,6 @@ LONG_RUNNING = {"cal.calibrate", "cal.check_reference"}
 """Requests that, when valid, run a whole calibration or drift check through the queue: sent only with
 bodies the schema refuses, so that the test does not wait minutes for their answers."""
 
-KNOWN_ELSEWHERE = {
-    "hal.set_heaters volts reached a handler's bug: hal: OverflowError": "hal/_device.py check(): float(v) ** 2",
-    "hal.set_heaters changes reached a handler's bug: hal: OverflowError": "hal/_device.py check(): float(v) ** 2",
-}
-"""Handler bugs this test found in code others are reworking now (the HAL), reported to them: while any
-remains, the test is an expected failure naming them; any other problem fails it. (Numpy arrays among a
-circuit's ops, found the same way, were fixed in protocol/circuit.py.)"""
 
 JOB = "hostile-job"
 WINDOW = 48
@@ -379,17 +372,13 @@ def test_thousands_of_hostile_frames_leave_every_actor_serving_with_documented_a
                 problems.append(f"{name}: {sent.what} answered an undocumented code {code!r}")
     print(f"{sum(len(p) for p in plans.values())} frames; answers: {dict(codes.most_common())}")
     assert codes[ErrorCode.INVALID] > 1000  # most extremes are refused by the schema, before any handler
-    known = [p for p in problems if any(k in p for k in KNOWN_ELSEWHERE)]
-    unknown = [p for p in problems if p not in known]
-    assert unknown == [], "\n".join(unknown[:60])
+    assert problems == [], "\n".join(problems[:60])
 
     # The log stayed bounded: every line, and all of it.
     text = running.log.read_bytes()
     lines = text.splitlines()
     assert max(len(line) for line in lines) <= MAX_LOG_RECORD
     assert len(text) < 16 * 2**20, f"{len(text):,} bytes of log for {sum(len(p) for p in plans.values())} frames"
-    if known:
-        pytest.xfail("handler bugs in code being reworked elsewhere:\n" + "\n".join(sorted(set(known))))
 
 
 def test_notices_replies_and_events_of_every_type_are_never_answered(running: Running):
