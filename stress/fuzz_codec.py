@@ -30,9 +30,7 @@ hypothesis on every ``make test``.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +58,7 @@ from protocol import (  # noqa: E402
 from protocol._message import MAX_SENDER  # noqa: E402
 from protocol._structure import check_structure, skip_value  # noqa: E402
 from protocol.system import Ping  # noqa: E402
+from stress._fuzzing import fuzz  # noqa: E402
 
 CODEC = Codec(CATALOG)
 SMALL = Codec(CATALOG, max_depth=8, max_values=64)
@@ -187,23 +186,7 @@ def _seed_corpus(directory: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    import atheris
-
-    args = list(argv)
-    corpus = [a for a in args[1:] if not a.startswith("-") and not Path(a).is_file()]
-    for directory in corpus:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        _seed_corpus(Path(directory))
-    with tempfile.NamedTemporaryFile("w", suffix=".dict", delete=False) as dictionary:
-        for token in TOKENS:
-            dictionary.write('"' + "".join(f"\\x{b:02x}" for b in msgpack.packb(token)) + '"\n')
-    if not any(a.startswith("-dict=") for a in args):
-        args.append(f"-dict={dictionary.name}")
-    try:
-        atheris.Setup(args, test_one_input)
-        atheris.Fuzz()
-    finally:
-        os.unlink(dictionary.name)
+    fuzz(argv, test_one_input, _seed_corpus, [msgpack.packb(token) for token in TOKENS])
 
 
 if __name__ == "__main__":

@@ -25,10 +25,8 @@ hypothesis on every ``make test``.
 
 from __future__ import annotations
 
-import os
 import struct
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -48,6 +46,7 @@ if __name__ == "__main__":  # fuzzing: what is fuzzed is instrumented for covera
 from protocol import scpi  # noqa: E402
 from protocol.photonica import COMMANDS, DEVICE_ERRORS, Param  # noqa: E402
 from sim import Device, FaultConfig, RecordEntry, SimConfig, parse_config, record_violations  # noqa: E402
+from stress._fuzzing import fuzz  # noqa: E402
 
 CONFIGS: tuple[SimConfig, ...] = (
     parse_config({"modes": 2, "max_shots": 200, "memory": {"slots": 1}}),
@@ -292,23 +291,7 @@ def _seed_corpus(directory: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    import atheris
-
-    args = list(argv)
-    corpus = [a for a in args[1:] if not a.startswith("-") and not Path(a).is_file()]
-    for directory in corpus:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        _seed_corpus(Path(directory))
-    with tempfile.NamedTemporaryFile("w", suffix=".dict", delete=False) as dictionary:
-        for token in TOKENS:
-            dictionary.write('"' + "".join(f"\\x{b:02x}" for b in token.encode()) + '"\n')
-    if not any(a.startswith("-dict=") for a in args):
-        args.append(f"-dict={dictionary.name}")
-    try:
-        atheris.Setup(args, test_one_input)
-        atheris.Fuzz()
-    finally:
-        os.unlink(dictionary.name)
+    fuzz(argv, test_one_input, _seed_corpus, [token.encode() for token in TOKENS])
 
 
 if __name__ == "__main__":
