@@ -475,7 +475,8 @@ class Export(Request[Exported], frozen=True, kw_only=True):
 
     ``npz``: one array per slot stacked over frames (``frames`` holds the frame
     numbers) and ``meta`` the job record as JSON. ``json``: one document.
-    Without ``path``, the file goes to the store's ``exports`` directory.
+    The file goes to the store's ``exports`` directory: ``path`` names it there
+    (sub-folders allowed); one that leads out of it is refused.
     """
 
     TYPE = "mem.export"

@@ -643,3 +643,15 @@ async def test_an_allocation_while_the_jobs_frame_commits_continues_after_that_f
         await me.request("memory", Write(job="j", frame=1, writer="new", values=more, commit=True))
         record = (await me.request("memory", GetJob(job="j"))).record
         assert record.frames == 2
+
+
+@pytest.mark.parametrize("path", ["/tmp/elsewhere.npz", "../store.sqlite3", "a/../../x.npz"])
+async def test_an_export_cannot_be_written_outside_the_exports_folder(tmp_path, path):
+    async with memory(tmp_path) as (_, me):
+        await me.request("memory", PutJob(job="j", circuit=None))
+        with pytest.raises(RemoteError) as caught:
+            await me.request("memory", Export(job="j", path=path))
+        assert caught.value.field == "path"
+        assert "leads out of it" in str(caught.value)
+        inside = await me.request("memory", Export(job="j", path="mine/j.npz"))
+        assert inside.path == str((tmp_path / "exports" / "mine" / "j.npz").resolve())

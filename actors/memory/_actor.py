@@ -576,8 +576,13 @@ class MemoryActor(Actor):
 
     @handles(Export)
     async def _export(self, msg: Export, env: Envelope) -> Exported:
-        exports = self.config.store_path.parent / "exports"
-        path = exports / (msg.path or f"{msg.job}.{msg.format}")  # an absolute path replaces the directory
+        exports = (self.config.store_path.parent / "exports").resolve()
+        path = (exports / (msg.path or f"{msg.job}.{msg.format}")).resolve()
+        if not path.is_relative_to(exports):  # a client does not choose where on this machine the actor writes
+            raise AwenError(
+                f"an export goes to the data directory's exports/ folder: {msg.path[:200]!r} leads out of it",
+                field="path",
+            )
         assert self.store is not None
         store = self.store
 
