@@ -37,6 +37,12 @@ OnFrame = Callable[[bytes], None]
 
 SCHEMES = ("mem", "inproc", "ipc", "tcp")
 
+MAX_ROUTE_FRAMES = 16
+MAX_ROUTE_BYTES = 4096
+"""A request's frames before its envelope (the peer's routing id, a REQ's delimiter, a proxy's
+envelope) are sent back with its reply: more than this is not a client's routing but a way to make
+the actor echo megabytes, and the request is dropped unanswered (docs/protocol.md, "Limits")."""
+
 
 def scheme_of(address: str) -> str:
     scheme = urlsplit(address).scheme
@@ -534,7 +540,22 @@ class Transport:
         bound = _bind(sock, address)
 
         def on_recv(frames: list[bytes]) -> None:
-            on_request(frames[:-1], frames[-1])
+            route = frames[:-1]
+            if len(route) > MAX_ROUTE_FRAMES or sum(len(f) for f in route) > MAX_ROUTE_BYTES:
+                owner.dropped += 1
+                if owner.dropped & (owner.dropped - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood logs little
+                    log.warning(
+                        "%s: dropped a request with %d routing frames (%d bytes); at most %d frames of %d bytes"
+                        " in all are answered (%d dropped so far)",
+                        bound,
+                        len(route),
+                        sum(len(f) for f in route),
+                        MAX_ROUTE_FRAMES,
+                        MAX_ROUTE_BYTES,
+                        owner.dropped,
+                    )
+                return
+            on_request(route, frames[-1])
 
         owner = ZmqSocket(
             sock,

@@ -9,8 +9,10 @@ import pytest
 import trio
 import zmq
 
-from actors import ZmqSocket
+from actors import Actor, Address, Directory, Runtime, ZmqSocket
 from actors._zmq import RECV_BATCH, close_socket
+from protocol import CATALOG, Codec, make_envelope
+from protocol.system import Ping
 
 from .helpers import recv_message
 
@@ -209,3 +211,29 @@ async def test_a_full_outbox_makes_senders_wait_not_grow(context, tmp_path):
                 assert (await recv_message(router))[1] == expected
         owner.close()
     router.close(linger=0)
+
+
+async def test_a_request_with_a_mountain_of_routing_frames_is_dropped_and_the_next_answered():
+    # Routing frames come back in front of the reply: 10,000 of them (or a few huge ones) would have the
+    # actor echo whatever a client put there. Such a request is dropped; the socket keeps serving.
+    directory = Directory({"alpha": Address(address="tcp://127.0.0.1:0", events="tcp://127.0.0.1:0")})
+    actor = Actor("alpha", Runtime(directory))
+    codec = Codec(CATALOG)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        assert actor._inbound is not None
+        context = zmq.Context.instance()
+        client = context.socket(zmq.DEALER)
+        client.connect(actor._inbound.address)
+        try:
+            frame = codec.encode(make_envelope(Ping(data=b"hi"), sender="client", to="alpha", id=1))
+            client.send_multipart([b""] * 10_000 + [frame])
+            client.send_multipart([b"x" * 5000, frame])
+            client.send_multipart([b"", b"hop", frame])
+            with trio.fail_after(10):
+                reply = await recv_message(client)
+            assert reply[:2] == [b"", b"hop"]
+            assert codec.decode(reply[-1]).body.data == b"hi"
+        finally:
+            client.close(linger=0)
+        nursery.cancel_scope.cancel()
