@@ -118,16 +118,26 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     config = tmp / "system.toml"
     config.write_text(system_toml(data_dir, run_dir, factory))
     log = tmp / "awen.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "awen.cli", "up", str(config)], stdout=out, stderr=subprocess.STDOUT, cwd=REPO
-        )
+    command = [sys.executable, "-m", "awen.cli", "up", str(config)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+    up = threading.Event()
+
+    def tee() -> None:
+        """Every line into the log file as it comes (the test measures it); says when the system is up."""
+        assert process.stdout is not None
+        with log.open("wb") as out:
+            for line in process.stdout:
+                out.write(line)
+                out.flush()
+                if line.startswith(b"awen: up"):
+                    up.set()
+        up.set()  # the process ended: whoever waits looks at why
+
+    copier = threading.Thread(target=tee, daemon=True)
+    copier.start()
     try:
-        deadline = time.monotonic() + 180
-        while b"awen: up" not in log.read_bytes():
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
+        assert up.wait(timeout=180), log.read_text()[-3000:]
+        assert process.poll() is None, log.read_text()[-3000:]
         yield Running(process, ResolvedSystem.load(run_dir / "system.json"), log)
     finally:
         if process.poll() is None:
@@ -137,6 +147,9 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=30)
+        copier.join(timeout=30)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 # --- the raw client -----------------------------------------------------------------------------
