@@ -580,7 +580,7 @@ class MemoryActor(Actor):
         path = (exports / (msg.path or f"{msg.job}.{msg.format}")).resolve()
         if not path.is_relative_to(exports):  # a client does not choose where on this machine the actor writes
             raise AwenError(
-                f"an export goes to the data directory's exports/ folder: {msg.path[:200]!r} leads out of it",
+                f"an export goes to the data directory's exports/ folder: {str(msg.path)[:200]!r} leads out of it",
                 field="path",
             )
         assert self.store is not None
