@@ -15,7 +15,6 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,10 +23,19 @@ from typing import Any
 import trio
 
 from protocol import AwenError
-from protocol.system import ActorExited, ActorGaveUp, ActorRestarting, ActorStarted, PeerLost, Ready
+from protocol.system import (
+    ActorCrashLooping,
+    ActorExited,
+    ActorGaveUp,
+    ActorRestarting,
+    ActorStarted,
+    PeerLost,
+    Ready,
+)
 
 from ._actor import Actor, handles, subscribes
 from ._config import Runtime
+from ._logging import describe_failure
 from ._system import ActorSpec, ResolvedSystem, SystemConfig, load_factory
 from ._transport import LocalNetwork
 
@@ -167,7 +175,7 @@ class _TaskChild(_Child):
     async def wait(self) -> tuple[int | None, str]:
         await self._exited.wait()
         if self._error is not None:
-            return None, f"raised {type(self._error).__name__}: {self._error}"
+            return None, f"raised {describe_failure(self._error)}"
         return None, "returned"
 
     async def stop(self) -> None:
@@ -241,13 +249,14 @@ class Supervisor(Actor):
                 await self.children[name].stop()
         if self.gave_up is not None:
             raise SupervisorGaveUp(
-                f"gave up on {self.gave_up.actor}: {self.gave_up.restarts} crashes within "
+                f"gave up on {self.gave_up.actor}: {self.gave_up.restarts} crashes in a row, none running "
                 f"{self.gave_up.window:g} s (last: {self.gave_up.reason})"
             )
 
     async def _supervise(self, spec: ActorSpec, nursery: trio.Nursery, task_status: trio.TaskStatus[None]) -> None:
         policy = spec.restart
-        crashes: deque[float] = deque()
+        crashes = 0
+        """Crashes in a row: since the actor last ran ``policy.window`` seconds without crashing."""
         reported = False
         while not self._shutting_down:
             child: _Child = _ProcessChild(self, spec) if spec.process else _TaskChild(self, spec, nursery)
@@ -262,27 +271,30 @@ class Supervisor(Actor):
                     task_status.started()
                     reported = True
                 log.info("started %s (pid %d)", spec.name, child.pid)
-                self.publish(ActorStarted(actor=spec.name, pid=child.pid, restarts=len(crashes)))
+                self.publish(ActorStarted(actor=spec.name, pid=child.pid, restarts=crashes))
                 if self._shutting_down:  # shutdown began while it was starting
                     await child.stop()
+                began = trio.current_time()
                 code, reason = await child.wait()
+                if trio.current_time() - began >= policy.window:
+                    if crashes > policy.max_restarts:
+                        log.warning("%s had been crash-looping; it ran %g s before this exit", spec.name, policy.window)
+                    crashes = 0  # it ran long enough: this crash starts a new count
             if self._shutting_down:
                 self.publish(ActorExited(actor=spec.name, pid=child.pid, returncode=code, expected=True, reason=reason))
                 break
             log.error("%s (pid %d) crashed: %s", spec.name, child.pid, reason)
             self._mark_lost(spec.name, f"its process exited ({reason})", None)
             self.publish(ActorExited(actor=spec.name, pid=child.pid, returncode=code, expected=False, reason=reason))
-            now = trio.current_time()
-            crashes.append(now)
-            while crashes and crashes[0] < now - policy.window:
-                crashes.popleft()
-            if len(crashes) > policy.max_restarts:
-                self.gave_up = ActorGaveUp(actor=spec.name, restarts=len(crashes), window=policy.window, reason=reason)
+            crashes += 1
+            delay = policy.delay(crashes)
+            if crashes > policy.max_restarts and policy.give_up:
+                self.gave_up = ActorGaveUp(actor=spec.name, restarts=crashes, window=policy.window, reason=reason)
                 log.critical(
-                    "giving up on %s: it crashed %d times within %g s (policy allows %d restarts); last: %s. "
-                    "Stopping the system.",
+                    "giving up on %s: it crashed %d times in a row, none running %g s (policy allows %d restarts "
+                    "and gives up); last: %s. Stopping the system.",
                     spec.name,
-                    len(crashes),
+                    crashes,
                     policy.window,
                     policy.max_restarts,
                     reason,
@@ -290,16 +302,33 @@ class Supervisor(Actor):
                 self.publish(self.gave_up)
                 self.shutdown()
                 break
-            delay = policy.delay(len(crashes))
-            self.publish(ActorRestarting(actor=spec.name, delay=delay, restarts=len(crashes), window=policy.window))
-            log.warning(
-                "restarting %s in %.2f s (restart %d of %d allowed in %g s)",
-                spec.name,
-                delay,
-                len(crashes),
-                policy.max_restarts,
-                policy.window,
-            )
+            if crashes > policy.max_restarts:
+                # A daemon left alone for months does not stop the lab for one actor: it says so, loudly, and
+                # keeps trying, ever less often. The HAL makes its devices safe when it hears of it.
+                log.log(
+                    logging.CRITICAL if crashes == policy.max_restarts + 1 else logging.ERROR,
+                    "%s is crash-looping: %d crashes in a row, none running %g s (last: %s); trying again in "
+                    "%.3g s. The rest of the lab goes on; fix its cause (its log above says why it failed).",
+                    spec.name,
+                    crashes,
+                    policy.window,
+                    reason,
+                    delay,
+                )
+                self.publish(
+                    ActorCrashLooping(
+                        actor=spec.name, crashes=crashes, window=policy.window, delay=delay, reason=reason
+                    )
+                )
+            else:
+                log.warning(
+                    "restarting %s in %.2f s (crash %d in a row; past %d it is reported crash-looping)",
+                    spec.name,
+                    delay,
+                    crashes,
+                    policy.max_restarts,
+                )
+            self.publish(ActorRestarting(actor=spec.name, delay=delay, restarts=crashes, window=policy.window))
             with trio.move_on_after(delay):
                 await self._shutdown.wait()
         if not reported:

@@ -27,21 +27,29 @@ Transport = Literal["ipc", "tcp", "inproc", "mem"]
 
 
 class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Restart a crashed actor at most ``max_restarts`` times in ``window`` seconds.
+    """How a crashed actor is restarted: always, later and later, loudly once it keeps crashing.
 
-    The n-th restart in the window waits ``backoff * 2**(n-1)`` seconds, at most
-    ``backoff_max``. One crash more, and the supervisor gives up: it logs the
-    reason, publishes ``actor.gave_up``, stops every actor in order and exits
-    with an error.
+    Crashes count as *in a row* until the actor has run ``window`` seconds
+    without crashing. The n-th crash in a row is followed by a restart after
+    ``backoff * 2**(n-1)`` seconds, at most ``backoff_max``. Past
+    ``max_restarts`` crashes in a row the actor is *crash-looping*: the
+    supervisor says so at CRITICAL and publishes ``actor.crash_looping`` with
+    every further restart, and the HAL puts its devices in their safe state;
+    the rest of the lab goes on, and the actor is tried again every
+    ``backoff_max`` until it stays up. With ``give_up``, the supervisor instead
+    stops the whole system at that point (``actor.gave_up``, exit status 1): for
+    a test bench that should fail fast, not for a lab left alone.
     """
 
-    max_restarts: Annotated[int, msgspec.Meta(ge=0)] = 3
-    window: Annotated[float, msgspec.Meta(gt=0)] = 60.0
-    backoff: Annotated[float, msgspec.Meta(ge=0)] = 0.1
-    backoff_max: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    max_restarts: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 5
+    window: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
+    backoff: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0.1
+    backoff_max: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 300.0
+    give_up: bool = False
 
-    def delay(self, restarts: int) -> float:
-        return min(self.backoff * 2.0 ** max(restarts - 1, 0), self.backoff_max)
+    def delay(self, crashes: int) -> float:
+        """Seconds before restarting an actor after its ``crashes``-th crash in a row."""
+        return min(self.backoff * 2.0 ** min(max(crashes - 1, 0), 64), self.backoff_max)
 
 
 class ActorSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -223,8 +223,23 @@ class ActorRestarting(Event, frozen=True, kw_only=True):
     window: Seconds
 
 
+class ActorCrashLooping(Event, frozen=True, kw_only=True):
+    """An actor keeps crashing: ``crashes`` in a row (none ran ``window`` seconds); tried again in ``delay``.
+
+    Published with every restart while it lasts. The rest of the lab goes on;
+    the HAL puts its devices in their safe state.
+    """
+
+    TYPE = "actor.crash_looping"
+    actor: Name
+    crashes: Count
+    window: Seconds
+    delay: Seconds
+    reason: Reason
+
+
 class ActorGaveUp(Event, frozen=True, kw_only=True):
-    """The supervisor stopped restarting an actor: it crashed too often."""
+    """The supervisor stopped restarting an actor (its policy has ``give_up``): it crashed too often."""
 
     TYPE = "actor.gave_up"
     actor: Name
@@ -248,5 +263,6 @@ SYSTEM_MESSAGES: tuple[type[Request[Any]] | type[Reply] | type[Notice] | type[Ev
     ActorStarted,
     ActorExited,
     ActorRestarting,
+    ActorCrashLooping,
     ActorGaveUp,
 )

@@ -145,7 +145,7 @@ log_level = "info"
 [[actor]]
 name = "memory"
 factory = "actors.memory:MemoryActor"
-restart = {{ max_restarts = 0, window = 60 }}
+restart = {{ max_restarts = 0, window = 60, give_up = true }}
 config = {{ data_dir = "{data}" }}
 """
     )

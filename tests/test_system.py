@@ -149,7 +149,7 @@ async def test_pending_requests_fail_at_once_when_the_peer_crashes():
 
 
 @pytest.mark.parametrize("in_process", [False, True], ids=["process", "task"])
-async def test_crashing_actor_is_restarted_then_given_up_on(in_process):
+async def test_a_crashing_actor_whose_policy_gives_up_stops_the_system(in_process):
     config = system(
         actor=[
             {"name": "alpha"},
@@ -157,7 +157,7 @@ async def test_crashing_actor_is_restarted_then_given_up_on(in_process):
                 "name": "crashy",
                 "factory": "tests.actors:CrashOnStart",
                 "process": not in_process,
-                "restart": {"max_restarts": 2, "window": 60, "backoff": 0.05},
+                "restart": {"max_restarts": 2, "window": 60, "backoff": 0.05, "give_up": True},
             },
         ]
     )
@@ -180,7 +180,7 @@ async def test_crashing_actor_is_restarted_then_given_up_on(in_process):
     with pytest.raises(BaseExceptionGroup) as caught:
         await run_until_it_gives_up()
     alpha, run_dir = places["alpha"], places["run_dir"]
-    assert caught.group_contains(SupervisorGaveUp, match="gave up on crashy: 3 crashes within 60 s")
+    assert caught.group_contains(SupervisorGaveUp, match="gave up on crashy: 3 crashes in a row, none running 60 s")
     kinds = [kind for kind, _ in seen]
     assert kinds.count("actor.restarting") == 2
     assert kinds[-1] == "actor.gave_up"
@@ -267,3 +267,35 @@ def test_killed_supervisor_leaves_no_orphans(awen_up):
     proc.wait(timeout=10)
     # Children watch their parent and stop on their own within a heartbeat or two.
     assert wait_gone(pids, 15) == []
+
+
+@pytest.mark.parametrize("in_process", [False, True], ids=["process", "task"])
+async def test_a_crash_looping_actor_is_reported_and_tried_ever_less_often_while_the_rest_goes_on(in_process):
+    # A daemon left alone for months: one actor that keeps crashing must not stop the lab.
+    config = system(
+        actor=[
+            {"name": "alpha"},
+            {
+                "name": "crashy",
+                "factory": "tests.actors:CrashOnStart",
+                "process": not in_process,
+                "restart": {"max_restarts": 2, "window": 60, "backoff": 0.05, "backoff_max": 0.4},
+            },
+        ]
+    )
+    looping: list[Any] = []
+    async with open_system(config) as supervisor, supervisor.open_event_stream("actor.") as events:
+        with trio.fail_after(60):
+            async for event in events:
+                if event.type == "actor.gave_up":
+                    raise AssertionError("the supervisor gave up on the lab")
+                if event.type == "actor.crash_looping":
+                    looping.append(event.body)
+                    if len(looping) == 4:
+                        break
+        pong = await supervisor.request("alpha", Ping(data=b"still here"))
+        assert pong.data == b"still here"
+    assert [body.crashes for body in looping] == [3, 4, 5, 6]
+    assert [body.delay for body in looping] == [0.2, 0.4, 0.4, 0.4]  # doubling, then at most backoff_max
+    expected = "crashing on purpose" if in_process else "exit status 1"
+    assert all(body.actor == "crashy" and expected in body.reason for body in looping)
