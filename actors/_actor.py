@@ -67,6 +67,12 @@ log = logging.getLogger("awen.actor")
 R = TypeVar("R", bound=Reply)
 F = TypeVar("F", bound=Callable[..., Any])
 
+NOT_READY_BACKOFF = (0.02, 1.0)
+"""First and longest wait before a request answered ``not-ready`` is sent again (doubling, with jitter)."""
+
+ANSWERED_WHILE_STARTING = frozenset({Ping.TYPE, GetStatus.TYPE})
+"""Requests an actor answers before its `setup` has run; every other one is answered ``not-ready``."""
+
 Handler = Callable[[Any, Envelope], Awaitable[Reply | None] | Reply | None]
 EventHandler = Callable[[Any, Envelope], Awaitable[None] | None]
 
@@ -188,6 +194,8 @@ class Actor:
         self._io: trio.Nursery | None = None
         self._work: trio.Nursery | None = None
         self._stopping = False
+        self._serving = False
+        """Set once `setup` has run: until then requests are answered ``not-ready``."""
         self._soon: list[Envelope] = []
         self._started_at = 0.0
         self._bad_frames = _RateLimitedLog(log)
@@ -242,6 +250,7 @@ class Actor:
                     work.start_soon(self._liveness_loop)
                     work.start_soon(self._deadline_loop)
                     await self.setup()
+                    self._serving = True
                     task_status.started()
                     log.debug("%s: serving at %s", self.name, self.address)
                     await self.main()
@@ -361,14 +370,35 @@ class Actor:
 
         The caller owns the timeout (``with trio.fail_after(2): ...``); without
         one, the runtime's ``request_timeout`` applies, so no request waits
-        forever.
+        forever. A peer that answers ``not-ready`` (starting, or recovering
+        what the request needs) is asked again with backoff and jitter until
+        that deadline; every other error is final and raised at once.
 
         Raises:
-            RemoteError: the peer answered with ``sys.error``.
+            RemoteError: the peer answered with ``sys.error`` (``not-ready`` only
+                once the runtime's deadline has passed).
             RequestTimeout: no reply within ``request_timeout``.
             PeerLostError: the peer was declared lost while we waited.
             UnknownPeer: ``to`` is not in the directory.
         """
+        reply = await self._request_once(to, body)
+        if not isinstance(reply, RemoteError):
+            return reply
+        began = trio.current_time()
+        delay, longest = NOT_READY_BACKOFF
+        while True:
+            if trio.current_effective_deadline() == math.inf and trio.current_time() + delay > (
+                began + self.options.request_timeout
+            ):
+                raise reply
+            await trio.sleep(delay * (0.5 + random.random()))
+            delay = min(2 * delay, longest)
+            reply = await self._request_once(to, body)
+            if not isinstance(reply, RemoteError):
+                return reply
+
+    async def _request_once(self, to: str, body: Request[R]) -> R | RemoteError:
+        """One request and its reply; a ``not-ready`` answer is returned (to be asked again), any other raised."""
         outbound = self._outbound_to(to)
         msg_id = self._next_id()
         frame = self.codec.encode(make_envelope(body, sender=self.name, to=to, id=msg_id))
@@ -410,7 +440,10 @@ class Actor:
         assert pending.reply is not None
         reply = pending.reply.body
         if isinstance(reply, Error):
-            raise RemoteError(reply.code, reply.message, field=reply.field, peer=to)
+            error = RemoteError(reply.code, reply.message, field=reply.field, peer=to)
+            if reply.code == ErrorCode.NOT_READY:
+                return error
+            raise error
         expected = type(body).REPLY
         if not isinstance(reply, expected):
             raise InvalidMessage(f"{to} answered {body.TYPE} with {reply.TYPE}, expected {expected.TYPE}", field="type")
@@ -557,6 +590,11 @@ class Actor:
         if self._stopping:
             if is_request:
                 self._reply(route, env, Error(code=ErrorCode.ACTOR_STOPPED, message=f"{self.name} is stopping"))
+            return
+        if not self._serving and is_request and env.type not in ANSWERED_WHILE_STARTING:
+            self._reply(
+                route, env, Error(code=ErrorCode.NOT_READY, message=f"{self.name} is starting; ask again shortly")
+            )
             return
         if env.to != self.name:
             if is_request:

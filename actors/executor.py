@@ -70,9 +70,16 @@ TRANSIENT = {
     ErrorCode.PEER_LOST,
     ErrorCode.UNAVAILABLE,
     ErrorCode.STATE_CHANGED,
+    ErrorCode.NOT_READY,
 }
-"""Error codes worth another try: the link, a slow reply, a device error from a glitch, and
-another client changing the device under the job (it is set up again first)."""
+"""Error codes worth another try: the link, a slow reply, a device error from a glitch, a device not
+connected yet, and another client changing the device under the job (it is set up again first)."""
+
+GONE = {ErrorCode.ACTOR_STOPPED, ErrorCode.PEER_LOST}
+"""Answers that say the peer itself went away (it stopped before answering): the job waits for it to come back."""
+
+MAX_RESUMES_WITHOUT_PROGRESS = 10
+"""Interruptions in a row after which no frame was committed: then the job fails rather than loop."""
 
 
 class ExecutorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -121,6 +128,14 @@ class _Ended(NamedTuple):
 
 class _StateChanged(Exception):
     """Someone else changed the device while this executor was setting it up."""
+
+
+class _PeerDown(Exception):
+    """An actor the job needs died (or stopped answering): the job resumes from its journal once it is back."""
+
+    def __init__(self, peer: str, reason: str) -> None:
+        super().__init__(f"{peer}: {reason}")
+        self.peer = peer
 
 
 class _Failed(Exception):
@@ -175,6 +190,8 @@ class ExecutorActor(Actor):
         self._models: dict[int, CalibrationModel] = {}
         self._phase_volts: dict[tuple[str, int, int], np.ndarray] = {}
         self._rng = random.Random()
+        self._committed = 0
+        """Frames this executor has committed (all jobs): whether an interrupted job made progress."""
         self._finished: JobFinished | None = None
         self._failing: set[str] = set()
         """Components that misbehaved in the current phase (``mode:3``): the scheduler's feedback."""
@@ -227,8 +244,7 @@ class ExecutorActor(Actor):
         began = time.monotonic()
         ended = _Ended("failed", "", 0)
         try:
-            with trio.fail_after(self.config.job_timeout_s):
-                ended = await self._run(job, plan, assignment)
+            ended = await self._run_through_interruptions(job, plan, assignment)
         except _NotAccepted as exc:
             # Nothing of it was allocated or stored, and nobody was told it was accepted: no end to record.
             log.warning("%s: dropped %s, which the store did not accept: %s", self.name, job, exc)
@@ -265,14 +281,68 @@ class ExecutorActor(Actor):
         self.publish_soon(JobEnded(job=job, state=state, reason=reason, frames=ended.frames, seconds=seconds))  # type: ignore[arg-type]
         self.job = self.phase = None
 
+    async def _run_through_interruptions(self, job: str, plan: Plan, assignment: Assignment) -> _Ended:
+        """Run the job; when an actor it needs dies, wait for it and resume from the journal.
+
+        Whatever died (memory and the job's slots with it, the HAL and the
+        device's set-up, the scheduler and its claim), the state is rebuilt
+        the same way an executor that restarts rebuilds it: allocate the job's
+        slots again with ``resume``, read the journal the store committed, set
+        the device up again and go on at the first uncommitted batch. A batch
+        that was not committed is fired again, so every shot counts once.
+        The job timeout counts running, not waiting for an actor to come back.
+        """
+        without_progress = 0
+        while True:
+            committed_before = self._committed
+            try:
+                with trio.fail_after(self.config.job_timeout_s):
+                    return await self._run(job, plan, assignment)
+            except _PeerDown as down:
+                without_progress = 0 if self._committed > committed_before else without_progress + 1
+                if without_progress > MAX_RESUMES_WITHOUT_PROGRESS:
+                    raise _Failed(f"interrupted {without_progress} times in a row without progress ({down})") from None
+                log.warning(
+                    "%s: %s is interrupted (%s); it resumes from its journal once %s is back",
+                    self.name,
+                    job,
+                    down,
+                    down.peer,
+                )
+                self._forget_device_state()
+                if down.peer != self.config.hal:  # with the HAL gone, the device's watchdog makes it safe
+                    with trio.move_on_after(2):
+                        await self._safe()
+                await self.wait_peer(down.peer)
+                await trio.sleep(min(self.config.backoff_max_s, self.config.backoff_s * 2**without_progress))
+                assignment = msgspec.structs.replace(assignment, fresh=False)
+
+    async def _ask(self, peer: str, request: Any) -> Any:
+        """A request to an actor the job needs: if it is lost or silent, the job is interrupted (`_PeerDown`)."""
+        try:
+            return await self.request(peer, request)
+        except (PeerLostError, RequestTimeout) as exc:
+            raise _PeerDown(peer, str(exc)) from None
+        except RemoteError as exc:
+            if exc.code in GONE:
+                raise _PeerDown(peer, exc.message) from None
+            raise
+
     async def _finish(self, job: str, ended: _Ended) -> None:
         """Store how the job ended (unless its last frame did) and free its slots; the scheduler hears of it
         with the next request for work (`NextJob` ``finished``), or at once if none follows."""
         if not ended.recorded:
-            try:
-                await self.request(self.config.memory, SetJobState(job=job, state=ended.state, reason=ended.reason))  # type: ignore[arg-type]
-            except AwenError as exc:
-                log.error("%s: could not store %s as %s: %s", self.name, job, ended.state, exc)
+            end = SetJobState(job=job, state=ended.state, reason=ended.reason)  # type: ignore[arg-type]
+            for _ in range(MAX_RESUMES_WITHOUT_PROGRESS):
+                try:
+                    await self.request(self.config.memory, end)
+                except (PeerLostError, RequestTimeout) as exc:  # the end must be stored: wait for the store
+                    log.warning("%s: storing how %s ended: %s; waiting for %s", self.name, job, exc, self.config.memory)
+                    await self.wait_peer(self.config.memory)
+                    continue
+                except AwenError as exc:
+                    log.error("%s: could not store %s as %s: %s", self.name, job, ended.state, exc)
+                break
             await self._free(job)
         self._finished = JobFinished(
             job=job,
@@ -378,7 +448,7 @@ class ExecutorActor(Actor):
             first_write = allocate
             frame, phase_done, shots_done, cycle = 0, 0, 0, 0
         else:
-            frame = (await self.request(self.config.memory, allocate)).frame
+            frame = (await self._ask(self.config.memory, allocate)).frame
             phase_done, shots_done, cycle = (await self._read_journal(job)) if frame > 0 else (0, 0, 0)
 
         def allocation() -> Allocate | None:
@@ -407,14 +477,17 @@ class ExecutorActor(Actor):
                 job=job, frame=frame, writer=self.name, values=values, commit=True, finish=finish, allocate=allocate
             )
             try:
-                await self.request(self.config.memory, write)
+                await self._ask(self.config.memory, write)
             except RemoteError as exc:
                 refused = exc.code in (ErrorCode.NOT_FOUND, ErrorCode.ILLEGAL_TRANSITION)
                 if allocate is not None and allocate.accepting and refused:
                     raise _NotAccepted(exc.message) from None
+                if allocate is None and exc.code == ErrorCode.NOT_FOUND:  # it restarted: the job's slots went with it
+                    raise _PeerDown(self.config.memory, f"it no longer holds the job's slots ({exc.message})") from None
                 raise
             frame += 1
             committed += 1
+            self._committed += 1
             recorded = finish is not None
 
         def progress(phase: int, shots: int) -> None:
@@ -524,8 +597,10 @@ class ExecutorActor(Actor):
                         duration_s=measured,
                         failures=tuple(failures),
                     )
-                checkpoint = Checkpoint(job=job, phase=phase.index, duration_s=measured, failures=failures)
-                proceed = await self.request(self.config.scheduler, checkpoint)
+                checkpoint = Checkpoint(
+                    job=job, phase=phase.index, duration_s=measured, failures=failures, executor=self.name
+                )
+                proceed = await self._ask(self.config.scheduler, checkpoint)
                 if proceed.action == "cancel":
                     await self._safe()
                     return _Ended("cancelled", proceed.reason, committed)
@@ -583,7 +658,8 @@ class ExecutorActor(Actor):
                 if self._abort is not None:
                     await self._safe()
                     return _Ended("cancelled", self._abort, 0)
-                proceed = await self.request(self.config.scheduler, Checkpoint(job=job, phase=phase.index))
+                checkpoint = Checkpoint(job=job, phase=phase.index, executor=self.name)
+                proceed = await self._ask(self.config.scheduler, checkpoint)
                 if proceed.action == "cancel":
                     await self._safe()
                     return _Ended("cancelled", proceed.reason, 0)
@@ -592,7 +668,7 @@ class ExecutorActor(Actor):
 
     async def _read_journal(self, job: str) -> tuple[int, int, int]:
         names: list[str | int] = ["journal.phase", "journal.shots", "journal.cycle"]
-        values = (await self.request(self.config.memory, Read(job=job, slots=names))).values
+        values = (await self._ask(self.config.memory, Read(job=job, slots=names))).values
         return int(values["journal.phase"]), int(values["journal.shots"]), int(values["journal.cycle"])
 
     async def _calibration(self, plan: Plan) -> CalibrationModel | None:
@@ -713,12 +789,14 @@ class ExecutorActor(Actor):
         log.warning("%s: %s did not report settled heaters; going on", self.name, self.config.device)
 
     async def _retry(self, call: Any, what: str, again: Any = None, *, state_changed: bool = False) -> tuple[Any, int]:
-        """``await call()``, again after transient errors with backoff and jitter; (result, retries).
+        """``await call()`` (a HAL request), again after transient errors with backoff and jitter; (result, retries).
 
         Before another try, ``await again()`` if given: shots are fired again
         only on a device set up again, in case the failure reset it. With
         ``state_changed``, a ``state-changed`` refusal is raised at once (the
         caller sets the device up again) rather than tried again as it was.
+        The HAL lost altogether interrupts the job (`_PeerDown`): it resumes
+        once the HAL is back, however long that takes.
         """
         delay = self.config.backoff_s
         for attempt in range(self.config.retries + 1):
@@ -731,12 +809,16 @@ class ExecutorActor(Actor):
             except RemoteError as exc:
                 if state_changed and exc.code == ErrorCode.STATE_CHANGED:
                     raise
+                if exc.code in GONE:
+                    raise _PeerDown(self.config.hal, f"{what}: {exc.message}") from None
                 if exc.code == ErrorCode.INTERLOCK:
                     raise _Failed(f"{what}: the interlock tripped ({exc.message})") from None
                 if exc.code not in TRANSIENT or attempt == self.config.retries:
                     raise _Failed(f"{what}: {exc.message} [{exc.code}] after {attempt + 1} tries") from None
                 log.warning("%s: %s failed (%s); retrying in %.2f s", self.name, what, exc, delay)
-            except (PeerLostError, RequestTimeout) as exc:
+            except PeerLostError as exc:
+                raise _PeerDown(self.config.hal, f"{what}: {exc}") from None
+            except RequestTimeout as exc:
                 if attempt == self.config.retries:
                     raise _Failed(f"{what}: {exc} after {attempt + 1} tries") from None
                 log.warning("%s: %s: %s; retrying in %.2f s", self.name, what, exc, delay)

@@ -17,6 +17,7 @@ or with ``config = { config_file = "hal.toml" }`` holding ``[[device]]`` tables.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -46,10 +47,12 @@ from protocol.hal import (
     SetHeaters,
     Shots,
 )
-from protocol.system import Ok
+from protocol.system import ActorCrashLooping, Ok
 
-from ._actor import Actor, handles
+from ._actor import Actor, handles, subscribes
 from ._config import Runtime
+
+log = logging.getLogger("awen.hal")
 
 
 class UnknownDevice(AwenError):
@@ -94,6 +97,21 @@ class HalActor(Actor):
             raise UnknownDevice(f"no device named {name!r} (configured: {known})", field="device")
         return device
 
+    @subscribes(ActorCrashLooping.TYPE)
+    async def _crash_looping(self, msg: ActorCrashLooping, env: Any) -> None:
+        """An actor of the lab keeps crashing: whatever it had the devices do, nobody is watching it now."""
+        if msg.actor != self.name:  # with every restart it lasts: a device set up meanwhile goes safe too
+            for device in self.devices.values():
+                if device.state in ("connected", "interlocked"):
+                    try:
+                        await device.safe_state()
+                    except AwenError as exc:
+                        log.error("%s: could not put %s in its safe state: %s", self.name, device.name, exc)
+                    else:
+                        log.warning(
+                            "%s: %s put in its safe state: %s is crash-looping", self.name, device.name, msg.actor
+                        )
+
     @handles(ListDevices)
     def _list(self, msg: ListDevices, env: Any) -> Devices:
         return Devices(devices=[d.info() for d in self.devices.values()])
@@ -101,8 +119,8 @@ class HalActor(Actor):
     @handles(Describe)
     def _describe(self, msg: Describe, env: Any) -> Description:
         device = self.device(msg.device)
-        if device.description is None:
-            raise AwenError(f"{msg.device} is not connected ({device.detail or device.state})")
+        device.usable()  # described and safe, or not-ready (unavailable if refused)
+        assert device.description is not None
         return Description(
             device=msg.device,
             description=device.description,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -38,6 +39,7 @@ from protocol import (
     Event,
     InterlockError,
     LinkError,
+    NotReady,
     SafetyLimitError,
     StateChanged,
     scpi,
@@ -71,6 +73,12 @@ class NoSuchHeater(AwenError):
     code = ErrorCode.INVALID
 
 
+class DeviceUnavailable(AwenError):
+    """The device was refused (another identity, other capabilities, a configuration that does not fit it)."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
 class ManagedDevice:
     """A configured device and everything the HAL knows about it.
 
@@ -101,8 +109,9 @@ class ManagedDevice:
         """The heaters as last read back."""
         self.expected = np.zeros(0)
         """What the heaters should hold: the last setting the device accepted (0 V after a safe state)."""
-        self.version = 0
-        """Adds one with every change of the device's state; see `StateChanged`."""
+        self.version = random.getrandbits(48)
+        """Adds one with every change of the device's state; see `StateChanged`. It starts anywhere, so that
+        a version a client holds from before a HAL restart is never taken for one of the new HAL's."""
         self._alarmed: tuple[int, ...] = ()
         """Heaters an idle read-back has already raised an alarm for (not raised again until they change)."""
         self.interlocked = False
@@ -324,7 +333,7 @@ class ManagedDevice:
 
     async def call(self, operation: Callable[[PhotonicaDriver], Awaitable[T]]) -> T:
         """Run ``operation(driver)`` with the device to ourselves."""
-        driver = self._usable()
+        driver = self.usable()
         async with held(self._lock):
             try:
                 result = await operation(driver)
@@ -340,13 +349,19 @@ class ManagedDevice:
                     await self._after_connect(first=False)
             return result
 
-    def _usable(self) -> PhotonicaDriver:
-        """The driver, if the device can be used at all; `LinkError` saying why not otherwise."""
+    def usable(self) -> PhotonicaDriver:
+        """The driver, once the device is described and safe.
+
+        Raises:
+            NotReady: it is not connected yet (ask again shortly).
+            DeviceUnavailable: it was refused, until the HAL restarts.
+        """
         if self.state == "refused":
-            raise LinkError(f"{self.name}: refused: {self.detail}")
+            raise DeviceUnavailable(f"{self.name}: refused: {self.detail}")
         driver = self.driver
         if driver is None or driver.description is None or not len(self.limits):
-            raise LinkError(f"{self.name}: not connected ({self.detail or self.state})")
+            why = f"{self.state}: {self.detail}" if self.detail else self.state
+            raise NotReady(f"{self.name} is not connected yet ({why}); ask again shortly")
         return driver
 
     def _tripped(self, reason: str) -> None:
@@ -374,7 +389,7 @@ class ManagedDevice:
 
     def heater(self, heater: int, *, field: str) -> int:
         """``heater`` if the device has it; `NoSuchHeater` naming the field otherwise."""
-        self._usable()
+        self.usable()
         count = len(self.limits)
         if not 0 <= heater < count:
             raise NoSuchHeater(

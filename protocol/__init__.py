@@ -28,6 +28,7 @@ from ._errors import InvalidMessage as InvalidMessage
 from ._errors import LinkError as LinkError
 from ._errors import MalformedFrame as MalformedFrame
 from ._errors import NotFound as NotFound
+from ._errors import NotReady as NotReady
 from ._errors import ProtocolError as ProtocolError
 from ._errors import SafetyLimitError as SafetyLimitError
 from ._errors import StateChanged as StateChanged

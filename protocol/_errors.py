@@ -44,6 +44,7 @@ class ErrorCode(enum.StrEnum):
     INVALID_CIRCUIT = "invalid-circuit"
     UNAVAILABLE = "unavailable"
     STATE_CHANGED = "state-changed"
+    NOT_READY = "not-ready"
 
     @property
     def meaning(self) -> str:
@@ -85,6 +86,7 @@ _MEANINGS = {
     ErrorCode.INVALID_CIRCUIT: "The circuit cannot run on the device; the message lists every problem with its op.",
     ErrorCode.UNAVAILABLE: "Something the request needs (the device, another actor) is not available now.",
     ErrorCode.STATE_CHANGED: "The device's state changed since the version the request expected; set it again.",
+    ErrorCode.NOT_READY: "The actor, or what the request needs of it, is starting or recovering: retry with backoff.",
 }
 
 
@@ -177,6 +179,17 @@ class SafetyLimitError(AwenError):
     """A request would put a voltage or a total power over its limit; nothing was sent."""
 
     code = ErrorCode.SAFETY_LIMIT
+
+
+class NotReady(AwenError):
+    """Not yet: the actor (its store, its device, its queue) is starting or recovering.
+
+    Unlike every other refusal this one is not final: the same request, sent
+    again a little later, will be served. `actors.Actor.request` retries it with
+    backoff until the caller's deadline.
+    """
+
+    code = ErrorCode.NOT_READY
 
 
 class StateChanged(AwenError):

@@ -293,6 +293,8 @@ class Checkpoint(Request[Proceed], frozen=True, kw_only=True):
 
     ``duration_s`` and ``failures`` (components that failed: ``mode:3``,
     ``detector:5``, ``slot:1``) are the feedback a dynamic strategy uses.
+    ``executor`` names who runs the job: a scheduler that restarted while the
+    job ran (and read it back as waiting) takes it as the claim again.
     """
 
     TYPE = "sched.checkpoint"
@@ -302,6 +304,7 @@ class Checkpoint(Request[Proceed], frozen=True, kw_only=True):
     ok: bool = True
     duration_s: Seconds | None = None
     failures: Failures = msgspec.field(default_factory=list)
+    executor: Label | None = None
 
 
 class JobPlanned(Event, frozen=True, kw_only=True):

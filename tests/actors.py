@@ -118,3 +118,14 @@ class Stubborn(Actor):
 
     async def teardown(self) -> None:
         await trio.sleep_forever()
+
+
+class SlowToStart(Counter):
+    """A counter whose `setup` waits until ``opened`` is set: its store, as it were, is being opened."""
+
+    def __init__(self, name: str, runtime: Runtime, **config: Any) -> None:
+        super().__init__(name, runtime, **config)
+        self.opened = trio.Event()
+
+    async def setup(self) -> None:
+        await self.opened.wait()

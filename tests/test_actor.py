@@ -28,7 +28,7 @@ from actors._system import free_tcp_port
 from protocol import Codec, ErrorCode, make_envelope
 from protocol.system import GetStatus, Heartbeat, Ping
 
-from .actors import TEST_CATALOG, Add, Changed, Counter, Fail, Note, Stubborn, Total
+from .actors import TEST_CATALOG, Add, Changed, Counter, Fail, Note, SlowToStart, Stubborn, Total
 from .helpers import eventually, recv_message
 
 TRANSPORTS = ["mem", "inproc", "ipc", "tcp"]
@@ -351,3 +351,53 @@ async def test_ten_thousand_malformed_frames_do_not_stop_an_actor(tmp_path):
     answer = [r for r in replies if r.re == 99]
     assert [r.body for r in answer] == [Total(total=7)]
     assert counter.malformed == 10_000
+
+
+async def test_an_actor_answers_not_ready_until_it_is_set_up_and_requests_ask_again(tmp_path):
+    rt = runtime("inproc", ["client", "counter"], tmp_path)
+    client, counter = Actor("client", rt), SlowToStart("counter", rt)
+    codec = Codec(TEST_CATALOG)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        nursery.start_soon(counter.run)
+        with trio.fail_after(10):
+            while counter._inbound is None:  # noqa: ASYNC110 - bound before setup runs
+                await trio.sleep(0.001)
+        raw = zmq.Context.instance().socket(zmq.DEALER)
+        raw.connect(counter._inbound.address)
+        try:
+            raw.send(codec.encode(make_envelope(Add(n=1), sender="raw", to="counter", id=1)))
+            with trio.fail_after(10):
+                answer = codec.decode((await recv_message(raw))[-1]).body
+            assert (answer.code, "counter is starting" in answer.message) == (ErrorCode.NOT_READY, True)
+        finally:
+            raw.close(linger=0)
+        assert (await client.request("counter", Ping(data=b"up?"))).data == b"up?"  # answered while starting
+        got: list[Total] = []
+
+        async def add() -> None:
+            got.append(await client.request("counter", Add(n=2)))
+
+        async with trio.open_nursery() as waiting:
+            waiting.start_soon(add)
+            await trio.sleep(0.2)  # asked, refused, asked again...
+            assert got == []
+            counter.opened.set()  # ...until the actor is ready: then served, once
+        assert got == [Total(total=2)]
+        assert counter.total == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_not_ready_peer_is_asked_until_the_callers_deadline_then_the_error_is_raised(tmp_path):
+    rt = runtime("mem", ["client", "counter"], tmp_path, request_timeout=0.5)
+    client, counter = Actor("client", rt), SlowToStart("counter", rt)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        nursery.start_soon(counter.run)
+        with pytest.raises(RemoteError) as caught:
+            await client.request("counter", Add(n=1))
+        assert caught.value.code == ErrorCode.NOT_READY
+        with pytest.raises(trio.TooSlowError), trio.fail_after(0.3):  # the caller's own deadline rules
+            await client.request("counter", Add(n=1))
+        assert counter.total == 0
+        nursery.cancel_scope.cancel()

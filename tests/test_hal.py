@@ -36,6 +36,7 @@ from protocol.hal import (
     SafeState,
     SetHeaters,
 )
+from protocol.system import ActorCrashLooping
 from sim import DeviceServer, SimConfig, parse_config, parse_fault, serve_pty, serve_tcp
 
 CHIP = parse_config({"modes": 4})
@@ -226,7 +227,7 @@ async def test_a_configuration_that_does_not_fit_the_device_refuses_it_with_the_
         assert "v_max lists 15 values, but the device has 16 heaters" in info.detail
         with pytest.raises(RemoteError) as caught:
             await b.ask(SetHeaters(device="chip", changes={0: 1.0}))
-        assert caught.value.code == ErrorCode.LINK_ERROR
+        assert caught.value.code == ErrorCode.UNAVAILABLE
         assert "v_max lists 15 values" in str(caught.value)
 
 
@@ -477,3 +478,14 @@ async def test_any_float_in_a_heater_setting_is_refused_before_the_wire_never_a_
             # A finite float over the limit is the HAL's to refuse; the codec refuses a non-finite one in a map.
             assert caught.value.code in (ErrorCode.SAFETY_LIMIT, ErrorCode.INVALID), caught.value
         assert len(b.server.device.received) == sent_before
+
+
+async def test_the_devices_go_to_their_safe_state_when_an_actor_is_crash_looping():
+    async with bench() as b:
+        await b.ask(SetHeaters(device="chip", changes={4: 3.0}))
+        await b.ask(ConfigureInputs(device="chip", inputs=[InputSetting(mode=0, state="photon")]))
+        assert b.server.device.sources_on
+        b.client.publish(ActorCrashLooping(actor="executor", crashes=6, window=60, delay=3.2, reason="exit status 1"))
+        with trio.fail_after(10):
+            while b.server.device.sources_on or b.server.device.chip.voltages.any():  # noqa: ASYNC110
+                await trio.sleep(0.01)

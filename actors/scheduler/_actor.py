@@ -33,7 +33,7 @@ from typing import Any
 import msgspec
 import trio
 
-from protocol import AwenError, Envelope, ErrorCode, NotFound, convert_settings
+from protocol import AwenError, Envelope, ErrorCode, NotFound, NotReady, convert_settings
 from protocol.circuit import Circuit, CircuitError, circuit_hash
 from protocol.hal import (
     Describe,
@@ -104,10 +104,6 @@ INLINE_OPS = 200
 
 PAUSE_RECORD = "sched.pause_state"
 """The event-log record of pausing and resuming the queue (written durably, read back on start)."""
-
-
-class Unavailable(AwenError):
-    code = ErrorCode.UNAVAILABLE
 
 
 class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -251,13 +247,12 @@ class SchedulerActor(Actor):
         if pauses and isinstance(pauses[-1].body, dict) and pauses[-1].body.get("paused"):
             self.queue.paused = True
 
-    async def _ready_or_unavailable(self) -> DeviceDescription:
-        with trio.move_on_after(10):
-            await self._ready.wait()
+    def _ready_now(self) -> DeviceDescription:
+        """The device's description once the queue is rebuilt; `NotReady` (ask again shortly) until then."""
         if not self._ready.is_set() or self.description is None:
-            raise Unavailable(
-                f"{self.name} is not ready: it has no description of {self.config.device} from "
-                f"{self.config.hal}, or cannot reach {self.config.memory}"
+            raise NotReady(
+                f"{self.name} is starting: it has no description of {self.config.device} from "
+                f"{self.config.hal} yet, or has not read the queue back from {self.config.memory}"
             )
         return self.description
 
@@ -272,7 +267,7 @@ class SchedulerActor(Actor):
 
     @handles(Submit)
     async def _submit(self, msg: Submit, env: Envelope) -> Accepted:
-        device = await self._ready_or_unavailable()
+        device = self._ready_now()
         circuit = msg.circuit
         # A plan at hand was compiled from this very circuit for this device as it is: it passed. Then
         # the job is stored planned, in the same transaction.
@@ -345,7 +340,7 @@ class SchedulerActor(Actor):
 
     @handles(SubmitProcedure)
     async def _submit_procedure(self, msg: SubmitProcedure, env: Envelope) -> Accepted:
-        device = await self._ready_or_unavailable()
+        device = self._ready_now()
         validate_plan(msg.plan, device)
         plan = msg.plan
         stored = await self.request(
@@ -381,7 +376,7 @@ class SchedulerActor(Actor):
 
     @handles(Validate)
     async def _validate(self, msg: Validate, env: Envelope) -> Validation:
-        device = await self._ready_or_unavailable()
+        device = self._ready_now()
         try:
             plan = await trio.to_thread.run_sync(
                 functools.partial(compile_circuit, msg.circuit, device, limits=self.config.limits, health=self.health)
@@ -594,7 +589,7 @@ class SchedulerActor(Actor):
 
     @handles(Cancel)
     async def _cancel(self, msg: Cancel, env: Envelope) -> None:
-        await self._ready_or_unavailable()
+        self._ready_now()
         job = self.queue.jobs.get(msg.job)
         if job is None:
             record = (await self.request(self.config.memory, GetJob(job=msg.job))).record
@@ -622,12 +617,12 @@ class SchedulerActor(Actor):
 
     async def _record_pause(self, paused: bool, reason: str) -> None:
         """In the store before the reply: a restarted scheduler finds the queue as it was left."""
-        await self._ready_or_unavailable()
+        self._ready_now()
         await self.request(self.config.memory, LogEvent(type=PAUSE_RECORD, body={"paused": paused, "reason": reason}))
 
     @handles(GetQueue)
     async def _get_queue(self, msg: GetQueue, env: Envelope) -> QueueState:
-        await self._ready_or_unavailable()  # before recovery the queue would look empty
+        self._ready_now()  # before recovery the queue would look empty
         return QueueState(
             paused=self.queue.paused,
             suspended=dict(self.queue.suspended),
@@ -708,12 +703,12 @@ class SchedulerActor(Actor):
 
     @handles(NextJob)
     async def _next_job(self, msg: NextJob, env: Envelope) -> Assignment:
+        self._ready_now()  # before the job that finished is taken off a queue not read back yet
         if msg.finished is not None:
             try:
                 self._finished(msg.finished)
             except NotFound as exc:
                 log.warning("%s: %s reports %s finished: %s", self.name, msg.executor, msg.finished.job, exc)
-        await self._ready_or_unavailable()
         deadline = trio.current_time() + msg.wait_s
         while True:
             running = self.queue.jobs.get(self.queue.running) if self.queue.running else None
@@ -799,15 +794,35 @@ class SchedulerActor(Actor):
         )
         job.plan = plan
 
-    def _running(self, job: str) -> QueuedJob:
+    def _running(self, job: str, executor: str | None = None) -> QueuedJob:
+        """The running job, which ``executor`` (if named) reports on.
+
+        A scheduler that restarted while the job ran read it back from the
+        store as running (claimed by nobody), or as planned if the executor's
+        running mark had not been written yet: the executor's report re-
+        establishes the claim, unless another job runs or another executor
+        holds this one.
+        """
         found = self.queue.jobs.get(job)
-        if found is None or self.queue.running != job:
+        if found is None:
             raise NotFound(f"job {job} is not running", field="job")
-        return found
+        if self.queue.running == job:
+            if executor is not None and found.executor in (None, executor):
+                found.executor = executor
+                return found
+            if executor is None or found.executor is None:
+                return found
+            raise NotFound(f"job {job} runs on {found.executor}, not {executor}", field="executor")
+        if executor is not None and self.queue.running is None and found.plan is not None and not found.accepting:
+            log.warning("%s: %s reports running %s: taken as running again", self.name, executor, job)
+            self.queue.running, found.executor, found.state = job, executor, "running"
+            return found
+        raise NotFound(f"job {job} is not running", field="job")
 
     @handles(Checkpoint)
     async def _checkpoint(self, msg: Checkpoint, env: Envelope) -> Proceed:
-        job = self._running(msg.job)
+        self._ready_now()
+        job = self._running(msg.job, msg.executor)
         assert job.plan is not None
         if 0 <= msg.phase < len(job.plan.phases):
             failed = list(msg.failures)
@@ -839,6 +854,7 @@ class SchedulerActor(Actor):
 
     @handles(JobFinished)
     def _job_finished(self, msg: JobFinished, env: Envelope) -> None:
+        self._ready_now()
         self._finished(msg)
 
     def _finished(self, msg: JobFinished) -> None:
