@@ -19,19 +19,21 @@ import pytest
 import trio
 
 from actors import Actor, Address, Directory, LocalNetwork, Runtime, RuntimeOptions
+from actors.calibration import CalibrationActor
 from actors.executor import ExecutorActor
 from actors.hal import HalActor
 from actors.memory import MemoryActor
 from actors.scheduler import SchedulerActor
+from protocol.calibration import Calibrate
 from protocol.circuit import CircuitBuilder
-from protocol.memory import GetJob, PutCalibration, QueryResults
+from protocol.memory import GetCalibration, GetJob, ListCalibrations, PutCalibration, QueryJobs, QueryResults
 from protocol.scheduler import Submit
 from sim import DeviceServer, serve_tcp
 
 from .helpers import eventually
 from .test_executor import CHIP, truth
 
-NAMES = ("memory", "hal", "scheduler", "executor", "me")
+NAMES = ("memory", "hal", "scheduler", "executor", "calibration", "me")
 
 
 @dataclass
@@ -105,6 +107,9 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
             "hal": lambda: HalActor("hal", runtime, devices=[device]),
             "scheduler": lambda: SchedulerActor("scheduler", runtime),
             "executor": lambda: ExecutorActor("executor", runtime, batch_shots=1000, backoff_s=0.01),
+            "calibration": lambda: CalibrationActor(
+                "calibration", runtime, points=4, reference_every_s=None, auto=False
+            ),
         }
         client = Actor("me", runtime)
         async with trio.open_nursery() as nursery:
@@ -175,3 +180,37 @@ async def test_two_actors_stopping_one_after_another_still_leave_the_job_complet
         record = await b.ended("long")
         assert record.state == "completed", record.reason
         assert await b.counted("long") == {"p0.a": shots, "p1.b": shots}
+
+
+async def test_a_calibration_actor_that_stops_mid_sweep_is_succeeded_by_one_that_finishes_that_sweep(tmp_path, caplog):
+    async with lab(tmp_path) as b:
+        await b.start("calibration")
+        asked: list[Any] = []
+
+        async def calibrate() -> None:
+            try:
+                asked.append(await b.client.request("calibration", Calibrate()))
+            except Exception as exc:  # noqa: BLE001 - the actor it asked stops before it answers
+                asked.append(exc)
+
+        b.nursery.start_soon(calibrate)
+
+        async def sweep_under_way() -> str | None:
+            jobs = (await b.ask("memory", QueryJobs())).jobs
+            sweeps = [j for j in jobs if j.job.startswith("cal-") and j.frames >= 5]
+            return sweeps[0].job if sweeps else None
+
+        sweep = await eventually(sweep_under_way, within=60)
+        await b.restart("calibration")
+
+        async def stored() -> Any:
+            latest = (await b.ask("memory", GetCalibration(device="chip"))).data
+            return latest if latest.get("job") == sweep else None
+
+        data = await eventually(stored, within=120)
+        assert data["started_from"] == "version 1"
+        versions = (await b.ask("memory", ListCalibrations(device="chip"))).calibrations
+        assert [v.version for v in versions] == [1, 2]  # the sweep's fit, once
+        sweeps = [j.job for j in (await b.ask("memory", QueryJobs())).jobs if j.job.startswith("cal-")]
+        assert sweeps == [sweep]  # no second sweep of the chip
+        assert any(f"{sweep} was left unfinished" in r.getMessage() for r in caplog.records)

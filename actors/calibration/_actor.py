@@ -46,7 +46,7 @@ from protocol.calibration import (
 )
 from protocol.circuit import Circuit, CircuitBuilder
 from protocol.hal import Describe, InputSetting
-from protocol.memory import GetCalibration, GetJob, PutCalibration, QueryResults
+from protocol.memory import GetCalibration, GetJob, GetPlan, PutCalibration, QueryJobs, QueryResults
 from protocol.mesh import clements, clements_layout, embed_phases
 from protocol.photonica import DeviceDescription
 from protocol.plan import Phase, Placement, Plan, PlanMetrics, RegisterRead, Resources
@@ -304,6 +304,10 @@ def load_factory(path: str, heaters: int) -> CalibrationModel:
     return model
 
 
+SWEEP_PREFIX = "cal-"
+"""Job ids of calibration sweeps: how a restarted calibration actor finds the one it left unfinished."""
+
+
 class CalibrationActor(Actor):
     """Calibrates one device on request (and at start if ``auto``). Args: `CalibrationConfig` keys."""
 
@@ -318,6 +322,11 @@ class CalibrationActor(Actor):
     async def main(self) -> None:
         for peer in (self.config.memory, self.config.scheduler, self.config.hal):
             await self.wait_peer(peer)
+        async with self._lock:
+            try:
+                await self._adopt_unfinished_sweep()
+            except AwenError as exc:
+                log.error("%s: the calibration left unfinished could not be completed: %s", self.name, exc)
         if self.config.auto:
             async with self._lock:  # decided with the lock held: a calibration asked for meanwhile counts
                 status = await self._status()
@@ -445,7 +454,36 @@ class CalibrationActor(Actor):
             self.publish(CalibrationFailed(device=self.config.device, reason=exc.message))
             raise
 
-    async def _run(self, points: int) -> Calibrated:
+    async def _adopt_unfinished_sweep(self) -> None:
+        """Finish the calibration a predecessor of this actor started and did not store (it died meanwhile).
+
+        Its sweep is a job in the store, run (or still queued) like any other:
+        this actor's state is rebuilt from there. The latest sweep that did
+        not end failed or cancelled, and that no stored version came from, is
+        waited for, fitted and stored; an older one is left (a newer
+        calibration superseded it).
+        """
+        jobs = (await self.request(self.config.memory, QueryJobs(device=self.config.device, limit=100_000))).jobs
+        sweeps = [j for j in jobs if j.job.startswith(SWEEP_PREFIX)]
+        if not sweeps or sweeps[-1].state in ("failed", "cancelled"):
+            return
+        sweep = sweeps[-1]
+        latest = await self._latest()
+        if latest is not None and latest.data.get("job") == sweep.job:
+            return  # stored already
+        if latest is not None and latest.created > sweep.submitted:
+            return  # superseded by a calibration stored since (by hand, or from elsewhere)
+        if sweep.plan is None:
+            return
+        stored = await self.request(self.config.memory, GetPlan(plan=sweep.plan))
+        plan = msgspec.convert(stored.body, Plan)
+        swept = len(input_patterns(plan.modes, self.config.input_power_w)) * 2 * clements_layout(plan.modes).mzi_count
+        points = max(1, len(plan.phases) // swept)  # what sweep_plan made it with
+        log.warning("%s: %s was left unfinished (%s): completing it", self.name, sweep.job, sweep.state)
+        await self._run(points, adopt=(sweep.job, plan))
+
+    async def _run(self, points: int, *, adopt: tuple[str, Plan] | None = None) -> Calibrated:
+        """Calibrate: sweep the heaters (or take the sweep ``adopt`` names, submitted before), fit, store."""
         began = time.monotonic()
         device = self.config.device
         described = await self.request(self.config.hal, Describe(device=device))
@@ -462,16 +500,21 @@ class CalibrationActor(Actor):
                 "phase offsets of a mesh cannot be found from output powers without a starting point",
                 field="factory",
             )
-        job = time.strftime("cal-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-        plan = sweep_plan(
-            job, description, described.limits_v, points=points, power_w=self.config.input_power_w, device=device
-        )
-        self.publish(CalibrationStarted(device=device, job=job, phases=len(plan.phases)))
-        log.info("%s: calibrating %s: %d phases (job %s)", self.name, device, len(plan.phases), job)
-        await self.request(
-            self.config.scheduler,
-            SubmitProcedure(job=job, plan=plan, priority=self.config.priority, description=f"calibration of {device}"),
-        )
+        if adopt is not None:
+            job, plan = adopt
+        else:
+            job = time.strftime(f"{SWEEP_PREFIX}%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+            plan = sweep_plan(
+                job, description, described.limits_v, points=points, power_w=self.config.input_power_w, device=device
+            )
+            self.publish(CalibrationStarted(device=device, job=job, phases=len(plan.phases)))
+            log.info("%s: calibrating %s: %d phases (job %s)", self.name, device, len(plan.phases), job)
+            await self.request(
+                self.config.scheduler,
+                SubmitProcedure(
+                    job=job, plan=plan, priority=self.config.priority, description=f"calibration of {device}"
+                ),
+            )
         record = await self._wait(job)
         if record.state != "completed":
             raise AwenError(f"the calibration sweep {job} ended {record.state}: {record.reason}")
