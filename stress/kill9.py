@@ -58,11 +58,7 @@ import sim  # noqa: E402
 from actors import Actor, RemoteError, ResolvedSystem, Runtime  # noqa: E402
 from actors.scheduler import compile_circuit  # noqa: E402
 from awen.run import prepare  # noqa: E402
-from protocol import (  # noqa: E402
-    AwenError,
-    Envelope,
-    ErrorCode,
-)
+from protocol import AwenError, Envelope, ErrorCode, Reply, Request  # noqa: E402
 from protocol.calibration import Calibrate, GetCalibrationStatus  # noqa: E402
 from protocol.circuit import Circuit, CircuitBuilder  # noqa: E402
 from protocol.memory import GetJob, GetPlan, JobRecord, QueryJobs, QueryResults  # noqa: E402
@@ -84,6 +80,8 @@ TRANSIENT = {
 }
 """Error replies that a restart explains: the request is repeated (reads only; a submission is repeated on any)."""
 
+R = TypeVar("R", bound=Reply)
+
 STOP_GRACE_S = 60.0
 """How long ``awen up`` gets after SIGTERM (it stops five actors in turn, each with a grace of its own)."""
 ASK_S = 10.0
@@ -93,11 +91,11 @@ RETRY_S = 120.0
 BACK_S = 120.0
 """How long a killed actor has to answer again (a new pid) before the campaign reports it missing."""
 
-T = TypeVar("T")
-
 
 @dataclass(frozen=True)
 class Options:
+    """One campaign: the command line's options, and a few more for tests."""
+
     jobs: int = 20
     kills: int = 10
     seed: int = 1
@@ -225,16 +223,15 @@ class Child:
         Shielded: the output of a system that is stopping must still be read (and logged), or a full pipe
         would stop it in its tracks. `open_child` ends it once the process is gone.
         """
-        assert self.process.stdout is not None
-        pending = b""
         with self.pump_scope:
-            async with await trio.open_file(self.log, "ab") as out:
-                await self._copy(out, pending)
+            async with await trio.open_file(self.log, "wb") as out:
+                await self._copy(out)
         self.ended = True
         self._changed.set()
 
-    async def _copy(self, out: Any, pending: bytes) -> None:
+    async def _copy(self, out: Any) -> None:
         assert self.process.stdout is not None
+        pending = b""
         while True:
             chunk = await self.process.stdout.receive_some(65536)
             if not chunk:
@@ -317,10 +314,11 @@ def device_toml(modes: int) -> str:
 def system_toml(data_dir: Path, run_dir: Path, port: int, factory: Path, log_level: str) -> str:
     """The standard five actors, as `awen.run.system_config` assembles them, on a separate simulator.
 
-    Restarts are not rationed (the default gives up after 3 crashes in 60 s): the campaign measures
-    whether jobs survive deaths, not how many deaths the supervisor tolerates. Heartbeats are 1 s
-    apart and a peer is lost after 10 missed ones, so that a process starved of CPU on a loaded
-    machine is not taken for a hung one.
+    An actor is crash-looping only past 1000 crashes in a row (by default 5, after which the HAL makes
+    the chip safe and every running job waits), and waits at most 1 s before a restart: the campaign
+    measures whether jobs survive deaths, not the supervisor's policy for an actor that keeps dying.
+    Heartbeats are 1 s apart and a peer is lost after 10 missed ones, so that a process starved of
+    CPU on a loaded machine is not taken for a hung one.
     """
     restart = "restart = { max_restarts = 1000, window = 60, backoff = 0.1, backoff_max = 1.0 }"
     return f"""
@@ -434,7 +432,7 @@ class Campaign:
         self.states: dict[str, str] = {}
         self.running: str | None = None
         self.events: Counter[str] = Counter()
-        self.gave_up: list[str] = []
+        self.alarms: list[str] = []
         self.started_at = 0.0
         self.calibration: dict[str, Any] = {}
         self.submitted_all = False
@@ -453,7 +451,7 @@ class Campaign:
 
     # --- requests that live through restarts ---------------------------------------------------
 
-    async def ask(self, to: str, body: Any, *, within: float = ASK_S, keep_trying: float = RETRY_S) -> Any:
+    async def ask(self, to: str, body: Request[R], *, within: float = ASK_S, keep_trying: float = RETRY_S) -> R:
         """A request, repeated while it fails in ways a restart explains; `RemoteError` of a real refusal."""
         assert self.client is not None
         deadline = trio.current_time() + keep_trying
@@ -535,7 +533,12 @@ class Campaign:
     async def poll_states(self, ended: trio.Event) -> None:
         """Every accepted job's state, twice a second, from one query."""
         since = time.time() - 60
+        said = trio.current_time()
         while True:
+            if trio.current_time() - said > 30:  # a campaign that stalls says so while it waits
+                said = trio.current_time()
+                states = Counter(self.states.get(job, "unknown") for job in self.accepted())
+                self.say(f"kill9: waiting at {self.now():.0f} s: " + ", ".join(f"{s} {n}" for s, n in states.items()))
             try:
                 with trio.fail_after(ASK_S):
                     assert self.client is not None
@@ -567,7 +570,9 @@ class Campaign:
                 self.done[body.job] = max(self.done[body.job], body.shots_done)
                 self.progressed.unpark_all()
             elif kind == "actor.gave_up":
-                self.gave_up.append(f"{body.actor}: {body.reason}")
+                self.alarms.append(f"gave up on {body.actor}: {body.reason}")
+            elif kind == "actor.crash_looping" and self.events[kind] == 1:  # published with every further try
+                self.alarms.append(f"{body.actor} is crash-looping")
 
         for prefix in ("exec.job_started", "exec.job_ended", "exec.progress", "actor."):
             client.subscribe(prefix, on_event)
@@ -619,6 +624,9 @@ class Campaign:
                 self.say(f"kill9: {self.kills_skipped}")
                 break
             pid = await self.pid_of(planned.actor)
+            for earlier in pending:  # killed a moment ago, and already back: this is its new process
+                if earlier.actor == planned.actor and earlier.back_s is None and pid != earlier.pid:
+                    earlier.new_pid, earlier.back_s = pid, self.now() - earlier.at_s
             if pid == self.supervisor_pid or not _is_child_of(pid, self.supervisor_pid):
                 raise CampaignError(f"{planned.actor} answered with pid {pid}, not a child of awen up: not killing it")
             kill = Kill(
@@ -728,6 +736,7 @@ class Campaign:
             raise CampaignError(f"the simulated chip: {exc}") from exc
         factory = prepare(data_dir, chip, options.seed)
         record = workdir / "chip.jsonl"
+        record.unlink(missing_ok=True)  # a kept directory keeps its store (and calibration), not the last audit
         python = [sys.executable, "-m", "awen.cli"]
         simulator = [
             *python,
@@ -833,6 +842,11 @@ class Campaign:
             "cancelled_reasons": dict(reasons["cancelled"].most_common()),
             "not_ended_states": dict(Counter(o.state for o in not_ended)),
             "not_accepted_jobs": not_accepted,
+            "repeated_submissions": [
+                {"job": job, "attempts": sub.attempts, "created": sub.created, "errors": sub.errors}
+                for job, sub in self.submissions.items()
+                if sub.attempts > 1
+            ],
             "lost_jobs": lost,
             "miscounted_jobs": [
                 {"job": o.job, "state": o.state, "asked": o.shots, "counted": o.counted} for o in miscounted
@@ -840,7 +854,7 @@ class Campaign:
             "unread_jobs": unread,
             "per_job": [asdict(o) for o in outcomes],
             "events": dict(self.events),
-            "gave_up": self.gave_up,
+            "supervisor_alarms": self.alarms,
             "chip": self.chip,
             "problems": self.problems,
             "workdir": str(self.workdir) if options.keep is not None else None,
@@ -911,6 +925,9 @@ def print_report(report: dict[str, Any], out: TextIO) -> None:
         f"jobs: {jobs['accepted']} accepted of {jobs['submitted']} submitted"
         + (f" ({jobs['repeated_submissions']} submitted more than once)" if jobs["repeated_submissions"] else "")
     )
+    for r in report["repeated_submissions"]:
+        known = {True: "a new job", False: "the job an earlier attempt had stored", None: "never accepted"}
+        line(f"    {r['job']}: {r['attempts']} attempts, accepted as {known[r['created']]}; first: {r['errors'][0]}")
     line(f"  completed    {jobs['completed']:>4}  ({jobs['completed_exact']} with exact counts)")
     line(f"  failed       {jobs['failed']:>4}")
     for reason, n in report["failed_reasons"].items():
@@ -943,8 +960,8 @@ def print_report(report: dict[str, Any], out: TextIO) -> None:
             f"chip: {chip['shot_runs']} shot runs, {chip['record_lines']} audit lines, {chip['over_the_limits']} over "
             f"the limits, {chip['watchdog_expiries']} watchdog expiries, {chip['interlocks']} interlock trips"
         )
-    if report["gave_up"]:
-        line(f"the supervisor gave up: {'; '.join(report['gave_up'])}")
+    if report["supervisor_alarms"]:
+        line(f"supervisor: {'; '.join(report['gave_up'])}")
     for problem in report["problems"]:
         line(f"problem: {problem}")
     if report["workdir"]:
