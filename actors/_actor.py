@@ -686,7 +686,9 @@ class Actor:
     def _answer_failure(self, route: Any, env: Envelope, exc: Exception) -> None:
         self.failed += 1
         if isinstance(exc, AwenError):
-            log.info("%s: %s from %s failed: %s", self.name, env.type, env.sender, clip(str(exc), MAX_ERROR_TEXT))
+            # A refusal is the requester's to handle; a lookup that finds nothing or a "not yet" is routine.
+            level = logging.DEBUG if exc.code in (ErrorCode.NOT_FOUND, ErrorCode.NOT_READY) else logging.INFO
+            log.log(level, "%s: %s from %s failed: %s", self.name, env.type, env.sender, clip(str(exc), MAX_ERROR_TEXT))
             error = Error(code=exc.code, message=exc.message, field=exc.field)
         else:
             log.error("%s: handler for %s raised", self.name, env.type, exc_info=exc)

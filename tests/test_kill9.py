@@ -63,15 +63,7 @@ async def test_jobs_survive_three_kills_of_the_executor() -> None:
 
 @pytest.mark.system
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize(
-    "actor",
-    [
-        pytest.param(
-            actor, marks=pytest.mark.xfail(strict=False, reason=f"issue 14: recovery of {actor} is being built")
-        )
-        for actor in ("memory", "scheduler", "hal", "calibration")
-    ],
-)
+@pytest.mark.parametrize("actor", ["memory", "scheduler", "hal", "calibration"])
 async def test_jobs_survive_a_kill_of(actor: str) -> None:
     report = await run_campaign(options((actor,), 1, seed=1), say=print)
     print(text(report))
