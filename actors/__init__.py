@@ -1,35 +1,7 @@
-"""The actor runtime: actors on trio, messages over ZeroMQ or memory channels, supervision.
+"""The five actors of a lab: scheduler, executor, calibration, memory and the HAL.
 
-An actor is a trio task with a mailbox (`Actor`); a `Supervisor` runs a set of
-them, in one process or as child processes, and restarts the ones that crash.
+Each is a package (or module) of its own, built on the generic actor runtime
+(`runtime`), and talks to the others only by messages (`protocol`); none
+imports another. A system file names them by factory, e.g.
+``actors.scheduler:SchedulerActor``.
 """
-
-from ._actor import Actor as Actor
-from ._actor import handles as handles
-from ._actor import subscribes as subscribes
-from ._config import Address as Address
-from ._config import Directory as Directory
-from ._config import Runtime as Runtime
-from ._config import RuntimeOptions as RuntimeOptions
-from ._errors import ActorStoppedError as ActorStoppedError
-from ._errors import PeerLostError as PeerLostError
-from ._errors import RemoteError as RemoteError
-from ._errors import RequestTimeout as RequestTimeout
-from ._errors import UnknownPeer as UnknownPeer
-from ._logging import configure_logging as configure_logging
-from ._logging import describe_failure as describe_failure
-from ._logging import first_awen_error as first_awen_error
-from ._supervisor import Supervisor as Supervisor
-from ._supervisor import SupervisorGaveUp as SupervisorGaveUp
-from ._supervisor import open_system as open_system
-from ._system import ActorSpec as ActorSpec
-from ._system import ResolvedSystem as ResolvedSystem
-from ._system import RestartPolicy as RestartPolicy
-from ._system import SystemConfig as SystemConfig
-from ._system import load_system as load_system
-from ._system import parse_system as parse_system
-from ._transport import LocalNetwork as LocalNetwork
-from ._transport import Transport as Transport
-from ._zmq import ZmqSocket as ZmqSocket
-
-__all__ = [name for name in dir() if not name.startswith("_")]

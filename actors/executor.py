@@ -39,6 +39,7 @@ import numpy as np
 import trio
 
 from protocol import AwenError, Envelope, ErrorCode, convert_settings
+from protocol.calibration_model import CalibrationModel
 from protocol.executor import (
     Abort,
     ExecutorStatus,
@@ -55,11 +56,7 @@ from protocol.memory import Allocate, Free, GetCalibration, Read, SetJobState, S
 from protocol.mesh import clements_layout
 from protocol.plan import Phase, Plan
 from protocol.scheduler import Assignment, Checkpoint, JobFinished, NextJob, Suspend, Unsuspend
-
-from ._actor import Actor, handles, subscribes
-from ._config import Runtime
-from ._errors import PeerLostError, RemoteError, RequestTimeout
-from .calibration import CalibrationModel
+from runtime import Actor, PeerLostError, RemoteError, RequestTimeout, Runtime, handles, subscribes
 
 log = logging.getLogger("awen.executor")
 

@@ -16,14 +16,14 @@ import msgspec
 import numpy as np
 import trio
 
-from actors import open_system
-from actors.calibration import CalibrationModel
 from actors.calibration._actor import sweep_data
 from actors.calibration._fit import propagate
 from protocol.calibration import Calibrate
+from protocol.calibration_model import CalibrationModel
 from protocol.memory import GetCalibration, GetPlan, QueryResults
 from protocol.mesh import clements_layout
 from protocol.plan import Plan
+from runtime import open_system
 from sim import parse_config
 
 from .run import Display, _with_progress, prepare, system_config

@@ -20,18 +20,18 @@ import msgpack
 import msgspec
 import trio
 
-from actors import (
+from protocol import AwenError, Codec, ConfigError, ProtocolError, protocol_schema
+from protocol.catalog import CATALOG
+from protocol.system import GetStatus, Ping
+from runtime import (
     Actor,
     ResolvedSystem,
-    Runtime,
     configure_logging,
     describe_failure,
     first_awen_error,
     load_system,
     open_system,
 )
-from protocol import CATALOG, AwenError, Codec, ConfigError, ProtocolError, protocol_schema
-from protocol.system import GetStatus, Ping
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -79,7 +79,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 async def _client(system: ResolvedSystem) -> Actor:
     # A name outside the directory makes a client-only actor: it can ask, not be asked.
-    return Actor(f"cli-{os.getpid()}", Runtime(system.make_directory(), system.runtime))
+    return Actor(f"cli-{os.getpid()}", system.runtime_for())
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

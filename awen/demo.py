@@ -19,9 +19,10 @@ import numpy as np
 import trio
 import zmq
 
-from actors import Supervisor, configure_logging, open_system, parse_system
-from protocol import CATALOG, Codec
+from protocol import Codec
+from protocol.catalog import CATALOG
 from protocol.system import GetStatus, Ping
+from runtime import Supervisor, configure_logging, open_system, parse_system
 
 PINGS = 300
 

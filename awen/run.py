@@ -23,7 +23,6 @@ import msgspec
 import numpy as np
 import trio
 
-from actors import Supervisor, open_system, parse_system
 from actors.scheduler import Limits, analyse
 from protocol import AwenError
 from protocol.calibration import Calibrate, GetCalibrationStatus
@@ -31,6 +30,7 @@ from protocol.circuit import Circuit, CircuitError, UnitaryOp, load_circuit, par
 from protocol.memory import GetJob, GetPlan, QueryResults
 from protocol.plan import Plan
 from protocol.scheduler import Submit
+from runtime import Supervisor, open_system, parse_system
 from sim import chip_of, factory_calibration, output_distribution, parse_config
 
 RUN_TIMEOUT_S = 3600.0

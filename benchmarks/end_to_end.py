@@ -42,16 +42,16 @@ from typing import Any
 import numpy as np
 import trio
 
-from actors import open_system
-from actors.calibration import CalibrationModel
 from actors.scheduler import compile_circuit
 from awen.run import prepare, system_config
 from protocol import scpi
 from protocol.calibration import Calibrate
+from protocol.calibration_model import CalibrationModel
 from protocol.circuit import CircuitBuilder
 from protocol.memory import GetCalibration, LogEvent
 from protocol.scheduler import Submit
 from protocol.system import Ping
+from runtime import open_system
 from sim import Device, parse_config
 
 MODES, SEED = 4, 1

@@ -39,11 +39,11 @@ from pathlib import Path
 import serial
 import trio
 
-from actors import Actor, ResolvedSystem, Runtime
 from drivers import open_driver
 from protocol import scpi
 from protocol.hal import ConfigureInputs, GetHeater, InputSetting, ListDevices, RunShots
 from protocol.system import Ping
+from runtime import Actor, ResolvedSystem
 
 LINE = b"HEAT:VOLT? 0;:SYST:ERR?\n"
 SHOTS = 10_000
@@ -126,7 +126,7 @@ async def driver_round_trips(url: str, count: int) -> list[float]:
 
 async def through_hal(system_file: Path, count: int) -> tuple[list[float], list[float], float]:
     system = ResolvedSystem.load(system_file)
-    client = Actor("bench", Runtime(system.make_directory(), system.runtime))
+    client = Actor("bench", system.runtime_for())
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run)
         with trio.fail_after(30):

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import trio
 
-from actors import Actor, ResolvedSystem, Runtime
 from protocol.memory import Allocate, PutJob, SlotSpec, SlotValue, Write
+from runtime import Actor, ResolvedSystem
 
 COUNTS = np.arange(16, dtype=np.int64)
 RATES = np.linspace(0, 1, 16)
@@ -61,7 +61,7 @@ def start_memory(data_dir: Path) -> tuple[subprocess.Popen[str], Path]:
 
 async def through_actor(system_file: Path, frames: int, results: int) -> dict[str, float]:
     system = ResolvedSystem.load(system_file)
-    client = Actor("bench", Runtime(system.make_directory(), system.runtime))
+    client = Actor("bench", system.runtime_for())
     figures: dict[str, float] = {}
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run)

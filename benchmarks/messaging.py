@@ -30,10 +30,11 @@ from dataclasses import dataclass
 import trio
 import zmq
 
-from actors import Actor, Address, Directory, Runtime
-from actors._system import free_tcp_port
-from protocol import CATALOG, Codec, make_envelope
+from protocol import Codec, make_envelope
+from protocol.catalog import CATALOG
 from protocol.system import Ping
+from runtime import Actor, Address, Directory, Runtime
+from runtime._system import free_tcp_port
 
 PAYLOAD = b"x" * 64
 WARMUP = 500

@@ -2,13 +2,14 @@
 
 Everything both sides of a wire must agree on lives here, and nothing here does
 I/O. See docs/protocol.md for the wire format.
+
+This package's own namespace is the wire itself (the envelope, the codec, the
+errors, the numpy ext type, the runtime's system messages): what the actor
+runtime needs and all it may use. Each actor's messages are a module of their
+own (`protocol.hal`, `protocol.memory`, ...), and `protocol.catalog.CATALOG`
+assembles them all, for whoever speaks to the actors.
 """
 
-from . import calibration as calibration
-from . import executor as executor
-from . import hal as hal
-from . import memory as memory
-from . import scheduler as scheduler
 from . import system as system
 from ._codec import DEFAULT_MAX_FRAME_BYTES as DEFAULT_MAX_FRAME_BYTES
 from ._codec import MAX_ERROR_TEXT as MAX_ERROR_TEXT
@@ -59,16 +60,7 @@ from ._structure import MAX_VALUES as MAX_VALUES
 from ._text import clip as clip
 from .system import SYSTEM_MESSAGES as SYSTEM_MESSAGES
 
-CATALOG = Catalog(
-    [
-        *SYSTEM_MESSAGES,
-        *hal.HAL_MESSAGES,
-        *memory.MEMORY_MESSAGES,
-        *scheduler.SCHEDULER_MESSAGES,
-        *executor.EXECUTOR_MESSAGES,
-        *calibration.CALIBRATION_MESSAGES,
-    ]
-)
-"""Every message type awen's actors exchange."""
+SYSTEM_CATALOG = Catalog(SYSTEM_MESSAGES)
+"""The runtime's own messages (``sys.*``, ``peer.*``, ``actor.*``): what every actor speaks."""
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -42,13 +42,12 @@ if __name__ == "__main__":  # fuzzing: what is fuzzed is instrumented for covera
     import atheris
 
     with atheris.instrument_imports(include=["protocol", "msgspec"]):
-        import protocol  # noqa: F401
+        import protocol.catalog  # noqa: F401
 
 import msgpack  # noqa: E402
 import numpy as np  # noqa: E402
 
 from protocol import (  # noqa: E402
-    CATALOG,
     MAX_ERROR_TEXT,
     MAX_FIELD_PATH,
     Codec,
@@ -57,6 +56,7 @@ from protocol import (  # noqa: E402
 )
 from protocol._message import MAX_SENDER  # noqa: E402
 from protocol._structure import check_structure, skip_value  # noqa: E402
+from protocol.catalog import CATALOG  # noqa: E402
 from protocol.system import Ping  # noqa: E402
 from stress._fuzzing import fuzz  # noqa: E402
 

@@ -55,7 +55,6 @@ import numpy as np  # noqa: E402
 import trio  # noqa: E402
 
 import sim  # noqa: E402
-from actors import Actor, RemoteError, ResolvedSystem, Runtime  # noqa: E402
 from actors.scheduler import compile_circuit  # noqa: E402
 from awen.run import prepare  # noqa: E402
 from protocol import AwenError, Envelope, ErrorCode, Reply, Request  # noqa: E402
@@ -65,6 +64,7 @@ from protocol.memory import GetJob, GetPlan, JobRecord, QueryJobs, QueryResults 
 from protocol.plan import Plan  # noqa: E402
 from protocol.scheduler import Submit  # noqa: E402
 from protocol.system import GetStatus, Ping  # noqa: E402
+from runtime import Actor, RemoteError, ResolvedSystem  # noqa: E402
 
 ACTORS = ("memory", "hal", "scheduler", "executor", "calibration")
 ENDED = ("completed", "failed", "cancelled")
@@ -758,7 +758,7 @@ class Campaign:
                 )
                 system_file = Path((await up.wait_line("awen: up", 300)).rsplit(" ", 1)[1])
                 system = ResolvedSystem.load(system_file)
-                self.client = Actor("kill9", Runtime(system.make_directory(), system.runtime))
+                self.client = Actor("kill9", system.runtime_for())
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.client.run)
                     campaign = trio.CancelScope()

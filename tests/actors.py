@@ -7,9 +7,10 @@ from typing import Any
 import trio
 import trio.lowlevel
 
-from actors import Actor, Runtime, handles
-from protocol import CATALOG, AwenError, ErrorCode, Event, Notice, Reply, Request
+from protocol import AwenError, ErrorCode, Event, Notice, Reply, Request
+from protocol.catalog import CATALOG
 from protocol.system import Ok, Ping, Pong
+from runtime import Actor, Runtime, handles
 
 
 class Total(Reply, frozen=True, kw_only=True):

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import trio
 
-from actors import Actor, RemoteError, ResolvedSystem, Runtime
 from protocol.hal import SetHeaters
+from runtime import Actor, RemoteError, ResolvedSystem
 
 
 async def fire(system_file: str, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     system = ResolvedSystem.load(system_file)
-    client = Actor(f"hammer-{os.getpid()}", Runtime(system.make_directory(), system.runtime))
+    client = Actor(f"hammer-{os.getpid()}", system.runtime_for())
     outcomes: list[dict[str, Any]] = [{} for _ in requests]
 
     async def one(i: int, request: dict[str, Any]) -> None:

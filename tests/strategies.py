@@ -17,7 +17,8 @@ from hypothesis import reject
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from protocol import CATALOG, Message
+from protocol import Message
+from protocol.catalog import CATALOG
 
 INT64 = (-(2**63), 2**63 - 1)
 

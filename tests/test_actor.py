@@ -12,7 +12,9 @@ import pytest
 import trio
 import zmq
 
-from actors import (
+from protocol import Codec, ErrorCode, make_envelope
+from protocol.system import GetStatus, Heartbeat, Ping
+from runtime import (
     Actor,
     Address,
     Directory,
@@ -24,9 +26,7 @@ from actors import (
     RuntimeOptions,
     UnknownPeer,
 )
-from actors._system import free_tcp_port
-from protocol import Codec, ErrorCode, make_envelope
-from protocol.system import GetStatus, Heartbeat, Ping
+from runtime._system import free_tcp_port
 
 from .actors import TEST_CATALOG, Add, Changed, Counter, Fail, Note, SlowToStart, Stubborn, Total
 from .helpers import eventually, recv_message

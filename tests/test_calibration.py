@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import trio
 
-from actors.calibration import CalibrationModel, fit_sweeps, sweep_plan
+from actors.calibration import fit_sweeps, sweep_plan
 from actors.calibration._actor import sweep_data
 from protocol.calibration import Calibrate, CheckReference, GetCalibrationStatus
+from protocol.calibration_model import CalibrationModel
 from protocol.memory import GetCalibration, GetJob, ListCalibrations, PutCalibration, QueryJobs
 from protocol.mesh import clements_layout
 from sim import chip_of, factory_calibration

@@ -21,7 +21,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors import RemoteError
 from actors.scheduler import Limits, analyse, compile_circuit, plan_problems
 from protocol.circuit import (
     OP_NAMES,
@@ -34,6 +33,7 @@ from protocol.circuit import (
 )
 from protocol.plan import Branch
 from protocol.scheduler import Submit, Validate
+from runtime import RemoteError
 from sim import parse_config
 
 from .test_circuit_problems import OP_FIELDS, assert_names_real_keys, bs, ff, inp, measure, ps, unitary, wait

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from actors import RestartPolicy, load_system, parse_system
 from awen.cli import main as awen_main
 from protocol import ConfigError
+from runtime import RestartPolicy, load_system, parse_system
 
 
 @pytest.mark.parametrize(
@@ -16,8 +16,8 @@ from protocol import ConfigError
         ("[runtime]\nheartbeat_interval = -1\n", "runtime.heartbeat_interval must be positive, got -1.0"),
         ('[[actor]]\nname = "x"\nrestrat = {}\n', r"unknown field `restrat` - at `\$.actor\[0\]`"),
         ('[[actor]]\nname = "x"\nfactory = "nope:Thing"\n', "factory 'nope:Thing': cannot import nope"),
-        ('[[actor]]\nname = "x"\nfactory = "actors"\n', "must look like 'package.module:Class'"),
-        ('[[actor]]\nname = "x"\nfactory = "actors:Nothing"\n', "actors has no callable 'Nothing'"),
+        ('[[actor]]\nname = "x"\nfactory = "actors"\n', "must look like 'package.module:Name'"),
+        ('[[actor]]\nname = "x"\nfactory = "actors:Nothing"\n', "actors has no 'Nothing'"),
         ('[[actor]]\nname = "x"\n[[actor]]\nname = "x"\n', "actor names must be unique; repeated: x"),
         ('[[actor]]\nname = "a b"\n', r"Expected `str` matching regex"),
         (

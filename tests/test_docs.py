@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from protocol import CATALOG, Codec, ErrorCode, make_envelope
+from protocol import Codec, ErrorCode, make_envelope
+from protocol.catalog import CATALOG
 from protocol.system import Ping, Pong
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"

@@ -20,17 +20,19 @@ import numpy as np
 import pytest
 import trio
 
-from actors import Actor, Address, Directory, LocalNetwork, Runtime, RuntimeOptions
-from actors.calibration import CalibrationActor, CalibrationModel
+from actors.calibration import CalibrationActor
 from actors.executor import ExecutorActor
 from actors.hal import HalActor
 from actors.memory import MemoryActor
 from actors.scheduler import SchedulerActor
+from protocol.calibration_model import CalibrationModel
+from protocol.catalog import CATALOG
 from protocol.circuit import CircuitBuilder, RunMode
 from protocol.executor import Abort, GetExecutorStatus
 from protocol.hal import ConfigureInputs, InputSetting, SetHeaters
 from protocol.memory import GetJob, GetPlan, PutCalibration, QueryResults
 from protocol.scheduler import GetQueue, SetStrategy, StrategyConfig, Submit
+from runtime import Actor, Address, Directory, LocalNetwork, Runtime, RuntimeOptions
 from sim import DeviceServer, parse_config, parse_fault, serve_tcp
 
 from .helpers import eventually
@@ -91,7 +93,7 @@ async def bench(
     server = DeviceServer(CHIP, seed=7)
     names = ("memory", "hal", "scheduler", "executor", "calibration", "me")
     directory = Directory({n: Address(address=f"mem://{n}", events=f"mem://{n}.ev") for n in names})
-    runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork())
+    runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork(), catalog=CATALOG)
     async with trio.open_nursery() as outside:
         host, port = await outside.start(serve_tcp, server, "127.0.0.1", 0)
         memory = MemoryActor("memory", runtime, data_dir=str(tmp_path / "data"), synchronous="normal")

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import trio
 
-from actors import open_system, parse_system
 from protocol import AwenError
 from protocol.circuit import CircuitBuilder
 from protocol.executor import GetExecutorStatus
 from protocol.memory import GetJob, PutCalibration, QueryResults
 from protocol.scheduler import Submit
+from runtime import open_system, parse_system
 from sim import DeviceServer, parse_config, serve_tcp
 
 from .helpers import eventually

@@ -15,11 +15,10 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions
-from actors.hal import HalActor
-from hal import parse_hal_config
-from hal._config import per_heater
+from actors.hal import HalActor, parse_hal_config
+from actors.hal._config import per_heater
 from protocol import ConfigError, ErrorCode
+from protocol.catalog import CATALOG
 from protocol.hal import (
     ConfigureInputs,
     Describe,
@@ -37,6 +36,7 @@ from protocol.hal import (
     SetHeaters,
 )
 from protocol.system import ActorCrashLooping
+from runtime import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions
 from sim import DeviceServer, SimConfig, parse_config, parse_fault, serve_pty, serve_tcp
 
 CHIP = parse_config({"modes": 4})
@@ -83,7 +83,7 @@ async def bench(kind: str = "tcp", config: SimConfig = CHIP, seed: int = 1, **de
                 "me": Address(address="mem://me", events="mem://me.ev"),
             }
         )
-        runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork())
+        runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork(), catalog=CATALOG)
         hal = HalActor("hal", runtime, devices=[{"name": "chip", "url": url, "timeout_s": 1.0, **device}])
         client = Actor("me", runtime)
         hal_scope, hal_stopped = trio.CancelScope(), trio.Event()
@@ -413,7 +413,7 @@ async def test_reconnects_within_a_second_of_the_device_coming_back():
 
         host, port = await outer.start(serve_once, first, 0)
         directory = Directory({"hal": Address(address="mem://hal", events="mem://hal.ev")})
-        runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork())
+        runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork(), catalog=CATALOG)
         hal = HalActor("hal", runtime, devices=[{"name": "chip", "url": f"tcp://{host}:{port}", "watchdog_s": 1.5}])
         await outer.start(hal.run)
         device = hal.devices["chip"]

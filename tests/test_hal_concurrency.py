@@ -17,9 +17,9 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors import RemoteError
 from protocol import ErrorCode
 from protocol.hal import GetHeaters, SetHeaters
+from runtime import RemoteError
 
 from .test_hal import bench
 

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sim
-from actors import Actor, ResolvedSystem, Runtime
 from protocol import ErrorCode, scpi
 from protocol.hal import ConfigureInputs, InputSetting, ListDevices, SetHeaters
 from protocol.system import GetStatus
+from runtime import Actor, ResolvedSystem
 
 from .helpers import REPO, LineReader, awen_process
 from .test_hal_concurrency import linearise
@@ -91,7 +91,7 @@ def with_client(system_file: Path, body: object) -> object:
     system = ResolvedSystem.load(system_file)
 
     async def run() -> object:
-        client = Actor("lab-client", Runtime(system.make_directory(), system.runtime))
+        client = Actor("lab-client", system.runtime_for())
         async with trio.open_nursery() as nursery:
             await nursery.start(client.run)
             with trio.fail_after(60):

@@ -21,7 +21,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocol import (
-    CATALOG,
     MAX_DEPTH,
     MAX_VALUES,
     NDARRAY_DTYPES,
@@ -33,6 +32,7 @@ from protocol import (
     ProtocolError,
     make_envelope,
 )
+from protocol.catalog import CATALOG
 from protocol.system import Ping
 
 codec = Codec(CATALOG)

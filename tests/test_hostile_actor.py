@@ -14,10 +14,10 @@ import pytest
 import trio
 import zmq
 
-from actors import Actor, Address, Directory, RemoteError, Runtime, RuntimeOptions, ZmqSocket, handles
-from actors._logging import MAX_LOG_RECORD, configure_logging
 from protocol import MAX_ERROR_TEXT, Codec, ErrorCode, make_envelope
 from protocol.system import MAX_ERROR_MESSAGE, Ping
+from runtime import Actor, Address, Directory, RemoteError, Runtime, RuntimeOptions, ZmqSocket, handles
+from runtime._logging import MAX_LOG_RECORD, configure_logging
 
 from .actors import TEST_CATALOG, Add, Counter, Note, Total
 from .helpers import recv_message

@@ -39,10 +39,11 @@ import msgpack
 import pytest
 import zmq
 
-from actors import ResolvedSystem
-from actors._logging import MAX_LOG_RECORD
-from protocol import CATALOG, Codec, ErrorCode, Notice, ProtocolError, Request
+from protocol import Codec, ErrorCode, Notice, ProtocolError, Request
+from protocol.catalog import CATALOG
 from protocol.system import Pong
+from runtime import ResolvedSystem
+from runtime._logging import MAX_LOG_RECORD
 
 from .extremes import extreme_bodies, pack
 from .helpers import REPO

@@ -14,7 +14,8 @@ import msgpack
 import msgspec.inspect as mi
 import pytest
 
-from protocol import CATALOG, Codec, ErrorCode, InvalidMessage, Notice, Request
+from protocol import Codec, ErrorCode, InvalidMessage, Notice, Request
+from protocol.catalog import CATALOG
 
 codec = Codec(CATALOG)
 

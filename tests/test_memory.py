@@ -18,7 +18,6 @@ import pytest
 import trio
 import trio.testing
 
-from actors import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions
 from actors.memory import (
     MIGRATIONS,
     BadValue,
@@ -33,6 +32,7 @@ from actors.memory import _store as ops
 from actors.memory._actor import INLINE_BYTES
 from actors.memory._store import WriteOp
 from protocol import ConfigError, IllegalTransition, NotFound, StoreFull, StoreUnavailable
+from protocol.catalog import CATALOG
 from protocol.hal import Temperature
 from protocol.memory import (
     Allocate,
@@ -60,6 +60,7 @@ from protocol.memory import (
     Write,
     Written,
 )
+from runtime import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions
 
 from .helpers import eventually
 
@@ -267,7 +268,7 @@ async def memory(data_dir: Path, **config: Any) -> AsyncIterator[tuple[MemoryAct
             "me": Address(address="mem://me", events="mem://me.ev"),
         }
     )
-    runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork())
+    runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork(), catalog=CATALOG)
     actor = MemoryActor("memory", runtime, data_dir=str(data_dir), **config)
     client = Actor("me", runtime)
     async with trio.open_nursery() as nursery:
@@ -550,7 +551,7 @@ async def test_a_resumed_job_continues_at_its_next_frame_with_its_state(tmp_path
 
 
 def test_bad_configuration_is_named():
-    runtime = Runtime(Directory({}), local=LocalNetwork())
+    runtime = Runtime(Directory({}), local=LocalNetwork(), catalog=CATALOG)
     with pytest.raises(ConfigError, match=r"memory configuration: .*synchronous"):
         MemoryActor("memory", runtime, synchronous="sometimes")
     with pytest.raises(ConfigError, match="unknown field `datadir`"):

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import trio
 
-from actors import PeerLostError, RemoteError, RequestTimeout, Supervisor, open_system, parse_system
 from actors.memory import Store
 from actors.memory import _store as ops
 from protocol.memory import Allocate, GetJob, PutJob, QueryResults, SetJobState, SlotSpec, SlotValue, Write
+from runtime import PeerLostError, RemoteError, RequestTimeout, Supervisor, open_system, parse_system
 
 from .helpers import REPO, LineReader, awen_process
 from .store_writer import frame_value

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from awen.cli import main as awen_main
 from protocol import (
-    CATALOG,
     NDARRAY_EXT,
     PROTOCOL_VERSION,
     Catalog,
@@ -29,6 +28,7 @@ from protocol import (
     make_envelope,
     protocol_schema,
 )
+from protocol.catalog import CATALOG
 from protocol.system import Error, GetStatus, Heartbeat, Ping, Status
 
 from .strategies import arrays, message_of, messages, same

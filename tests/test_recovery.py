@@ -18,16 +18,17 @@ import numpy as np
 import pytest
 import trio
 
-from actors import Actor, Address, Directory, LocalNetwork, Runtime, RuntimeOptions
 from actors.calibration import CalibrationActor
 from actors.executor import ExecutorActor
 from actors.hal import HalActor
 from actors.memory import MemoryActor
 from actors.scheduler import SchedulerActor
 from protocol.calibration import Calibrate
+from protocol.catalog import CATALOG
 from protocol.circuit import CircuitBuilder
 from protocol.memory import GetCalibration, GetJob, ListCalibrations, PutCalibration, QueryJobs, QueryResults
 from protocol.scheduler import Submit
+from runtime import Actor, Address, Directory, LocalNetwork, Runtime, RuntimeOptions
 from sim import DeviceServer, serve_tcp
 
 from .helpers import eventually
@@ -98,7 +99,7 @@ class Lab:
 async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
     server = DeviceServer(CHIP, seed=7)
     directory = Directory({n: Address(address=f"mem://{n}", events=f"mem://{n}.ev") for n in NAMES})
-    runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.2), local=LocalNetwork())
+    runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.2), local=LocalNetwork(), catalog=CATALOG)
     async with trio.open_nursery() as outside:
         host, port = await outside.start(serve_tcp, server, "127.0.0.1", 0)
         device = {"name": "chip", "url": f"tcp://{host}:{port}", "timeout_s": 1.0}

@@ -13,10 +13,10 @@ import pytest
 import trio
 import trio.testing
 
-from actors import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions
 from actors.hal import HalActor
 from actors.memory import MemoryActor
 from actors.scheduler import SchedulerActor
+from protocol.catalog import CATALOG
 from protocol.circuit import CircuitBuilder
 from protocol.hal import InterlockReset, InterlockTripped
 from protocol.memory import Allocate, Free, GetJob, GetPlan, PutCalibration, SetJobState
@@ -35,6 +35,7 @@ from protocol.scheduler import (
     Unsuspend,
     Validate,
 )
+from runtime import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions
 
 from .helpers import eventually
 
@@ -124,7 +125,7 @@ def names(*extra: str) -> Directory:
 
 @asynccontextmanager
 async def lab(tmp_path: Path, **config: Any) -> AsyncIterator[Lab]:
-    runtime = Runtime(names(), RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork())
+    runtime = Runtime(names(), RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork(), catalog=CATALOG)
     memory = MemoryActor("memory", runtime, data_dir=str(tmp_path / "data"), synchronous="normal")
     hal = HalActor("hal", runtime, devices=[{"name": "chip", "url": "sim://?seed=1&modes=8", "watchdog_s": 0}])
     scheduler = SchedulerActor("scheduler", runtime, deadline_check_s=0.05, **config)

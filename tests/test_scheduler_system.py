@@ -9,10 +9,10 @@ import signal
 import pytest
 import trio
 
-from actors import RemoteError, open_system, parse_system
 from protocol.circuit import CircuitBuilder
 from protocol.memory import GetJob
 from protocol.scheduler import GetQueue, NextJob, Pause, Resume, Submit
+from runtime import RemoteError, open_system, parse_system
 
 from .helpers import eventually
 

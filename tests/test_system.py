@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import trio
 
-from actors import (
+from protocol.system import GetStatus, Ping
+from runtime import (
     Actor,
     PeerLostError,
     RequestTimeout,
@@ -26,7 +27,6 @@ from actors import (
     open_system,
     parse_system,
 )
-from protocol.system import GetStatus, Ping
 
 from .helpers import awen_process
 
@@ -215,7 +215,7 @@ def child_pids(system_file: Path) -> dict[str, int]:
     system = ResolvedSystem.load(system_file)
 
     async def ask() -> dict[str, int]:
-        client = Actor("test-client", Runtime(system.make_directory(), system.runtime))
+        client = Actor("test-client", system.runtime_for())
         async with trio.open_nursery() as nursery:
             await nursery.start(client.run)
             with trio.fail_after(20):

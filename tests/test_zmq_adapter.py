@@ -9,10 +9,11 @@ import pytest
 import trio
 import zmq
 
-from actors import Actor, Address, Directory, Runtime, ZmqSocket
-from actors._zmq import RECV_BATCH, close_socket
-from protocol import CATALOG, Codec, make_envelope
+from protocol import Codec, make_envelope
+from protocol.catalog import CATALOG
 from protocol.system import Ping
+from runtime import Actor, Address, Directory, Runtime, ZmqSocket
+from runtime._zmq import RECV_BATCH, close_socket
 
 from .helpers import recv_message
 

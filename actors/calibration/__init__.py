@@ -1,7 +1,8 @@
-"""Calibration: the model that turns phases into heater voltages, fitted from measurements.
+"""The calibration actor: sweeps the heaters through the queue, fits the model, versions every fit.
 
-`CalibrationModel` is one version of the fits (``phi0``, ``alpha``,
-crosstalk); the executor builds one from the stored calibration its job pins.
+The model itself (`protocol.calibration_model.CalibrationModel`: ``phi0``,
+``alpha``, crosstalk) is what the calibration actor writes and the executor
+reads, so it lives in the protocol, below both.
 """
 
 from ._actor import CalibrationActor as CalibrationActor
@@ -10,7 +11,5 @@ from ._actor import sweep_plan as sweep_plan
 from ._fit import FitResult as FitResult
 from ._fit import SweepData as SweepData
 from ._fit import fit_sweeps as fit_sweeps
-from ._model import CalibrationModel as CalibrationModel
-from ._model import CalibrationUnusable as CalibrationUnusable
 
 __all__ = [name for name in dir() if not name.startswith("_")]

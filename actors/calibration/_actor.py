@@ -44,6 +44,7 @@ from protocol.calibration import (
     ReferenceChecked,
     ReferenceResult,
 )
+from protocol.calibration_model import CalibrationModel
 from protocol.circuit import Circuit, CircuitBuilder
 from protocol.hal import Describe, InputSetting
 from protocol.memory import GetCalibration, GetJob, GetPlan, PutCalibration, QueryJobs, QueryResults
@@ -51,12 +52,9 @@ from protocol.mesh import clements, clements_layout, embed_phases
 from protocol.photonica import DeviceDescription
 from protocol.plan import Phase, Placement, Plan, PlanMetrics, RegisterRead, Resources
 from protocol.scheduler import ReportHealth, Submit, SubmitProcedure
+from runtime import Actor, RemoteError, Runtime, handles
 
-from .._actor import Actor, handles
-from .._config import Runtime
-from .._errors import RemoteError
 from ._fit import FitFailed, SweepData, fit_sweeps
-from ._model import CalibrationModel
 
 log = logging.getLogger("awen.calibration")
 

@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protocol import AwenError
+from protocol.calibration_model import CalibrationModel
 from protocol.mesh import MeshLayout
-
-from ._model import CalibrationModel
 
 
 class FitFailed(AwenError):

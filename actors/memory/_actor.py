@@ -84,9 +84,8 @@ from protocol.memory import (
     Write,
     Written,
 )
+from runtime import Actor, Runtime, handles
 
-from .._actor import Actor, handles
-from .._config import Runtime
 from . import _store as ops
 from ._slots import SlotTable
 from ._store import Store, WriteOp

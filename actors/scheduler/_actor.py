@@ -88,10 +88,8 @@ from protocol.scheduler import (
     Validate,
     Validation,
 )
+from runtime import Actor, RemoteError, Runtime, handles, subscribes
 
-from .._actor import Actor, handles, subscribes
-from .._config import Runtime
-from .._errors import RemoteError
 from ._compile import Health, Limits, analyse, compile_circuit, device_key, plan_id
 from ._queue import ACCEPTING_SEQ, JobQueue, QueuedJob
 from ._strategy import Feedback, apply_strategy, combined_health
@@ -823,7 +821,8 @@ class SchedulerActor(Actor):
     async def _checkpoint(self, msg: Checkpoint, env: Envelope) -> Proceed:
         self._ready_now()
         job = self._running(msg.job, msg.executor)
-        assert job.plan is not None
+        if job.plan is None:  # read back after a restart; its plan is being made (from the store) again
+            raise NotReady(f"{self.name} is reading back the plan of {msg.job}; ask again shortly")
         if 0 <= msg.phase < len(job.plan.phases):
             failed = list(msg.failures)
             self.feedback.record(job.plan.phases[msg.phase], ok=msg.ok, duration_s=msg.duration_s, failed=failed)

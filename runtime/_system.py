@@ -7,6 +7,7 @@ ports for ``tcp://``. The resolved form is what child processes receive.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import socket
@@ -16,13 +17,17 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
+import zmq
 
-from protocol import ConfigError, convert_settings, load_settings
+from protocol import Catalog, ConfigError, convert_settings, load_settings
 
-from ._config import Address, Directory, RuntimeOptions
-from ._transport import scheme_of
+from ._config import Address, Directory, Runtime, RuntimeOptions
+from ._transport import LocalNetwork, scheme_of
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+DEFAULT_CATALOG = "protocol.catalog:CATALOG"
+"""The lab's actors' messages: named, not imported, so that the runtime depends only on the wire."""
 Transport = Literal["ipc", "tcp", "inproc", "mem"]
 
 
@@ -68,7 +73,7 @@ class ActorSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     """
 
     name: Name
-    factory: str = "actors:Actor"
+    factory: str = "runtime:Actor"
     process: bool = True
     address: str | None = None
     events: str | None = None
@@ -89,6 +94,9 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             directory (removed at exit) if omitted.
         supervisor: The supervisor's own actor name.
         log_level: For every process of the system.
+        catalog: ``"package.module:NAME"`` of the `protocol.Catalog` its actors
+            speak: the runtime knows only its own messages; a lab's actors
+            speak `protocol.catalog.CATALOG`, the default.
     """
 
     transport: Transport = "ipc"
@@ -96,6 +104,7 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     run_dir: str | None = None
     supervisor: Name = "supervisor"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    catalog: str = DEFAULT_CATALOG
     runtime: RuntimeOptions = msgspec.field(default_factory=RuntimeOptions)
     actors: list[ActorSpec] = msgspec.field(default_factory=list, name="actor")
 
@@ -128,10 +137,12 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
                             field=f"actor.{role}",
                         )
             load_factory(spec.factory)  # fail now, with the file's context, not in a child
+        load_catalog(self.catalog)
         return ResolvedSystem(
             supervisor=self.supervisor,
             run_dir=run_dir,
             log_level=self.log_level,
+            catalog=self.catalog,
             runtime=self.runtime,
             directory=entries,
             actors=self.actors,
@@ -151,6 +162,7 @@ class ResolvedSystem(msgspec.Struct, frozen=True, kw_only=True):
     supervisor: str
     run_dir: str
     log_level: str
+    catalog: str
     runtime: RuntimeOptions
     directory: dict[str, Address]
     actors: list[ActorSpec]
@@ -163,6 +175,11 @@ class ResolvedSystem(msgspec.Struct, frozen=True, kw_only=True):
 
     def make_directory(self) -> Directory:
         return Directory(self.directory)
+
+    def runtime_for(self, *, local: LocalNetwork | None = None, context: zmq.Context[Any] | None = None) -> Runtime:
+        """What an actor of this system (or a client of it) is given: the directory, options and catalog."""
+        runtime = Runtime(self.make_directory(), self.runtime, local=local, catalog=load_catalog(self.catalog))
+        return runtime if context is None else dataclasses.replace(runtime, context=context)
 
     def dump(self, path: Path) -> None:
         path.write_bytes(msgspec.json.encode(self))
@@ -192,19 +209,34 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def load_factory(path: str) -> Callable[..., Any]:
-    """The callable named by ``"package.module:attribute"``."""
+def _load(path: str, what: str, field: str) -> Any:
+    """The object named by ``"package.module:attribute"``."""
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(f"factory {path!r} must look like 'package.module:Class'", field="actor.factory")
+        raise ConfigError(f"{what} {path!r} must look like 'package.module:Name'", field=field)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"factory {path!r}: cannot import {module_name}: {exc}", field="actor.factory") from exc
-    factory = getattr(module, attr, None)
+        raise ConfigError(f"{what} {path!r}: cannot import {module_name}: {exc}", field=field) from exc
+    if not hasattr(module, attr):
+        raise ConfigError(f"{what} {path!r}: {module_name} has no {attr!r}", field=field)
+    return getattr(module, attr)
+
+
+def load_factory(path: str) -> Callable[..., Any]:
+    """The callable named by ``"package.module:attribute"``."""
+    factory = _load(path, "factory", "actor.factory")
     if not callable(factory):
-        raise ConfigError(f"factory {path!r}: {module_name} has no callable {attr!r}", field="actor.factory")
+        raise ConfigError(f"factory {path!r} is not callable", field="actor.factory")
     return factory  # type: ignore[no-any-return]
+
+
+def load_catalog(path: str) -> Catalog:
+    """The `protocol.Catalog` named by ``"package.module:NAME"``."""
+    catalog = _load(path, "catalog", "catalog")
+    if not isinstance(catalog, Catalog):
+        raise ConfigError(f"catalog {path!r} is a {type(catalog).__name__}, not a protocol.Catalog", field="catalog")
+    return catalog
 
 
 def parse_system(data: dict[str, Any], *, source: str = "configuration") -> SystemConfig:

@@ -1,4 +1,4 @@
-"""Run one actor of a system in this process: ``python -m actors.worker SYSTEM.json NAME``.
+"""Run one actor of a system in this process: ``python -m runtime.worker SYSTEM.json NAME``.
 
 The supervisor starts this; it is not meant to be run by hand. It builds the
 actor from the resolved system file, tells the supervisor it is ready, and
@@ -19,7 +19,6 @@ from protocol import AwenError
 from protocol.system import Ready
 
 from ._actor import Actor
-from ._config import Runtime
 from ._logging import configure_logging, describe_failure, first_awen_error
 from ._system import ActorSpec, ResolvedSystem, load_factory
 
@@ -27,7 +26,7 @@ log = logging.getLogger("awen.worker")
 
 
 async def serve(system: ResolvedSystem, spec: ActorSpec) -> None:
-    runtime = Runtime(system.make_directory(), system.runtime)
+    runtime = system.runtime_for()
     actor: Actor = load_factory(spec.factory)(spec.name, runtime, **spec.config)
     parent = os.getppid()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -77,7 +76,7 @@ async def _wait_for_exit(pid: int, poll_interval: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m actors.worker SYSTEM.json ACTOR-NAME", file=sys.stderr)
+        print("usage: python -m runtime.worker SYSTEM.json ACTOR-NAME", file=sys.stderr)
         return 2
     try:
         system = ResolvedSystem.load(args[0])

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from protocol import AwenError
+from ._errors import AwenError
 
 TWO_PI = 2 * math.pi
 

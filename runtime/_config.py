@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from protocol import CATALOG, DEFAULT_MAX_FRAME_BYTES, Catalog, Codec, ConfigError
+from protocol import DEFAULT_MAX_FRAME_BYTES, SYSTEM_CATALOG, Catalog, Codec, ConfigError
 
 from ._transport import LocalNetwork, Transport, scheme_of
 
@@ -118,14 +118,16 @@ class Runtime:
         options: Shared tunables.
         local: The ``mem://`` network of this process, if actors use it.
         context: This process's zmq context.
-        catalog: The message types spoken.
+        catalog: The message types spoken: the runtime's own by default; the
+            lab's actors speak `protocol.catalog.CATALOG` (a system file's
+            ``catalog`` names it, and `ResolvedSystem.runtime_for` passes it).
     """
 
     directory: Directory
     options: RuntimeOptions = field(default_factory=RuntimeOptions)
     local: LocalNetwork | None = None
     context: zmq.Context[Any] = field(default_factory=zmq.Context.instance)
-    catalog: Catalog = CATALOG
+    catalog: Catalog = SYSTEM_CATALOG
 
     def codec(self) -> Codec:
         return Codec(self.catalog, max_frame_bytes=self.options.max_frame_bytes)

@@ -82,13 +82,13 @@ class _Child(abc.ABC):
 
 
 class _ProcessChild(_Child):
-    """An actor in a child process: ``python -m actors.worker SYSTEM NAME``."""
+    """An actor in a child process: ``python -m runtime.worker SYSTEM NAME``."""
 
     process: trio.Process | None = None
 
     async def start(self) -> None:
         self.ready = trio.Event()
-        command = [sys.executable, "-m", "actors.worker", str(self.supervisor.system_file), self.spec.name]
+        command = [sys.executable, "-m", "runtime.worker", str(self.supervisor.system_file), self.spec.name]
         # A session of its own: Ctrl-C in a terminal reaches only the
         # supervisor, which then stops the actors in order.
         self.process = await trio.lowlevel.open_process(command, start_new_session=True)
@@ -207,7 +207,7 @@ class Supervisor(Actor):
     def __init__(self, system: ResolvedSystem, *, local: LocalNetwork | None = None) -> None:
         self.system = system
         self.local = local if local is not None else LocalNetwork()
-        super().__init__(system.supervisor, Runtime(system.make_directory(), system.runtime, local=self.local))
+        super().__init__(system.supervisor, system.runtime_for(local=self.local))
         self.system_file = Path(system.run_dir) / SYSTEM_FILE
         self.children: dict[str, _Child] = {}
         self.gave_up: ActorGaveUp | None = None
@@ -216,7 +216,7 @@ class Supervisor(Actor):
         self._shutting_down = False
 
     def child_runtime(self) -> Runtime:
-        return Runtime(self.runtime.directory, self.options, local=self.local, context=self.runtime.context)
+        return self.system.runtime_for(local=self.local, context=self.runtime.context)
 
     def shutdown(self) -> None:
         """Stop every actor in reverse start order, then return from `run`."""

@@ -1,6 +1,6 @@
 """The HAL actor: the devices of `hal` on the message bus.
 
-It owns every configured device (`hal.ManagedDevice`), answers ``hal.*``
+It owns every configured device (`ManagedDevice`), answers ``hal.*``
 requests, and publishes what happens to the devices as ``hal.*`` events. On
 stopping, each device is left in its safe state; if the actor dies without
 stopping (``kill -9``), the device's own watchdog, which the HAL armed, does it.
@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from hal import HalConfig, ManagedDevice, load_hal_config, parse_hal_config
 from protocol import AwenError, ErrorCode
 from protocol.hal import (
     Configured,
@@ -48,9 +47,10 @@ from protocol.hal import (
     Shots,
 )
 from protocol.system import ActorCrashLooping, Ok
+from runtime import Actor, Runtime, handles, subscribes
 
-from ._actor import Actor, handles, subscribes
-from ._config import Runtime
+from ._config import HalConfig, load_hal_config, parse_hal_config
+from ._device import ManagedDevice
 
 log = logging.getLogger("awen.hal")
 
