@@ -223,6 +223,27 @@ class Actor:
         The actor can still send, request and publish here.
         """
 
+    @property
+    def running(self) -> bool:
+        """Whether background work can be started (from `setup` until the actor stops)."""
+        return self._work is not None
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the background for as long as the actor runs (from `setup` on).
+
+        It is cancelled when the actor stops, before `teardown`; an exception
+        it raises stops the actor, as one in `main` would.
+        """
+        if self._work is None:
+            raise ActorStoppedError(f"{self.name} is not running: background work starts from setup() on")
+        self._work.start_soon(fn, *args)
+
+    async def start(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Like `start_soon`, for ``fn(*args, task_status=...)``: returns once it reports itself started."""
+        if self._work is None:
+            raise ActorStoppedError(f"{self.name} is not running: background work starts from setup() on")
+        return await self._work.start(fn, *args)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or until `main` returns.
 
@@ -256,6 +277,7 @@ class Actor:
                     await self.main()
                     work.cancel_scope.cancel()
             finally:
+                self._work = None  # closed: teardown runs without background work
                 with trio.CancelScope(shield=True):
                     await self._stop()
 

@@ -86,9 +86,8 @@ class HalActor(Actor):
         self.devices = {d.name: ManagedDevice(d, self.publish) for d in config.devices}
 
     async def setup(self) -> None:
-        assert self._work is not None
         for device in self.devices.values():
-            await self._work.start(device.run)
+            await self.start(device.run)
 
     def device(self, name: str) -> ManagedDevice:
         device = self.devices.get(name)

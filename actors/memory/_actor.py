@@ -213,9 +213,8 @@ class MemoryActor(Actor):
         self.store = await trio.to_thread.run_sync(
             partial(Store, path, synchronous=self.config.synchronous, max_bytes=self.config.max_store_bytes)
         )
-        assert self._work is not None
-        await self._work.start(self._write_loop)
-        self._work.start_soon(self._checkpoint_loop)
+        await self.start(self._write_loop)
+        self.start_soon(self._checkpoint_loop)
         for job, reason in self.store.interrupted:
             self.publish(JobStateChanged(job=job, state="interrupted", previous="running", reason=reason))
 
@@ -301,9 +300,9 @@ class MemoryActor(Actor):
         self._flush_soon()
 
     def _flush_soon(self) -> None:
-        if not self._flush_due and self._work is not None:
+        if not self._flush_due and self.running:
             self._flush_due = True
-            self._work.start_soon(self._flush_later)
+            self.start_soon(self._flush_later)
 
     async def _flush_later(self) -> None:
         """What is still waiting after ``write_behind_s`` gets a transaction of its own."""

@@ -165,9 +165,8 @@ class SchedulerActor(Actor):
     # --- life cycle ---------------------------------------------------------------------------
 
     async def setup(self) -> None:
-        assert self._work is not None
-        self._work.start_soon(self._start)
-        self._work.start_soon(self._deadline_loop)
+        self.start_soon(self._start)
+        self.start_soon(self._deadline_loop)
 
     async def teardown(self) -> None:
         if self._pool is not None:
@@ -694,8 +693,8 @@ class SchedulerActor(Actor):
             self._suspend(f"link:{device}", f"{device} disconnected ({body.reason})")
         elif isinstance(body, DeviceConnected | DeviceReconnected):
             self._unsuspend(f"link:{device}")
-            if self._ready.is_set() and self._work is not None:
-                self._work.start_soon(self._describe)
+            if self._ready.is_set():
+                self.start_soon(self._describe)
 
     # --- dispatch -----------------------------------------------------------------------------
 
