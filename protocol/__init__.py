@@ -11,6 +11,7 @@ assembles them all, for whoever speaks to the actors.
 """
 
 from . import system as system
+from ._backoff import Backoff as Backoff
 from ._codec import DEFAULT_MAX_FRAME_BYTES as DEFAULT_MAX_FRAME_BYTES
 from ._codec import MAX_ERROR_TEXT as MAX_ERROR_TEXT
 from ._codec import MAX_FIELD_PATH as MAX_FIELD_PATH

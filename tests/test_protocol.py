@@ -310,3 +310,19 @@ def test_awen_protocol_decode_explains_a_frame(capsys):
     assert "accepted" in capsys.readouterr().out
     assert awen_main(["protocol", "decode", frame_of(Ping(), v=3).hex()]) == 1
     assert "refused [unsupported-version]" in capsys.readouterr().out
+
+
+def test_backoff_doubles_to_its_longest_and_jitters_within_its_bounds():
+    import random
+
+    from protocol import Backoff
+
+    exact = Backoff(first=0.1, longest=1.0, jitter=0)
+    assert [exact.delay(k) for k in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert exact.delay(10**9) == 1.0  # no overflow, however many tries
+    spread = Backoff(first=0.1, longest=1.0, jitter=0.5)
+    rng = random.Random(1)
+    waits = [spread.delay(2, rng) for _ in range(1000)]
+    assert 0.2 <= min(waits) < 0.25
+    assert 0.55 < max(waits) <= 0.6
+    assert list(zip(range(3), exact.delays(), strict=False)) == [(0, 0.1), (1, 0.2), (2, 0.4)]
