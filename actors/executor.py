@@ -746,7 +746,7 @@ class ExecutorActor(Actor):
             else:
                 self._volts = volts
         rules = {b.pattern: b.phases for b in phase.branches if b.phases}
-        setup = (phase.inputs, phase.ff_modes, rules, phase.memory)
+        setup = (phase.inputs, phase.ff_modes, rules, phase.delay_lines)
         if setup != self._configured:  # a sweep changes only the heaters: the rest is sent once
             self._configured = None
             inputs = ConfigureInputs(device=device, inputs=phase.inputs, clear=True, expect_version=version)
@@ -756,10 +756,10 @@ class ExecutorActor(Actor):
                 device=device,
                 ff_modes=phase.ff_modes,
                 rules=rules,
-                memory=phase.memory,
+                delay_lines=phase.delay_lines,
                 expect_version=configured.version,
             )
-            configured, tries = await self._change(program, "programming feed-forward and memory")
+            configured, tries = await self._change(program, "programming feed-forward and delay lines")
             retries += tries
             version = configured.version
             self._configured = setup

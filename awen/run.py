@@ -5,7 +5,7 @@ executor, calibration: one supervisor, each actor its own process, data in a
 local directory), calibrates the chip if it has no valid calibration, runs
 the circuit with a progress bar on a terminal, and prints the counts of every
 register and the figures the example is about (HOM visibility, boson-sampling
-fidelity, memory transmission), each next to what the simulator's parameters
+fidelity, delay-line transmission), each next to what the simulator's parameters
 predict.
 """
 
@@ -248,17 +248,17 @@ def figures(
             "fidelity": fidelity,
             "note": f"sum sqrt(p q) over {n}-click patterns, q from the exact permanents and the chip's detection",
         }
-    if circuit.name == "memory" and "back" in registers:
+    if circuit.name == "delay-line" and "back" in registers:
         back = registers["back"]["counts"]
         measured = float(back[1]) / shots
         chip = chip_of(sim_config, seed)
-        loop = sim_config.memory.loop_s * 1e9
+        loop = sim_config.delay_lines.loop_s * 1e9
         waits = sum(op["ns"] for op in circuit.ops if op.get("op") == "wait")
         rounds = max(1, math.ceil(waits / loop - 1e-9))
         expected = (
             chip.input_transmission
             * chip.mesh_transmission
-            * sim_config.memory_transmission**rounds
+            * sim_config.delay_line_transmission**rounds
             * chip.mesh_transmission
             * chip.output_transmission[1]
             * chip.efficiency[1]

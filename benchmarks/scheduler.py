@@ -34,7 +34,7 @@ DEVICE = parse_config({"modes": 32}).description()
 
 
 def lab_circuit(ops: int, seed: int = 1) -> Circuit:
-    """About ``ops`` operations: rounds of state preparation, linear optics, memory, feed-forward, detection."""
+    """About ``ops`` operations: rounds of state preparation, linear optics, delay lines, feed-forward, detection."""
     rng = random.Random(seed)
     b = CircuitBuilder(32, shots=1000)
     count = 0

@@ -11,7 +11,7 @@ time order (docs/circuits.md has the format with examples)::
 
 `parse_circuit` checks the format of every operation and returns every
 problem at once (`CircuitProblem`: the op's index path, the field, the
-message); checks against a device (modes, memory, feed-forward) are the
+message); checks against a device (modes, delay lines, feed-forward) are the
 scheduler's. `CircuitBuilder` writes the same document from Python.
 """
 
@@ -88,16 +88,16 @@ class UnitaryOp(_Op, frozen=True, kw_only=True, tag="unitary"):
 
 
 class Store(_Op, frozen=True, kw_only=True, tag="store"):
-    """Send the photon in ``mode`` into memory ``slot`` (a delay line); the mode is then empty."""
+    """Send the photon in ``mode`` into delay line ``line`` (a name the circuit chooses); the mode is then empty."""
 
     mode: Mode
-    slot: Name
+    line: Name
 
 
 class Load(_Op, frozen=True, kw_only=True, tag="load"):
-    """Bring the photon held in ``slot`` back, into ``mode`` (an empty mode)."""
+    """Bring the photon held in delay line ``line`` back, into ``mode`` (an empty mode)."""
 
-    slot: Name
+    line: Name
     mode: Mode
 
 
@@ -554,11 +554,11 @@ class CircuitBuilder:
             op["im"] = u.imag.tolist()
         return self._add(op)
 
-    def store(self, mode: int, slot: str) -> CircuitBuilder:
-        return self._add({"op": "store", "mode": mode, "slot": slot})
+    def store(self, mode: int, line: str) -> CircuitBuilder:
+        return self._add({"op": "store", "mode": mode, "line": line})
 
-    def load(self, slot: str, mode: int) -> CircuitBuilder:
-        return self._add({"op": "load", "slot": slot, "mode": mode})
+    def load(self, line: str, mode: int) -> CircuitBuilder:
+        return self._add({"op": "load", "line": line, "mode": mode})
 
     def wait(self, ns: float) -> CircuitBuilder:
         return self._add({"op": "wait", "ns": float(ns)})

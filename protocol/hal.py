@@ -21,8 +21,8 @@ MAX_MODES = 256
 MAX_HEATERS = MAX_MODES**2
 """The most heaters: a Clements mesh of ``m`` modes has about ``m**2``."""
 
-MAX_SLOTS = 256
-"""The most delay lines (memory slots) a device may have."""
+MAX_DELAY_LINES = 256
+"""The most delay lines a device may have."""
 
 MAX_ROUNDS = 65_535
 """The most round trips a stored photon may be asked to make."""
@@ -36,7 +36,8 @@ MAX_RULES = 65_536
 DeviceName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 Mode = Annotated[int, msgspec.Meta(ge=0, le=MAX_MODES - 1)]
 Heater = Annotated[int, msgspec.Meta(ge=0, le=MAX_HEATERS - 1)]
-Slot = Annotated[int, msgspec.Meta(ge=0, le=MAX_SLOTS - 1)]
+DelayLine = Annotated[int, msgspec.Meta(ge=0, le=MAX_DELAY_LINES - 1)]
+"""A physical delay line, numbered from 0."""
 Volts = Finite
 Watts = NonNegative
 Column = Annotated[int, msgspec.Meta(ge=0, le=2 * MAX_MODES - 1)]
@@ -179,8 +180,10 @@ class ConfigureInputs(Request[Configured], frozen=True, kw_only=True):
     expect_version: Version | None = None
 
 
-class MemorySlot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    slot: Slot
+class DelayRoute(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The photon leaving output ``out_mode`` goes round delay line ``line`` ``rounds`` times, then into ``in_mode``."""
+
+    line: DelayLine
     out_mode: Mode
     in_mode: Mode
     rounds: Annotated[int, msgspec.Meta(ge=1, le=MAX_ROUNDS)]
@@ -201,7 +204,9 @@ class Program(Request[Configured], frozen=True, kw_only=True):
         dict[Pattern, Annotated[dict[Mode, Finite], msgspec.Meta(max_length=MAX_MODES)]],
         msgspec.Meta(max_length=MAX_RULES),
     ] = msgspec.field(default_factory=dict)
-    memory: Annotated[list[MemorySlot], msgspec.Meta(max_length=MAX_SLOTS)] = msgspec.field(default_factory=list)
+    delay_lines: Annotated[list[DelayRoute], msgspec.Meta(max_length=MAX_DELAY_LINES)] = msgspec.field(
+        default_factory=list
+    )
     expect_version: Version | None = None
 
 

@@ -88,10 +88,17 @@ class SourceSpec(msgspec.Struct, frozen=True, kw_only=True):
     coherent_max_w: float
 
 
-class MemorySpec(msgspec.Struct, frozen=True, kw_only=True):
-    """Fibre delay lines: a stored photon survives r round trips with probability transmission**r."""
+class DelayLineSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Fibre delay lines: a stored photon survives r round trips with probability transmission**r.
 
-    slots: int
+    Attributes:
+        count: How many lines, numbered from 0 (``DLINe:ROUTe``'s ``line``).
+        loop_s: One round trip.
+        transmission: What one round trip keeps.
+        max_rounds: Past this many round trips the photon is gone.
+    """
+
+    count: int
     loop_s: float
     transmission: float
     max_rounds: int
@@ -117,7 +124,7 @@ class DeviceDescription(msgspec.Struct, frozen=True, kw_only=True):
     heaters: HeaterSpec
     detectors: DetectorSpec
     sources: SourceSpec
-    memory: MemorySpec
+    delay_lines: DelayLineSpec
     feedforward: FeedForwardSpec
     shot_rate_hz: float
     max_shots: int
@@ -273,14 +280,14 @@ COMMANDS: tuple[Command, ...] = (
     _c("FFORward:CLEar", (), "Remove the feed-forward modes and rules."),
     _c("FFORward:LATency?", (), "Feed-forward latency in s.", reply="float"),
     _c(
-        "MEMory:STORe",
-        (P("slot", "int"), P("out_mode", "int"), P("in_mode", "int"), P("rounds", "int")),
-        "Send the photon leaving output <out_mode> round delay line <slot> <rounds> times, "
+        "DLINe:ROUTe",
+        (P("line", "int"), P("out_mode", "int"), P("in_mode", "int"), P("rounds", "int")),
+        "Send the photon leaving output <out_mode> round delay line <line> <rounds> times, "
         "then into input <in_mode> for a second pass.",
     ),
-    _c("MEMory:STORe?", (), "The memory program.", reply="block: JSON"),
-    _c("MEMory:CLEar", (), "Remove the memory program."),
-    _c("MEMory:LOOP?", (), "One round trip of a delay line in s.", reply="float"),
+    _c("DLINe:ROUTe?", (), "The delay-line routes.", reply="block: JSON"),
+    _c("DLINe:CLEar", (), "Remove every delay-line route."),
+    _c("DLINe:LOOP?", (), "One round trip of a delay line in s.", reply="float"),
 )
 
 

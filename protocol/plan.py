@@ -22,17 +22,17 @@ import msgspec
 
 from ._message import Count, Finite, Index, Label, Seconds, Text
 from .hal import (
+    MAX_DELAY_LINES,
     MAX_HEATERS,
     MAX_MODES,
     MAX_ROUNDS,
     MAX_RULES,
-    MAX_SLOTS,
     Column,
+    DelayLine,
+    DelayRoute,
     InputSetting,
-    MemorySlot,
     Mode,
     Pattern,
-    Slot,
 )
 
 MAX_PHASES = 65_536
@@ -49,7 +49,7 @@ _OP_PATH = re.compile(r"(0|[1-9][0-9]{0,9})(?:-(0|[1-9][0-9]{0,9})|(?:\.ops\.(?:
 
 Modes = Annotated[list[Mode], msgspec.Meta(max_length=MAX_MODES)]
 Columns = Annotated[list[Column], msgspec.Meta(max_length=2 * MAX_MODES)]
-Slots = Annotated[list[Slot], msgspec.Meta(max_length=MAX_SLOTS)]
+DelayLines = Annotated[list[DelayLine], msgspec.Meta(max_length=MAX_DELAY_LINES)]
 PerHeater = Annotated[list[Finite], msgspec.Meta(max_length=MAX_HEATERS)]
 
 
@@ -87,8 +87,9 @@ class Branch(_S, frozen=True, kw_only=True):
 class Deadline(_S, frozen=True, kw_only=True):
     """A stored photon's coherence window, and how much of it the plan leaves unused."""
 
-    slot: Label
-    physical_slot: Slot
+    line: Label
+    """The circuit's name for the delay line."""
+    physical_line: DelayLine
     store_op: Label
     load_op: Label
     stored_ns: Finite
@@ -101,7 +102,7 @@ class Deadline(_S, frozen=True, kw_only=True):
 class Resources(_S, frozen=True, kw_only=True):
     modes: Modes
     detectors: Columns
-    slots: Slots
+    delay_lines: DelayLines
     ff_shifters: Index
 
 
@@ -119,7 +120,7 @@ class Phase(_S, frozen=True, kw_only=True):
     readout: Literal["shots", "powers"] = "shots"
     """``powers``: read the photodiodes (coherent light) instead of firing shots."""
     inputs: Annotated[list[InputSetting], msgspec.Meta(max_length=MAX_MODES)]
-    memory: Annotated[list[MemorySlot], msgspec.Meta(max_length=MAX_SLOTS)]
+    delay_lines: Annotated[list[DelayRoute], msgspec.Meta(max_length=MAX_DELAY_LINES)]
     ff_modes: Modes
     branches: Annotated[list[Branch], msgspec.Meta(max_length=MAX_RULES)]
     registers: Annotated[list[RegisterRead], msgspec.Meta(max_length=MAX_REGISTERS)]
@@ -131,7 +132,7 @@ class Phase(_S, frozen=True, kw_only=True):
     settle_s: Seconds
     duration_s: Seconds
     """Expected: settling, shots at the device's rate, and readout."""
-    deadlines: Annotated[list[Deadline], msgspec.Meta(max_length=MAX_SLOTS)]
+    deadlines: Annotated[list[Deadline], msgspec.Meta(max_length=MAX_DELAY_LINES)]
 
     def __post_init__(self) -> None:
         # Checked while decoding (msgspec makes this a validation error): a run "0-99999999999"
@@ -154,7 +155,7 @@ class PlanMetrics(_S, frozen=True, kw_only=True):
     phases: Index
     ops: Count
     min_slack_ns: Finite | None
-    """Least slack before any stored photon's deadline; None without memory."""
+    """Least slack before any stored photon's deadline; None without delay lines."""
     compile_s: Seconds
     reconfigurations: Count
 

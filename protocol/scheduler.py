@@ -15,7 +15,7 @@ import msgspec
 
 from ._message import FLOAT_MAX, Count, Event, Index, Label, Priority, Reason, Reply, Request, Seconds, Text
 from .circuit import Circuit, CircuitProblem, RunMode
-from .hal import MAX_MODES, MAX_SLOTS, Column, Mode, Slot
+from .hal import MAX_DELAY_LINES, MAX_MODES, Column, DelayLine, Mode
 from .memory import JobId, PlanId
 from .plan import Plan, PlanMetrics
 from .system import Ok
@@ -229,7 +229,9 @@ class ReportHealth(Request[Ok], frozen=True, kw_only=True):
     device: Label
     modes: Annotated[list[Mode], msgspec.Meta(max_length=MAX_MODES)] = msgspec.field(default_factory=list)
     detectors: Annotated[list[Column], msgspec.Meta(max_length=2 * MAX_MODES)] = msgspec.field(default_factory=list)
-    slots: Annotated[list[Slot], msgspec.Meta(max_length=MAX_SLOTS)] = msgspec.field(default_factory=list)
+    delay_lines: Annotated[list[DelayLine], msgspec.Meta(max_length=MAX_DELAY_LINES)] = msgspec.field(
+        default_factory=list
+    )
 
 
 class Assignment(Reply, frozen=True, kw_only=True):
@@ -292,7 +294,7 @@ class Checkpoint(Request[Proceed], frozen=True, kw_only=True):
     """A phase boundary: phase ``phase`` is done (or failed); continue, yield the device, or stop?
 
     ``duration_s`` and ``failures`` (components that failed: ``mode:3``,
-    ``detector:5``, ``slot:1``) are the feedback a dynamic strategy uses.
+    ``detector:5``, ``line:1``) are the feedback a dynamic strategy uses.
     ``executor`` names who runs the job: a scheduler that restarted while the
     job ran (and read it back as waiting) takes it as the claim again.
     """

@@ -18,12 +18,12 @@ import numpy as np
 
 from protocol import convert_settings, load_settings
 from protocol.photonica import (
+    DelayLineSpec,
     DetectorSpec,
     DeviceDescription,
     FeedForwardSpec,
     HeaterSpec,
     Identity,
-    MemorySpec,
     SourceSpec,
 )
 
@@ -112,8 +112,8 @@ class SourceConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     coherent_max_w: Positive = 0.01
 
 
-class MemoryConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    slots: Annotated[int, msgspec.Meta(ge=0)] = 2
+class DelayLineConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    count: Annotated[int, msgspec.Meta(ge=0)] = 2
     loop_s: Positive = 25e-9
     rounds_at_1_over_e: Positive = 30.0
     max_rounds: Annotated[int, msgspec.Meta(ge=1)] = 60
@@ -187,7 +187,7 @@ class SimConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True)
     loss: LossConfig = msgspec.field(default_factory=LossConfig)
     detectors: DetectorConfig = msgspec.field(default_factory=DetectorConfig)
     sources: SourceConfig = msgspec.field(default_factory=SourceConfig)
-    memory: MemoryConfig = msgspec.field(default_factory=MemoryConfig)
+    delay_lines: DelayLineConfig = msgspec.field(default_factory=DelayLineConfig)
     feedforward: FeedForwardConfig = msgspec.field(default_factory=FeedForwardConfig)
     thermal: ThermalConfig = msgspec.field(default_factory=ThermalConfig)
     power_on: PowerOnConfig = msgspec.field(default_factory=PowerOnConfig)
@@ -243,8 +243,8 @@ class SimConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True)
         return 0.035 * self.heater_count
 
     @property
-    def memory_transmission(self) -> float:
-        return math.exp(-1.0 / self.memory.rounds_at_1_over_e)
+    def delay_line_transmission(self) -> float:
+        return math.exp(-1.0 / self.delay_lines.rounds_at_1_over_e)
 
     def description(self) -> DeviceDescription:
         """What the device reports about itself: nominal values."""
@@ -273,11 +273,11 @@ class SimConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True)
                 gate_s=self.detectors.gate_s,
             ),
             sources=SourceSpec(coherent_max_w=self.sources.coherent_max_w),
-            memory=MemorySpec(
-                slots=self.memory.slots,
-                loop_s=self.memory.loop_s,
-                transmission=self.memory_transmission,
-                max_rounds=self.memory.max_rounds,
+            delay_lines=DelayLineSpec(
+                count=self.delay_lines.count,
+                loop_s=self.delay_lines.loop_s,
+                transmission=self.delay_line_transmission,
+                max_rounds=self.delay_lines.max_rounds,
             ),
             feedforward=FeedForwardSpec(latency_s=self.feedforward.latency_s, phase_shifters=self.modes),
             shot_rate_hz=self.shot_rate_hz,

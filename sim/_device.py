@@ -103,7 +103,7 @@ class Results:
 class Program:
     ff_modes: list[int] = field(default_factory=list)
     rules: dict[str, dict[int, float]] = field(default_factory=dict)
-    memory: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # slot -> (out, in, rounds)
+    delay_lines: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # line -> (out, in, rounds)
 
 
 class Device:
@@ -195,9 +195,9 @@ class Device:
             "FFORward:RULE": self._ff_rule,
             "FFORward:CLEar": self._ff_clear,
             "FFORward:LATency": lambda c, a: scpi.format_number(self.config.feedforward.latency_s),
-            "MEMory:STORe": self._memory,
-            "MEMory:CLEar": self._memory_clear,
-            "MEMory:LOOP": lambda c, a: scpi.format_number(self.config.memory.loop_s),
+            "DLINe:ROUTe": self._delay_route,
+            "DLINe:CLEar": self._delay_clear,
+            "DLINe:LOOP": lambda c, a: scpi.format_number(self.config.delay_lines.loop_s),
         }
         self._power_on()
         self._note("start", seed=self.seed, description=self.description, resistance_ohm=self.chip.resistance.tolist())
@@ -567,7 +567,7 @@ class Device:
             raise device_error(SOURCES_DISABLED, "switch them on with SOUR:ENAB ON")
         photons = [1 if item.kind == "PHOT" else 0 for item in self.inputs]
         unitary = self.chip.unitary(self.clock)
-        if self.program.memory:
+        if self.program.delay_lines:
             patterns = sample_two_pass(
                 unitary,
                 photons,
@@ -587,17 +587,17 @@ class Device:
         self._tick(shots / self.config.shot_rate_hz)
 
     def _two_pass(self) -> TwoPass:
-        memory = self.config.memory
+        lines = self.config.delay_lines
         chip = self.chip
         stored = []
-        for _slot, (out_mode, in_mode, rounds) in sorted(self.program.memory.items()):
-            survives = rounds <= memory.max_rounds
+        for _line, (out_mode, in_mode, rounds) in sorted(self.program.delay_lines.items()):
+            survives = rounds <= lines.max_rounds
             transmission = (
-                chip.input_transmission * chip.mesh_transmission * self.config.memory_transmission**rounds
+                chip.input_transmission * chip.mesh_transmission * self.config.delay_line_transmission**rounds
                 if survives
                 else 0.0
             )
-            waited = rounds * memory.loop_s
+            waited = rounds * lines.loop_s
             stored.append(Stored(out_mode, in_mode, transmission, waited >= self.config.feedforward.latency_s))
         return TwoPass(stored=stored, ff_modes=list(self.program.ff_modes), rules=dict(self.program.rules))
 
@@ -642,9 +642,9 @@ class Device:
             self._check_mode(mode)
         if len(set(modes)) != len(modes):
             raise ScpiError(scpi.ILLEGAL_PARAMETER_VALUE, f"modes repeat: {modes}")
-        stored = [out for out, _, _ in self.program.memory.values() if out in modes]
+        stored = [out for out, _, _ in self.program.delay_lines.values() if out in modes]
         if stored:
-            raise ScpiError(scpi.SETTINGS_CONFLICT, f"mode(s) {stored} are stored in memory, not detected")
+            raise ScpiError(scpi.SETTINGS_CONFLICT, f"mode(s) {stored} are stored in delay lines, not detected")
         self.program.ff_modes = list(modes)
         self.program.rules = {}
         return None
@@ -675,31 +675,33 @@ class Device:
     def _ff_clear(self, command: Command, args: list[Any]) -> None:
         self.program.ff_modes, self.program.rules = [], {}
 
-    def _memory(self, command: Command, args: list[Any]) -> bytes | None:
+    def _delay_route(self, command: Command, args: list[Any]) -> bytes | None:
         if command.query:
-            table = {str(s): {"out": o, "in": i, "rounds": r} for s, (o, i, r) in sorted(self.program.memory.items())}
+            routes = sorted(self.program.delay_lines.items())
+            table = {str(n): {"out": o, "in": i, "rounds": r} for n, (o, i, r) in routes}
             return scpi.block(json.dumps(table).encode())
-        slot, out_mode, in_mode, rounds = args
-        if not 0 <= slot < self.config.memory.slots:
-            raise ScpiError(scpi.DATA_OUT_OF_RANGE, f"slot {slot} does not exist (0-{self.config.memory.slots - 1})")
+        line, out_mode, in_mode, rounds = args
+        count = self.config.delay_lines.count
+        if not 0 <= line < count:
+            raise ScpiError(scpi.DATA_OUT_OF_RANGE, f"delay line {line} does not exist (0-{count - 1})")
         self._check_mode(out_mode)
         self._check_mode(in_mode)
-        if not 1 <= rounds <= 100 * self.config.memory.max_rounds:
+        if not 1 <= rounds <= 100 * self.config.delay_lines.max_rounds:
             raise ScpiError(
-                scpi.DATA_OUT_OF_RANGE, f"{rounds} round trips is outside 1-{100 * self.config.memory.max_rounds}"
+                scpi.DATA_OUT_OF_RANGE, f"{rounds} round trips is outside 1-{100 * self.config.delay_lines.max_rounds}"
             )
-        others = {s: v for s, v in self.program.memory.items() if s != slot}
+        others = {n: v for n, v in self.program.delay_lines.items() if n != line}
         if any(o == out_mode for o, _, _ in others.values()):
-            raise ScpiError(scpi.SETTINGS_CONFLICT, f"output mode {out_mode} is already stored in another slot")
+            raise ScpiError(scpi.SETTINGS_CONFLICT, f"output mode {out_mode} is already routed into another delay line")
         if any(i == in_mode for _, i, _ in others.values()):
-            raise ScpiError(scpi.SETTINGS_CONFLICT, f"input mode {in_mode} already takes another slot's photon")
+            raise ScpiError(scpi.SETTINGS_CONFLICT, f"input mode {in_mode} already takes another delay line's photon")
         if out_mode in self.program.ff_modes:
             raise ScpiError(scpi.SETTINGS_CONFLICT, f"mode {out_mode} is a feed-forward mode, so it is detected")
-        self.program.memory[slot] = (out_mode, in_mode, rounds)
+        self.program.delay_lines[line] = (out_mode, in_mode, rounds)
         return None
 
-    def _memory_clear(self, command: Command, args: list[Any]) -> None:
-        self.program.memory = {}
+    def _delay_clear(self, command: Command, args: list[Any]) -> None:
+        self.program.delay_lines = {}
 
 
 def _input_text(item: Input) -> str:

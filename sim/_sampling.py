@@ -9,7 +9,7 @@ own probability (binomial thinning). This is exact, not an approximation.
 
 Ideal photon patterns come from the exact distribution when the output space
 is small enough, and from Clifford & Clifford's sampler (2018, Algorithm B)
-when it is not. A second pass (delay-line memory and feed-forward) is computed
+when it is not. A second pass (delay lines and feed-forward) is computed
 exactly from the state conditioned on the first pass's detections.
 """
 
@@ -144,7 +144,7 @@ def clifford_clifford(unitary: np.ndarray, photons: Sequence[int], shots: int, r
     return result
 
 
-# --- the second pass: delay-line memory and feed-forward ----------------------------------------
+# --- the second pass: delay lines and feed-forward ----------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ class Stored:
 
 @dataclass
 class TwoPass:
-    """A program with a second pass (docs/device-protocol.md, MEMory and FFORward)."""
+    """A program with a second pass (docs/device-protocol.md, DLINe and FFORward)."""
 
     stored: list[Stored]
     ff_modes: list[int] = field(default_factory=list)
@@ -254,8 +254,8 @@ def _stored_mixture(
     for pattern, amp in conditional.items():
         for lost in np.ndindex(*(k + 1 for k in pattern)):
             factor = 1.0
-            for k, gone, slot in zip(pattern, lost, stored, strict=True):
-                t = slot.transmission
+            for k, gone, route in zip(pattern, lost, stored, strict=True):
+                t = route.transmission
                 factor *= math.comb(k, gone) * t ** (k - gone) * (1 - t) ** gone
             if factor > 0:
                 kept = tuple(k - gone for k, gone in zip(pattern, lost, strict=True))
@@ -281,10 +281,10 @@ def _second_pass(
             continue
         occupation = [0] * m
         phase = 0.0
-        for k, slot in zip(pattern, stored, strict=True):
-            occupation[slot.in_mode] += k
-            if slot.feedforward:
-                phase += k * phases.get(slot.in_mode, 0.0)
+        for k, route in zip(pattern, stored, strict=True):
+            occupation[route.in_mode] += k
+            if route.feedforward:
+                phase += k * phases.get(route.in_mode, 0.0)
         outputs, coefficients = permanent_amplitudes(u, occupation)
         norm = math.sqrt(math.prod(math.factorial(x) for x in occupation))
         contribution = amp * complex(math.cos(phase), math.sin(phase)) * coefficients / norm

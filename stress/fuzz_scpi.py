@@ -49,7 +49,7 @@ from sim import Device, FaultConfig, RecordEntry, SimConfig, parse_config, recor
 from stress._fuzzing import fuzz  # noqa: E402
 
 CONFIGS: tuple[SimConfig, ...] = (
-    parse_config({"modes": 2, "max_shots": 200, "memory": {"slots": 1}}),
+    parse_config({"modes": 2, "max_shots": 200, "delay_lines": {"count": 1}}),
     parse_config(
         {
             "modes": 3,
@@ -283,7 +283,7 @@ def _seed_corpus(directory: Path) -> None:
     ]
     for line in (
         b"*RST;INP:STAT 0,PHOT;SOUR:ENAB ON;RUN:SHOT 50;FETC:HIST?",
-        b"HEAT:VOLT:ALL 1,1,1,1,1,1,1,1,1;SYST:WATC 1;MEM:STOR 0,0,1,3;FFOR:MEAS 1;FFOR:RULE 1,0,1.5",
+        b"HEAT:VOLT:ALL 1,1,1,1,1,1,1,1,1;SYST:WATC 1;DLIN:ROUT 0,0,1,3;FFOR:MEAS 1;FFOR:RULE 1,0,1.5",
     ):
         seeds.append(b"\x02" + bytes([1, 3]) + line)
     for i, seed in enumerate(seeds):

@@ -206,7 +206,7 @@ def test_feed_forward_branches_are_bounded_per_phase_and_per_plan():
 
 def test_phases_beyond_the_limit_are_refused_at_the_first_op_they_hold():
     b = CircuitBuilder(8)
-    for q in range(8):  # eight one-mode experiments with a photon in memory each: two delay lines, four phases
+    for q in range(8):  # eight one-mode experiments with a photon in a delay line each: two delay lines, four phases
         b.input(q).store(q, f"m{q}")
     for q in range(8):
         b.load(f"m{q}", q).measure([q], f"c{q}")
@@ -267,7 +267,7 @@ def test_a_plan_naming_absurd_op_ranges_is_checked_without_listing_them(ops, pro
     assert peak < 1_000_000
 
 
-def test_the_dependency_graph_stays_linear_with_many_photons_in_memory_and_many_waits():
+def test_the_dependency_graph_stays_linear_with_many_photons_in_delay_lines_and_many_waits():
     """A guard: a wait depends on the last wait and what was stored or loaded since, not on every photon held."""
     b = CircuitBuilder(64)
     for q in range(32):
@@ -391,7 +391,7 @@ PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "theta": st.floats(-7, 7),
     "re": st.sampled_from([[[1.0]], [[0.0, 1.0], [1.0, 0.0]], np.eye(3).tolist(), [[0.6, 0.8], [-0.8, 0.6]]]),
     "im": st.sampled_from([[], [[0.0]], [[0.0, 0.0], [0.0, 0.0]]]),
-    "slot": NAMES,
+    "line": NAMES,
     "ns": st.sampled_from([10.0, 250.0, 800.0, 1500.0]),
     "into": NAMES,
     "register": NAMES,

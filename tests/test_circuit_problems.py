@@ -80,12 +80,12 @@ def bs(a: int, b: int) -> dict:
     return {"op": "bs", "modes": [a, b]}
 
 
-def store(q: int, slot: str) -> dict:
-    return {"op": "store", "mode": q, "slot": slot}
+def store(q: int, line: str) -> dict:
+    return {"op": "store", "mode": q, "line": line}
 
 
-def load(slot: str, q: int) -> dict:
-    return {"op": "load", "slot": slot, "mode": q}
+def load(line: str, q: int) -> dict:
+    return {"op": "load", "line": line, "mode": q}
 
 
 def wait(ns: float) -> dict:
@@ -153,10 +153,10 @@ KINDS: list[tuple[str, dict[str, Any], dict[str, Any], tuple[str | None, str | N
         {},
         ("8", "register", "needs feed-forward within 100 ns"),
     ),
-    # --- memory ---
+    # --- delay lines ---
     ("store of nothing", {"ops": [store(0, "m")]}, {}, ("0", "mode", "holds no photon")),
-    ("slot twice", {"ops": [inp(0), inp(1), store(0, "m"), store(1, "m")]}, {}, ("3", "slot", "used twice at once")),
-    ("empty slot", {"ops": [load("m", 0)]}, {}, ("0", "slot", "holds no photon here")),
+    ("line twice", {"ops": [inp(0), inp(1), store(0, "m"), store(1, "m")]}, {}, ("3", "line", "used twice at once")),
+    ("empty line", {"ops": [load("m", 0)]}, {}, ("0", "line", "holds no photon here")),
     (
         "load into a detected",
         {"ops": [inp(0), inp(1), store(0, "m"), store(1, "n"), load("m", 2), measure([2], "b"), load("n", 2)]},
@@ -164,8 +164,8 @@ KINDS: list[tuple[str, dict[str, Any], dict[str, Any], tuple[str | None, str | N
         ("6", "mode", "measured in the second pass"),
     ),
     ("load into a lit", {"ops": [inp(0), inp(1), store(0, "m"), load("m", 1)]}, {}, ("3", "mode", "is not empty")),
-    ("too late", {"ops": [inp(0), store(0, "m"), wait(1400), load("m", 1)]}, {}, ("3", "slot", "50 ns too late")),
-    ("never loaded", {"ops": [inp(0), store(0, "m")]}, {}, ("1", "slot", "never loaded")),
+    ("too late", {"ops": [inp(0), store(0, "m"), wait(1400), load("m", 1)]}, {}, ("3", "line", "50 ns too late")),
+    ("never loaded", {"ops": [inp(0), store(0, "m")]}, {}, ("1", "line", "never loaded")),
     # --- measurements ---
     ("measure an emptied", {"ops": [inp(0), store(0, "m"), measure([0], "c")]}, {}, ("2", "modes", "is empty")),
     ("measure both passes", {"ops": [*STORED, measure([3, 2], "b")]}, {}, ("8", "modes", "within one pass")),
@@ -189,7 +189,7 @@ KINDS: list[tuple[str, dict[str, Any], dict[str, Any], tuple[str | None, str | N
             ],
         },
         {},
-        ("8", "slot", "hold 3 photons in memory at once"),
+        ("8", "line", "hold 3 photons in delay lines at once"),
     ),
     (
         "fast shifters",

@@ -21,13 +21,13 @@ from protocol import ConfigError, ErrorCode
 from protocol.catalog import CATALOG
 from protocol.hal import (
     ConfigureInputs,
+    DelayRoute,
     Describe,
     GetDeviceStatus,
     GetHeater,
     GetHeaters,
     InputSetting,
     ListDevices,
-    MemorySlot,
     Program,
     ReadPowers,
     ResetInterlock,
@@ -140,7 +140,7 @@ async def test_every_request_over_tcp_and_serial(kind):
         await b.ask(
             Program(
                 device="chip",
-                memory=[MemorySlot(slot=0, out_mode=3, in_mode=3, rounds=10)],
+                delay_lines=[DelayRoute(line=0, out_mode=3, in_mode=3, rounds=10)],
                 ff_modes=[0],
                 rules={"1": {3: 1.5}},
             )

@@ -65,14 +65,14 @@ def test_boson_sampling_matches_the_exact_permanents(data_dir):
 
 
 def test_a_stored_photon_comes_back_as_often_as_the_delay_line_allows(data_dir):
-    figures = awen_run("memory", data_dir)["figures"]
+    figures = awen_run("delay_line", data_dir)["figures"]
     assert figures["rounds"] == 32
     assert abs(figures["detected"] - figures["expected"]) < 4 * figures["detected_sigma"]
 
 
 def test_a_stored_photon_comes_back_into_the_mode_it_left(data_dir, tmp_path):
-    """The memory example with one mode: the photon leaves mode 0 for the delay line and comes back into it."""
-    circuit = json.loads((REPO / "examples" / "memory.json").read_text())
+    """The delay-line example with one mode: the photon leaves mode 0 for the delay line and comes back into it."""
+    circuit = json.loads((REPO / "examples" / "delay_line.json").read_text())
     circuit["modes"] = 1
     (load,) = [op for op in circuit["ops"] if op["op"] == "load"]
     (measure,) = [op for op in circuit["ops"] if op["op"] == "measure"]
@@ -89,7 +89,7 @@ def test_a_stored_photon_comes_back_into_the_mode_it_left(data_dir, tmp_path):
 
 def test_feed_forward_sees_the_photons_bunch(data_dir):
     figures = awen_run("feed_forward", data_dir, "--shots", "10000")["figures"]
-    # A HOM pair: a click on mode 0 means both photons went there, so the memory holds none.
+    # A HOM pair: a click on mode 0 means both photons went there, so the delay line holds none.
     assert figures["P(b=1 | a=1)"] < 0.01
     assert figures["P(b=1 | a=0)"] > 0.2
     assert not math.isnan(figures["P(b=1 | a=0)"])

@@ -239,13 +239,13 @@ async def test_a_running_job_is_claimed_by_the_executor_it_went_to(tmp_path):
 async def test_an_invalid_circuit_is_refused_with_every_problem_and_nothing_is_stored(tmp_path):
     bad = CircuitBuilder(2).input(0).bs(0, 1).store(1, "m").measure([0], "c").build()
     async with lab(tmp_path) as lab_:
-        with pytest.raises(RemoteError, match=r"op 2 \(slot\): memory slot 'm' is never loaded.*\[invalid-circuit\]"):
+        with pytest.raises(RemoteError, match=r"op 2 \(line\): delay line 'm' is never loaded.*\[invalid-circuit\]"):
             await lab_.sched(Submit(circuit=bad, job="bad"))
         with pytest.raises(RemoteError, match="no job 'bad'"):
             await lab_.ask("memory", GetJob(job="bad"))
         report = await lab_.sched(Validate(circuit=bad))
         assert not report.ok
-        assert [(p.op, p.field) for p in report.problems] == [("2", "slot")]
+        assert [(p.op, p.field) for p in report.problems] == [("2", "line")]
         good = await lab_.sched(Validate(circuit=hom()))
         assert good.ok
         assert good.metrics.phases == 1

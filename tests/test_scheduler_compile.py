@@ -98,8 +98,8 @@ def test_every_problem_against_the_device_is_reported_at_once():
             {"op": "unitary", "modes": [0, 1], "re": [[1, 1], [0, 1]]},
             {"op": "if", "register": "never", "equals": 1, "ops": [{"op": "ps", "mode": 0, "phi": 1.0}]},
             {"op": "input", "mode": 1},
-            {"op": "store", "mode": 0, "slot": "a"},
-            {"op": "store", "mode": 1, "slot": "a"},
+            {"op": "store", "mode": 0, "line": "a"},
+            {"op": "store", "mode": 1, "line": "a"},
             {"op": "measure", "modes": [1], "into": "c"},
         ]
     )
@@ -108,9 +108,9 @@ def test_every_problem_against_the_device_is_reported_at_once():
     assert "op 2 (re): the matrix is not unitary" in found[1]
     assert "op 3 (register): register 'never' is read before it is written" in found[2]
     assert any(
-        "op 6 (slot): memory slot 'a' is used twice at once: it holds the photon stored at op 5" in p for p in found
+        "op 6 (line): delay line 'a' is used twice at once: it holds the photon stored at op 5" in p for p in found
     )
-    assert any("op 5 (slot): memory slot 'a' is never loaded" in p for p in found)
+    assert any("op 5 (line): delay line 'a' is never loaded" in p for p in found)
 
 
 def test_a_conditional_needing_faster_feed_forward_than_the_device_has_is_refused():
@@ -139,7 +139,7 @@ def test_a_conditional_needing_faster_feed_forward_than_the_device_has_is_refuse
 def test_a_stored_photon_past_its_coherence_window_is_refused_naming_it_and_how_late():
     late = CircuitBuilder(2).input(0).store(0, "m").wait(1000).wait(400).load("m", 1).measure([1], "x").build()
     (problem,) = problems_of(late)
-    assert "the photon stored in slot 'm' at op 1 is loaded after 1400 ns" in problem
+    assert "the photon stored in delay line 'm' at op 1 is loaded after 1400 ns" in problem
     assert "60 round trips) less a 10% safety margin (1350 ns): 50 ns too late" in problem
     compile_circuit(late, DEVICE, limits=Limits(coherence_margin=0.05))
 
@@ -168,7 +168,7 @@ def test_limits_and_device_size_are_enforced():
         three.load(f"s{q}", 3 + q)
     three.unitary([3, 4, 5], np.eye(3)).measure([3, 4, 5], "c")
     assert any(
-        "hold 3 photons in memory at once; the device has 2 usable delay lines" in p for p in problems_of(three.build())
+        "hold 3 photons in delay lines at once; the device has 2 usable" in p for p in problems_of(three.build())
     )
 
 
@@ -182,7 +182,7 @@ def test_a_photon_comes_back_into_the_mode_it_left():
     validate_plan(plan, DEVICE, circuit_ops=carried_ops(circuit))
     (phase,) = plan.phases
     where = {(p.logical, p.pass_): p.physical for p in phase.placement}
-    (route,) = phase.memory
+    (route,) = phase.delay_lines
     assert (route.out_mode, route.in_mode) == (where[(0, 1)], where[(0, 2)])
     (register,) = phase.registers
     assert (register.pass_, register.columns) == (2, [DEVICE.modes + where[(0, 2)]])
@@ -192,34 +192,34 @@ def test_a_photon_comes_back_into_the_mode_it_left():
 @pytest.mark.parametrize("targets", [{"a": 0, "b": 1}, {"a": 1, "b": 0}, {"a": 2, "b": 3}, {"a": 0, "b": 3}])
 def test_two_stored_photons_come_back_in_either_order_into_any_empty_modes(first, targets):
     b = CircuitBuilder(4).input(0).input(1).bs(0, 1).store(0, "a").store(1, "b").wait(100)
-    for slot in (first, "b" if first == "a" else "a"):
-        b.load(slot, targets[slot])
+    for line in (first, "b" if first == "a" else "a"):
+        b.load(line, targets[line])
     circuit = b.measure([targets["a"], targets["b"]], "c").build()
     plan = compile_circuit(circuit, DEVICE)
     validate_plan(plan, DEVICE, circuit_ops=carried_ops(circuit))
     (phase,) = plan.phases
     where = {(p.logical, p.pass_): p.physical for p in phase.placement}
-    routes = {d.slot: (m.out_mode, m.in_mode) for d, m in zip(phase.deadlines, phase.memory, strict=True)}
+    routes = {d.line: (m.out_mode, m.in_mode) for d, m in zip(phase.deadlines, phase.delay_lines, strict=True)}
     assert routes == {s: (where[(q, 1)], where[(targets[s], 2)]) for s, q in (("a", 0), ("b", 1))}
 
 
-def test_a_mode_whose_photon_is_in_memory_is_empty_whether_or_not_another_load_came_first():
+def test_a_mode_whose_photon_is_in_a_delay_line_is_empty_whether_or_not_another_load_came_first():
     """Vacuum in the second pass: the mode's own photon waiting in a delay line does not occupy it."""
     for order in (["n", "m"], ["m", "n"]):
         b = CircuitBuilder(4).input(0).input(2).store(0, "m").store(2, "n").wait(100)
-        for slot in order:
-            b.load(slot, {"m": 3, "n": 1}[slot])
-            if slot == "n":
-                b.bs(0, 1)  # mode 0 is empty: its photon is in slot m, or already back in mode 3
+        for line in order:
+            b.load(line, {"m": 3, "n": 1}[line])
+            if line == "n":
+                b.bs(0, 1)  # mode 0 is empty: its photon is in delay line m, or already back in mode 3
         circuit = b.measure([0, 1, 3], "c").build()
         validate_plan(compile_circuit(circuit, DEVICE), DEVICE, circuit_ops=carried_ops(circuit))
 
 
 @st.composite
-def memory_programs(draw: st.DrawFn) -> list[dict]:
-    """Inputs, then stores, loads, waits, gates and measurements on random modes and slots (one shot).
+def delay_line_programs(draw: st.DrawFn) -> list[dict]:
+    """Inputs, then stores, loads, waits, gates and measurements on random modes and delay lines (one shot).
 
-    Few modes and slots; stores of lit modes into free slots, and loads of held slots into modes
+    Few modes and lines; stores of lit modes into free lines, and loads of held lines into modes
     stores emptied, more often than not: photons come back into the modes they or others left.
     """
     modes = draw(st.integers(1, 3))
@@ -234,16 +234,16 @@ def memory_programs(draw: st.DrawFn) -> list[dict]:
         free = [s for s in ("a", "b") if s not in held]
         if kind == "store":
             q = draw(st.sampled_from(lit)) if lit and draw(usually) else q
-            slot = draw(st.sampled_from(free)) if free and draw(usually) else draw(st.sampled_from(["a", "b"]))
-            ops.append({"op": "store", "mode": q, "slot": slot})
+            line = draw(st.sampled_from(free)) if free and draw(usually) else draw(st.sampled_from(["a", "b"]))
+            ops.append({"op": "store", "mode": q, "line": line})
             lit = [m for m in lit if m != q]
             emptied.append(q)
-            held.append(slot)
+            held.append(line)
         elif kind == "load":
-            slot = draw(st.sampled_from(held)) if held and draw(usually) else draw(st.sampled_from(["a", "b"]))
+            line = draw(st.sampled_from(held)) if held and draw(usually) else draw(st.sampled_from(["a", "b"]))
             q = draw(st.sampled_from(emptied)) if emptied and draw(st.booleans()) else q
-            ops.append({"op": "load", "slot": slot, "mode": q})
-            held = [s for s in held if s != slot]
+            ops.append({"op": "load", "line": line, "mode": q})
+            held = [s for s in held if s != line]
         elif kind == "wait":
             ops.append({"op": "wait", "ns": draw(st.sampled_from([30.0, 250.0, 700.0]))})
         elif kind == "measure":
@@ -257,8 +257,8 @@ def memory_programs(draw: st.DrawFn) -> list[dict]:
 
 def _touches(op: dict) -> set:
     keys = {("mode", q) for q in op.get("modes", [op.get("mode")]) if q is not None}
-    if "slot" in op:
-        keys.add(("slot", op["slot"]))
+    if "line" in op:
+        keys.add(("line", op["line"]))
     return keys
 
 
@@ -273,9 +273,9 @@ def _verdict(ops: list[dict]) -> tuple[bool, int]:
 
 
 @settings(max_examples=1000, deadline=None)
-@given(memory_programs())
-def test_the_verdict_on_memory_ops_does_not_depend_on_the_order_of_independent_ones(ops):
-    """Two neighbouring ops that share no mode and no slot (and neither lets time pass) commute.
+@given(delay_line_programs())
+def test_the_verdict_on_delay_line_ops_does_not_depend_on_the_order_of_independent_ones(ops):
+    """Two neighbouring ops that share no mode and no delay line (and neither lets time pass) commute.
 
     Every circuit the compiler accepts also compiles to a plan that keeps every invariant.
     """
@@ -357,7 +357,7 @@ def test_feed_forward_branches_cover_every_outcome_and_name_the_configuration():
     validate_plan(plan, DEVICE, circuit_ops=carried_ops(circuit))
     (phase,) = plan.phases
     assert phase.width == 2 * DEVICE.modes
-    (route,) = phase.memory
+    (route,) = phase.delay_lines
     assert route.rounds == 12  # 300 ns of 25 ns round trips
     assert [b.pattern for b in phase.branches] == ["0", "1"]
     assert phase.branches[1].phases == {route.in_mode: math.pi}
@@ -386,8 +386,8 @@ def test_components_that_contend_for_delay_lines_are_serialised_into_phases():
         b.load(f"m{pair}", 2 * pair + 1).measure([2 * pair + 1], f"r{pair}")
     plan = compile_circuit(b.build(), DEVICE)
     validate_plan(plan, DEVICE)
-    assert [len(p.memory) for p in plan.phases] == [2, 1]
-    assert all(len({s.slot for s in p.memory}) == len(p.memory) for p in plan.phases)
+    assert [len(p.delay_lines) for p in plan.phases] == [2, 1]
+    assert all(len({r.line for r in p.delay_lines}) == len(p.delay_lines) for p in plan.phases)
 
 
 def test_new_inputs_after_measurement_start_a_new_round_and_depend_on_the_earlier_one():
@@ -439,14 +439,14 @@ def test_a_dynamic_strategy_routes_around_failing_parts_orders_by_slack_and_lear
         [5], "c"
     )
     plan = compile_circuit(b.build(), DEVICE)
-    assert [[d.slot for d in p.deadlines] for p in plan.phases] == [["m0", "m1"], ["m2"]]
+    assert [[d.line for d in p.deadlines] for p in plan.phases] == [["m0", "m1"], ["m2"]]
     feedback = Feedback()
     for _ in range(5):
         feedback.record(plan.phases[0], ok=False, duration_s=plan.phases[0].duration_s * 2, failed=["mode:0"])
     strategy = StrategyConfig(kind="dynamic", objectives=["max_slack"])
     shaped = apply_strategy(plan, strategy, feedback)
     validate_plan(shaped, DEVICE)
-    assert [[d.slot for d in p.deadlines] for p in shaped.phases] == [["m2"], ["m0", "m1"]]  # least slack first
+    assert [[d.line for d in p.deadlines] for p in shaped.phases] == [["m2"], ["m0", "m1"]]  # least slack first
     assert shaped.metrics.total_duration_s == pytest.approx(2 * plan.metrics.total_duration_s)
     health = combined_health(Health(), strategy, feedback)
     assert health.modes == frozenset({0})
@@ -479,7 +479,7 @@ def test_strategy_configurations_that_make_no_sense_are_refused(settings_, probl
 def circuits(draw: st.DrawFn) -> Circuit:
     modes = draw(st.integers(2, 10))
     b = CircuitBuilder(modes, shots=draw(st.integers(1, 10_000)))
-    slots: dict[str, int] = {}
+    lines: dict[str, int] = {}
     registers: list[str] = []
     for step in range(draw(st.integers(0, 40))):
         kind = draw(st.sampled_from(["input", "ps", "bs", "mzi", "unitary", "store", "load", "wait", "measure", "if"]))
@@ -496,9 +496,9 @@ def circuits(draw: st.DrawFn) -> Circuit:
             b.unitary(chosen, random_unitary(len(chosen), step))
         elif kind == "store":
             b.store(q, f"s{step}")
-            slots[f"s{step}"] = q
-        elif kind == "load" and slots:
-            b.load(draw(st.sampled_from(sorted(slots))), q)
+            lines[f"s{step}"] = q
+        elif kind == "load" and lines:
+            b.load(draw(st.sampled_from(sorted(lines))), q)
         elif kind == "wait":
             b.wait(draw(st.floats(1, 800)))
         elif kind == "measure":

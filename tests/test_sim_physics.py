@@ -283,17 +283,17 @@ def test_drift_moves_phases_as_time_passes():
     assert 0.2 < np.std(moved) < 1.0  # about 0.5 rad after an hour
 
 
-def test_memory_round_trips_cost_transmission_per_round():
+def test_delay_line_round_trips_cost_transmission_per_round():
     config = quiet_config(
         modes=2,
         loss={"input_db": 0, "mzi_db": 0, "output_db": 0},
         detectors={"efficiency": 1.0, "dark_rate_hz": 0},
-        memory={"rounds_at_1_over_e": 30.0, "max_rounds": 60},
+        delay_lines={"rounds_at_1_over_e": 30.0, "max_rounds": 60},
     )
     for rounds, survive in [(15, math.exp(-0.5)), (30, math.exp(-1)), (61, 0.0)]:
         device = Device(config, seed=rounds)
         program(device, np.array([math.pi, 0, 0, 0]))  # straight through
-        device.handle(f"INP:STAT 0,PHOT;MEM:STOR 0,0,0,{rounds};SOUR:ENAB ON;RUN:SHOT 50000".encode())
+        device.handle(f"INP:STAT 0,PHOT;DLIN:ROUT 0,0,0,{rounds};SOUR:ENAB ON;RUN:SHOT 50000".encode())
         counts = np.array(device.handle(b"FETC:COUN?").split(b","), dtype=int)
         # columns: first pass (mode 0 stored, so 0), then the second pass.
         assert counts[0] == 0
@@ -311,7 +311,7 @@ def test_feed_forward_phase_steers_a_stored_photon_only_when_it_arrives_in_time(
         loss={"input_db": 0, "mzi_db": 0, "output_db": 0},
         detectors={"efficiency": 1.0, "dark_rate_hz": 0},
         feedforward={"latency_s": 200e-9},
-        memory={"loop_s": 25e-9},
+        delay_lines={"loop_s": 25e-9},
     )
     layout = clements_layout(3)
     phases = np.zeros(9)
@@ -322,7 +322,7 @@ def test_feed_forward_phase_steers_a_stored_photon_only_when_it_arrives_in_time(
     def second_pass(rounds: int, rule: bool) -> np.ndarray:
         device = Device(config, seed=9)
         program(device, phases)
-        device.handle(f"INP:STAT 1,PHOT;MEM:STOR 0,1,1,{rounds};MEM:STOR 1,2,2,{rounds}".encode())
+        device.handle(f"INP:STAT 1,PHOT;DLIN:ROUT 0,1,1,{rounds};DLIN:ROUT 1,2,2,{rounds}".encode())
         device.handle(b"FFOR:MEAS 0")
         if rule:
             device.handle(b"FFOR:RULE 0,1,3.141592653589793")

@@ -123,7 +123,7 @@ def floats(reply: bytes) -> list[float]:
     return [float(x) for x in reply.split(b",")]
 
 
-SMALL = parse_config({"modes": 4, "memory": {"slots": 2}})
+SMALL = parse_config({"modes": 4, "delay_lines": {"count": 2}})
 
 
 @pytest.mark.parametrize("kind", ["tcp", "pty"])
@@ -190,12 +190,12 @@ async def test_every_command_over_the_wire(kind):
         await do(b"FFOR:RULE 1,2,1.5")
         assert json.loads(scpi.unblock(await ask(b"FFOR:RULE?"))) == {"1": {"2": 1.5}}
         assert float(await ask(b"FFOR:LAT?")) == pytest.approx(200e-9)
-        await do(b"MEM:STOR 0,2,2,10")
-        assert json.loads(scpi.unblock(await ask(b"MEM:STOR?"))) == {"0": {"out": 2, "in": 2, "rounds": 10}}
-        assert float(await ask(b"MEM:LOOP?")) == pytest.approx(25e-9)
+        await do(b"DLIN:ROUT 0,2,2,10")
+        assert json.loads(scpi.unblock(await ask(b"DLINe:ROUTe?"))) == {"0": {"out": 2, "in": 2, "rounds": 10}}
+        assert float(await ask(b"DLIN:LOOP?")) == pytest.approx(25e-9)
         await do(b"INP:STAT 1,PHOT;RUN:SHOT 100")
         assert await ask(b"FETC:WIDT?") == b"8"
-        await do(b"MEM:CLE;FFOR:CLE")
+        await do(b"DLIN:CLE;FFOR:CLE")
         assert await ask(b"FFOR:MEAS?") == b""
         await do(b"*CLS;*RST")
         assert float(await ask(b"HEAT:VOLT? 3")) == 0
@@ -235,7 +235,7 @@ def _named(line: bytes) -> list[object]:
         (b"RUN:SHOT 0", -222, "0 shots"),
         (b"FETC:PATT?", -230, "no results"),
         (b"FFOR:RULE 1,0,1.0", -221, "feed-forward modes first"),
-        (b"MEM:STOR 5,0,0,3", -222, "slot 5 does not exist"),
+        (b"DLIN:ROUT 5,0,0,3", -222, "delay line 5 does not exist"),
         (b"SYST:WATC 1e9", -222, "watchdog timeout"),
         (b'HEAT:VOLT "3",1', -104, "expected an integer"),
         (b"HEAT:VOLT\t3 ,1 extra", -104, "expected a number"),

@@ -147,7 +147,7 @@ def sweep_plan(
     n = layout.heater_count
     settle = 5 * description.heaters.settle_s
     placement = [Placement(logical=q, physical=q, pass_=1) for q in range(m)]
-    resources = Resources(modes=list(range(m)), detectors=[], slots=[], ff_shifters=0)
+    resources = Resources(modes=list(range(m)), detectors=[], delay_lines=[], ff_shifters=0)
     phases: list[Phase] = []
     for inputs in input_patterns(m, power_w):
         for heater in range(2 * layout.mzi_count):
@@ -165,7 +165,7 @@ def sweep_plan(
                         volts=volts,
                         readout="powers",
                         inputs=inputs,
-                        memory=[],
+                        delay_lines=[],
                         ff_modes=[],
                         branches=[],
                         registers=[],
@@ -206,12 +206,12 @@ def detector_plan(
             volts=volts,
             readout="shots",
             inputs=inputs,
-            memory=[],
+            delay_lines=[],
             ff_modes=[],
             branches=[],
             registers=[register],
             placement=placement,
-            resources=Resources(modes=list(range(m)), detectors=list(range(m)), slots=[], ff_shifters=0),
+            resources=Resources(modes=list(range(m)), detectors=list(range(m)), delay_lines=[], ff_shifters=0),
             shots=shots,
             width=m,
             settle_s=settle,

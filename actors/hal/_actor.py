@@ -153,7 +153,7 @@ class HalActor(Actor):
     @handles(Program)
     async def _program(self, msg: Program, env: Any) -> Configured:
         device = self.device(msg.device)
-        version = await device.program(msg.ff_modes, msg.rules, msg.memory, expect_version=msg.expect_version)
+        version = await device.program(msg.ff_modes, msg.rules, msg.delay_lines, expect_version=msg.expect_version)
         return Configured(device=msg.device, version=version)
 
     @handles(RunShots)

@@ -45,6 +45,7 @@ from protocol import (
     scpi,
 )
 from protocol.hal import (
+    DelayRoute,
     DeviceConnected,
     DeviceDisconnected,
     DeviceInfo,
@@ -52,7 +53,6 @@ from protocol.hal import (
     InputSetting,
     InterlockReset,
     InterlockTripped,
-    MemorySlot,
     ReadbackMismatch,
     Temperature,
 )
@@ -512,14 +512,14 @@ class ManagedDevice:
         self,
         ff_modes: list[int],
         rules: dict[str, dict[int, float]],
-        memory: list[MemorySlot],
+        delay_lines: list[DelayRoute],
         *,
         expect_version: int | None = None,
     ) -> int:
         """Replace the feed-forward and delay-line program; returns the new version."""
-        parts = ["FFOR:CLE", "MEM:CLE"]
-        for slot in memory:
-            parts.append(f"MEM:STOR {slot.slot},{slot.out_mode},{slot.in_mode},{slot.rounds}")
+        parts = ["FFOR:CLE", "DLIN:CLE"]
+        for route in delay_lines:
+            parts.append(f"DLIN:ROUT {route.line},{route.out_mode},{route.in_mode},{route.rounds}")
         if ff_modes:
             parts.append("FFOR:MEAS " + ",".join(str(m) for m in ff_modes))
         for pattern, phases in rules.items():

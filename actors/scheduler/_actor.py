@@ -652,7 +652,11 @@ class SchedulerActor(Actor):
     def _report_health(self, msg: ReportHealth, env: Envelope) -> None:
         if msg.device != self.config.device:
             return
-        self.health = Health(modes=frozenset(msg.modes), detectors=frozenset(msg.detectors), slots=frozenset(msg.slots))
+        self.health = Health(
+            modes=frozenset(msg.modes),
+            detectors=frozenset(msg.detectors),
+            delay_lines=frozenset(msg.delay_lines),
+        )
         for job in self.queue.jobs.values():  # plans made for the old health are made again
             if job.job != self.queue.running and not job.planning:
                 job.plan = None

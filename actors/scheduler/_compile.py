@@ -54,7 +54,7 @@ from protocol.circuit import (
     number_text,
     parse_ops,
 )
-from protocol.hal import MAX_RULES, InputSetting, MemorySlot
+from protocol.hal import MAX_RULES, DelayRoute, InputSetting
 from protocol.mesh import clements_many, embed_phases, mzi
 from protocol.photonica import DeviceDescription
 from protocol.plan import (
@@ -133,10 +133,10 @@ class Health:
 
     modes: frozenset[int] = frozenset()
     detectors: frozenset[int] = frozenset()
-    slots: frozenset[int] = frozenset()
+    delay_lines: frozenset[int] = frozenset()
 
     def key(self) -> str:
-        return f"m{sorted(self.modes)}d{sorted(self.detectors)}s{sorted(self.slots)}"
+        return f"m{sorted(self.modes)}d{sorted(self.detectors)}l{sorted(self.delay_lines)}"
 
 
 # --- the pass over the operations ----------------------------------------------------------------
@@ -153,7 +153,7 @@ class _Register:
 
 @dataclass
 class _Held:
-    slot: str
+    line: str
     mode: int
     path: str | int
     at_ns: float
@@ -163,7 +163,7 @@ class _Held:
 @dataclass
 class _Loaded:
     mode: int
-    slot: str
+    line: str
     store_path: str | int
     load_path: str | int
     stored_ns: float
@@ -376,7 +376,7 @@ _CLOSED_ALWAYS = {
 }
 _CLOSED_IN_FIRST_PASS = {
     **_CLOSED_ALWAYS,
-    "gone": "is empty: its photon went into memory; the first pass is over for it",
+    "gone": "is empty: its photon went into a delay line; the first pass is over for it",
     "measured": "was measured; after a measurement a mode is used again only by a new input (a new shot) or as "
     "vacuum in the second pass",
 }
@@ -490,13 +490,13 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
     ops, _ = parse_ops(circuit, problems)
     flat = flatten(ops)
 
-    loop_ns = device.memory.loop_s * 1e9
-    window_ns = device.memory.max_rounds * loop_ns
+    loop_ns = device.delay_lines.loop_s * 1e9
+    window_ns = device.delay_lines.max_rounds * loop_ns
     limit_ns = window_ns * (1 - limits.coherence_margin)
     ff_latency_ns = device.feedforward.latency_s * 1e9
 
     # Each mode's state within the current round (`_MODE_STATES`). Where a stored photon is, is the
-    # business of ``held`` (slot -> where it came from) alone: a store empties its mode, a load fills
+    # business of ``held`` (delay line -> where it came from) alone: a store empties its mode, a load fills
     # the mode it names, and neither touches any other mode.
     state: list[str] = ["fresh"] * circuit.modes
     touched2: list[bool] = [False] * circuit.modes
@@ -510,7 +510,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
     last_wait: int | None = None  # the graph's clock: the last wait, and the stores and loads since it
     since_wait: list[int] = []
     find = _Find()
-    # Dependency graph: the last op that touched each mode / slot / register.
+    # Dependency graph: the last op that touched each mode / delay line / register.
     last_on: dict[Any, int] = {}
     predecessors: list[list[int]] = []
     edges = 0
@@ -595,7 +595,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
         bad = [q for q in modes if q >= circuit.modes]
         keys: list[Any] = list(modes)
         if isinstance(op, Store | Load):
-            keys.append(("s", op.slot))
+            keys.append(("line", op.line))
         if isinstance(op, Measure):
             keys.append(("r", op.into))
         if isinstance(op, If):
@@ -645,7 +645,9 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
             if state[op.mode] != "fresh":
                 if held or in_flight:
                     what = (
-                        f"slots {_few(held)} hold photons" if held else f"modes {_few(in_flight)} are still in flight"
+                        f"delay lines {_few(held)} hold photons"
+                        if held
+                        else f"modes {_few(in_flight)} are still in flight"
                     )
                     problem(
                         path,
@@ -740,7 +742,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                     path,
                     "modes",
                     f"modes {p1} are in the first pass and {p2} in the second (loaded from "
-                    "memory); a second-pass photon meets only other loaded photons and vacuum",
+                    "a delay line); a second-pass photon meets only other loaded photons and vacuum",
                 )
                 continue
             # The modes' own states decide the pass, never what happened to other modes: light-free
@@ -754,7 +756,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                     h = next((h for h in held.values() if h.mode == q), None)
                     if h is not None:
                         why = (
-                            f"is empty: its photon is in memory slot {h.slot!r} (op {h.path}); the first pass is "
+                            f"is empty: its photon is in delay line {h.line!r} (op {h.path}); the first pass is "
                             "over for it, and only a load brings a photon back"
                         )
                 problem(path, _modes_key(op), f"mode {q} {why}")
@@ -765,7 +767,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                     problem(
                         path,
                         "mode",
-                        f"a conditional phase acts on a photon loaded from memory; mode {q} holds "
+                        f"a conditional phase acts on a photon loaded from a delay line; mode {q} holds "
                         "none (the device's fast phase shifters sit at the second-pass inputs)",
                     )
                     continue
@@ -783,7 +785,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                         _enclosing(path),
                         "register",
                         f"needs feed-forward within {waited:g} ns of the measurement (the photon "
-                        f"waits {waited:g} ns in slot {loaded[q].slot!r}); the device's feed-forward takes "
+                        f"waits {waited:g} ns in delay line {loaded[q].line!r}); the device's feed-forward takes "
                         f"{ff_latency_ns:g} ns: add a wait of at least {ff_latency_ns - waited:g} ns before the load",
                     )
                     continue
@@ -809,32 +811,32 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                     "p2": "is in the second pass: a photon can be stored once per shot",
                     "measured": "was measured",
                     "done": "was measured in the second pass",
-                    "gone": "is empty: its photon went into memory",
+                    "gone": "is empty: its photon went into a delay line",
                 }[state[op.mode]]
                 problem(path, "mode", f"mode {op.mode} {why}")
                 continue
-            if op.slot in held:
+            if op.line in held:
                 problem(
                     path,
-                    "slot",
-                    f"memory slot {op.slot!r} is used twice at once: it holds the photon stored at op "
-                    f"{held[op.slot].path} until it is loaded",
+                    "line",
+                    f"delay line {op.line!r} is used twice at once: it holds the photon stored at op "
+                    f"{held[op.line].path} until it is loaded",
                 )
                 continue
-            held[op.slot] = _Held(op.slot, op.mode, path, clock, index)
+            held[op.line] = _Held(op.line, op.mode, path, clock, index)
             state[op.mode] = "gone"
             in_flight.discard(op.mode)
-            find.union((round_index * n_modes + op.mode), ("s", round_index, op.slot))
+            find.union((round_index * n_modes + op.mode), ("line", round_index, op.line))
             contributions.append((round_index, (round_index * n_modes + op.mode), path, op, 1))
             continue
 
         if isinstance(op, Load):
-            h = held.get(op.slot)
+            h = held.get(op.line)
             if h is None:
                 problem(
                     path,
-                    "slot",
-                    f"memory slot {op.slot!r} holds no photon here (nothing stored in it, or it was loaded already)",
+                    "line",
+                    f"delay line {op.line!r} holds no photon here (nothing stored in it, or it was loaded already)",
                 )
                 continue
             if state[op.mode] == "done":
@@ -852,21 +854,21 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
             if stored_ns > limit_ns:
                 problem(
                     path,
-                    "slot",
-                    f"the photon stored in slot {op.slot!r} at op {h.path} is loaded after "
-                    f"{stored_ns:g} ns; a delay line keeps it {window_ns:g} ns ({device.memory.max_rounds} round "
+                    "line",
+                    f"the photon stored in delay line {op.line!r} at op {h.path} is loaded after "
+                    f"{stored_ns:g} ns; a delay line keeps it {window_ns:g} ns ({device.delay_lines.max_rounds} round "
                     f"trips) less a {limits.coherence_margin:.0%} safety margin ({limit_ns:g} ns): "
                     f"{stored_ns - limit_ns:g} ns too late",
                 )
-                del held[op.slot]  # reported once, not again as "never loaded"
+                del held[op.line]  # reported once, not again as "never loaded"
                 continue
-            del held[op.slot]
+            del held[op.line]
             rounds = max(1, math.ceil(stored_ns / loop_ns - 1e-9))
-            loaded[op.mode] = _Loaded(op.mode, op.slot, h.path, path, stored_ns, rounds, h.mode)
+            loaded[op.mode] = _Loaded(op.mode, op.line, h.path, path, stored_ns, rounds, h.mode)
             state[op.mode] = "p2"
             in_flight.add(op.mode)
             touched2[op.mode] = False
-            find.union(("s", round_index, op.slot), (round_index * n_modes + op.mode))
+            find.union(("line", round_index, op.line), (round_index * n_modes + op.mode))
             contributions.append((round_index, (round_index * n_modes + op.mode), path, loaded[op.mode], 2))
             load_limits[index] = (h.index, limit_ns)
             continue
@@ -878,7 +880,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
                 what = {
                     "measured": "measured already",
                     "done": "measured already",
-                    "gone": "empty: its photon went into memory",
+                    "gone": "empty: its photon went into a delay line",
                 }[state[q]]
                 problem(path, "modes", f"mode {q} is {what}")
                 continue
@@ -918,8 +920,8 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
         problems.append(
             CircuitProblem(
                 op=str(h.path),
-                field="slot",
-                message=f"memory slot {h.slot!r} is never loaded: the photon stored here would be lost",
+                field="line",
+                message=f"delay line {h.line!r} is never loaded: the photon stored here would be lost",
             )
         )
 
@@ -1056,7 +1058,7 @@ def _check_fit(
 ) -> None:
     """What one shot of each component needs of the device; each problem at the op that goes beyond it."""
     usable_modes = device.modes - len(health.modes)
-    usable_slots = device.memory.slots - len(health.slots)
+    usable_lines = device.delay_lines.count - len(health.delay_lines)
     good_detectors = device.modes - len(health.detectors | health.modes)
     shifters = device.feedforward.phase_shifters
 
@@ -1075,13 +1077,13 @@ def _check_fit(
                 f"the first pass, {len(c.pass2)} in the second); the device has {usable_modes} usable, and this "
                 "operation brings in the first mode beyond them",
             )
-        if len(c.loads) > usable_slots:
-            beyond = list(c.loads.values())[max(usable_slots, 0)]
+        if len(c.loads) > usable_lines:
+            beyond = list(c.loads.values())[max(usable_lines, 0)]
             problem(
                 beyond.load_path,
-                "slot",
-                f"the operations from op {first} on hold {len(c.loads)} photons in memory at once; the device has "
-                f"{usable_slots} usable delay lines, and this load brings back the first photon beyond them",
+                "line",
+                f"the operations from op {first} on hold {len(c.loads)} photons in delay lines at once; the device "
+                f"has {usable_lines} usable, and this load brings back the first photon beyond them",
             )
         targets: list[int] = []
         read: list[str] = []
@@ -1130,16 +1132,16 @@ class _PhaseBuild:
     round: int
     components: list[Component] = field(default_factory=list)
     modes: int = 0
-    slots: int = 0
+    lines: int = 0
     ff: int = 0
     bits: int = 0
     """Register bits its feed-forward reads: it plans 2^bits branches."""
 
     def fits(self, c: Component, capacity: tuple[int, int, int, int]) -> bool:
-        modes, slots, ff, bits = capacity
+        modes, lines, ff, bits = capacity
         return (
             self.modes + len(c.pass1) + len(c.pass2) <= modes
-            and self.slots + len(c.loads) <= slots
+            and self.lines + len(c.loads) <= lines
             and self.ff + len(c.ff_modes) <= ff
             and self.bits + c.ff_bits <= bits
         )
@@ -1147,7 +1149,7 @@ class _PhaseBuild:
     def add(self, c: Component) -> None:
         self.components.append(c)
         self.modes += len(c.pass1) + len(c.pass2)
-        self.slots += len(c.loads)
+        self.lines += len(c.loads)
         self.ff += len(c.ff_modes)
         self.bits += c.ff_bits
 
@@ -1162,7 +1164,7 @@ def pack(components: list[Component], device: DeviceDescription, health: Health,
     """
     capacity = (
         device.modes - len(health.modes),
-        device.memory.slots - len(health.slots),
+        device.delay_lines.count - len(health.delay_lines),
         device.feedforward.phase_shifters,
         limits.max_ff_bits,
     )
@@ -1186,7 +1188,7 @@ def pack(components: list[Component], device: DeviceDescription, health: Health,
 def _place(
     build: _PhaseBuild, device: DeviceDescription, health: Health
 ) -> tuple[dict[tuple[int, int, int], int], dict[tuple[int, str, str | int], int]]:
-    """Physical modes for (component, pass, logical mode), measured ones on working detectors; physical slots."""
+    """Physical modes for (component, pass, logical mode), measured ones on working detectors; physical delay lines."""
     good = [q for q in range(device.modes) if q not in health.modes]
     with_detector = [q for q in good if q not in health.detectors]
     without = [q for q in good if q in health.detectors]
@@ -1198,12 +1200,12 @@ def _place(
                 if not pool:
                     pool = with_detector
                 placement[(ci, stage, q)] = pool.pop(0)
-    slots = [s for s in range(device.memory.slots) if s not in health.slots]
-    slot_of: dict[tuple[int, str, str | int], int] = {}
+    lines = [n for n in range(device.delay_lines.count) if n not in health.delay_lines]
+    line_of: dict[tuple[int, str, str | int], int] = {}
     for ci, c in enumerate(build.components):
         for load in c.loads.values():
-            slot_of[(ci, load.slot, load.store_path)] = slots.pop(0)
-    return placement, slot_of
+            line_of[(ci, load.line, load.store_path)] = lines.pop(0)
+    return placement, line_of
 
 
 def build_phases(
@@ -1229,11 +1231,11 @@ def build_phases(
     ]
     unitaries = dict(zip(keys, _compose(blocks), strict=True))
     for index, build in enumerate(builds):
-        placement, slot_of = _place(build, device, health)
+        placement, line_of = _place(build, device, health)
         top = max(placement.values()) + 1 if placement else 1
         u = np.eye(top, dtype=np.complex128)
         inputs: list[InputSetting] = []
-        memory: list[MemorySlot] = []
+        routes: list[DelayRoute] = []
         registers: list[RegisterRead] = []
         deadlines: list[Deadline] = []
         place_out: list[Placement] = []
@@ -1257,21 +1259,21 @@ def build_phases(
                     rows = [placement[(ci, stage, q)] for q in logical]
                     u[np.ix_(rows, rows)] = unitaries[(id(c), stage)]
             for q, load in c.loads.items():
-                physical_slot = slot_of[(ci, load.slot, load.store_path)]
-                memory.append(
-                    MemorySlot(
-                        slot=physical_slot,
+                physical_line = line_of[(ci, load.line, load.store_path)]
+                routes.append(
+                    DelayRoute(
+                        line=physical_line,
                         out_mode=placement[(ci, 1, load.from_mode)],
                         in_mode=placement[(ci, 2, q)],
                         rounds=load.rounds,
                     )
                 )
-                window = device.memory.max_rounds * device.memory.loop_s * 1e9
+                window = device.delay_lines.max_rounds * device.delay_lines.loop_s * 1e9
                 limit = window * (1 - limits.coherence_margin)
                 deadlines.append(
                     Deadline(
-                        slot=load.slot,
-                        physical_slot=physical_slot,
+                        line=load.line,
+                        physical_line=physical_line,
                         store_op=str(load.store_path),
                         load_op=str(load.load_path),
                         stored_ns=load.stored_ns,
@@ -1289,7 +1291,7 @@ def build_phases(
             last_phase_of_mode[p.logical] = index
         phase_unitaries.append(u)
         ff_modes, branches = _branches(conditions, register_bits)
-        two_pass = bool(memory)
+        two_pass = bool(routes)
         shots = circuit.shots
         duration = settle_s + shots / device.shot_rate_hz + shots * limits.readout_s_per_shot
         phases.append(
@@ -1300,7 +1302,7 @@ def build_phases(
                 depends_on=sorted(depends),
                 mesh_phases=[],  # filled in below, every phase's unitary decomposed at once
                 inputs=sorted(inputs, key=lambda i: i.mode),
-                memory=memory,
+                delay_lines=routes,
                 ff_modes=ff_modes,
                 branches=branches,
                 registers=registers,
@@ -1308,7 +1310,7 @@ def build_phases(
                 resources=Resources(
                     modes=sorted(p.physical for p in place_out),
                     detectors=sorted({c for r in registers for c in r.columns}),
-                    slots=sorted(s.slot for s in memory),
+                    delay_lines=sorted(r.line for r in routes),
                     ff_shifters=len({q for _, _, q, _ in conditions}),
                 ),
                 shots=shots,

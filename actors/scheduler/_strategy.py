@@ -60,7 +60,7 @@ class Feedback:
         return Health(
             modes=frozenset(int(c.split(":")[1]) for c in bad if c.startswith("mode:")),
             detectors=frozenset(int(c.split(":")[1]) for c in bad if c.startswith("detector:")),
-            slots=frozenset(int(c.split(":")[1]) for c in bad if c.startswith("slot:")),
+            delay_lines=frozenset(int(c.split(":")[1]) for c in bad if c.startswith("line:")),
         )
 
     def key(self) -> str:
@@ -74,8 +74,8 @@ class Feedback:
 def _components_of(phase: Phase) -> list[str]:
     return (
         [f"mode:{q}" for q in phase.resources.modes]
-        + [f"detector:{q % (phase.width // (2 if phase.memory else 1))}" for q in phase.resources.detectors]
-        + [f"slot:{s}" for s in phase.resources.slots]
+        + [f"detector:{q % (phase.width // (2 if phase.delay_lines else 1))}" for q in phase.resources.detectors]
+        + [f"line:{n}" for n in phase.resources.delay_lines]
     )
 
 
@@ -86,7 +86,7 @@ def combined_health(reported: Health, strategy: StrategyConfig, feedback: Feedba
     return Health(
         modes=reported.modes | learned.modes,
         detectors=reported.detectors | learned.detectors,
-        slots=reported.slots | learned.slots,
+        delay_lines=reported.delay_lines | learned.delay_lines,
     )
 
 

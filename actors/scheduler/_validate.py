@@ -43,7 +43,7 @@ def plan_problems(plan: Plan, device: DeviceDescription, *, circuit_ops: list[st
     """
     problems: list[str] = []
     m = device.modes
-    window_ns = device.memory.max_rounds * device.memory.loop_s * 1e9
+    window_ns = device.delay_lines.max_rounds * device.delay_lines.loop_s * 1e9
     seen_ops: dict[str, int] = {}
     listed = 0
     for position, phase in enumerate(plan.phases):
@@ -83,26 +83,30 @@ def plan_problems(plan: Plan, device: DeviceDescription, *, circuit_ops: list[st
                     problems.append(
                         f"{where} reads register {clip(r.name)!r} from a mode it did not place in that pass"
                     )
-        slots = [s.slot for s in phase.memory]
-        if len(set(slots)) != len(slots):
-            problems.append(f"{where} uses delay line {slots[0]} twice")
-        if any(not 0 <= s < device.memory.slots for s in slots):
+        lines = [r.line for r in phase.delay_lines]
+        if len(set(lines)) != len(lines):
+            problems.append(f"{where} uses delay line {lines[0]} twice")
+        if any(not 0 <= n < device.delay_lines.count for n in lines):
             problems.append(f"{where} uses a delay line the device does not have")
-        if len(phase.memory) != len(phase.deadlines):
-            problems.append(f"{where} stores {len(phase.memory)} photons but tracks {len(phase.deadlines)} deadlines")
-        for route in phase.memory:
+        if len(phase.delay_lines) != len(phase.deadlines):
+            problems.append(
+                f"{where} stores {len(phase.delay_lines)} photons but tracks {len(phase.deadlines)} deadlines"
+            )
+        for route in phase.delay_lines:
             if route.out_mode not in pass1 or route.in_mode not in pass2:
-                problems.append(f"{where} routes delay line {route.slot} between modes it did not place")
-            if route.rounds > device.memory.max_rounds:
+                problems.append(f"{where} routes delay line {route.line} between modes it did not place")
+            if route.rounds > device.delay_lines.max_rounds:
                 problems.append(
-                    f"{where} keeps a photon {route.rounds} round trips; the window is {device.memory.max_rounds}"
+                    f"{where} keeps a photon {route.rounds} round trips; the window is {device.delay_lines.max_rounds}"
                 )
-        if phase.memory and phase.width != 2 * m:
+        if phase.delay_lines and phase.width != 2 * m:
             problems.append(f"{where} has a second pass but {phase.width}-column patterns")
         for d in phase.deadlines:
             if d.stored_ns > d.limit_ns or d.limit_ns > window_ns or d.slack_ns < 0:
                 late = -d.slack_ns
-                problems.append(f"{where}: the photon in slot {clip(d.slot)!r} misses its deadline by {late:g} ns")
+                problems.append(
+                    f"{where}: the photon in delay line {clip(d.line)!r} misses its deadline by {late:g} ns"
+                )
         if phase.ff_modes:
             if len(phase.ff_modes) > device.feedforward.phase_shifters + len(columns):
                 problems.append(f"{where} reads too many feed-forward modes")
@@ -121,11 +125,11 @@ def plan_problems(plan: Plan, device: DeviceDescription, *, circuit_ops: list[st
                     f"{where} needs {len(targets)} fast phase shifters; the device has "
                     f"{device.feedforward.phase_shifters}"
                 )
-            waited = {d.physical_slot: d.stored_ns for d in phase.deadlines}
-            for route in phase.memory:
-                if route.in_mode in targets and waited.get(route.slot, 0.0) < device.feedforward.latency_s * 1e9:
+            waited = {d.physical_line: d.stored_ns for d in phase.deadlines}
+            for route in phase.delay_lines:
+                if route.in_mode in targets and waited.get(route.line, 0.0) < device.feedforward.latency_s * 1e9:
                     problems.append(
-                        f"{where} sets a fast phase on the photon from delay line {route.slot}, which does not wait "
+                        f"{where} sets a fast phase on the photon from delay line {route.line}, which does not wait "
                         "for the feed-forward"
                     )
         elif phase.branches:
