@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from protocol import photonica as px
 from protocol import scpi
 from protocol.photonica import (
     INTERLOCK_TRIPPED,
@@ -29,6 +30,8 @@ from protocol.photonica import (
     device_error,
     encode_description,
     find_command,
+    parse_float,
+    parse_int,
 )
 from protocol.scpi import ScpiError
 
@@ -41,14 +44,14 @@ ERROR_QUEUE = 32
 TRANSPORT_FAULTS = ("close", "delay", "corrupt")
 RECORDED_WRITES = frozenset(
     {
-        "HEATer:VOLTage",
-        "HEATer:VOLTage:ALL",
-        "SOURce:ENABle",
-        "INPut:STATe",
-        "INPut:CLEar",
-        "RUN:SHOTs",
-        "*RST",
-        "SYSTem:INTerlock:RESet",
+        px.SET_HEATER,
+        px.SET_HEATERS,
+        px.ENABLE_SOURCES,
+        px.SET_INPUT,
+        px.CLEAR_INPUTS,
+        px.RUN_SHOTS,
+        px.RESET,
+        px.RESET_INTERLOCK,
     }
 )
 """Commands whose refusal the audit record notes (their success has a line of its own)."""
@@ -163,42 +166,51 @@ class Device:
         self._connection: int | None = None
         self._connections = 0
         self._peers: dict[int, str] = {}
-        self._handlers: dict[str, Callable[[Command, list[Any]], str | bytes | None]] = {
-            "*IDN": lambda c, a: self.description.identity.idn(),
-            "*RST": self._reset,
-            "*CLS": lambda c, a: self.errors.clear(),
-            "*OPC": self._opc,
-            "*TST": lambda c, a: "0",
-            "SYSTem:ERRor": self._next_error,
-            "SYSTem:ECHO": lambda c, a: str(a[0]),
-            "SYSTem:CAPabilities": lambda c, a: scpi.block(self._description_json),
-            "SYSTem:WATChdog": self._watchdog,
-            "SYSTem:INTerlock": self._interlock,
-            "SYSTem:INTerlock:RESet": self._interlock_reset,
-            "STATus": self._status,
-            "STATus:TEMPerature": lambda c, a: scpi.format_number(self.chip.temperature()),
-            "STATus:SETTled": lambda c, a: "1" if self.chip.settled(self.clock) else "0",
-            "HEATer:VOLTage": self._heater,
-            "HEATer:VOLTage:ALL": self._heaters,
-            "HEATer:POWer": lambda c, a: scpi.format_number(self.chip.power()),
-            "INPut:STATe": self._input,
-            "INPut:CLEar": self._clear_inputs,
-            "SOURce:ENABle": self._sources,
-            "RUN:SHOTs": self._run,
-            "FETCh:WIDTh": lambda c, a: str(self._results().width),
-            "FETCh:SHOTs": lambda c, a: str(len(self._results().patterns)),
-            "FETCh:PATTerns": lambda c, a: scpi.block(self._results().patterns.tobytes()),
-            "FETCh:HISTogram": self._histogram,
-            "FETCh:COUNts": self._counts,
-            "MEASure:POWer": self._powers,
-            "FFORward:MEASure": self._ff_modes,
-            "FFORward:RULE": self._ff_rule,
-            "FFORward:CLEar": self._ff_clear,
-            "FFORward:LATency": lambda c, a: scpi.format_number(self.config.feedforward.latency_s),
-            "DLINe:ROUTe": self._delay_route,
-            "DLINe:CLEar": self._delay_clear,
-            "DLINe:LOOP": lambda c, a: scpi.format_number(self.config.delay_lines.loop_s),
+        self._handlers: dict[Command, Callable[[Command, list[Any]], str | bytes | None]] = {
+            px.IDENTITY: lambda c, a: self.description.identity.idn(),
+            px.RESET: self._reset,
+            px.CLEAR_STATUS: lambda c, a: self.errors.clear(),
+            px.OPERATION_COMPLETE: self._opc,
+            px.SELF_TEST: lambda c, a: "0",
+            px.NEXT_ERROR: self._next_error,
+            px.ECHO: lambda c, a: str(a[0]),
+            px.CAPABILITIES: lambda c, a: scpi.block(self._description_json),
+            px.ARM_WATCHDOG: self._arm_watchdog,
+            px.WATCHDOG: lambda c, a: scpi.format_number(float(self.watchdog)),
+            px.INTERLOCK: lambda c, a: "1" if self.interlock else "0",
+            px.RESET_INTERLOCK: self._reset_interlock,
+            px.STATUS: self._status,
+            px.TEMPERATURE: lambda c, a: scpi.format_number(self.chip.temperature()),
+            px.SETTLED: lambda c, a: "1" if self.chip.settled(self.clock) else "0",
+            px.SET_HEATER: self._set_heater,
+            px.HEATER: self._heater,
+            px.SET_HEATERS: self._set_all_heaters,
+            px.HEATERS: lambda c, a: scpi.block(self.chip.applied_voltages().astype("<f8").tobytes()),
+            px.HEATER_POWER: lambda c, a: scpi.format_number(self.chip.power()),
+            px.SET_INPUT: self._set_input,
+            px.INPUT: self._input,
+            px.CLEAR_INPUTS: self._clear_inputs,
+            px.ENABLE_SOURCES: self._enable_sources,
+            px.SOURCES: lambda c, a: "1" if self.sources_on else "0",
+            px.RUN_SHOTS: self._run,
+            px.WIDTH: lambda c, a: str(self._results().width),
+            px.SHOTS: lambda c, a: str(len(self._results().patterns)),
+            px.PATTERNS: lambda c, a: scpi.block(self._results().patterns.tobytes()),
+            px.HISTOGRAM: self._histogram,
+            px.COUNTS: self._counts,
+            px.POWERS: self._powers,
+            px.SET_FEEDFORWARD_MODES: self._set_ff_modes,
+            px.FEEDFORWARD_MODES: lambda c, a: ",".join(str(m) for m in self.program.ff_modes),
+            px.ADD_FEEDFORWARD_RULE: self._add_ff_rule,
+            px.FEEDFORWARD_RULES: self._ff_rules,
+            px.CLEAR_FEEDFORWARD: self._ff_clear,
+            px.FEEDFORWARD_LATENCY: lambda c, a: scpi.format_number(self.config.feedforward.latency_s),
+            px.ROUTE_DELAY_LINE: self._route_delay_line,
+            px.DELAY_ROUTES: self._delay_routes,
+            px.CLEAR_DELAY_LINES: self._delay_clear,
+            px.DELAY_LOOP: lambda c, a: scpi.format_number(self.config.delay_lines.loop_s),
         }
+        """What the device does for each command of `protocol.photonica.COMMANDS` (every one has an entry)."""
         self._power_on()
         self._note("start", seed=self.seed, description=self.description, resistance_ohm=self.chip.resistance.tolist())
 
@@ -307,7 +319,10 @@ class Device:
         power, limit = self.chip.power(volts), self.config.power_limit_w
         if power > limit:  # the file checked the nominal power; the chip's true resistances draw more
             self.interlock = True
-            why = f"power-on heater power {power:.3f} W exceeds {limit:.3f} W; heaters at 0 V until SYST:INT:RES"
+            why = (
+                f"power-on heater power {power:.3f} W exceeds {limit:.3f} W; "
+                f"heaters at 0 V until {px.RESET_INTERLOCK.short}"
+            )
             self._push(device_error(INTERLOCK_TRIPPED, why))
             return
         self.chip.set_voltages(volts, -math.inf)
@@ -333,8 +348,7 @@ class Device:
                 form = "only as a query" if other.query else "only as a command, not a query"
                 raise ScpiError(scpi.UNDEFINED_HEADER, f"{parsed.header} exists {form}")
             raise ScpiError(scpi.UNDEFINED_HEADER, f"unknown command {parsed.header!r}")
-        args = _convert(command, list(parsed.params))
-        return self._handlers[command.pattern](command, args)
+        return self._handlers[command](command, command.parse_arguments(parsed.params))
 
     def _apply(self, voltages: np.ndarray) -> None:
         self.chip.set_voltages(voltages, self.clock)
@@ -343,7 +357,7 @@ class Device:
     def _trip(self, why: str, command: Command | None = None) -> None:
         self.interlock = True
         self._apply(np.zeros(self.config.heater_count))
-        error = device_error(INTERLOCK_TRIPPED, f"{why}; heaters at 0 V until SYST:INT:RES")
+        error = device_error(INTERLOCK_TRIPPED, f"{why}; heaters at 0 V until {px.RESET_INTERLOCK.short}")
         self._push(error)
         self._note("interlock", command=command.short if command else None, code=error.code, error=error.text)
 
@@ -383,7 +397,7 @@ class Device:
         if self._record is None or isinstance(parsed, ScpiError):
             return
         command = find_command(parsed.header, parsed.query)
-        if command is not None and not command.query and command.pattern in RECORDED_WRITES:
+        if command in RECORDED_WRITES:
             self._note("refused", command=command.short, code=error.code, error=error.text)
 
     def _check_heater(self, heater: int) -> None:
@@ -397,7 +411,7 @@ class Device:
 
     def _set_heaters(self, voltages: np.ndarray, command: Command, heater: int | None = None) -> None:
         if self.interlock:
-            raise device_error(INTERLOCK_TRIPPED, "heater writes are refused until SYST:INT:RES")
+            raise device_error(INTERLOCK_TRIPPED, f"heater writes are refused until {px.RESET_INTERLOCK.short}")
         v_max = self._v_max
         bad = np.flatnonzero(~np.isfinite(voltages) | (voltages < 0) | (voltages > v_max))
         if len(bad):
@@ -443,9 +457,7 @@ class Device:
             return f'{scpi.NO_ERROR},"No error"'
         return self.errors.popleft().entry()
 
-    def _watchdog(self, command: Command, args: list[Any]) -> str | None:
-        if command.query:
-            return scpi.format_number(float(self.watchdog))
+    def _arm_watchdog(self, command: Command, args: list[Any]) -> None:
         (timeout,) = args
         if not 0 <= timeout <= self.config.watchdog_max_s:
             raise ScpiError(
@@ -453,12 +465,8 @@ class Device:
             )
         self.watchdog = float(timeout)
         self.watchdog_expired = False
-        return None
 
-    def _interlock(self, command: Command, args: list[Any]) -> str:
-        return "1" if self.interlock else "0"
-
-    def _interlock_reset(self, command: Command, args: list[Any]) -> None:
+    def _reset_interlock(self, command: Command, args: list[Any]) -> None:
         self.interlock = False
         self._note("interlock_reset", command=command.short)
 
@@ -475,20 +483,20 @@ class Device:
         }
         return scpi.block(json.dumps(status).encode())
 
-    def _heater(self, command: Command, args: list[Any]) -> str | None:
+    def _heater(self, command: Command, args: list[Any]) -> str:
         heater = args[0]
         self._check_heater(heater)
-        if command.query:
-            return scpi.format_number(float(self.chip.applied_voltages()[heater]))
+        return scpi.format_number(float(self.chip.applied_voltages()[heater]))
+
+    def _set_heater(self, command: Command, args: list[Any]) -> None:
+        heater = args[0]
+        self._check_heater(heater)
         voltages = self.chip.voltages.copy()
         voltages[heater] = args[1]
         self._set_heaters(voltages, command, heater)
-        return None
 
-    def _heaters(self, command: Command, args: list[Any]) -> bytes | None:
+    def _set_all_heaters(self, command: Command, args: list[Any]) -> None:
         n = self.config.heater_count
-        if command.query:
-            return scpi.block(self.chip.applied_voltages().astype("<f8").tobytes())
         values = args[0]
         if len(values) == 1 and isinstance(values[0], bytes):
             raw = values[0]
@@ -499,19 +507,20 @@ class Device:
             if len(values) != n:
                 code = scpi.MISSING_PARAMETER if len(values) < n else scpi.PARAMETER_NOT_ALLOWED
                 raise ScpiError(code, f"expected {n} voltages, got {len(values)}")
-            voltages = np.array([_float(v) for v in values])
+            voltages = np.array([parse_float(v) for v in values])
         self._set_heaters(voltages, command)
-        return None
 
-    def _input(self, command: Command, args: list[Any]) -> str | None:
+    def _input(self, command: Command, args: list[Any]) -> str:
         mode: int = args[0]
         self._check_mode(mode)
-        if command.query:
-            item = self.inputs[mode]
-            if item.kind == "COH":
-                return f"COH,{scpi.format_number(item.power)},{scpi.format_number(item.phase)}"
-            kind: str = item.kind
-            return kind
+        item = self.inputs[mode]
+        if item.kind == "COH":
+            return f"COH,{scpi.format_number(item.power)},{scpi.format_number(item.phase)}"
+        return item.kind
+
+    def _set_input(self, command: Command, args: list[Any]) -> None:
+        mode: int = args[0]
+        self._check_mode(mode)
         kind = args[1]
         power, phase = [*args[2:], None, None][:2]
         if kind == "COHerent":
@@ -526,18 +535,14 @@ class Device:
         else:
             self.inputs[mode] = Input("PHOT" if kind == "PHOTon" else "VAC")
         self._note("inputs", command=command.short)
-        return None
 
     def _clear_inputs(self, command: Command, args: list[Any]) -> None:
         self.inputs = [Input() for _ in range(self.config.modes)]
         self._note("inputs", command=command.short)
 
-    def _sources(self, command: Command, args: list[Any]) -> str | None:
-        if command.query:
-            return "1" if self.sources_on else "0"
+    def _enable_sources(self, command: Command, args: list[Any]) -> None:
         self.sources_on = bool(args[0])
         self._note("sources", command=command.short)
-        return None
 
     def _detection(self, mesh_passes: int, include_input: bool) -> Detection:
         chip = self.chip
@@ -564,7 +569,7 @@ class Device:
                 f"coherent light on mode(s) {coherent} would latch the single-photon detectors; set them to VAC",
             )
         if not self.sources_on:
-            raise device_error(SOURCES_DISABLED, "switch them on with SOUR:ENAB ON")
+            raise device_error(SOURCES_DISABLED, f"switch them on with {px.ENABLE_SOURCES.compose(True).decode()}")
         photons = [1 if item.kind == "PHOT" else 0 for item in self.inputs]
         unitary = self.chip.unitary(self.clock)
         if self.program.delay_lines:
@@ -603,7 +608,7 @@ class Device:
 
     def _results(self) -> Results:
         if self.results is None:
-            raise ScpiError(scpi.DATA_STALE, "no results: run shots first (RUN:SHOT <n>)")
+            raise ScpiError(scpi.DATA_STALE, f"no results: run shots first ({px.RUN_SHOTS.short} <n>)")
         return self.results
 
     def _histogram(self, command: Command, args: list[Any]) -> bytes:
@@ -634,9 +639,7 @@ class Device:
             return scpi.format_number(float(powers[args[0]]))
         return ",".join(scpi.format_number(float(p)) for p in powers)
 
-    def _ff_modes(self, command: Command, args: list[Any]) -> str | None:
-        if command.query:
-            return ",".join(str(m) for m in self.program.ff_modes)
+    def _set_ff_modes(self, command: Command, args: list[Any]) -> None:
         modes = args[0]
         for mode in modes:
             self._check_mode(mode)
@@ -647,16 +650,16 @@ class Device:
             raise ScpiError(scpi.SETTINGS_CONFLICT, f"mode(s) {stored} are stored in delay lines, not detected")
         self.program.ff_modes = list(modes)
         self.program.rules = {}
-        return None
 
-    def _ff_rule(self, command: Command, args: list[Any]) -> bytes | None:
-        if command.query:
-            return scpi.block(
-                json.dumps({k: {str(m): p for m, p in v.items()} for k, v in self.program.rules.items()}).encode()
-            )
+    def _ff_rules(self, command: Command, args: list[Any]) -> bytes:
+        rules = {k: {str(m): p for m, p in v.items()} for k, v in self.program.rules.items()}
+        return scpi.block(json.dumps(rules).encode())
+
+    def _add_ff_rule(self, command: Command, args: list[Any]) -> None:
         bits, rest = args
         if not self.program.ff_modes:
-            raise ScpiError(scpi.SETTINGS_CONFLICT, "set the feed-forward modes first (FFOR:MEAS <modes>)")
+            first = f"{px.SET_FEEDFORWARD_MODES.short} <modes>"
+            raise ScpiError(scpi.SETTINGS_CONFLICT, f"set the feed-forward modes first ({first})")
         if len(bits) != len(self.program.ff_modes):
             raise ScpiError(
                 scpi.ILLEGAL_PARAMETER_VALUE,
@@ -666,20 +669,20 @@ class Device:
             raise ScpiError(scpi.MISSING_PARAMETER, "phases come in pairs: <mode>,<radians>")
         phases: dict[int, float] = {}
         for mode_text, phase_text in zip(rest[::2], rest[1::2], strict=True):
-            mode = _int(mode_text)
+            mode = parse_int(mode_text)
             self._check_mode(mode)
-            phases[mode] = _float(phase_text)
+            phases[mode] = parse_float(phase_text)
         self.program.rules[bits] = phases
-        return None
 
     def _ff_clear(self, command: Command, args: list[Any]) -> None:
         self.program.ff_modes, self.program.rules = [], {}
 
-    def _delay_route(self, command: Command, args: list[Any]) -> bytes | None:
-        if command.query:
-            routes = sorted(self.program.delay_lines.items())
-            table = {str(n): {"out": o, "in": i, "rounds": r} for n, (o, i, r) in routes}
-            return scpi.block(json.dumps(table).encode())
+    def _delay_routes(self, command: Command, args: list[Any]) -> bytes:
+        routes = sorted(self.program.delay_lines.items())
+        table = {str(n): {"out": o, "in": i, "rounds": r} for n, (o, i, r) in routes}
+        return scpi.block(json.dumps(table).encode())
+
+    def _route_delay_line(self, command: Command, args: list[Any]) -> None:
         line, out_mode, in_mode, rounds = args
         count = self.config.delay_lines.count
         if not 0 <= line < count:
@@ -698,7 +701,6 @@ class Device:
         if out_mode in self.program.ff_modes:
             raise ScpiError(scpi.SETTINGS_CONFLICT, f"mode {out_mode} is a feed-forward mode, so it is detected")
         self.program.delay_lines[line] = (out_mode, in_mode, rounds)
-        return None
 
     def _delay_clear(self, command: Command, args: list[Any]) -> None:
         self.program.delay_lines = {}
@@ -707,97 +709,3 @@ class Device:
 def _input_text(item: Input) -> str:
     """An input as the record shows it: ``INP:STAT?``'s reply, with every digit of its numbers."""
     return f"COH,{item.power!r},{item.phase!r}" if item.kind == "COH" else item.kind
-
-
-# --- parameter conversion ---------------------------------------------------------------------
-
-
-def _show(text: str) -> str:
-    return repr(text if len(text) <= 40 else text[:37] + "...")
-
-
-def _int(text: str | bytes) -> int:
-    if isinstance(text, bytes):
-        raise ScpiError(scpi.DATA_TYPE_ERROR, "expected a number, got a block")
-    if text.lstrip("+-").isdigit():
-        return int(text)
-    try:
-        value = float(text)
-    except ValueError:
-        raise ScpiError(scpi.DATA_TYPE_ERROR, f"expected an integer, got {_show(text)}") from None
-    if not value.is_integer():
-        raise ScpiError(scpi.DATA_TYPE_ERROR, f"expected an integer, got {_show(text)}")
-    return int(value)
-
-
-def _float(text: str | bytes) -> float:
-    if isinstance(text, bytes):
-        raise ScpiError(scpi.DATA_TYPE_ERROR, "expected a number, got a block")
-    try:
-        value = float(text)
-    except ValueError:
-        raise ScpiError(scpi.DATA_TYPE_ERROR, f"expected a number, got {_show(text)}") from None
-    if not math.isfinite(value):
-        raise ScpiError(scpi.DATA_OUT_OF_RANGE, f"{_show(text)} is not a finite number")
-    return value
-
-
-def _choice(text: str | bytes, choices: tuple[str, ...]) -> str:
-    if isinstance(text, bytes):
-        raise ScpiError(scpi.DATA_TYPE_ERROR, "expected a mnemonic, got a block")
-    word = text.upper()
-    for choice in choices:
-        short = "".join(ch for ch in choice if ch.isupper())
-        if word in (choice.upper(), short):
-            return choice
-    shorts = "|".join("".join(ch for ch in c if ch.isupper()) for c in choices)
-    raise ScpiError(scpi.ILLEGAL_PARAMETER_VALUE, f"{_show(text)} is not one of {shorts}")
-
-
-def _bool(text: str | bytes) -> bool:
-    if isinstance(text, bytes):
-        raise ScpiError(scpi.DATA_TYPE_ERROR, "expected ON or OFF, got a block")
-    word = text.upper()
-    if word in ("ON", "1"):
-        return True
-    if word in ("OFF", "0"):
-        return False
-    raise ScpiError(scpi.ILLEGAL_PARAMETER_VALUE, f"expected ON, OFF, 1 or 0, got {_show(text)}")
-
-
-def _convert(command: Command, params: list[str | bytes]) -> list[Any]:
-    values: list[Any] = []
-    for i, spec in enumerate(command.params):
-        if spec.kind in ("rest", "int_list"):
-            remaining = params[i:]
-            if not remaining and not spec.optional:
-                raise ScpiError(scpi.MISSING_PARAMETER, f"{command.short} needs <{spec.name}>")
-            values.append([_int(p) for p in remaining] if spec.kind == "int_list" else remaining)
-            return values
-        if i >= len(params):
-            if spec.optional:
-                values.append(None)
-                continue
-            raise ScpiError(scpi.MISSING_PARAMETER, f"{command.short} needs <{spec.name}>")
-        raw = params[i]
-        if spec.kind == "int":
-            values.append(_int(raw))
-        elif spec.kind == "float":
-            values.append(_float(raw))
-        elif spec.kind == "bool":
-            values.append(_bool(raw))
-        elif spec.kind == "choice":
-            values.append(_choice(raw, spec.choices))
-        elif spec.kind == "bits":
-            if isinstance(raw, bytes) or not raw or set(raw) - {"0", "1"}:
-                raise ScpiError(scpi.ILLEGAL_PARAMETER_VALUE, f"expected a pattern of 0 and 1, got {_show(str(raw))}")
-            values.append(raw)
-        else:  # block
-            if not isinstance(raw, bytes):
-                raise ScpiError(scpi.DATA_TYPE_ERROR, f"expected a block, got {_show(raw)}")
-            values.append(raw)
-    if len(params) > len(command.params):
-        raise ScpiError(
-            scpi.PARAMETER_NOT_ALLOWED, f"{command.short} takes {len(command.params)} parameter(s), got {len(params)}"
-        )
-    return values

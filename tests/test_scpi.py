@@ -1,4 +1,4 @@
-"""The SCPI grammar, sans-IO: framing, parsing, blocks, header matching."""
+"""The SCPI grammar, sans-IO: framing, parsing, blocks, header matching; commands composed and read back."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol import photonica as px
 from protocol import scpi
 from protocol.photonica import COMMANDS, find_command
 
@@ -133,3 +134,92 @@ def test_a_short_message_is_not_an_overrun_while_a_block_s_length_is_awaited(pie
     for start in range(0, len(stream), piece):
         received += framer.feed(stream[start : start + piece])
     assert received == [b"SYST:ECHO? #9x", b"*IDN?"]
+
+
+def _read_back(message: bytes) -> list[tuple[px.Command, list[object]]]:
+    """What a device makes of a message: each command and its arguments."""
+    out: list[tuple[px.Command, list[object]]] = []
+    for parsed in scpi.parse_message(message):
+        assert isinstance(parsed, scpi.Parsed), parsed
+        command = find_command(parsed.header, parsed.query)
+        assert command is not None, parsed
+        out.append((command, command.parse_arguments(parsed.params)))
+    return out
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.tuples(st.just(px.SET_HEATER), st.tuples(st.integers(0, 10**6), finite)),
+        st.tuples(st.just(px.ARM_WATCHDOG), st.tuples(finite)),
+        st.tuples(st.just(px.ENABLE_SOURCES), st.tuples(st.booleans())),
+        st.tuples(st.just(px.ROUTE_DELAY_LINE), st.tuples(*[st.integers(-(10**9), 10**9)] * 4)),
+        st.tuples(st.just(px.SET_INPUT), st.tuples(st.integers(0, 63), st.just("PHOTon"))),
+        st.tuples(st.just(px.SET_INPUT), st.tuples(st.integers(0, 63), st.just("COHerent"), finite, finite)),
+        st.tuples(st.just(px.SET_FEEDFORWARD_MODES), st.tuples(st.lists(st.integers(0, 63), min_size=1))),
+        st.tuples(st.just(px.ECHO), st.tuples(st.integers(0, 10**12))),
+        st.tuples(st.just(px.POWERS), st.tuples()),
+    )
+)
+def test_a_composed_command_reads_back_as_its_arguments(command_and_args):
+    command, args = command_and_args
+    ((read_command, read_args),) = _read_back(command.compose(*args))
+    assert read_command is command
+    left_off = [None] * (len(command.params) - len(args))  # optional parameters not given
+    assert read_args == [*args, *left_off]
+
+
+@given(st.binary(max_size=200), st.lists(finite, max_size=8))
+def test_the_rest_of_a_command_may_be_blocks_or_numbers(data, numbers):
+    ((_, (as_block,)),) = _read_back(px.SET_HEATERS.compose(data))
+    assert as_block == [data]
+    if numbers:
+        ((_, (as_numbers,)),) = _read_back(px.SET_HEATERS.compose(*numbers))
+        assert [px.parse_float(n) for n in as_numbers] == numbers
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "sent"),
+    [
+        (px.HEATER, (0,), b"HEAT:VOLT? 0"),
+        (px.SET_HEATER, (3, 2.5), b"HEAT:VOLT 3,2.5"),
+        (px.SET_INPUT, (0, "photon"), b"INP:STAT 0,PHOT"),
+        (px.SET_INPUT, (2, "coherent", 1e-3, None), b"INP:STAT 2,COH,0.001"),
+        (px.SET_HEATERS, (0, 0, 0), b"HEAT:VOLT:ALL 0,0,0"),
+        (px.SET_HEATERS, (b"ab",), b"HEAT:VOLT:ALL #12ab"),
+        (px.ADD_FEEDFORWARD_RULE, ("10", 3, 1.5), b"FFOR:RULE 10,3,1.5"),
+        (px.ENABLE_SOURCES, (False,), b"SOUR:ENAB OFF"),
+        (px.RUN_SHOTS, (10,), b"RUN:SHOT 10"),
+        (px.NEXT_ERROR, (), b"SYST:ERR?"),
+        (px.IDENTITY, (), b"*IDN?"),
+    ],
+)
+def test_commands_go_out_in_their_short_form(command, args, sent):
+    assert command.compose(*args) == sent
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "message"),
+    [
+        (px.SET_HEATER, (3,), "needs <volts>"),
+        (px.SET_HEATER, (3, 1.0, 2.0), "takes 2 argument"),
+        (px.SET_HEATER, (3.5, 1.0), r"<heater> \(int\) cannot be 3.5"),
+        (px.RUN_SHOTS, (True,), "ON or OFF"),
+        (px.SET_INPUT, (0, "laser"), "is one of"),
+        (px.SET_INPUT, (0, "coherent", None, 1.0), "left off only"),
+        (px.ADD_FEEDFORWARD_RULE, ("12",), "bits"),
+        (px.ENABLE_SOURCES, ("ON",), "cannot be"),
+    ],
+)
+def test_a_command_composed_with_the_wrong_arguments_is_a_type_error(command, args, message):
+    with pytest.raises(TypeError, match=message):
+        command.compose(*args)
+
+
+def test_every_command_is_a_named_constant_of_the_command_set():
+    named = {value for name, value in vars(px).items() if isinstance(value, px.Command) and name.isupper()}
+    assert named == set(COMMANDS)
+    assert len(COMMANDS) == len(set(COMMANDS))

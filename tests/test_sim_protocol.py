@@ -202,6 +202,12 @@ async def test_every_command_over_the_wire(kind):
     assert covered >= {c.pattern + ("?" if c.query else "") for c in COMMANDS}
 
 
+def test_the_simulator_carries_out_every_command_of_the_command_set_and_no_other():
+    from sim import Device
+
+    assert set(Device(SMALL)._handlers) == set(COMMANDS)
+
+
 def _named(line: bytes) -> list[object]:
     from protocol.photonica import find_command
 
