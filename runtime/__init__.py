@@ -5,8 +5,6 @@ them, in one process or as child processes, and restarts the ones that crash.
 """
 
 from ._actor import Actor as Actor
-from ._actor import handles as handles
-from ._actor import subscribes as subscribes
 from ._config import Address as Address
 from ._config import Directory as Directory
 from ._config import Runtime as Runtime
@@ -16,6 +14,8 @@ from ._errors import PeerLostError as PeerLostError
 from ._errors import RemoteError as RemoteError
 from ._errors import RequestTimeout as RequestTimeout
 from ._errors import UnknownPeer as UnknownPeer
+from ._handlers import handles as handles
+from ._handlers import subscribes as subscribes
 from ._logging import configure_logging as configure_logging
 from ._logging import describe_failure as describe_failure
 from ._logging import first_awen_error as first_awen_error

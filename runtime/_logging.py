@@ -1,10 +1,14 @@
-"""Logging set-up shared by the supervisor and actor processes."""
+"""Logging: the set-up shared by the supervisor and actor processes, bounded records, rate-limited warnings."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
+from typing import Any
+
+import trio
 
 from protocol import AwenError
 
@@ -31,6 +35,30 @@ class BoundedFormatter(logging.Formatter):
         tail = min(2000, self.limit // 4)
         head = self.limit - tail - len(note)
         return text[:head] + note + text[-tail:]
+
+
+class RateLimitedLog:
+    """Log the first few occurrences, then one summary per interval: for what a client can repeat at will."""
+
+    def __init__(self, logger: logging.Logger, *, burst: int = 5, interval: float = 10.0) -> None:
+        self._log = logger
+        self._burst = burst
+        self._interval = interval
+        self._count = 0
+        self._suppressed = 0
+        self._window_start = -math.inf
+
+    def warning(self, msg: str, *args: Any) -> None:
+        now = trio.current_time()
+        if now - self._window_start > self._interval:
+            if self._suppressed:
+                self._log.warning("... and %d more like it in the last %.0f s", self._suppressed, self._interval)
+            self._window_start, self._count, self._suppressed = now, 0, 0
+        self._count += 1
+        if self._count <= self._burst:
+            self._log.warning(msg, *args)
+        else:
+            self._suppressed += 1
 
 
 def configure_logging(level: str = "info", *, actor: str | None = None) -> None:

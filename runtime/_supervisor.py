@@ -33,8 +33,9 @@ from protocol.system import (
     Ready,
 )
 
-from ._actor import Actor, handles, subscribes
+from ._actor import Actor
 from ._config import Runtime
+from ._handlers import handles, subscribes
 from ._logging import describe_failure
 from ._system import ActorSpec, ResolvedSystem, SystemConfig, load_factory
 from ._transport import LocalNetwork
@@ -284,7 +285,7 @@ class Supervisor(Actor):
                 self.publish(ActorExited(actor=spec.name, pid=child.pid, returncode=code, expected=True, reason=reason))
                 break
             log.error("%s (pid %d) crashed: %s", spec.name, child.pid, reason)
-            self._mark_lost(spec.name, f"its process exited ({reason})", None)
+            self._mark_lost(spec.name, f"its process exited ({reason})")
             self.publish(ActorExited(actor=spec.name, pid=child.pid, returncode=code, expected=False, reason=reason))
             crashes += 1
             delay = policy.delay(crashes)

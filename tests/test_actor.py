@@ -361,10 +361,10 @@ async def test_an_actor_answers_not_ready_until_it_is_set_up_and_requests_ask_ag
         await nursery.start(client.run)
         nursery.start_soon(counter.run)
         with trio.fail_after(10):
-            while counter._inbound is None:  # noqa: ASYNC110 - bound before setup runs
+            while counter.bound_address is None:  # noqa: ASYNC110 - bound before setup runs
                 await trio.sleep(0.001)
         raw = zmq.Context.instance().socket(zmq.DEALER)
-        raw.connect(counter._inbound.address)
+        raw.connect(counter.bound_address)
         try:
             raw.send(codec.encode(make_envelope(Add(n=1), sender="raw", to="counter", id=1)))
             with trio.fail_after(10):

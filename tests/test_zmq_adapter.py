@@ -222,10 +222,10 @@ async def test_a_request_with_a_mountain_of_routing_frames_is_dropped_and_the_ne
     codec = Codec(CATALOG)
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
-        assert actor._inbound is not None
+        assert actor.bound_address is not None
         context = zmq.Context.instance()
         client = context.socket(zmq.DEALER)
-        client.connect(actor._inbound.address)
+        client.connect(actor.bound_address)
         try:
             frame = codec.encode(make_envelope(Ping(data=b"hi"), sender="client", to="alpha", id=1))
             client.send_multipart([b""] * 10_000 + [frame])
