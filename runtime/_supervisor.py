@@ -284,56 +284,62 @@ class Supervisor(Actor):
             if self._shutting_down:
                 self.publish(ActorExited(actor=spec.name, pid=child.pid, returncode=code, expected=True, reason=reason))
                 break
-            log.error("%s (pid %d) crashed: %s", spec.name, child.pid, reason)
-            self._mark_lost(spec.name, f"its process exited ({reason})")
-            self.publish(ActorExited(actor=spec.name, pid=child.pid, returncode=code, expected=False, reason=reason))
             crashes += 1
-            delay = policy.delay(crashes)
-            if crashes > policy.max_restarts and policy.give_up:
-                self.gave_up = ActorGaveUp(actor=spec.name, restarts=crashes, window=policy.window, reason=reason)
-                log.critical(
-                    "giving up on %s: it crashed %d times in a row, none running %g s (policy allows %d restarts "
-                    "and gives up); last: %s. Stopping the system.",
-                    spec.name,
-                    crashes,
-                    policy.window,
-                    policy.max_restarts,
-                    reason,
-                )
-                self.publish(self.gave_up)
-                self.shutdown()
+            delay = self._report_crash(spec, child.pid, code, reason, crashes)
+            if delay is None:
                 break
-            if crashes > policy.max_restarts:
-                # A daemon left alone for months does not stop the lab for one actor: it says so, loudly, and
-                # keeps trying, ever less often. The HAL makes its devices safe when it hears of it.
-                log.log(
-                    logging.CRITICAL if crashes == policy.max_restarts + 1 else logging.ERROR,
-                    "%s is crash-looping: %d crashes in a row, none running %g s (last: %s); trying again in "
-                    "%.3g s. The rest of the lab goes on; fix its cause (its log above says why it failed).",
-                    spec.name,
-                    crashes,
-                    policy.window,
-                    reason,
-                    delay,
-                )
-                self.publish(
-                    ActorCrashLooping(
-                        actor=spec.name, crashes=crashes, window=policy.window, delay=delay, reason=reason
-                    )
-                )
-            else:
-                log.warning(
-                    "restarting %s in %.2f s (crash %d in a row; past %d it is reported crash-looping)",
-                    spec.name,
-                    delay,
-                    crashes,
-                    policy.max_restarts,
-                )
-            self.publish(ActorRestarting(actor=spec.name, delay=delay, restarts=crashes, window=policy.window))
             with trio.move_on_after(delay):
                 await self._shutdown.wait()
         if not reported:
             task_status.started()
+
+    def _report_crash(self, spec: ActorSpec, pid: int, code: int | None, reason: str, crashes: int) -> float | None:
+        """Log and publish the ``crashes``-th crash in a row; the delay before the restart, or None: gave up."""
+        policy = spec.restart
+        log.error("%s (pid %d) crashed: %s", spec.name, pid, reason)
+        self._mark_lost(spec.name, f"its process exited ({reason})")
+        self.publish(ActorExited(actor=spec.name, pid=pid, returncode=code, expected=False, reason=reason))
+        delay = policy.delay(crashes)
+        if crashes > policy.max_restarts and policy.give_up:
+            self.gave_up = ActorGaveUp(actor=spec.name, restarts=crashes, window=policy.window, reason=reason)
+            log.critical(
+                "giving up on %s: it crashed %d times in a row, none running %g s (policy allows %d restarts "
+                "and gives up); last: %s. Stopping the system.",
+                spec.name,
+                crashes,
+                policy.window,
+                policy.max_restarts,
+                reason,
+            )
+            self.publish(self.gave_up)
+            self.shutdown()
+            return None
+        if crashes > policy.max_restarts:
+            # A daemon left alone for months does not stop the lab for one actor: it says so, loudly, and
+            # keeps trying, ever less often. The HAL makes its devices safe when it hears of it.
+            log.log(
+                logging.CRITICAL if crashes == policy.max_restarts + 1 else logging.ERROR,
+                "%s is crash-looping: %d crashes in a row, none running %g s (last: %s); trying again in "
+                "%.3g s. The rest of the lab goes on; fix its cause (its log above says why it failed).",
+                spec.name,
+                crashes,
+                policy.window,
+                reason,
+                delay,
+            )
+            self.publish(
+                ActorCrashLooping(actor=spec.name, crashes=crashes, window=policy.window, delay=delay, reason=reason)
+            )
+        else:
+            log.warning(
+                "restarting %s in %.2f s (crash %d in a row; past %d it is reported crash-looping)",
+                spec.name,
+                delay,
+                crashes,
+                policy.max_restarts,
+            )
+        self.publish(ActorRestarting(actor=spec.name, delay=delay, restarts=crashes, window=policy.window))
+        return delay
 
     @handles(Ready)
     def _on_ready(self, msg: Ready, env: Any) -> None:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import msgspec
 import zmq
 
-from protocol import Catalog, ConfigError, convert_settings, load_settings
+from protocol import Backoff, Catalog, ConfigError, convert_settings, load_settings
 
 from ._config import Address, Directory, Runtime, RuntimeOptions
 from ._transport import LocalNetwork, scheme_of
@@ -53,8 +53,8 @@ class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     give_up: bool = False
 
     def delay(self, crashes: int) -> float:
-        """Seconds before restarting an actor after its ``crashes``-th crash in a row."""
-        return min(self.backoff * 2.0 ** min(max(crashes - 1, 0), 64), self.backoff_max)
+        """Seconds before restarting an actor after its ``crashes``-th crash in a row: exact, no jitter."""
+        return Backoff(first=self.backoff, longest=self.backoff_max, jitter=0).delay(crashes - 1)
 
 
 class ActorSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
