@@ -38,6 +38,7 @@ from ._message import (
     RawEnvelope,
     Request,
 )
+from ._msgspec import read_validation_error
 from ._ndarray import dec_hook, enc_hook, ext_hook
 from ._structure import MAX_DEPTH, MAX_VALUES, check_structure, envelope_fields
 from ._structure import NOT_CONTAINERS as _NOT_CONTAINERS
@@ -127,26 +128,21 @@ def make_envelope(
     )
 
 
-_AT = re.compile(r" - at `(?:key` in `)?\$([^`]*)`$")
-_NAMED_FIELD = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")
-
-
 def _field_path(prefix: str, error: str) -> tuple[str, str]:
     """Split a msgspec validation message into (dotted field path, message).
 
     msgspec ends its messages with `` - at `$.a.b[2]` `` and names missing or
     unknown fields in the text; both become ``prefix.a.b[2]``.
     """
+    parts = read_validation_error(error)
     path = prefix
-    m = _AT.search(error)
-    if m:
-        error = error[: m.start()]
-        path = prefix + m.group(1) if prefix else m.group(1).lstrip(".")
-    named = _NAMED_FIELD.search(error)
-    if named:
-        path = f"{path}.{named.group(1)}" if path else named.group(1)
-        error = error[: named.start(1)] + clip(named.group(1), _QUOTE) + error[named.end(1) :]
-    return clip(path, MAX_FIELD_PATH), clip(error, MAX_ERROR_TEXT // 2)
+    if parts.path is not None:
+        path = prefix + parts.path if prefix else parts.path.lstrip(".")
+    text = parts.text
+    if parts.field is not None:
+        path = f"{path}.{parts.field}" if path else parts.field
+        text = parts.naming(clip(parts.field, _QUOTE))
+    return clip(path, MAX_FIELD_PATH), clip(text, MAX_ERROR_TEXT // 2)
 
 
 class Codec:

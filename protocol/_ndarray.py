@@ -23,6 +23,8 @@ from typing import Annotated, Any, Final
 import msgspec
 import numpy as np
 
+from ._msgspec import read_validation_error
+
 NDARRAY_EXT = 1
 """The MessagePack extension type code of a numpy array."""
 
@@ -90,7 +92,7 @@ def decode_ndarray(data: bytes | memoryview) -> np.ndarray:
     try:
         dtype_str, shape, raw = _payload_decoder.decode(data)
     except (msgspec.DecodeError, ValueError) as exc:  # ValueError: a dtype that is not UTF-8
-        what = str(exc).split(" - at `$", 1)[0]  # a path inside the payload would pass for one inside the body
+        what = read_validation_error(str(exc)).text  # a path inside the payload would pass for one inside the body
         raise msgspec.ValidationError(
             "numpy array ext payload must be [dtype: str of at most 8 characters, "
             f"shape: [at most {MAX_NDIM} ints in 0..2**63-1], data: bin]: {_clip(what)}"

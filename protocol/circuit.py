@@ -28,6 +28,7 @@ import numpy as np
 
 from ._errors import AwenError, ErrorCode
 from ._message import FLOAT_MAX, Finite, NonNegative, Priority, Text, Timestamp
+from ._msgspec import read_validation_error
 
 # Every number has a range and every string a length, as everywhere in the protocol: integers
 # fit 64 bits, floats are finite. The sizes a scheduler accepts (modes, ops, shots, ...) are its
@@ -194,8 +195,6 @@ class CircuitError(AwenError):
         super().__init__(head + "; ".join(str(p) for p in self.problems), field="ops")
 
 
-_AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
-_NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>.*)`$", re.DOTALL)
 _INDEX = re.compile(r"\[\d+\]")
 _FINITE = re.compile(r"`float` [<>]=? -?1\.7976931348623157e\+308")
 QUOTE_CHARS = 64
@@ -255,15 +254,16 @@ def _validation_problem(op: str | None, error: msgspec.ValidationError) -> Circu
     message.
     """
     text = str(error)
-    at = _AT.search(text)
-    path = at.group("path").lstrip(".") if at else ""
-    message = text[: at.start()] if at else text
+    parts = read_validation_error(text)
+    path, message = "", text  # a key of the wrong type has no name to report: msgspec's words stay whole
+    if not parts.in_key:
+        path = parts.path.lstrip(".") if parts.path is not None else ""
+        message = parts.text
+        if parts.field is not None:
+            name = clip(parts.field)
+            message = parts.naming(name)
+            path = f"{path}.{name}" if path else name
     message = _FINITE.sub("a finite number", message)
-    named = _NAMED.match(message)
-    if named:
-        name = clip(named.group("name"))
-        message = message[: named.start("name")] + name + "`"
-        path = f"{path}.{name}" if path else name
     key = _INDEX.sub("", path) or None
     if key is not None and op is not None:
         key = key.split(".", 1)[0]
