@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -34,7 +35,6 @@ from protocol import Codec, make_envelope
 from protocol.catalog import CATALOG
 from protocol.system import Ping
 from runtime import Actor, Address, Directory, Runtime
-from runtime._system import free_tcp_port
 
 PAYLOAD = b"x" * 64
 WARMUP = 500
@@ -45,6 +45,13 @@ class Figures:
     p50_us: float
     p99_us: float
     per_second: float
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def percentile(values: list[float], q: float) -> float:

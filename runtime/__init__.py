@@ -2,6 +2,21 @@
 
 An actor is a trio task with a mailbox (`Actor`); a `Supervisor` runs a set of
 them, in one process or as child processes, and restarts the ones that crash.
+A system file (`load_system`) says which actors, where they listen and how
+they are restarted; `open_system` runs one.
+
+The public API: `Actor`, `handles`, `subscribes` and what an actor is given
+(`Runtime`, `RuntimeOptions`, `Directory`, `Address`, `LocalNetwork`); the
+errors of talking to other actors; a system (`SystemConfig`, `ActorSpec`,
+`RestartPolicy`, `load_system`, `parse_system`, `ResolvedSystem`,
+`Supervisor`, `open_system`, `SupervisorGaveUp`); logging for the command line.
+
+Inside (private modules, one concept each): `_actor` wires an actor's parts:
+`_mailbox` (what arrives, dispatched through `_handlers`), `_requests` (what
+it asks, and the replies), `_events` (publish and subscribe), `_liveness`
+(heartbeats, peers), `_lifecycle`; `_transport` opens endpoints by address
+scheme, `_zmq` marries pyzmq to trio; `_supervisor`, `_system`, `_config`,
+`_errors`, `_logging`; `worker` is an actor process's entry point.
 """
 
 from ._actor import Actor as Actor
@@ -29,7 +44,5 @@ from ._system import SystemConfig as SystemConfig
 from ._system import load_system as load_system
 from ._system import parse_system as parse_system
 from ._transport import LocalNetwork as LocalNetwork
-from ._transport import Transport as Transport
-from ._zmq import ZmqSocket as ZmqSocket
 
 __all__ = [name for name in dir() if not name.startswith("_")]

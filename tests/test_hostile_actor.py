@@ -16,8 +16,9 @@ import zmq
 
 from protocol import MAX_ERROR_TEXT, Codec, ErrorCode, make_envelope
 from protocol.system import MAX_ERROR_MESSAGE, Ping, Pong
-from runtime import Actor, Address, Directory, RemoteError, Runtime, RuntimeOptions, ZmqSocket, handles
+from runtime import Actor, Address, Directory, RemoteError, Runtime, RuntimeOptions, handles
 from runtime._logging import MAX_LOG_RECORD, configure_logging
+from runtime._zmq import ZmqSocket
 
 from .actors import TEST_CATALOG, Add, Counter, Note, Total
 from .helpers import recv_message

@@ -12,8 +12,8 @@ import zmq
 from protocol import Codec, make_envelope
 from protocol.catalog import CATALOG
 from protocol.system import Ping
-from runtime import Actor, Address, Directory, Runtime, ZmqSocket
-from runtime._zmq import RECV_BATCH, close_socket
+from runtime import Actor, Address, Directory, Runtime
+from runtime._zmq import RECV_BATCH, ZmqSocket, close_socket
 
 from .helpers import recv_message
 
