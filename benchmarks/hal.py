@@ -39,6 +39,7 @@ from pathlib import Path
 import serial
 import trio
 
+from actors.lab import lab_system, system_toml
 from drivers import open_driver
 from protocol import scpi
 from protocol.hal import ConfigureInputs, GetHeater, InputSetting, ListDevices, RunShots
@@ -115,11 +116,11 @@ def raw_serial(path: str, count: int) -> list[float]:
 async def driver_round_trips(url: str, count: int) -> list[float]:
     async with open_driver(url) as driver:
         for _ in range(100):
-            await driver.query("HEAT:VOLT? 0")
+            await driver.read_heater(0)
         times = []
         for _ in range(count):
             begin = time.perf_counter()
-            await driver.query("HEAT:VOLT? 0")
+            await driver.read_heater(0)
             times.append(time.perf_counter() - begin)
         return times
 
@@ -165,10 +166,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="awen-bench-") as tmp:
             config = Path(tmp) / "hal.toml"
-            config.write_text(
-                'log_level = "warning"\n[[actor]]\nname = "hal"\nfactory = "actors.hal:HalActor"\n'
-                f'config = {{ devices = [{{ name = "chip", url = "tcp://127.0.0.1:{port}" }}] }}\n'
-            )
+            hal_alone = lab_system(device_url=f"tcp://127.0.0.1:{port}", actors=("hal",), log_level="warning")
+            config.write_text(system_toml(hal_alone))
             socket_rt = raw_socket(port, n)
             serial_rt = raw_serial(pty_path, n)
             driver_tcp = trio.run(driver_round_trips, f"tcp://127.0.0.1:{port}", n)

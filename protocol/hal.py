@@ -42,7 +42,7 @@ Volts = Finite
 Watts = NonNegative
 Column = Annotated[int, msgspec.Meta(ge=0, le=2 * MAX_MODES - 1)]
 """A column of a shot pattern: one per mode per pass."""
-Pattern = Annotated[str, msgspec.Meta(max_length=MAX_MODES, pattern=r"^[01]*$")]
+Pattern = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MODES, pattern=r"^[01]+$")]
 """A click pattern: one ``0`` or ``1`` per feed-forward mode."""
 Version = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 """A device's state version: every accepted change of its heaters, inputs or program adds one.
@@ -52,10 +52,14 @@ device is at another version: someone else changed it since the sender last did.
 """
 
 
+DeviceState = Literal["connecting", "connected", "reconnecting", "interlocked", "refused", "unreachable"]
+"""Where a device's link stands: `connected` and `interlocked` take requests, the others say why not."""
+
+
 class DeviceInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: Label
     url: Text
-    state: Literal["connecting", "connected", "reconnecting", "interlocked", "refused", "unreachable"]
+    state: DeviceState
     identity: Text | None = None
     detail: Text = ""
 

@@ -25,6 +25,10 @@ from dataclasses import dataclass, field
 MAX_MESSAGE = 1 << 20
 """Bytes a message may reach before the reader declares an input buffer overrun."""
 
+SEPARATOR = b";:"
+"""What a host puts between the commands of one message: ``;``, and a ``:`` that starts the next
+header from the root, as SCPI reads a compound message (``INP:CLE;:SOUR:ENAB ON``)."""
+
 # SCPI error numbers (SCPI-99 vol. 2, chapter 21) and IEEE 488.2 ones used by Photonica.
 NO_ERROR = 0
 COMMAND_ERROR = -100

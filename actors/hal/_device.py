@@ -19,18 +19,17 @@ version it expects is refused with `StateChanged` if another came between.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-import msgspec
 import numpy as np
 import trio
 
-from drivers import IdentityChanged, PhotonicaDriver, endpoint_from_url, held, shots_timeout
+from drivers import IdentityChanged, PhotonicaDriver, endpoint_from_url
 from protocol import (
     AwenError,
     ConfigError,
@@ -42,7 +41,6 @@ from protocol import (
     NotReady,
     SafetyLimitError,
     StateChanged,
-    scpi,
 )
 from protocol.hal import (
     DelayRoute,
@@ -50,6 +48,7 @@ from protocol.hal import (
     DeviceDisconnected,
     DeviceInfo,
     DeviceReconnected,
+    DeviceState,
     InputSetting,
     InterlockReset,
     InterlockTripped,
@@ -57,7 +56,7 @@ from protocol.hal import (
     Temperature,
 )
 from protocol.mesh import MeshLayout
-from protocol.photonica import INTERLOCK_TRIPPED, DeviceDescription, decode_description
+from protocol.photonica import INTERLOCK_TRIPPED, DeviceDescription
 
 from ._config import DeviceConfig, per_heater
 
@@ -91,7 +90,7 @@ class ManagedDevice:
         self.config = config
         self.name = config.name
         self.emit = emit
-        self.state = "connecting"
+        self.state: DeviceState = "connecting"
         self.detail = ""
         self.driver: PhotonicaDriver | None = None
         self.description: DeviceDescription | None = None
@@ -117,54 +116,52 @@ class ManagedDevice:
         self.interlocked = False
         self._lock = trio.Lock()
         self._last_command = -math.inf
-        self._recheck = False
+        self._attempted = trio.Event()
+        """Set after the first attempt to connect, whatever its outcome."""
         self._connected = trio.Event()
 
     # --- life cycle ---------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the device until cancelled; reports started after the first connection attempt."""
-        reported = False
+        """Own the device until cancelled; reports started after the first connection attempt.
+
+        The driver's link keeps trying to reach a device that is away, and runs
+        `_set_up` on every connection, first and re-connections alike: the one
+        reconnect loop is the driver's.
+        """
         async with trio.open_nursery() as nursery:
+            self.driver = PhotonicaDriver(
+                endpoint_from_url(self.config.url),
+                name=self.name,
+                timeout=self.config.timeout_s,
+                on_event=self._on_link_event,
+                set_up=self._set_up,
+            )
             try:
-                self.driver = PhotonicaDriver(
-                    endpoint_from_url(self.config.url),
-                    name=self.name,
-                    timeout=self.config.timeout_s,
-                    on_event=self._on_link_event,
-                )
-                while True:
-                    try:
-                        await self.driver.connect(nursery)
-                        async with self._lock:
-                            await self._after_connect(first=True)
-                        break
-                    except IdentityChanged as exc:
-                        self._refuse(str(exc))
-                        break
-                    except ConfigError as exc:
-                        self._refuse(f"its configuration does not fit the device: {exc}")
-                        break
-                    except (LinkError, DeviceError, OSError) as exc:
-                        self.state, self.detail = "unreachable", str(exc)
-                        log.warning("%s: %s; retrying", self.name, exc)
-                        if not reported:
-                            task_status.started()
-                            reported = True
-                        await trio.sleep(1.0)
-                if not reported:
-                    task_status.started()
-                    reported = True
-                if self.state != "refused":
-                    nursery.start_soon(self._feed_watchdog)
-                    nursery.start_soon(self._watch_temperature)
+                nursery.start_soon(self._connect, nursery)
+                await self._attempted.wait()
+                task_status.started()
                 await trio.sleep_forever()
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(self.config.timeout_s * 2 + 1):
                     await self._final_safe_state()
-                if self.driver is not None:
-                    with trio.CancelScope(shield=True):
-                        await self.driver.aclose()
+                with trio.CancelScope(shield=True):
+                    await self.driver.aclose()
+
+    async def _connect(self, nursery: trio.Nursery) -> None:
+        """The first connection (until the device answers), then the watchdog and the temperature."""
+        assert self.driver is not None
+        try:
+            async with held(self._lock):
+                await self.driver.connect(nursery, keep_trying=True)
+        except IdentityChanged as exc:
+            self._refuse(str(exc))
+            return
+        except ConfigError as exc:
+            self._refuse(f"its configuration does not fit the device: {exc}")
+            return
+        nursery.start_soon(self._feed_watchdog)
+        nursery.start_soon(self._watch_temperature)
 
     async def wait_connected(self) -> None:
         """Until the device is connected, or refused for good (`state` says which)."""
@@ -174,7 +171,7 @@ class ManagedDevice:
         return DeviceInfo(
             name=self.name,
             url=self.config.url,
-            state=self.state,  # type: ignore[arg-type]
+            state=self.state,
             identity=self.driver.identity if self.driver else None,
             detail=self.detail,
         )
@@ -185,36 +182,44 @@ class ManagedDevice:
                 self.state = "reconnecting"
             self.detail = detail
             self.emit(DeviceDisconnected(device=self.name, reason=detail))
-        elif kind == "reconnected":
-            self._recheck = True
+        elif kind == "unreachable":
+            if self.state in ("connecting", "unreachable"):
+                if self.state == "connecting":
+                    log.warning("%s: %s; retrying", self.name, detail)
+                self.state = "unreachable"
+            self.detail = detail
+            self._attempted.set()
 
     def _refuse(self, why: str) -> None:
         self.state, self.detail = "refused", why
         log.error("%s: %s", self.name, why)
         self.emit(DeviceDisconnected(device=self.name, reason=why))
+        self._attempted.set()
         self._connected.set()  # nobody need wait for it any longer
 
-    async def _after_connect(self, *, first: bool) -> None:
-        """Learn (or re-check) what the device is, arm its watchdog, read its state."""
+    async def _set_up(self, first: bool) -> None:
+        """After every connection, before anything else is sent: limits, watchdog, the device's state.
+
+        Runs inside the driver's reconnect loop, with the device's lock held by
+        whoever caused the connection. The link has checked that the device is
+        the same one with the same capabilities.
+        """
         driver = self.driver
         assert driver is not None
         description = driver.description
-        if not first:
-            description = await self._recheck_capabilities(driver)
         assert description is not None
         self.description = description
         self.layout = description.layout()
         self._set_limits(description)
         if self.config.watchdog_s:
-            await driver.write(f"SYST:WATC {self.config.watchdog_s:g}")
-        self.interlocked = await driver.query_as("SYST:INT?", _flag)
-        volts = await driver.query_as("HEAT:VOLT:ALL?", _volts)
-        if first and (volts.any() or await driver.query_as("SOUR:ENAB?", _flag)):
+            await driver.arm_watchdog(self.config.watchdog_s)
+        self.interlocked = await driver.interlock()
+        volts = await driver.read_heaters()
+        if first and (volts.any() or await driver.sources()):
             # Left as a HAL that died (or someone else) had it: nobody here asked
             # for that state, so start from the safe one.
             log.warning("%s: found heaters on or sources enabled at start; putting it in its safe state", self.name)
-            off = "SOUR:ENAB OFF" if self.interlocked else "SOUR:ENAB OFF;HEAT:VOLT:ALL " + ",".join(["0"] * len(volts))
-            await driver.write(off)
+            await driver.safe_state(heaters=not self.interlocked)
             volts = np.zeros_like(volts)
         elif not first and self.expected.shape == volts.shape and not np.array_equal(self.expected, volts):
             log.warning(
@@ -228,6 +233,7 @@ class ManagedDevice:
         self._last_command = trio.current_time()
         self.state = "interlocked" if self.interlocked else "connected"
         self.detail = ""
+        self._attempted.set()
         self._connected.set()
         if first:
             log.info("%s: connected to %s (%s)", self.name, driver.identity, self.config.url)
@@ -258,23 +264,6 @@ class ManagedDevice:
             device_limit = min(device_limit, config.power_limit_w)
         self.power_budget = device_limit * (1 - config.power_margin)
 
-    async def _recheck_capabilities(self, driver: PhotonicaDriver) -> DeviceDescription:
-        """The device's capabilities after a reconnect: refuse it if they changed.
-
-        Read again when they differ, so that one corrupted reply is not taken
-        for a different device; two agreeing differing answers are.
-        """
-        answers: list[DeviceDescription] = []
-        for _ in range(4):
-            answer = await driver.query_as("SYST:CAP?", _description)
-            if answer == self.description:
-                return answer
-            answers.append(answer)
-            if len(answers) >= 2 and answers[-1] == answers[-2]:
-                break
-        self._refuse("its capabilities changed across a reconnect; refused until the HAL restarts")
-        raise LinkError(f"{self.name}: capabilities changed")
-
     async def _feed_watchdog(self) -> None:
         """Any command feeds the device's watchdog; when idle, read the heaters back.
 
@@ -295,7 +284,7 @@ class ManagedDevice:
 
     async def _idle_readback(self, driver: PhotonicaDriver) -> None:
         """Read the heaters back and compare with what they should hold (the lock is held: nobody sets them)."""
-        volts = await driver.query_as("HEAT:VOLT:ALL?", _volts)
+        volts = await driver.read_heaters()
         self.volts = volts
         if self.interlocked or volts.shape != self.expected.shape:
             return
@@ -315,8 +304,8 @@ class ManagedDevice:
 
     async def _read_temperature(self, driver: PhotonicaDriver) -> float:
         """The temperature, and whether the device tripped its interlock on its own (the lock is held)."""
-        celsius = await driver.query_as("STAT:TEMP?", float)
-        if await driver.query_as("SYST:INT?", _flag) and not self.interlocked:
+        celsius = await driver.temperature()
+        if await driver.interlock() and not self.interlocked:
             self._tripped("the device reports its interlock tripped")
         return celsius
 
@@ -336,18 +325,17 @@ class ManagedDevice:
         driver = self.usable()
         async with held(self._lock):
             try:
-                result = await operation(driver)
+                return await operation(driver)
             except DeviceError as exc:
                 if exc.scpi_code == INTERLOCK_TRIPPED:
                     self._tripped(exc.scpi_text)
                     raise InterlockError(f"{self.name}: interlock tripped: {exc.scpi_text}") from exc
                 raise
+            except IdentityChanged as exc:  # a reconnect found another device behind the address
+                self._refuse(f"{exc}; refused until the HAL restarts")
+                raise DeviceUnavailable(f"{self.name}: refused: {exc}") from exc
             finally:
                 self._last_command = trio.current_time()
-                if self._recheck:
-                    self._recheck = False
-                    await self._after_connect(first=False)
-            return result
 
     def usable(self) -> PhotonicaDriver:
         """The driver, once the device is described and safe.
@@ -455,11 +443,12 @@ class ManagedDevice:
             version = self._changed()
             if setting is None and len(changes) == 1:
                 ((heater, value),) = changes.items()
-                await driver.write(f"HEAT:VOLT {heater},{value!r}")
+                await driver.set_heater(heater, value)
             else:
-                await driver.write(b"HEAT:VOLT:ALL " + scpi.block(target.astype("<f8").tobytes()))
-            readback = await driver.query_as("HEAT:VOLT:ALL?", _volts)
-            self.volts = readback
+                await driver.set_heaters(target)
+            readback = await driver.read_heaters()
+            # A reconnect on the way took what the device held then for what it should hold: it holds this now.
+            self.expected, self.volts = target, readback
             mismatched = self._compare(target, readback)
             self._alarmed = tuple(mismatched)  # an idle read-back raises these again only if they change
             return readback, mismatched, version
@@ -485,28 +474,23 @@ class ManagedDevice:
 
     async def get_heaters(self) -> np.ndarray:
         async def read(driver: PhotonicaDriver) -> np.ndarray:
-            self.volts = await driver.query_as("HEAT:VOLT:ALL?", _volts)
+            self.volts = await driver.read_heaters()
             return self.volts
 
         return await self.call(read)
 
     async def get_heater(self, heater: int) -> float:
         self.heater(heater, field="heater")
-        return await self.call(lambda d: d.query_as(f"HEAT:VOLT? {heater}", float))
+        return await self.call(lambda driver: driver.read_heater(heater))
 
     async def configure_inputs(
         self, inputs: list[InputSetting], clear: bool, *, expect_version: int | None = None
     ) -> int:
         """Set the inputs; the sources are switched on when any input carries light. Returns the new version."""
-        parts = ["INP:CLE"] if clear else []
-        for item in inputs:
-            if item.state == "coherent":
-                parts.append(f"INP:STAT {item.mode},COH,{item.power_w!r},{item.phase_rad!r}")
-            else:
-                parts.append(f"INP:STAT {item.mode},{'PHOT' if item.state == 'photon' else 'VAC'}")
-        if any(item.state != "vacuum" for item in inputs):
-            parts.append("SOUR:ENAB ON")
-        return await self._change(";".join(parts), expect_version)
+        sources_on = any(item.state != "vacuum" for item in inputs)
+        return await self._change(
+            lambda driver: driver.configure_inputs(inputs, clear=clear, sources_on=sources_on), expect_version
+        )
 
     async def program(
         self,
@@ -517,55 +501,36 @@ class ManagedDevice:
         expect_version: int | None = None,
     ) -> int:
         """Replace the feed-forward and delay-line program; returns the new version."""
-        parts = ["FFOR:CLE", "DLIN:CLE"]
-        for route in delay_lines:
-            parts.append(f"DLIN:ROUT {route.line},{route.out_mode},{route.in_mode},{route.rounds}")
-        if ff_modes:
-            parts.append("FFOR:MEAS " + ",".join(str(m) for m in ff_modes))
-        for pattern, phases in rules.items():
-            pairs = ",".join(f"{mode},{phase!r}" for mode, phase in phases.items())
-            parts.append(f"FFOR:RULE {pattern}" + (f",{pairs}" if pairs else ""))
-        return await self._change(";".join(parts), expect_version)
+        return await self._change(lambda driver: driver.program(ff_modes, rules, delay_lines), expect_version)
 
-    async def _change(self, commands: str, expect_version: int | None) -> int:
-        """Send commands that change the device's state (not its heaters); the new version."""
+    async def _change(self, send: Callable[[PhotonicaDriver], Awaitable[None]], expect_version: int | None) -> int:
+        """Send what changes the device's state (not its heaters); the new version."""
 
-        async def send(driver: PhotonicaDriver) -> int:
+        async def change(driver: PhotonicaDriver) -> int:
             self._expect(expect_version)
             version = self._changed()
-            if commands:
-                await driver.write(commands)
+            await send(driver)
             return version
 
-        return await self.call(send)
+        return await self.call(change)
 
     async def run_shots(self, shots: int, *, expect_version: int | None = None) -> tuple[np.ndarray, int]:
-        timeout = shots_timeout(self.description, shots, self.config.timeout_s)
-
-        def patterns(reply: bytes) -> tuple[np.ndarray, int]:
-            data = scpi.unblock(reply)
-            width, rest = divmod(len(data), shots)
-            if rest or not width:
-                raise ValueError(f"{len(data)} bytes of patterns do not divide into {shots} shots")
-            return np.frombuffer(data, np.uint8).reshape(shots, width).copy(), width
-
         async def run(driver: PhotonicaDriver) -> tuple[np.ndarray, int]:
             self._expect(expect_version)
-            # One exchange: the run and its patterns (the width follows from the block's length).
-            return await driver.query_as(f"RUN:SHOT {shots};:FETC:PATT?", patterns, reply_timeout=timeout)
+            return await driver.run_shots(shots)
 
         return await self.call(run)
 
     async def read_powers(self, *, expect_version: int | None = None) -> np.ndarray:
         async def read(driver: PhotonicaDriver) -> np.ndarray:
             self._expect(expect_version)
-            return await driver.query_as("MEAS:POW?", _floats)
+            return await driver.read_powers()
 
         return await self.call(read)
 
     async def status(self) -> dict[str, Any]:
         async def read(driver: PhotonicaDriver) -> dict[str, Any]:
-            status: dict[str, Any] = await driver.query_as("STAT?", _json_block)
+            status = await driver.status()
             if status.get("interlock") and not self.interlocked:
                 self._tripped("the device reports its interlock tripped")
             return status
@@ -574,8 +539,8 @@ class ManagedDevice:
 
     async def reset_interlock(self) -> None:
         async def reset(driver: PhotonicaDriver) -> None:
-            await driver.write("SYST:INT:RES")
-            volts = await driver.query_as("HEAT:VOLT:ALL?", _volts)
+            await driver.reset_interlock()
+            volts = await driver.read_heaters()
             self.interlocked = False
             self.state = "connected"
             self.volts, self.expected, self._alarmed = volts, volts.copy(), ()
@@ -588,41 +553,29 @@ class ManagedDevice:
         """Heaters to 0 V (unless the interlock already put them there) and sources off."""
 
         async def make_safe(driver: PhotonicaDriver) -> None:
-            commands = "SOUR:ENAB OFF"
             if not self.interlocked:
-                commands += ";HEAT:VOLT:ALL " + ",".join(["0"] * len(self.limits))
                 self.expected, self._alarmed = np.zeros_like(self.expected), ()
             self._changed()
-            await driver.write(commands)
+            await driver.safe_state(heaters=not self.interlocked)
             if not self.interlocked:
                 self.volts = np.zeros_like(self.volts)
 
         await self.call(make_safe)
 
 
-def _flag(reply: bytes) -> bool:
-    if reply.strip() not in (b"0", b"1"):
-        raise ValueError(f"expected 0 or 1, got {reply[:20]!r}")
-    return reply.strip() == b"1"
+@asynccontextmanager
+async def held(lock: trio.Lock) -> AsyncIterator[None]:
+    """Hold ``lock``; waits only if another task has it.
 
-
-def _volts(reply: bytes) -> np.ndarray:
-    return np.frombuffer(scpi.unblock(reply), "<f8").copy()
-
-
-def _floats(reply: bytes) -> np.ndarray:
-    return np.array([float(x) for x in reply.split(b",")])
-
-
-def _json_block(reply: bytes) -> Any:
+    ``async with lock`` is a full trio checkpoint even when the lock is free,
+    about 18 us on a 2-core VM; on the path of every device command that was
+    a visible share of a HAL request, so the free case takes the lock at once.
+    """
     try:
-        return json.loads(scpi.unblock(reply))
-    except json.JSONDecodeError as exc:
-        raise ValueError(str(exc)) from exc
-
-
-def _description(reply: bytes) -> DeviceDescription:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
     try:
-        return decode_description(scpi.unblock(reply))
-    except msgspec.DecodeError as exc:
-        raise ValueError(str(exc)) from exc
+        yield
+    finally:
+        lock.release()
