@@ -7,10 +7,10 @@
 
 from ._actor import SchedulerActor as SchedulerActor
 from ._actor import SchedulerConfig as SchedulerConfig
-from ._compile import Health as Health
-from ._compile import Limits as Limits
-from ._compile import analyse as analyse
+from ._analyse import analyse as analyse
 from ._compile import compile_circuit as compile_circuit
+from ._limits import Health as Health
+from ._limits import Limits as Limits
 from ._strategy import Feedback as Feedback
 from ._strategy import apply_strategy as apply_strategy
 from ._strategy import combined_health as combined_health

@@ -90,7 +90,9 @@ from protocol.scheduler import (
 )
 from runtime import Actor, RemoteError, Runtime, handles, subscribes
 
-from ._compile import Health, Limits, analyse, compile_circuit, device_key, plan_id
+from ._analyse import analyse
+from ._compile import compile_circuit, device_key, plan_id
+from ._limits import Health, Limits
 from ._queue import ACCEPTING_SEQ, JobQueue, QueuedJob
 from ._strategy import Feedback, apply_strategy, combined_health
 from ._validate import validate_plan

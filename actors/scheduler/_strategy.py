@@ -19,7 +19,7 @@ import msgspec
 from protocol.plan import Phase, Plan
 from protocol.scheduler import StrategyConfig
 
-from ._compile import Health
+from ._limits import Health
 
 _EWMA = 0.3
 
