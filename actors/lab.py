@@ -42,8 +42,8 @@ FACTORIES = {
 
 def lab_system(
     *,
-    data_dir: str | Path,
-    device_url: str,
+    data_dir: str | Path | None = None,
+    device_url: str | None = None,
     factory_calibration: str | Path | None = None,
     device: str = "chip",
     device_options: Mapping[str, Any] | None = None,
@@ -58,9 +58,10 @@ def lab_system(
     """The standard lab system on one device.
 
     Args:
-        data_dir: The memory actor's data directory (its store).
+        data_dir: The memory actor's data directory (its store); by default
+            the memory actor's own (``$AWEN_DATA_DIR``, or the user's data directory).
         device_url: Where the HAL finds the device: ``sim://?seed=1&modes=8``,
-            ``tcp://HOST:PORT``, ``serial:///dev/ttyUSB0``.
+            ``tcp://HOST:PORT``, ``serial:///dev/ttyUSB0``. Required if the HAL runs.
         factory_calibration: The chip's factory calibration file, where the
             calibration actor starts when the store has no calibration yet.
         device: The device's name, as every actor names it.
@@ -76,8 +77,10 @@ def lab_system(
     unknown = sorted(set(actors) - set(LAB_ACTORS)) + sorted(set(config or {}) - set(actors))
     if unknown:
         raise ValueError(f"not actors of this lab: {', '.join(unknown)} (it runs {', '.join(actors)})")
+    if device_url is None and "hal" in actors:
+        raise ValueError("the HAL needs a device: give lab_system a device_url")
     settings: dict[str, dict[str, Any]] = {
-        "memory": {"data_dir": str(data_dir)},
+        "memory": {} if data_dir is None else {"data_dir": str(data_dir)},
         "hal": {"devices": [{"name": device, "url": device_url, **(device_options or {})}]},
         "scheduler": {"device": device},
         "executor": {"device": device},

@@ -23,10 +23,11 @@ from protocol.calibration_model import CalibrationModel
 from protocol.memory import GetCalibration, GetPlan, QueryResults
 from protocol.mesh import clements_layout
 from protocol.plan import Plan
+from protocol.results import powers_by_phase, procedure_plan_id
 from runtime import open_system
 from sim import parse_config
 
-from .run import Display, _with_progress, prepare, system_config
+from .run import Display, _with_progress, prepare, system_config, wait_started
 
 
 async def calibrate(
@@ -37,10 +38,7 @@ async def calibrate(
     config = system_config(data_dir, modes, seed, factory, verbose)
     display.say(f"awen: calibrating the simulated {modes}-mode chip (seed {seed}); data in {data_dir}")
     async with open_system(config) as sup:
-        with trio.fail_after(120):
-            await sup.wait_started()
-            for name in ("memory", "hal", "scheduler", "executor", "calibration"):
-                await sup.wait_peer(name)
+        await wait_started(sup)
 
         async def work() -> Any:
             return await sup.request("calibration", Calibrate(points=points))
@@ -48,9 +46,10 @@ async def calibrate(
         with trio.fail_after(3600):
             result = await _with_progress(sup, display, "calibrating", "cal-", work)
         stored = await sup.request("memory", GetCalibration(device="chip", version=result.version))
-        plan = msgspec.convert((await sup.request("memory", GetPlan(plan=f"procedure-{result.job}"))).body, Plan)
+        stored_plan = await sup.request("memory", GetPlan(plan=procedure_plan_id(result.job)))
+        plan = msgspec.convert(stored_plan.body, Plan)
         readings = (await sup.request("memory", QueryResults(job=result.job))).results
-    powers = {int(r.slot.split(".", 1)[0][1:]): np.asarray(r.value) for r in readings if r.slot.endswith(".powers")}
+    powers = powers_by_phase(readings)
     return {"result": result, "stored": stored, "plan": plan, "powers": powers}
 
 

@@ -23,14 +23,17 @@ import msgspec
 import numpy as np
 import trio
 
+from actors.jobs import wait_for_job
+from actors.lab import LAB_ACTORS, lab_system
 from actors.scheduler import Limits, analyse
 from protocol import AwenError
 from protocol.calibration import Calibrate, GetCalibrationStatus
 from protocol.circuit import Circuit, CircuitError, UnitaryOp, load_circuit, parse_ops
-from protocol.memory import GetJob, GetPlan, QueryResults
+from protocol.memory import GetPlan, QueryResults
 from protocol.plan import Plan
+from protocol.results import joint_slot, result_slot
 from protocol.scheduler import Submit
-from runtime import Supervisor, open_system, parse_system
+from runtime import RuntimeOptions, Supervisor, SystemConfig, open_system
 from sim import chip_of, factory_calibration, output_distribution, parse_config
 
 RUN_TIMEOUT_S = 3600.0
@@ -68,28 +71,23 @@ class Display:
             self._last = ""
 
 
-def system_config(data_dir: Path, modes: int, seed: int, factory: Path, verbose: bool) -> Any:
-    return parse_system(
-        {
-            "log_level": "info" if verbose else "warning",
-            "runtime": {"heartbeat_interval": 0.5, "request_timeout": 60.0},
-            "actor": [
-                {"name": "memory", "factory": "actors.memory:MemoryActor", "config": {"data_dir": str(data_dir)}},
-                {
-                    "name": "hal",
-                    "factory": "actors.hal:HalActor",
-                    "config": {"devices": [{"name": "chip", "url": f"sim://?seed={seed}&modes={modes}"}]},
-                },
-                {"name": "scheduler", "factory": "actors.scheduler:SchedulerActor"},
-                {"name": "executor", "factory": "actors.executor:ExecutorActor"},
-                {
-                    "name": "calibration",
-                    "factory": "actors.calibration:CalibrationActor",
-                    "config": {"factory": str(factory)},
-                },
-            ],
-        }
+def system_config(data_dir: Path, modes: int, seed: int, factory: Path, verbose: bool) -> SystemConfig:
+    """The standard lab on a simulated chip in the HAL's process, as ``awen run`` and ``awen calibrate`` start it."""
+    return lab_system(
+        data_dir=data_dir,
+        device_url=f"sim://?seed={seed}&modes={modes}",
+        factory_calibration=factory,
+        log_level="info" if verbose else "warning",
+        runtime=RuntimeOptions(heartbeat_interval=0.5, request_timeout=60.0),
     )
+
+
+async def wait_started(sup: Supervisor) -> None:
+    """Until every actor of the lab has started and its heartbeat reached the supervisor."""
+    with trio.fail_after(120):
+        await sup.wait_started()
+        for name in LAB_ACTORS:
+            await sup.wait_peer(name)
 
 
 async def _follow(sup: Supervisor, display: Display, label: str, job_prefix: str, done: trio.Event) -> None:
@@ -133,10 +131,7 @@ async def run_circuit(
         f"calibration; data in {data_dir}"
     )
     async with open_system(config) as sup:
-        with trio.fail_after(120):
-            await sup.wait_started()
-            for name in ("memory", "hal", "scheduler", "executor", "calibration"):
-                await sup.wait_peer(name)
+        await wait_started(sup)
         status = await sup.request("calibration", GetCalibrationStatus())
         if not status.valid:
             display.say("awen: the chip has no valid calibration: calibrating (heater sweeps with coherent light)")
@@ -153,17 +148,9 @@ async def run_circuit(
         accepted = await sup.request("scheduler", Submit(circuit=circuit))
         job = accepted.job
         display.say(f"awen: job {job} accepted: {circuit.shots} shots")
-
-        async def finished() -> Any:
-            while True:
-                record = (await sup.request("memory", GetJob(job=job))).record
-                if record.state in ("completed", "failed", "cancelled"):
-                    return record
-                await trio.sleep(0.1)
-
         began = time.monotonic()
         with trio.fail_after(RUN_TIMEOUT_S):
-            record = await _with_progress(sup, display, "running", job, finished)
+            record = await _with_progress(sup, display, "running", job, lambda: wait_for_job(sup, job))
         seconds = time.monotonic() - began
         plan = msgspec.convert((await sup.request("memory", GetPlan(plan=str(record.plan)))).body, Plan)
         results = (await sup.request("memory", QueryResults(job=job))).results
@@ -174,10 +161,10 @@ async def run_circuit(
     joint = {}
     for phase in plan.phases:
         for reg in phase.registers:
-            total = counts.get(f"p{phase.index}.{reg.name}")
+            total = counts.get(result_slot(phase.index, reg.name))
             if total is not None:
                 registers[reg.name] = {"modes": reg.modes, "counts": total}
-        together = counts.get(f"p{phase.index}.joint")
+        together = counts.get(joint_slot(phase.index))
         if together is not None:
             joint[" ".join(r.name for r in phase.registers)] = {
                 "bits": [len(r.columns) for r in phase.registers],

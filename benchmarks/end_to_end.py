@@ -43,7 +43,7 @@ import numpy as np
 import trio
 
 from actors.scheduler import compile_circuit
-from awen.run import prepare, system_config
+from awen.run import prepare, system_config, wait_started
 from protocol import scpi
 from protocol.calibration import Calibrate
 from protocol.calibration_model import CalibrationModel
@@ -72,10 +72,7 @@ async def through_awen(data_dir: Path, jobs: int) -> dict[str, Any]:
     config = system_config(data_dir, MODES, SEED, factory, verbose=False)
     out: dict[str, Any] = {}
     async with open_system(config) as sup:
-        with trio.fail_after(120):
-            await sup.wait_started()
-            for name in ("memory", "hal", "scheduler", "executor", "calibration"):
-                await sup.wait_peer(name)
+        await wait_started(sup)
         await sup.request("calibration", Calibrate())
         out["calibration"] = (await sup.request("memory", GetCalibration(device="chip"))).fits
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import trio
 
+from actors.lab import lab_system, system_toml
 from protocol.memory import Allocate, PutJob, SlotSpec, SlotValue, Write
 from runtime import Actor, ResolvedSystem
 
@@ -42,10 +43,10 @@ BIG_SLOTS = [SlotSpec(name="trace", dtype="float64", shape=[131072])]
 
 def start_memory(data_dir: Path) -> tuple[subprocess.Popen[str], Path]:
     config = data_dir / "memory.toml"
-    config.write_text(
-        'log_level = "warning"\n[[actor]]\nname = "memory"\nfactory = "actors.memory:MemoryActor"\n'
-        f'config = {{ data_dir = "{data_dir / "store"}", synchronous = "full" }}\n'
+    memory_alone = lab_system(
+        data_dir=data_dir / "store", actors=("memory",), log_level="warning", config={"memory": {"synchronous": "full"}}
     )
+    config.write_text(system_toml(memory_alone))
     proc = subprocess.Popen(
         [sys.executable, "-m", "awen.cli", "up", str(config)],
         stdout=subprocess.PIPE,

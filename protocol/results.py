@@ -23,8 +23,9 @@ slot name by hand.
   belongs to (0, 1, ...).
 
 `parse_result_slot` reads a stored slot's name back into its phase and what
-it holds. (A register named ``joint`` or ``powers`` would share its name with
-those slots: readers take such a name for what this layout means by it.)
+it holds; `powers_by_phase` gathers a procedure's photodiode readings. (A
+register named ``joint`` or ``powers`` would share its name with those
+slots: readers take such a name for what this layout means by it.)
 
 **The journal** (`Journal`) is the job's state buffer, committed with every
 frame: ``journal.phase`` (phases done), ``journal.shots`` (shots done in the
@@ -38,12 +39,12 @@ detector characterisation) are stored as ``procedure-JOB`` (`procedure_plan_id`)
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal, NamedTuple
 
 import numpy as np
 
-from .memory import SlotSpec, SlotValue
+from .memory import ResultRecord, SlotSpec, SlotValue
 from .plan import Phase, Plan
 
 JOINT: Final = "joint"
@@ -106,6 +107,15 @@ def parse_result_slot(name: str) -> ResultSlot | None:
     if match is None:
         return None
     return ResultSlot(int(match.group(1)), match.group(2))
+
+
+def powers_by_phase(results: Iterable[ResultRecord]) -> dict[int, np.ndarray]:
+    """A job's photodiode readings (``pPHASE.powers``), by phase, from its stored results."""
+    return {
+        slot.phase: np.asarray(r.value)
+        for r in results
+        if (slot := parse_result_slot(r.slot)) is not None and slot.kind == "powers"
+    }
 
 
 def joint_bits(phase: Phase) -> int:

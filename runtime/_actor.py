@@ -346,7 +346,7 @@ class Actor:
             failed=self.failed,
             malformed=self.malformed,
             in_flight=self.in_flight,
-            pending=len(self.__requests),
+            pending=self.__requests.pending,
             peers=self.__peers.info(now),
         )
 

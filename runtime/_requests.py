@@ -102,8 +102,9 @@ class Requests:
         self.late_replies = 0
         self.malformed = 0
 
-    def __len__(self) -> int:
-        """Requests pending now."""
+    @property
+    def pending(self) -> int:
+        """Requests waiting for their reply now."""
         return len(self._pending)
 
     def open(self, transport: Transport, io: trio.Nursery) -> None:

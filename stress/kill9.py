@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -55,19 +54,22 @@ import numpy as np  # noqa: E402
 import trio  # noqa: E402
 
 import sim  # noqa: E402
+from actors.jobs import wait_for_job  # noqa: E402
+from actors.lab import LAB_ACTORS, lab_system, system_toml  # noqa: E402
 from actors.scheduler import compile_circuit  # noqa: E402
 from awen.run import prepare  # noqa: E402
 from protocol import AwenError, Envelope, ErrorCode, Reply, Request  # noqa: E402
 from protocol.calibration import Calibrate, GetCalibrationStatus  # noqa: E402
 from protocol.circuit import Circuit, CircuitBuilder  # noqa: E402
-from protocol.memory import GetJob, GetPlan, JobRecord, QueryJobs, QueryResults  # noqa: E402
+from protocol.memory import TERMINAL_STATES, GetJob, GetPlan, JobRecord, QueryJobs, QueryResults  # noqa: E402
 from protocol.plan import Plan  # noqa: E402
+from protocol.results import parse_result_slot, result_slot  # noqa: E402
 from protocol.scheduler import Submit  # noqa: E402
 from protocol.system import GetStatus, Ping  # noqa: E402
-from runtime import Actor, RemoteError, ResolvedSystem  # noqa: E402
+from runtime import Actor, RemoteError, ResolvedSystem, RestartPolicy, RuntimeOptions, SystemConfig  # noqa: E402
 
-ACTORS = ("memory", "hal", "scheduler", "executor", "calibration")
-ENDED = ("completed", "failed", "cancelled")
+ACTORS = LAB_ACTORS
+ENDED = TERMINAL_STATES
 REFUSED = {ErrorCode.INVALID, ErrorCode.INVALID_CIRCUIT, ErrorCode.BAD_REQUEST}
 """Submission errors that no repetition changes: the job is not accepted."""
 TRANSIENT = {
@@ -311,8 +313,8 @@ def device_toml(modes: int) -> str:
     return f"modes = {modes}\n"
 
 
-def system_toml(data_dir: Path, run_dir: Path, port: int, factory: Path, log_level: str) -> str:
-    """The standard five actors, as `awen.run.system_config` assembles them, on a separate simulator.
+def campaign_system(data_dir: Path, run_dir: Path, port: int, factory: Path, log_level: str) -> SystemConfig:
+    """The standard five actors (`actors.lab.lab_system`) on a separate simulator.
 
     An actor is crash-looping only past 1000 crashes in a row (by default 5, after which the HAL makes
     the chip safe and every running job waits), and waits at most 1 s before a restart: the campaign
@@ -320,44 +322,15 @@ def system_toml(data_dir: Path, run_dir: Path, port: int, factory: Path, log_lev
     Heartbeats are 1 s apart and a peer is lost after 10 missed ones, so that a process starved of
     CPU on a loaded machine is not taken for a hung one.
     """
-    restart = "restart = { max_restarts = 1000, window = 60, backoff = 0.1, backoff_max = 1.0 }"
-    return f"""
-run_dir = "{run_dir}"
-log_level = "{log_level}"
-
-[runtime]
-heartbeat_interval = 1.0
-liveness = 10
-request_timeout = 60.0
-
-[[actor]]
-name = "memory"
-factory = "actors.memory:MemoryActor"
-config = {{ data_dir = "{data_dir}" }}
-{restart}
-
-[[actor]]
-name = "hal"
-factory = "actors.hal:HalActor"
-config = {{ devices = [{{ name = "chip", url = "tcp://127.0.0.1:{port}" }}] }}
-{restart}
-
-[[actor]]
-name = "scheduler"
-factory = "actors.scheduler:SchedulerActor"
-{restart}
-
-[[actor]]
-name = "executor"
-factory = "actors.executor:ExecutorActor"
-{restart}
-
-[[actor]]
-name = "calibration"
-factory = "actors.calibration:CalibrationActor"
-config = {{ factory = "{factory}" }}
-{restart}
-"""
+    return lab_system(
+        data_dir=data_dir,
+        device_url=f"tcp://127.0.0.1:{port}",
+        factory_calibration=factory,
+        log_level=log_level,
+        run_dir=run_dir,
+        runtime=RuntimeOptions(heartbeat_interval=1.0, liveness=10, request_timeout=60.0),
+        restart=RestartPolicy(max_restarts=1000, window=60, backoff=0.1, backoff_max=1.0),
+    )
 
 
 def _phases(circuit: Circuit) -> int:
@@ -487,16 +460,19 @@ class Campaign:
 
     # --- the three activities ---------------------------------------------------------------------
 
-    async def submit_all(self, first_accepted: trio.Event) -> None:
+    async def submit_all(self, first_accepted: trio.Event, accepted: trio.MemorySendChannel[str]) -> None:
+        """Submit every job in turn; each one accepted goes to `follow_jobs`."""
         rng = random.Random(self.options.seed * 7919 + 3)
-        for i, spec in enumerate(self.specs):
-            if i:
-                await trio.sleep(rng.uniform(0, self.options.submit_gap))
-            await self.submit(self.submissions[spec.job])
-            if self.submissions[spec.job].accepted:
-                first_accepted.set()
-        self.submitted_all = True
-        first_accepted.set()
+        async with accepted:
+            for i, spec in enumerate(self.specs):
+                if i:
+                    await trio.sleep(rng.uniform(0, self.options.submit_gap))
+                await self.submit(self.submissions[spec.job])
+                if self.submissions[spec.job].accepted:
+                    first_accepted.set()
+                    await accepted.send(spec.job)
+            self.submitted_all = True
+            first_accepted.set()
 
     async def submit(self, sub: Submission) -> None:
         """Submit until accepted; a repetition after a lost reply names the same job, so it is one job."""
@@ -530,30 +506,44 @@ class Campaign:
     def all_ended(self) -> bool:
         return self.submitted_all and all(self.states.get(job) in ENDED for job in self.accepted())
 
-    async def poll_states(self, ended: trio.Event) -> None:
-        """Every accepted job's state, twice a second, from one query."""
-        since = time.time() - 60
-        said = trio.current_time()
+    async def follow_jobs(self, accepted: trio.MemoryReceiveChannel[str]) -> None:
+        """Every accepted job until it has ended: each waited for on the memory actor's events."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.say_while_waiting)
+            async with trio.open_nursery() as waiting:
+                async for job in accepted:
+                    waiting.start_soon(self.follow_job, job)
+            nursery.cancel_scope.cancel()
+
+    async def follow_job(self, job: str) -> None:
+        """Until the store holds ``job`` ended (through any restart of the memory actor: `wait_for_job`)."""
+        assert self.client is not None
         while True:
-            if trio.current_time() - said > 30:  # a campaign that stalls says so while it waits
-                said = trio.current_time()
-                states = Counter(self.states.get(job, "unknown") for job in self.accepted())
-                self.say(f"kill9: waiting at {self.now():.0f} s: " + ", ".join(f"{s} {n}" for s, n in states.items()))
+            try:
+                record = await wait_for_job(self.client, job)
+                break
+            except RemoteError as exc:
+                if exc.code not in TRANSIENT:
+                    self.problems.append(f"{job}: the store cannot say how it ended: [{exc.code}] {exc.remote_message}")
+                    return
+            await trio.sleep(0.2)
+        self.states[job] = record.state
+        self.progressed.unpark_all()
+
+    async def say_while_waiting(self) -> None:
+        """A campaign that stalls says so while it waits: every 30 s, the accepted jobs' states."""
+        since = time.time() - 60
+        while True:
+            await trio.sleep(30)
             try:
                 with trio.fail_after(ASK_S):
                     assert self.client is not None
                     jobs = (await self.client.request("memory", QueryJobs(since=since, limit=100_000))).jobs
             except (AwenError, trio.TooSlowError):
-                pass
-            else:
-                for record in jobs:
-                    if record.job in self.submissions:
-                        self.states[record.job] = record.state
-                self.progressed.unpark_all()
-                if self.all_ended():
-                    ended.set()
-                    return
-            await trio.sleep(0.5)
+                continue
+            now = {record.job: record.state for record in jobs}
+            states = Counter(now.get(job, "unknown") for job in self.accepted())
+            self.say(f"kill9: waiting at {self.now():.0f} s: " + ", ".join(f"{s} {n}" for s, n in states.items()))
 
     def follow_events(self, client: Actor) -> None:
         """The executor's account of which job runs and how far, the supervisor's of restarts and give-ups."""
@@ -680,12 +670,12 @@ class Campaign:
             plan = msgspec.convert(with_plan.body, Plan)
         if plan is None:
             plan = compile_circuit(spec.circuit, description)
-        expected = [f"p{phase.index}.{reg.name}" for phase in plan.phases for reg in phase.registers]
+        expected = [result_slot(phase.index, reg.name) for phase in plan.phases for reg in phase.registers]
         results = (await self.ask("memory", QueryResults(job=spec.job), within=60)).results
         totals: dict[str, int] = dict.fromkeys(expected, 0)
         frames: Counter[tuple[str, int]] = Counter()
         for result in results:
-            if not re.fullmatch(r"p\d+\..+", result.slot):
+            if parse_result_slot(result.slot) is None:  # the cycle of a cyclic job, if any
                 continue
             totals[result.slot] = totals.get(result.slot, 0) + int(np.asarray(result.value).sum())
             frames[(result.slot, result.frame)] += 1
@@ -749,7 +739,8 @@ class Campaign:
         jobs_s = 0.0
         async with open_child("the simulator", simulator, workdir / "sim.log") as sim_child:
             port = int((await sim_child.wait_line("awen sim:", 60)).rsplit(":", 1)[1])
-            (workdir / "system.toml").write_text(system_toml(data_dir, run_dir, port, factory, options.log_level))
+            system_config = campaign_system(data_dir, run_dir, port, factory, options.log_level)
+            (workdir / "system.toml").write_text(system_toml(system_config))
             async with open_child("awen up", [*python, "up", str(workdir / "system.toml")], workdir / "awen.log") as up:
                 self.supervisor_pid = up.process.pid
                 self.say(
@@ -768,12 +759,13 @@ class Campaign:
                         await self.calibrate()
                         self.started_at = trio.current_time()
                         jobs_began = trio.current_time()
-                        first_accepted, ended = trio.Event(), trio.Event()
+                        first_accepted = trio.Event()
+                        to_follow, accepted = trio.open_memory_channel[str](len(self.specs))
                         with trio.move_on_after(options.timeout) as waiting:
                             async with trio.open_nursery() as work:
-                                work.start_soon(self.submit_all, first_accepted)
+                                work.start_soon(self.submit_all, first_accepted, to_follow)
                                 work.start_soon(self.kill_all, first_accepted)
-                                work.start_soon(self.poll_states, ended)
+                                work.start_soon(self.follow_jobs, accepted)
                         if waiting.cancelled_caught:
                             self.problems.append(
                                 f"not every accepted job had ended {options.timeout:g} s after the first submission"

@@ -23,6 +23,7 @@ import trio
 from actors.calibration import CalibrationActor
 from actors.executor import ExecutorActor
 from actors.hal import HalActor
+from actors.jobs import wait_for_job
 from actors.memory import MemoryActor
 from actors.scheduler import SchedulerActor
 from protocol.calibration_model import CalibrationModel
@@ -62,11 +63,8 @@ class Bench:
         return await self.finished(job)
 
     async def finished(self, job: str) -> Any:
-        async def final() -> Any:
-            record = (await self.ask("memory", GetJob(job=job))).record
-            return record if record.state in ("completed", "failed", "cancelled") else None
-
-        return await eventually(final, within=120)
+        with trio.fail_after(120):
+            return await wait_for_job(self.client, job)
 
     async def counts(self, job: str, slot: str) -> np.ndarray:
         results = (await self.ask("memory", QueryResults(job=job, slots=[slot]))).results

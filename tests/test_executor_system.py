@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import trio
 
+from actors.jobs import wait_for_job
+from actors.lab import lab_system
 from protocol import AwenError
 from protocol.circuit import CircuitBuilder
 from protocol.executor import GetExecutorStatus
 from protocol.memory import GetJob, PutCalibration, QueryResults
 from protocol.scheduler import Submit
-from runtime import open_system, parse_system
+from runtime import RestartPolicy, RuntimeOptions, open_system
 from sim import DeviceServer, parse_config, serve_tcp
 
 from .helpers import eventually
@@ -27,26 +29,15 @@ async def test_kill_9_of_the_executor_mid_job_resumes_from_the_last_committed_fr
     server = DeviceServer(parse_config({"modes": 4, "heaters": {"drift_rad_per_sqrt_hour": 0.0}}), seed=3)
     async with trio.open_nursery() as outside:
         host, port = await outside.start(serve_tcp, server, "127.0.0.1", 0)
-        config = parse_system(
-            {
-                "log_level": "warning",
-                "runtime": {"heartbeat_interval": 0.2, "request_timeout": 20.0},
-                "actor": [
-                    {"name": "memory", "factory": "actors.memory:MemoryActor", "config": {"data_dir": str(tmp_path)}},
-                    {
-                        "name": "hal",
-                        "factory": "actors.hal:HalActor",
-                        "config": {"devices": [{"name": "chip", "url": f"tcp://{host}:{port}", "watchdog_s": 0}]},
-                    },
-                    {"name": "scheduler", "factory": "actors.scheduler:SchedulerActor"},
-                    {
-                        "name": "executor",
-                        "factory": "actors.executor:ExecutorActor",
-                        "config": {"batch_shots": 2000},
-                        "restart": {"max_restarts": 3, "window": 60, "backoff": 0.05},
-                    },
-                ],
-            }
+        config = lab_system(
+            data_dir=tmp_path,
+            device_url=f"tcp://{host}:{port}",
+            device_options={"watchdog_s": 0},
+            actors=("memory", "hal", "scheduler", "executor"),
+            log_level="warning",
+            runtime=RuntimeOptions(heartbeat_interval=0.2, request_timeout=20.0),
+            restart=RestartPolicy(max_restarts=3, window=60, backoff=0.05),
+            config={"executor": {"batch_shots": 2000}},
         )
         async with open_system(config) as sup:
             with trio.fail_after(60):
@@ -74,21 +65,15 @@ async def test_kill_9_of_the_executor_mid_job_resumes_from_the_last_committed_fr
 
             await eventually(resumed, within=60)
 
-            async def done() -> object:
-                record = (await sup.request("memory", GetJob(job="long"))).record
-                return record if record.state in ("completed", "failed") else None
-
-            record = await eventually(done, within=180)
+            with trio.fail_after(180):
+                record = await wait_for_job(sup, "long")
             assert record.state == "completed", record.reason
             results = (await sup.request("memory", QueryResults(job="long"))).results
             assert [r.frame for r in results] == list(range(len(results)))
             assert int(np.sum([r.value for r in results], axis=0).sum()) == 200_000  # nothing lost, nothing twice
 
-            async def next_done() -> object:
-                record = (await sup.request("memory", GetJob(job="next"))).record
-                return record if record.state in ("completed", "failed") else None
-
-            after = await eventually(next_done, within=120)  # the rest of the queue runs after the resumed job
+            with trio.fail_after(120):
+                after = await wait_for_job(sup, "next")  # the rest of the queue runs after the resumed job
             assert after.state == "completed", after.reason
             nxt = (await sup.request("memory", GetJob(job="next"))).record
             long_done = next(t.ts for t in record.transitions if t.state == "completed")

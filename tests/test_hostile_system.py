@@ -39,10 +39,11 @@ import msgpack
 import pytest
 import zmq
 
+from actors.lab import lab_system, system_toml
 from protocol import Codec, ErrorCode, Notice, ProtocolError, Request
 from protocol.catalog import CATALOG
 from protocol.system import Pong
-from runtime import ResolvedSystem
+from runtime import ResolvedSystem, RuntimeOptions, SystemConfig
 from runtime._logging import MAX_LOG_RECORD
 
 from .extremes import extreme_bodies, pack
@@ -65,40 +66,15 @@ WINDOW = 48
 REPLY_WAIT_S = 300.0
 
 
-def system_toml(data_dir: Path, run_dir: Path, factory: Path) -> str:
-    return f"""
-run_dir = "{run_dir}"
-log_level = "info"
-
-[runtime]
-heartbeat_interval = 1.0
-liveness = 10
-request_timeout = 60.0
-max_frame_bytes = 8388608
-
-[[actor]]
-name = "memory"
-factory = "actors.memory:MemoryActor"
-config = {{ data_dir = "{data_dir}" }}
-
-[[actor]]
-name = "hal"
-factory = "actors.hal:HalActor"
-config = {{ devices = [{{ name = "chip", url = "sim://?seed=1&modes=4" }}] }}
-
-[[actor]]
-name = "scheduler"
-factory = "actors.scheduler:SchedulerActor"
-
-[[actor]]
-name = "executor"
-factory = "actors.executor:ExecutorActor"
-
-[[actor]]
-name = "calibration"
-factory = "actors.calibration:CalibrationActor"
-config = {{ factory = "{factory}" }}
-"""
+def hostile_system(data_dir: Path, run_dir: Path, factory: Path) -> SystemConfig:
+    """The standard lab on a simulated chip, as ``awen run`` starts it; frames up to 8 MiB."""
+    return lab_system(
+        data_dir=data_dir,
+        device_url="sim://?seed=1&modes=4",
+        factory_calibration=factory,
+        run_dir=run_dir,
+        runtime=RuntimeOptions(heartbeat_interval=1.0, liveness=10, request_timeout=60.0, max_frame_bytes=8388608),
+    )
 
 
 @dataclass
@@ -117,7 +93,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     data_dir, run_dir = tmp / "data", tmp / "run"
     factory = prepare(data_dir, parse_config({"modes": 4}), 1)
     config = tmp / "system.toml"
-    config.write_text(system_toml(data_dir, run_dir, factory))
+    config.write_text(system_toml(hostile_system(data_dir, run_dir, factory)))
     log = tmp / "awen.log"
     command = [sys.executable, "-m", "awen.cli", "up", str(config)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)

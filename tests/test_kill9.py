@@ -16,7 +16,7 @@ import pytest
 from stress.kill9 import Options, kill_schedule, print_report, run_campaign
 
 JOBS = 4
-SHOTS = (20_000, 40_000)
+SHOTS = (40_000, 80_000)
 WINDOW = (0.1, 0.6)
 """Kills are sent while 10-60 % of the shots are done: well inside the jobs, never after the last one ended."""
 

@@ -21,12 +21,14 @@ import trio
 from actors.calibration import CalibrationActor
 from actors.executor import ExecutorActor
 from actors.hal import HalActor
+from actors.jobs import wait_for_job
 from actors.memory import MemoryActor
 from actors.scheduler import SchedulerActor
 from protocol.calibration import Calibrate
 from protocol.catalog import CATALOG
 from protocol.circuit import CircuitBuilder
 from protocol.memory import GetCalibration, GetJob, ListCalibrations, PutCalibration, QueryJobs, QueryResults
+from protocol.results import parse_result_slot
 from protocol.scheduler import Submit
 from runtime import Actor, Address, Directory, LocalNetwork, Runtime, RuntimeOptions
 from sim import DeviceServer, serve_tcp
@@ -73,11 +75,8 @@ class Lab:
             return await self.client.request(to, request)
 
     async def ended(self, job: str) -> Any:
-        async def final() -> Any:
-            record = (await self.ask("memory", GetJob(job=job))).record
-            return record if record.state in ("completed", "failed", "cancelled") else None
-
-        return await eventually(final, within=120)
+        with trio.fail_after(120):
+            return await wait_for_job(self.client, job)
 
     async def frames(self, job: str) -> int:
         try:
@@ -90,7 +89,8 @@ class Lab:
         results = (await self.ask("memory", QueryResults(job=job))).results
         totals: dict[str, int] = {}
         for result in results:
-            if not result.slot.startswith("journal") and result.slot.split(".")[-1] != "joint":
+            slot = parse_result_slot(result.slot)
+            if slot is not None and slot.kind == "register":
                 totals[result.slot] = totals.get(result.slot, 0) + int(np.sum(result.value))
         return totals
 

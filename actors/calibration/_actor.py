@@ -31,6 +31,7 @@ import msgspec
 import numpy as np
 import trio
 
+from actors.jobs import wait_for_job
 from protocol import AwenError, Envelope, ErrorCode, convert_settings
 from protocol.calibration import (
     Calibrate,
@@ -47,10 +48,11 @@ from protocol.calibration import (
 from protocol.calibration_model import CalibrationModel
 from protocol.circuit import Circuit, CircuitBuilder
 from protocol.hal import Describe, InputSetting
-from protocol.memory import GetCalibration, GetJob, GetPlan, PutCalibration, QueryJobs, QueryResults
+from protocol.memory import GetCalibration, GetPlan, JobRecord, PutCalibration, QueryJobs, QueryResults
 from protocol.mesh import clements, clements_layout, embed_phases
 from protocol.photonica import DeviceDescription
 from protocol.plan import Phase, Placement, Plan, PlanMetrics, RegisterRead, Resources
+from protocol.results import parse_result_slot, powers_by_phase, procedure_plan_id, result_slot
 from protocol.scheduler import ReportHealth, Submit, SubmitProcedure
 from runtime import Actor, RemoteError, Runtime, handles
 
@@ -125,7 +127,7 @@ def procedure_plan(
         reconfigurations=reconfigurations,
     )
     return Plan(
-        id=f"procedure-{job}",
+        id=procedure_plan_id(job),
         circuit="",
         device=device,
         identity=description.identity.idn(),
@@ -367,12 +369,13 @@ class CalibrationActor(Actor):
         if record.state != "completed":
             raise AwenError(f"the reference circuit {job} ended {record.state}: {record.reason}")
         results = (await self.request(self.config.memory, QueryResults(job=job))).results
-        ran_under = {r.calibration for r in results if r.slot == "p0.ref"}
+        reference = result_slot(0, "ref")
+        ran_under = {r.calibration for r in results if r.slot == reference}
         if len(ran_under) == 1 and (version := ran_under.pop()) not in (None, latest.version):
             # A newer calibration came while the check waited its turn: it checks the one it ran under.
             latest = await self.request(self.config.memory, GetCalibration(device=device, version=version))
             age = time.time() - latest.created
-        counts = np.sum([np.asarray(r.value) for r in results if r.slot == "p0.ref"], axis=0)
+        counts = np.sum([np.asarray(r.value) for r in results if r.slot == reference], axis=0)
         scales = np.asarray(
             latest.data.get("detection_efficiency", latest.data.get("output_scales", np.ones(modes))), dtype=np.float64
         )
@@ -517,8 +520,7 @@ class CalibrationActor(Actor):
         if record.state != "completed":
             raise AwenError(f"the calibration sweep {job} ended {record.state}: {record.reason}")
         results = (await self.request(self.config.memory, QueryResults(job=job))).results
-        powers = {int(r.slot.split(".", 1)[0][1:]): np.asarray(r.value) for r in results if r.slot.endswith(".powers")}
-        data = sweep_data(plan, powers)
+        data = sweep_data(plan, powers_by_phase(results))
         version_hint = (latest.version + 1) if latest is not None else 1
         layout = clements_layout(description.modes)
         fit = await trio.to_thread.run_sync(lambda: fit_sweeps(layout, data, start, version=version_hint))
@@ -592,15 +594,13 @@ class CalibrationActor(Actor):
         m = description.modes
         totals: dict[int, np.ndarray] = {}
         for r in results:
-            phase = int(r.slot.split(".", 1)[0][1:])
-            totals[phase] = totals.get(phase, 0) + np.asarray(r.value)
+            slot = parse_result_slot(r.slot)
+            if slot is not None and slot.kind == "register":
+                totals[slot.phase] = totals.get(slot.phase, 0) + np.asarray(r.value)
         dark = clicks_per_detector(totals[0], m) / shots
         detection = np.array([clicks_per_detector(totals[1 + j], m)[j] / shots for j in range(m)]) - dark
         return np.clip(detection, 0.0, 1.0), dark
 
-    async def _wait(self, job: str) -> Any:
-        while True:
-            record = (await self.request(self.config.memory, GetJob(job=job))).record
-            if record.state in ("completed", "failed", "cancelled"):
-                return record
-            await trio.sleep(0.2)
+    async def _wait(self, job: str) -> JobRecord:
+        """Until a job this actor submitted (or adopted) has ended in the store."""
+        return await wait_for_job(self, job, memory=self.config.memory)
