@@ -7,8 +7,11 @@ from typing import Final, Literal
 import msgspec
 
 from ._message import Count, Event, Index, Reason, Reply, Request, Text
-from .memory import CalibrationVersion, JobId, PlanId
+from .memory import CalibrationVersion, FinalState, JobId, PlanId
 from .system import Ok
+
+EndState = FinalState | Literal["preempted"]
+"""How the executor's run of a job ends: as the job ends, or ``preempted`` (it resumes later)."""
 
 
 class ExecutorStatus(Reply, frozen=True, kw_only=True):
@@ -72,7 +75,7 @@ class JobStarted(Event, frozen=True, kw_only=True):
 class JobEnded(Event, frozen=True, kw_only=True):
     TYPE = "exec.job_ended"
     job: JobId
-    state: Literal["completed", "failed", "cancelled", "preempted"]
+    state: EndState
     reason: Text
     frames: Count
     seconds: float

@@ -14,7 +14,7 @@ bool, int or float of the slot's kind. Nothing is converted silently.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 import msgspec
 
@@ -52,8 +52,10 @@ Dtype = Literal["float64", "float32", "int64", "int32", "uint32", "bool", "bytes
 DTYPES: Final = ("float64", "float32", "int64", "int32", "uint32", "bool", "bytes")
 
 JobState = Literal["queued", "planned", "running", "completed", "failed", "cancelled", "interrupted"]
-TERMINAL_STATES: Final = frozenset({"completed", "failed", "cancelled"})
-JOB_TRANSITIONS: Final[dict[str, frozenset[str]]] = {
+FinalState = Literal["completed", "failed", "cancelled"]
+"""The states a job ends in: it moves nowhere from them."""
+TERMINAL_STATES: Final[frozenset[JobState]] = frozenset(get_args(FinalState))
+JOB_TRANSITIONS: Final[dict[JobState, frozenset[JobState]]] = {
     "queued": frozenset({"planned", "failed", "cancelled"}),
     "planned": frozenset({"queued", "running", "failed", "cancelled"}),
     "running": frozenset({"planned", "completed", "failed", "cancelled", "interrupted"}),
@@ -186,7 +188,7 @@ class Write(Request[Written], frozen=True, kw_only=True):
     writer: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     values: Annotated[list[SlotValue], msgspec.Meta(max_length=MAX_JOB_SLOTS)]
     commit: bool = False
-    finish: Literal["completed", "failed", "cancelled"] | None = None
+    finish: FinalState | None = None
     reason: Text = ""
     allocate: Allocate | None = None
 

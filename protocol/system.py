@@ -100,8 +100,12 @@ class Ping(Request[Pong], frozen=True, kw_only=True):
     data: Any = None
 
 
+PeerState = Literal["unknown", "up", "lost", "stopped"]
+"""What an actor knows of a peer: never heard from, heartbeats coming, silent too long, or said it stops."""
+
+
 class PeerInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    state: Literal["unknown", "up", "lost", "stopped"]
+    state: PeerState
     incarnation: Incarnation | None = None
     last_seen_ago: Seconds | None = None
 

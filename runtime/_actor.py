@@ -31,7 +31,7 @@ from typing import Any, ClassVar, TypeVar
 import trio
 
 from protocol import Envelope, Event, Message, Notice, Reply, Request
-from protocol.system import GetStatus, Ping, Pong, Status, Stopping
+from protocol.system import GetStatus, PeerState, Ping, Pong, Status, Stopping
 
 from ._config import Address, Runtime
 from ._errors import ActorStoppedError
@@ -285,7 +285,7 @@ class Actor:
 
     # --- peers ------------------------------------------------------------------------------
 
-    def peer_state(self, name: str) -> str:
+    def peer_state(self, name: str) -> PeerState:
         """``unknown`` (never heard from), ``up``, ``lost`` or ``stopped`` (said it was stopping)."""
         return self.__peers.state(name)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import trio
 
 from protocol import Event, Message
-from protocol.system import ActorExited, Heartbeat, PeerInfo, PeerLost, PeerUp, Stopping
+from protocol.system import ActorExited, Heartbeat, PeerInfo, PeerLost, PeerState, PeerUp, Stopping
 
 from ._config import Address, RuntimeOptions
 from ._errors import PeerLostError
@@ -32,7 +32,7 @@ log = logging.getLogger("awen.actor")
 
 @dataclass
 class _Peer:
-    state: str = "unknown"
+    state: PeerState = "unknown"
     incarnation: int | None = None
     last_seen: float = -math.inf
     interval: float = 1.0
@@ -48,7 +48,7 @@ class Peers:
         self.changed = trio.lowlevel.ParkingLot()
         """Unparked whenever a peer's state changes."""
 
-    def state(self, name: str) -> str:
+    def state(self, name: str) -> PeerState:
         peer = self.table.get(name)
         return "unknown" if peer is None else peer.state
 
@@ -70,7 +70,7 @@ class Peers:
         """Each peer's state for `protocol.system.Status`, at ``now`` (trio's clock)."""
         return {
             name: PeerInfo(
-                state=peer.state,  # type: ignore[arg-type]
+                state=peer.state,
                 incarnation=peer.incarnation,
                 last_seen_ago=None if peer.last_seen == -math.inf else now - peer.last_seen,
             )

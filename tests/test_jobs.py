@@ -19,15 +19,15 @@ import trio
 from actors.jobs import wait_for_job
 from protocol import Envelope, ErrorCode, NotFound
 from protocol.catalog import CATALOG
-from protocol.memory import GetJob, Job, JobRecord, ResultsComplete
+from protocol.memory import GetJob, Job, JobRecord, JobState, ResultsComplete
 from runtime import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions, handles
 
 
-def record(job: str, state: str) -> JobRecord:
+def record(job: str, state: JobState) -> JobRecord:
     return JobRecord(
         job=job,
         seq=1,
-        state=state,  # type: ignore[arg-type]
+        state=state,
         reason="",
         priority=0,
         shots=100,
@@ -47,7 +47,7 @@ def record(job: str, state: str) -> JobRecord:
 class Memory(Actor):
     """Just enough of a memory actor: the jobs' states, their reads counted, their ends published."""
 
-    def __init__(self, name: str, runtime: Runtime, jobs: dict[str, str]) -> None:
+    def __init__(self, name: str, runtime: Runtime, jobs: dict[str, JobState]) -> None:
         super().__init__(name, runtime)
         self.jobs = jobs
         self.reads = 0
@@ -59,10 +59,10 @@ class Memory(Actor):
             raise NotFound(f"no job {msg.job!r} in the store", field="job")
         return Job(record=record(msg.job, self.jobs[msg.job]))
 
-    def end(self, job: str, state: str = "completed", *, publish: bool = True) -> None:
+    def end(self, job: str, state: JobState = "completed", *, publish: bool = True) -> None:
         self.jobs[job] = state
         if publish:
-            self.publish(ResultsComplete(job=job, state=state, frames=1, results=1, partial=state != "completed"))  # type: ignore[arg-type]
+            self.publish(ResultsComplete(job=job, state=state, frames=1, results=1, partial=state != "completed"))
 
 
 @dataclass
@@ -119,7 +119,7 @@ class Waiter:
 
 
 @asynccontextmanager
-async def lab(jobs: dict[str, str]) -> AsyncIterator[Lab]:
+async def lab(jobs: dict[str, JobState]) -> AsyncIterator[Lab]:
     names = ("memory", "me")
     directory = Directory({n: Address(address=f"mem://{n}", events=f"mem://{n}.ev") for n in names})
     runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork(), catalog=CATALOG)

@@ -42,7 +42,7 @@ import trio
 
 from protocol import AwenError, Backoff, ErrorCode
 from protocol.calibration_model import CalibrationModel
-from protocol.executor import JobStarted, PhaseDone, PhaseTimes, Progress, Rates
+from protocol.executor import EndState, JobStarted, PhaseDone, PhaseTimes, Progress, Rates
 from protocol.memory import Allocate, Free, Read, SetJobState, SlotValue, Write
 from protocol.plan import Phase
 from protocol.results import CYCLE_SLOT, JOURNAL_SLOTS, Journal, powers_slot, register_histogram, result_slots
@@ -59,8 +59,6 @@ log = logging.getLogger("awen.executor")
 
 MAX_RESUMES_WITHOUT_PROGRESS = 10
 """Interruptions in a row after which no frame was committed: then the job fails rather than loop."""
-
-EndState = Literal["completed", "failed", "cancelled", "preempted"]
 
 
 class Ended(NamedTuple):
@@ -450,8 +448,9 @@ class JobRun:
         The scheduler is told with the executor's next request for work
         (`NextJob` ``finished``), or at once if none follows.
         """
+        assert ended.state != "preempted", "a preempted job is not finished: its slots are freed, and it resumes"
         if not ended.recorded:
-            end = SetJobState(job=self.job, state=ended.state, reason=ended.reason)  # type: ignore[arg-type]
+            end = SetJobState(job=self.job, state=ended.state, reason=ended.reason)
             for _ in range(MAX_RESUMES_WITHOUT_PROGRESS):
                 try:
                     await self.actor.request(self.config.memory, end)
@@ -471,7 +470,7 @@ class JobRun:
             await self.free()
         return JobFinished(
             job=self.job,
-            state=ended.state,  # type: ignore[arg-type]
+            state=ended.state,
             reason=ended.reason,
             phase=ended.phase,
             duration_s=ended.duration_s,

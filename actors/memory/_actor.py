@@ -52,6 +52,7 @@ from protocol.memory import (
     EventLog,
     Export,
     Exported,
+    FinalState,
     FrameCommitted,
     Free,
     GetCalibration,
@@ -200,7 +201,7 @@ class MemoryActor(Actor):
         self._commits: dict[str, trio.Event] = {}
         """Jobs with a frame being committed: set once it has. An allocation of the job waits for it,
         so that it opens the frame after it, with the state buffer it stored."""
-        self._new: dict[str, str] = {}
+        self._new: dict[str, JobState] = {}
         """Jobs this actor stored that have not moved since, by state: their first allocation reads nothing."""
         self._writer = trio.CapacityLimiter(1)
         self._reader = trio.CapacityLimiter(1)
@@ -368,6 +369,7 @@ class MemoryActor(Actor):
     def _allocate_now(self, msg: Allocate) -> Allocated:
         assert self.store is not None
         new = self._new.pop(msg.job, None)
+        state: JobState
         buffer: dict[str, np.ndarray | bytes]
         if new is not None:  # stored by us and untouched since: no frames, no state buffer
             state, frames, buffer = new, 0, {}
@@ -436,7 +438,7 @@ class MemoryActor(Actor):
         return FrameCommitted(job=msg.job, frame=msg.frame, results=results)
 
     async def _commit(
-        self, job: str, frame: int, phase: int | None, *, finish: JobState | None = None, reason: str = ""
+        self, job: str, frame: int, phase: int | None, *, finish: FinalState | None = None, reason: str = ""
     ) -> int:
         """Commit the open frame; with ``finish``, end the job in the same transaction and free its slots."""
         snapshot = self.slots.prepare_commit(job, frame)
@@ -452,7 +454,7 @@ class MemoryActor(Actor):
         )
         end_op = ops.set_job_state(job, finish, reason) if finish is not None else None
 
-        def commit(conn: sqlite3.Connection) -> tuple[int, tuple[str, int, int] | None]:
+        def commit(conn: sqlite3.Connection) -> tuple[int, tuple[JobState, int, int] | None]:
             return frame_op(conn), end_op(conn) if end_op is not None else None
 
         try:
@@ -479,7 +481,7 @@ class MemoryActor(Actor):
 
     @handles(PutJob)
     async def _put_job(self, msg: PutJob, env: Envelope) -> JobStored:
-        state = "queued" if msg.plan is None else "planned"
+        state: JobState = "queued" if msg.plan is None else "planned"
 
         def remember(result: tuple[int, bool]) -> None:  # at commit, in write order: before any later move
             if result[1]:
@@ -512,7 +514,7 @@ class MemoryActor(Actor):
                 self.publish_soon(JobStateChanged(job=msg.job, state="planned", previous="queued", reason=planned))
         return JobStored(job=msg.job, seq=seq, created=created)
 
-    def _remember_new(self, job: str, state: str) -> None:
+    def _remember_new(self, job: str, state: JobState) -> None:
         self._new[job] = state
         if len(self._new) > NEW_JOBS_KEPT:  # a long queue: its oldest jobs read their state when they run
             del self._new[next(iter(self._new))]
@@ -527,12 +529,12 @@ class MemoryActor(Actor):
             lambda _moved: self._new.pop(msg.job, None),  # and again at commit: a put in the same batch came first
         )
         self._announce(msg.job, msg.state, msg.reason, moved)
-        return JobStateSet(job=msg.job, state=msg.state, previous=moved[0])  # type: ignore[arg-type]
+        return JobStateSet(job=msg.job, state=msg.state, previous=moved[0])
 
-    def _announce(self, job: str, state: JobState, reason: str, moved: tuple[str, int, int]) -> None:
+    def _announce(self, job: str, state: JobState, reason: str, moved: tuple[JobState, int, int]) -> None:
         """A job's committed move to ``state`` (``moved``: the state it left, its frames and results)."""
         previous, frames, results = moved
-        self.publish_soon(JobStateChanged(job=job, state=state, previous=previous, reason=reason))  # type: ignore[arg-type]
+        self.publish_soon(JobStateChanged(job=job, state=state, previous=previous, reason=reason))
         if state in TERMINAL_STATES:
             self.publish_soon(
                 ResultsComplete(job=job, state=state, frames=frames, results=results, partial=state != "completed")
@@ -565,7 +567,7 @@ class MemoryActor(Actor):
     @handles(QueryResults)
     async def _query_results(self, msg: QueryResults, env: Envelope) -> Results:
         state, results = await self._read(ops.query_results(msg.job, slots=msg.slots, values=msg.values))
-        return Results(job=msg.job, state=state, partial=state != "completed", results=results)  # type: ignore[arg-type]
+        return Results(job=msg.job, state=state, partial=state != "completed", results=results)
 
     @handles(QueryDeviceResults)
     async def _query_device_results(self, msg: QueryDeviceResults, env: Envelope) -> DeviceResults:

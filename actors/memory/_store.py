@@ -34,6 +34,7 @@ from protocol.memory import (
     JOB_TRANSITIONS,
     CalibrationInfo,
     JobRecord,
+    JobState,
     LoggedEvent,
     ResultRecord,
     Transition,
@@ -427,13 +428,15 @@ def _statements(sql: str) -> Iterable[str]:
     return (s.strip() for s in sql.split(";") if s.strip())
 
 
-def _transition(conn: sqlite3.Connection, job: str, state: str, previous: str | None, reason: str, ts: float) -> None:
+def _transition(
+    conn: sqlite3.Connection, job: str, state: JobState, previous: JobState | None, reason: str, ts: float
+) -> None:
     conn.execute("UPDATE jobs SET state = ?, reason = ?, updated = ? WHERE id = ?", (state, reason, ts, job))
     _record_transition(conn, job, state, previous, reason, ts)
 
 
 def _record_transition(
-    conn: sqlite3.Connection, job: str, state: str, previous: str | None, reason: str, ts: float
+    conn: sqlite3.Connection, job: str, state: JobState, previous: JobState | None, reason: str, ts: float
 ) -> None:
     """A transition in the job's history and the event log (the job's row says where it is now)."""
     conn.execute(
@@ -486,20 +489,20 @@ def put_job(
 
 def set_job_state(
     job: str,
-    state: str,
+    state: JobState,
     reason: str,
     *,
-    expect: Sequence[str] | None = None,
+    expect: Sequence[JobState] | None = None,
     plan: str | None = None,
     calibration: int | None = None,
-) -> WriteOp[tuple[str, int, int]]:
+) -> WriteOp[tuple[JobState, int, int]]:
     """Move a job to ``state``; returns the state it left, and its frames and results so far."""
 
-    def op(conn: sqlite3.Connection) -> tuple[str, int, int]:
+    def op(conn: sqlite3.Connection) -> tuple[JobState, int, int]:
         row = conn.execute("SELECT state, frames, results FROM jobs WHERE id = ?", (job,)).fetchone()
         if row is None:
             raise NotFound(f"no job {job!r} in the store", field="job")
-        previous: str = row[0]
+        previous: JobState = row[0]
         if expect is not None and previous not in expect:
             raise IllegalTransition(
                 f"job {job!r} is {previous}, not {' or '.join(expect)}: not moved to {state}", field="state"
@@ -661,7 +664,7 @@ def get_job(job: str) -> Callable[[sqlite3.Connection], JobRecord]:
 
 def query_jobs(
     *,
-    states: Sequence[str] = (),
+    states: Sequence[JobState] = (),
     device: str | None = None,
     since: float | None = None,
     until: float | None = None,
@@ -734,12 +737,12 @@ def _result(row: Sequence[Any], data: bytes | None) -> ResultRecord:
 
 def query_results(
     job: str, *, slots: Sequence[str] = (), values: bool = True
-) -> Callable[[sqlite3.Connection], tuple[str, list[ResultRecord]]]:
+) -> Callable[[sqlite3.Connection], tuple[JobState, list[ResultRecord]]]:
     """A job's state and its results in frame order."""
     columns = _RESULT_COLUMNS + (", data" if values else "")
     where = " AND slot IN ({})".format(",".join("?" * len(slots))) if slots else ""
 
-    def op(conn: sqlite3.Connection) -> tuple[str, list[ResultRecord]]:
+    def op(conn: sqlite3.Connection) -> tuple[JobState, list[ResultRecord]]:
         row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone()
         if row is None:
             raise NotFound(f"no job {job!r} in the store", field="job")
@@ -765,10 +768,10 @@ def query_device_results(
     return op
 
 
-def load_state(job: str) -> Callable[[sqlite3.Connection], tuple[str, int, dict[str, np.ndarray | bytes]]]:
+def load_state(job: str) -> Callable[[sqlite3.Connection], tuple[JobState, int, dict[str, np.ndarray | bytes]]]:
     """A job's state, committed frames and its state buffer as last committed: what a resumed job starts from."""
 
-    def op(conn: sqlite3.Connection) -> tuple[str, int, dict[str, np.ndarray | bytes]]:
+    def op(conn: sqlite3.Connection) -> tuple[JobState, int, dict[str, np.ndarray | bytes]]:
         row = conn.execute("SELECT frames, state FROM jobs WHERE id = ?", (job,)).fetchone()
         if row is None:
             raise NotFound(f"no job {job!r} in the store: store it (mem.put_job) before allocating", field="job")
@@ -778,7 +781,8 @@ def load_state(job: str) -> Callable[[sqlite3.Connection], tuple[str, int, dict[
                 "SELECT slot, dtype, shape, data FROM job_state WHERE job = ?", (job,)
             )
         }
-        return str(row[1]), int(row[0]), state
+        job_state: JobState = row[1]
+        return job_state, int(row[0]), state
 
     return op
 
