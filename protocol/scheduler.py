@@ -169,11 +169,15 @@ class Resume(Request[Ok], frozen=True, kw_only=True):
     REPLY = Ok
 
 
+QueuedState = Literal["queued", "planned", "running", "interrupted"]
+"""The states of a job on the scheduler's queue: every `protocol.memory.JobState` before its end."""
+
+
 class QueueEntry(msgspec.Struct, frozen=True, kw_only=True):
     job: JobId
     seq: Count
     priority: Priority
-    state: Literal["queued", "planned", "running", "interrupted"]
+    state: QueuedState
     planned: bool
     next_phase: Index
     phases: Index
