@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 import trio
 
@@ -46,8 +45,7 @@ async def calibrate(
         with trio.fail_after(3600):
             result = await _with_progress(sup, display, "calibrating", "cal-", work)
         stored = await sup.request("memory", GetCalibration(device="chip", version=result.version))
-        stored_plan = await sup.request("memory", GetPlan(plan=procedure_plan_id(result.job)))
-        plan = msgspec.convert(stored_plan.body, Plan)
+        plan = (await sup.request("memory", GetPlan(plan=procedure_plan_id(result.job)))).body
         readings = (await sup.request("memory", QueryResults(job=result.job))).results
     powers = powers_by_phase(readings)
     return {"result": result, "stored": stored, "plan": plan, "powers": powers}

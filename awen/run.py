@@ -30,7 +30,6 @@ from protocol import AwenError
 from protocol.calibration import Calibrate, GetCalibrationStatus
 from protocol.circuit import Circuit, CircuitError, UnitaryOp, load_circuit, parse_ops
 from protocol.memory import GetPlan, QueryResults
-from protocol.plan import Plan
 from protocol.results import joint_slot, result_slot
 from protocol.scheduler import Submit
 from runtime import RuntimeOptions, Supervisor, SystemConfig, open_system
@@ -152,7 +151,7 @@ async def run_circuit(
         with trio.fail_after(RUN_TIMEOUT_S):
             record = await _with_progress(sup, display, "running", job, lambda: wait_for_job(sup, job))
         seconds = time.monotonic() - began
-        plan = msgspec.convert((await sup.request("memory", GetPlan(plan=str(record.plan)))).body, Plan)
+        plan = (await sup.request("memory", GetPlan(plan=str(record.plan)))).body
         results = (await sup.request("memory", QueryResults(job=job))).results
     counts: dict[str, np.ndarray] = {}
     for r in results:

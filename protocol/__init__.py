@@ -55,6 +55,7 @@ from ._ndarray import decode_ndarray as decode_ndarray
 from ._ndarray import encode_ndarray as encode_ndarray
 from ._ndarray import pack as pack
 from ._ndarray import unpack as unpack
+from ._ndarray import unpack_as as unpack_as
 from ._schema import protocol_schema as protocol_schema
 from ._structure import MAX_DEPTH as MAX_DEPTH
 from ._structure import MAX_VALUES as MAX_VALUES

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
 import numpy as np
 
 from ._msgspec import read_validation_error
+
+T = TypeVar("T")
 
 NDARRAY_EXT = 1
 """The MessagePack extension type code of a numpy array."""
@@ -157,3 +159,19 @@ def pack(obj: Any) -> bytes:
 def unpack(data: bytes) -> Any:
     """The value `pack` wrote; arrays come back as (read-only) numpy arrays."""
     return _unpacker.decode(data)
+
+
+_typed_unpackers: dict[type[Any], msgspec.msgpack.Decoder[Any]] = {}
+
+
+def unpack_as(data: bytes, type_: type[T]) -> T:
+    """The value `pack` wrote, read as ``type_`` (a struct, say), arrays as for `unpack`.
+
+    Raises:
+        msgspec.DecodeError: not MessagePack, or (`msgspec.ValidationError`) not a ``type_``.
+    """
+    decoder = _typed_unpackers.get(type_)
+    if decoder is None:
+        decoder = _typed_unpackers[type_] = msgspec.msgpack.Decoder(type_, dec_hook=dec_hook, ext_hook=ext_hook)
+    decoded: T = decoder.decode(data)
+    return decoded

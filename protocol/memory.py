@@ -19,6 +19,7 @@ from typing import Annotated, Any, Final, Literal, get_args
 import msgspec
 
 from ._message import Count, Event, Finite, Index, Label, Priority, Reply, Request, Text, Timestamp
+from .plan import Plan as ExecutionPlan
 from .system import Ok
 
 MAX_JOB_SLOTS = 65_536
@@ -387,7 +388,7 @@ class PutPlan(Request[PlanStored], frozen=True, kw_only=True):
     job: Label | None = None
     device: Device = ""
     calibration: CalibrationVersion | None = None
-    body: Any
+    body: ExecutionPlan
     metrics: Annotated[dict[Label, Finite], msgspec.Meta(max_length=MAX_ENTRIES)] = msgspec.field(default_factory=dict)
 
 
@@ -397,7 +398,7 @@ class Plan(Reply, frozen=True, kw_only=True):
     job: Label | None
     device: Device
     calibration: CalibrationVersion | None
-    body: Any
+    body: ExecutionPlan
     metrics: dict[str, float]
     created: float
 

@@ -49,7 +49,6 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import msgspec  # noqa: E402
 import numpy as np  # noqa: E402
 import trio  # noqa: E402
 
@@ -666,8 +665,7 @@ class Campaign:
         out = Outcome(job=spec.job, kind=spec.kind, shots=shots, state=record.state, reason=record.reason)
         plan: Plan | None = None
         if record.plan is not None:
-            with_plan = await self.ask("memory", GetPlan(plan=str(record.plan)))
-            plan = msgspec.convert(with_plan.body, Plan)
+            plan = (await self.ask("memory", GetPlan(plan=str(record.plan)))).body
         if plan is None:
             plan = compile_circuit(spec.circuit, description)
         expected = [result_slot(phase.index, reg.name) for phase in plan.phases for reg in phase.registers]

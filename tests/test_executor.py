@@ -334,7 +334,7 @@ async def test_a_heater_that_does_not_hold_its_voltage_is_reported_and_plans_mov
             record = await b.finished(job)
             assert record.state == "completed", record.reason
             plan = (await b.ask("memory", GetPlan(plan=record.plan))).body
-            return {p["physical"] for phase in plan["phases"] for p in phase["placement"]}
+            return {p.physical for phase in plan.phases for p in phase.placement}
 
         b.server.device.chip.stuck[0] = 1.5  # the theta heater of the MZI on modes 0 and 1 is stuck
         for i in range(3):  # each job sets the heaters, reads 1.5 V back, and reports modes 0 and 1 failing
@@ -357,7 +357,7 @@ async def test_a_heater_that_sticks_between_jobs_is_caught_by_the_hal_and_report
             assert (await b.run(hom(100), f"stuck-{i}")).state == "completed"
         record = await b.run(hom(100), "after")
         plan = (await b.ask("memory", GetPlan(plan=record.plan))).body
-        assert not {p["physical"] for phase in plan["phases"] for p in phase["placement"]} & {0, 1}
+        assert not {p.physical for phase in plan.phases for p in phase.placement} & {0, 1}
 
 
 async def test_a_device_that_keeps_failing_opens_the_breaker_until_a_probe_succeeds(tmp_path):

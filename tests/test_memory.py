@@ -60,6 +60,7 @@ from protocol.memory import (
     Write,
     Written,
 )
+from protocol.plan import Plan, PlanMetrics
 from runtime import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions
 
 from .helpers import eventually
@@ -278,6 +279,22 @@ async def memory(data_dir: Path, **config: Any) -> AsyncIterator[tuple[MemoryAct
         nursery.cancel_scope.cancel()
 
 
+def execution_plan(plan: str, calibration: int | None = None) -> Plan:
+    """A plan as the memory actor stores it: what its phases hold is the scheduler's business."""
+    metrics = PlanMetrics(total_duration_s=0.0, phases=0, ops=0, min_slack_ns=None, compile_s=0.0, reconfigurations=0)
+    return Plan(
+        id=plan,
+        circuit="c",
+        device="chip",
+        identity="PHX",
+        calibration=calibration,
+        strategy="static",
+        modes=2,
+        phases=[],
+        metrics=metrics,
+    )
+
+
 SLOTS = [SlotSpec(name="counts", dtype="int64", shape=[4]), SlotSpec(name="raw", dtype="float32", shape=[512, 512])]
 
 
@@ -290,7 +307,8 @@ async def test_a_job_from_submission_to_exported_results(tmp_path):
         with pytest.raises(RemoteError, match=r"a different job 'hom-1' is stored already .*\[exists\]"):
             await ask("memory", PutJob(job="hom-1", circuit={"modes": 3}, shots=100, device="chip"))
         version = (await ask("memory", PutCalibration(device="chip", identity="PHX", fits={"alpha": [1.0]}))).version
-        plan = PutPlan(plan="p-abc", job="hom-1", device="chip", calibration=version, body={"phases": [1, 2]})
+        body = execution_plan("p-abc", version)
+        plan = PutPlan(plan="p-abc", job="hom-1", device="chip", calibration=version, body=body)
         assert (await ask("memory", plan)).created
         assert not (await ask("memory", plan)).created
         await ask("memory", SetJobState(job="hom-1", state="planned", plan="p-abc", calibration=version))
@@ -349,7 +367,7 @@ async def test_a_job_from_submission_to_exported_results(tmp_path):
         ]
         record = (await ask("memory", GetJob(job="hom-1"))).record
         assert (record.state, record.frames, record.results, record.calibration) == ("completed", 4, 7, version)
-        assert (await ask("memory", GetPlan(plan="p-abc"))).body == {"phases": [1, 2]}
+        assert (await ask("memory", GetPlan(plan="p-abc"))).body == body
         await ask("memory", Free(job="hom-1"))
         with pytest.raises(RemoteError, match=r"job 'hom-1' has no slots allocated .*\[not-found\]"):
             await ask("memory", Read(job="hom-1"))

@@ -476,8 +476,7 @@ class CalibrationActor(Actor):
             return  # superseded by a calibration stored since (by hand, or from elsewhere)
         if sweep.plan is None:
             return
-        stored = await self.request(self.config.memory, GetPlan(plan=sweep.plan))
-        plan = msgspec.convert(stored.body, Plan)
+        plan = (await self.request(self.config.memory, GetPlan(plan=sweep.plan))).body
         swept = len(input_patterns(plan.modes, self.config.input_power_w)) * 2 * clements_layout(plan.modes).mzi_count
         points = max(1, len(plan.phases) // swept)  # what sweep_plan made it with
         log.warning("%s: %s was left unfinished (%s): completing it", self.name, sweep.job, sweep.state)

@@ -562,7 +562,7 @@ class MemoryActor(Actor):
 
     @handles(GetPlan)
     async def _get_plan(self, msg: GetPlan, env: Envelope) -> Plan:
-        return Plan(**await self._read(ops.get_plan(msg.plan)))
+        return await self._read(ops.get_plan(msg.plan))
 
     @handles(QueryResults)
     async def _query_results(self, msg: QueryResults, env: Envelope) -> Results:

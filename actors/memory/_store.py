@@ -27,18 +27,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
+import msgspec
 import numpy as np
 
-from protocol import AwenError, Exists, IllegalTransition, NotFound, StoreFull, StoreUnavailable, pack, unpack
+from protocol import (
+    AwenError,
+    Exists,
+    IllegalTransition,
+    NotFound,
+    StoreFull,
+    StoreUnavailable,
+    pack,
+    unpack,
+    unpack_as,
+)
 from protocol.memory import (
     JOB_TRANSITIONS,
     CalibrationInfo,
     JobRecord,
     JobState,
     LoggedEvent,
+    Plan,
     ResultRecord,
     Transition,
 )
+from protocol.plan import Plan as ExecutionPlan
 
 from ._slots import NUMPY_DTYPES, FrameSnapshot
 
@@ -526,7 +539,7 @@ def set_job_state(
 
 
 def put_plan(
-    plan: str, body: Any, *, job: str | None, device: str, calibration: int | None, metrics: dict[str, float]
+    plan: str, body: ExecutionPlan, *, job: str | None, device: str, calibration: int | None, metrics: dict[str, float]
 ) -> WriteOp[bool]:
     blob = pack(body)
 
@@ -691,24 +704,35 @@ def _where(*clauses: tuple[str, list[Any]] | None) -> tuple[str, list[Any]]:
     return " WHERE " + " AND ".join(sql for sql, _ in present), [a for _, args in present for a in args]
 
 
-def get_plan(plan: str) -> Callable[[sqlite3.Connection], dict[str, Any]]:
-    def op(conn: sqlite3.Connection) -> dict[str, Any]:
+def get_plan(plan: str) -> Callable[[sqlite3.Connection], Plan]:
+    def op(conn: sqlite3.Connection) -> Plan:
         row = conn.execute(
             "SELECT id, job, device, calibration, body, metrics, created FROM plans WHERE id = ?", (plan,)
         ).fetchone()
         if row is None:
             raise NotFound(f"no plan {plan!r} in the store", field="plan")
-        return {
-            "plan": row[0],
-            "job": row[1],
-            "device": row[2],
-            "calibration": row[3],
-            "body": unpack(row[4]),
-            "metrics": json.loads(row[5]),
-            "created": row[6],
-        }
+        return Plan(
+            plan=row[0],
+            job=row[1],
+            device=row[2],
+            calibration=row[3],
+            body=_read_as(ExecutionPlan, row[4], f"plan {plan!r}"),
+            metrics=json.loads(row[5]),
+            created=row[6],
+        )
 
     return op
+
+
+def _read_as(type_: type[T], blob: bytes, what: str) -> T:
+    """A stored value as the type the protocol gives it; `StoreUnavailable` if it is not one."""
+    try:
+        return unpack_as(blob, type_)
+    except msgspec.DecodeError as exc:
+        raise StoreUnavailable(
+            f"the stored {what} does not read as a {type_.__name__} ({exc}): was it written by another awen, "
+            "or is the store corrupt?"
+        ) from None
 
 
 def _value(dtype: str, shape: str, data: bytes) -> np.ndarray | bytes:
