@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -16,10 +17,13 @@ import trio.testing
 from actors.hal import HalActor
 from actors.memory import MemoryActor
 from actors.scheduler import SchedulerActor
+from actors.scheduler._queue import ACCEPTING_SEQ, JobEvent, JobPhase, QueuedJob
+from protocol import IllegalTransition
 from protocol.catalog import CATALOG
 from protocol.circuit import CircuitBuilder
 from protocol.hal import InterlockReset, InterlockTripped
 from protocol.memory import Allocate, Free, GetJob, GetPlan, PutCalibration, SetJobState
+from protocol.plan import Plan
 from protocol.scheduler import (
     Cancel,
     Checkpoint,
@@ -151,7 +155,7 @@ async def test_a_submitted_job_is_stored_before_it_is_acknowledged_planned_and_d
         assert plan.phases
         assert plan.identity.startswith("Photonica,")
         stored = await lab_.ask("memory", GetPlan(plan=plan.id))
-        assert stored.body["id"] == plan.id
+        assert msgspec.convert(stored.body, Plan) == plan
         await eventually(lambda: lab_.is_state("hom-1", "running"))
         while_running = await lab_.sched(Submit(circuit=hom(), job="hom-1"))
         assert (while_running.created, while_running.position) == (False, 0)  # recognised, not run twice
@@ -382,8 +386,8 @@ async def test_large_circuits_are_planned_in_a_worker_process(tmp_path):
     async with lab(tmp_path, process_threshold_ops=100, plan_workers=1) as lab_:
         await lab_.sched(Submit(circuit=big.build(), job="big"))
         await lab_.wait_planned("big")
-        assert lab_.scheduler._pool is not None
-        workers = list(lab_.scheduler._pool._processes.values())
+        assert lab_.scheduler.plans._pool is not None
+        workers = list(lab_.scheduler.plans._pool._processes.values())
         assert workers
         assert all(w.pid != 0 for w in workers)
     assert all(not w.is_alive() for w in workers)  # stopped with the scheduler
@@ -403,3 +407,58 @@ async def test_a_job_planned_ahead_runs_under_the_calibration_that_is_latest_whe
         assert (assignment.job, assignment.plan.calibration) == ("early", 2)
         await eventually(lambda: lab_.is_state("early", "running"))
         assert (await lab_.ask("memory", GetJob(job="early"))).record.calibration == 2
+
+
+def queued(phase: JobPhase) -> QueuedJob:
+    return QueuedJob(job="j", seq=ACCEPTING_SEQ, circuit=None, priority=0, deadline=None, phase=phase)
+
+
+@pytest.mark.parametrize(
+    ("start", "events", "end"),
+    [
+        (JobPhase.QUEUED, [JobEvent.PLANNED, JobEvent.CLAIMED], JobPhase.RUNNING),
+        (JobPhase.RUNNING, [JobEvent.PREEMPTED, JobEvent.CLAIMED], JobPhase.RUNNING),
+        (JobPhase.ACCEPTING, [JobEvent.ACCEPTED], JobPhase.PLANNED),
+        (JobPhase.ACCEPTING, [JobEvent.CLAIMED, JobEvent.ACCEPTED], JobPhase.RUNNING),
+        (JobPhase.INTERRUPTED, [JobEvent.PLANNED], JobPhase.RESUMABLE),
+        (JobPhase.INTERRUPTED, [JobEvent.CLAIMED], JobPhase.RUNNING),
+    ],
+)
+def test_a_queued_job_moves_along_its_life(start, events, end):
+    job = queued(start)
+    for event in events:
+        job.move(event)
+    assert job.phase is end
+
+
+@pytest.mark.parametrize(
+    ("start", "event"),
+    [
+        (JobPhase.QUEUED, JobEvent.CLAIMED),  # not planned
+        (JobPhase.PLANNED, JobEvent.PLANNED),  # the store says so already
+        (JobPhase.PLANNED, JobEvent.PREEMPTED),  # not running
+        (JobPhase.RESUMABLE, JobEvent.ACCEPTED),
+    ],
+)
+def test_a_move_its_phase_does_not_allow_is_refused(start, event):
+    job = queued(start)
+    assert not job.can(event)
+    with pytest.raises(IllegalTransition, match=f"job j is {start.value}: it cannot be {event.value}"):
+        job.move(event)
+    assert job.phase is start
+
+
+@pytest.mark.parametrize(
+    ("state", "frames", "phase", "fresh"),
+    [
+        ("queued", 0, JobPhase.QUEUED, True),
+        ("planned", 0, JobPhase.PLANNED, True),
+        ("planned", 3, JobPhase.RESUMABLE, False),  # preempted before the restart
+        ("running", 3, JobPhase.RUNNING, False),
+        ("interrupted", 0, JobPhase.INTERRUPTED, False),
+    ],
+)
+def test_a_job_read_back_from_the_store_is_fresh_only_if_nothing_of_it_ran(state, frames, phase, fresh):
+    assert JobPhase.read_back(state, frames) is phase
+    assert phase.fresh is fresh
+    assert phase.stored == state

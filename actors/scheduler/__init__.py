@@ -6,9 +6,9 @@
 """
 
 from ._actor import SchedulerActor as SchedulerActor
-from ._actor import SchedulerConfig as SchedulerConfig
 from ._analyse import analyse as analyse
 from ._compile import compile_circuit as compile_circuit
+from ._config import SchedulerConfig as SchedulerConfig
 from ._limits import Health as Health
 from ._limits import Limits as Limits
 from ._strategy import Feedback as Feedback

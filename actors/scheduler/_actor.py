@@ -1,31 +1,23 @@
 """The scheduler actor: accepts circuits, plans them ahead of their turn, hands them to the executor.
 
 A submission is validated against the device the HAL describes, stored by the
-memory actor, and only then acknowledged. A planner task plans queued jobs in
-queue order (large circuits in worker processes), stores each plan, and marks
-the job planned; a plan cache keyed by circuit, device, calibration version
-and strategy means an identical circuit is never compiled twice.
+memory actor, and only then acknowledged; a job whose plan is at hand may be
+dispatched while it is stored (`SchedulerActor._accept`, decision 0009). A
+planner task plans queued jobs in queue order, stores each plan, and marks the
+job planned; the plan cache (`_plans`) means an identical circuit is never
+compiled twice. Each job's life in the queue is one `JobPhase` (`_queue`).
 
 The executor pulls work (``sched.next_job``) and reports every phase boundary
 (``sched.checkpoint``), where the scheduler may take the device back for a
 higher-priority job, or stop a cancelled one. An executor that asks for work
 holds none: a job still marked running is offered to it again, from its next
 phase. After a restart the queue is rebuilt from the store in the same order.
-
-Configured in the system file::
-
-    [[actor]]
-    name = "scheduler"
-    factory = "actors.scheduler:SchedulerActor"
-    config = { device = "chip", strategy = { kind = "dynamic", objectives = ["min_duration"] } }
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import logging
-import multiprocessing
 import secrets
 import time
 from typing import Any
@@ -34,7 +26,7 @@ import msgspec
 import trio
 
 from protocol import AwenError, Envelope, ErrorCode, NotFound, NotReady, convert_settings
-from protocol.circuit import Circuit, CircuitError, circuit_hash
+from protocol.circuit import Circuit, CircuitError
 from protocol.hal import (
     Describe,
     DeviceConnected,
@@ -48,9 +40,10 @@ from protocol.memory import (
     GetCalibration,
     GetJob,
     GetPlan,
+    JobState,
+    JobStored,
     LogEvent,
     PutJob,
-    PutPlan,
     QueryEvents,
     QueryJobs,
     SetJobState,
@@ -78,7 +71,6 @@ from protocol.scheduler import (
     ReportHealth,
     Resume,
     SetStrategy,
-    StrategyConfig,
     Submit,
     SubmitProcedure,
     Suspend,
@@ -91,52 +83,22 @@ from protocol.scheduler import (
 from runtime import Actor, RemoteError, Runtime, handles, subscribes
 
 from ._analyse import analyse
-from ._compile import compile_circuit, device_key, plan_id
-from ._limits import Health, Limits
-from ._queue import ACCEPTING_SEQ, JobQueue, QueuedJob
-from ._strategy import Feedback, apply_strategy, combined_health
+from ._compile import compile_circuit
+from ._config import SchedulerConfig
+from ._limits import Health
+from ._plans import INLINE_OPS, PlanCache, plan_key
+from ._queue import ACCEPTING_SEQ, JobEvent, JobPhase, JobQueue, QueuedJob
+from ._strategy import Feedback
 from ._validate import validate_plan
 
 log = logging.getLogger("awen.scheduler")
-
-INLINE_OPS = 200
-"""Circuits this small are analysed and compiled in the actor's own task (a millisecond or less)."""
 
 PAUSE_RECORD = "sched.pause_state"
 """The event-log record of pausing and resuming the queue (written durably, read back on start)."""
 
 
-class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The scheduler's ``config`` table.
-
-    Attributes:
-        device: The device (as the HAL names it) jobs run on.
-        hal, memory: The actors it asks for the device's description and to store jobs.
-        limits: What circuits may ask for (`Limits`).
-        strategy: How plans are made and the device shared (`StrategyConfig`).
-        plan_ahead: Queued jobs planned before their turn.
-        plan_workers: Worker processes for large circuits (0: plan everything in threads).
-        process_threshold_ops: Circuits with more operations than this go to a worker process.
-        deadline_check_s: How often waiting jobs' deadlines are checked.
-    """
-
-    device: str = "chip"
-    hal: str = "hal"
-    memory: str = "memory"
-    limits: Limits = msgspec.field(default_factory=Limits)
-    strategy: StrategyConfig = msgspec.field(default_factory=StrategyConfig)
-    plan_ahead: int = msgspec.field(default=8)
-    plan_workers: int = 1
-    process_threshold_ops: int = 5000
-    deadline_check_s: float = 0.5
-
-
 def _new_job_id() -> str:
     return time.strftime("job-%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-
-
-def _plan_in_process(circuit: Circuit, device: DeviceDescription, kwargs: dict[str, Any]) -> Plan:
-    return compile_circuit(circuit, device, **kwargs)
 
 
 class SchedulerActor(Actor):
@@ -152,15 +114,12 @@ class SchedulerActor(Actor):
         self.description: DeviceDescription | None = None
         self.health = Health()
         self.feedback = Feedback()
-        self.cache: dict[str, Plan] = {}
-        self.plans_compiled = 0
-        self.cache_hits = 0
+        self.plans = PlanCache(self, self.config)
         self._ready = trio.Event()
         self._changed = trio.Event()
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self._planning = trio.CapacityLimiter(2)
-        self._inflight: dict[str, trio.Event] = {}
-        self._stored_plans: set[str] = set()
+        self._planners = trio.CapacityLimiter(2)
+        self._planning: set[QueuedJob] = set()
+        """Jobs a planner task is planning."""
         self._calibration_version: int | None = None
         self._calibration_known = False
 
@@ -171,8 +130,7 @@ class SchedulerActor(Actor):
         self.start_soon(self._deadline_loop)
 
     async def teardown(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        self.plans.close()
 
     async def _start(self) -> None:
         """Learn the device, rebuild the queue from the store, then plan."""
@@ -212,8 +170,8 @@ class SchedulerActor(Actor):
     async def _recover(self) -> None:
         memory = self.config.memory
         await self.wait_peer(memory)
-        states = ["queued", "planned", "running", "interrupted"]
-        records = (await self.request(memory, QueryJobs(states=states, device=self.config.device, limit=100_000))).jobs  # type: ignore[arg-type]
+        states: list[JobState] = ["queued", "planned", "running", "interrupted"]
+        records = (await self.request(memory, QueryJobs(states=states, device=self.config.device, limit=100_000))).jobs
         for record in records:
             full = (await self.request(memory, GetJob(job=record.job))).record
             circuit: Circuit | None = None
@@ -234,13 +192,12 @@ class SchedulerActor(Actor):
                 circuit=circuit,
                 priority=record.priority,
                 deadline=record.deadline,
-                state=record.state,
+                phase=JobPhase.read_back(record.state, record.frames),
                 plan=plan,
                 next_phase=0 if record.last_phase is None else record.last_phase + 1,
-                fresh=record.frames == 0 and record.state in ("queued", "planned"),
             )
             self.queue.add(job)
-            if record.state == "running":
+            if job.phase is JobPhase.RUNNING:
                 self.queue.running = record.job
         pauses = (await self.request(memory, QueryEvents(prefix=PAUSE_RECORD, limit=100_000))).events
         if pauses and isinstance(pauses[-1].body, dict) and pauses[-1].body.get("paused"):
@@ -259,8 +216,8 @@ class SchedulerActor(Actor):
         self._changed.set()
         self._changed = trio.Event()
 
-    async def _set_state(self, job: str, state: str, reason: str = "", **extra: Any) -> None:
-        await self.request(self.config.memory, SetJobState(job=job, state=state, reason=reason, **extra))  # type: ignore[arg-type]
+    async def _set_state(self, job: str, state: JobState, reason: str = "", **extra: Any) -> None:
+        await self.request(self.config.memory, SetJobState(job=job, state=state, reason=reason, **extra))
 
     # --- submission ---------------------------------------------------------------------------
 
@@ -272,12 +229,7 @@ class SchedulerActor(Actor):
         # the job is stored planned, in the same transaction.
         plan = self._plan_at_hand(circuit, device)
         if plan is None:
-            if len(circuit.ops) <= INLINE_OPS:  # a small circuit: analysed at once, cheaper than a thread hop
-                analysis = analyse(circuit, device, self.config.limits, self.health)
-            else:
-                analysis = await trio.to_thread.run_sync(analyse, circuit, device, self.config.limits, self.health)
-            if analysis.problems:
-                raise CircuitError(analysis.problems)
+            await self._check(circuit, device)
         job_id = msg.job or _new_job_id()
         queued = QueuedJob(
             job=job_id,
@@ -285,47 +237,72 @@ class SchedulerActor(Actor):
             circuit=circuit,
             priority=circuit.priority,
             deadline=circuit.deadline,
-            state="queued" if plan is None else "planned",
+            phase=JobPhase.QUEUED if plan is None else JobPhase.ACCEPTING,
             plan=plan,
-            accepting=plan is not None,
         )
-        # A planned job may be dispatched while its acceptance commits: the memory actor orders the
-        # executor's first write after it (`Assignment.accepting`). The client hears only once it has.
-        early = queued.accepting and job_id not in self.queue.jobs
-        if early:
-            assert plan is not None
-            self.queue.add(queued)
-            self.cache_hits += 1
-            self.publish_soon(JobPlanned(job=job_id, plan=plan.id, metrics=plan.metrics, cached=True))
-            self._wake()
-        try:
-            stored = await self.request(
-                self.config.memory,
-                PutJob(
-                    job=job_id,
-                    circuit=msgspec.to_builtins(circuit),
-                    shots=circuit.shots,
-                    priority=circuit.priority,
-                    device=self.config.device,
-                    deadline=circuit.deadline,
-                    submitter=env.sender,
-                    plan=plan.id if plan is not None else None,
-                    calibration=plan.calibration if plan is not None else None,
-                ),
-            )
-        except BaseException:
-            if early:
-                self._withdraw(queued)
-            raise
-        if early and not stored.created:
-            self._withdraw(queued)  # the same job was stored before, and has ended: it does not run again
-        elif stored.created and (early or job_id not in self.queue.jobs):
-            queued.seq, queued.accepting = stored.seq, False
-            if not early:
-                self.queue.add(queued)
-            self._wake()
+        put = PutJob(
+            job=job_id,
+            circuit=msgspec.to_builtins(circuit),
+            shots=circuit.shots,
+            priority=circuit.priority,
+            device=self.config.device,
+            deadline=circuit.deadline,
+            submitter=env.sender,
+            plan=plan.id if plan is not None else None,
+            calibration=plan.calibration if plan is not None else None,
+        )
+        stored = await self._accept(queued, put)
         position = self.queue.position(job_id) if job_id in self.queue.jobs else 0
         return Accepted(job=job_id, seq=stored.seq, position=position, created=stored.created)
+
+    async def _check(self, circuit: Circuit, device: DeviceDescription) -> None:
+        """`CircuitError` with every problem of a circuit on the device, if it has any."""
+        if len(circuit.ops) <= INLINE_OPS:  # a small circuit: analysed at once, cheaper than a thread hop
+            analysis = analyse(circuit, device, self.config.limits, self.health)
+        else:
+            analysis = await trio.to_thread.run_sync(analyse, circuit, device, self.config.limits, self.health)
+        if analysis.problems:
+            raise CircuitError(analysis.problems)
+
+    async def _accept(self, job: QueuedJob, put: PutJob) -> JobStored:
+        """Store a new job and queue it; a job with its plan at hand is queued, and may run, while it is stored.
+
+        Decision 0009, "a job with its plan at hand is dispatched while its
+        acceptance commits": such a job (`JobPhase.ACCEPTING`) needs nothing
+        more before it runs, so it joins the queue as ``mem.put_job`` is sent,
+        and an executor waiting for work gets it at once, marked
+        `Assignment.accepting`. The acceptance and the executor's first write
+        reach the memory actor over different connections; the memory actor
+        holds an ``accepting`` allocation until the job is stored. Until its
+        acceptance commits the job comes after every stored job, is not shown
+        in the queue (`_get_queue`), nor taken as running on an executor's
+        word (`_running`); the client hears "accepted" only once it is
+        durable. If the acceptance fails, or finds the same job stored and
+        ended (a resubmission), the job is taken back (`_withdraw`). A job
+        that needs planning is queued once it is stored: its planning takes
+        longer than the commit.
+        """
+        early = job.phase.accepting and job.job not in self.queue.jobs
+        if early:
+            assert job.plan is not None
+            self.queue.add(job)
+            self.plans.hits += 1
+            self.publish_soon(JobPlanned(job=job.job, plan=job.plan.id, metrics=job.plan.metrics, cached=True))
+            self._wake()
+        try:
+            stored = await self.request(self.config.memory, put)
+        except BaseException:
+            if early:
+                self._withdraw(job)
+            raise
+        if early and not stored.created:
+            self._withdraw(job)  # the same job was stored before, and has ended: it does not run again
+        elif stored.created and (early or job.job not in self.queue.jobs):
+            job.accepted(stored.seq)
+            if not early:
+                self.queue.add(job)
+            self._wake()
+        return stored
 
     def _withdraw(self, job: QueuedJob) -> None:
         """Take back a job queued while its acceptance committed, which then failed or found it stored and ended.
@@ -354,7 +331,7 @@ class SchedulerActor(Actor):
             ),
         )
         if stored.created:
-            await self._store_plan(plan, msg.job)
+            await self.plans.store(plan, msg.job)
             await self._set_state(
                 msg.job, "planned", f"procedure {plan.id}", plan=plan.id, calibration=plan.calibration
             )
@@ -365,7 +342,7 @@ class SchedulerActor(Actor):
                     circuit=None,
                     priority=msg.priority,
                     deadline=None,
-                    state="planned",
+                    phase=JobPhase.PLANNED,
                     plan=plan,
                 )
             )
@@ -391,18 +368,20 @@ class SchedulerActor(Actor):
             while True:
                 changed = self._changed
                 candidates = [  # the running job too: after a restart it may have no plan in memory yet
-                    j for j in self.queue.ordered() if j.plan is None and not j.planning and j.circuit is not None
+                    j
+                    for j in self.queue.ordered()
+                    if j.plan is None and j not in self._planning and j.circuit is not None
                 ]
-                planning = sum(1 for j in self.queue.jobs.values() if j.planning)
+                planning = sum(1 for j in self.queue.jobs.values() if j in self._planning)
                 for job in candidates[: max(0, self.config.plan_ahead - planning)]:
-                    job.planning = True
+                    self._planning.add(job)
                     nursery.start_soon(self._plan_job, job)
                 await changed.wait()
 
     async def _plan_job(self, job: QueuedJob) -> None:
         assert job.circuit is not None
         try:
-            async with self._planning:
+            async with self._planners:
                 plan, cached = await self._plan(job.circuit)
             await self._accept_plan(job, plan, cached)
         except CircuitError as exc:
@@ -411,85 +390,28 @@ class SchedulerActor(Actor):
             log.error("%s: planning %s failed: %s", self.name, job.job, exc)
             await self._refuse(job, f"planning failed: {exc.message}")
         finally:
-            job.planning = False
+            self._planning.discard(job)
             self._wake()
-
-    def _plan_key(self, circuit: Circuit, device: DeviceDescription, calibration: int | None) -> tuple[str, Health]:
-        """The plan cache's key for a circuit now (and the health it would be planned for)."""
-        health = combined_health(self.health, self.strategy, self.feedback)
-        strategy_key = (
-            "static"
-            if self.strategy.kind == "static" or self.feedback.empty
-            else msgspec.json.encode(self.strategy).decode() + self.feedback.key()
-        )
-        return plan_id(circuit_hash(circuit), device_key(device, health), calibration, strategy_key), health
 
     def _plan_at_hand(self, circuit: Circuit, device: DeviceDescription) -> Plan | None:
         """The circuit's plan if it was made and stored before and may run: a submission then needs no planning."""
         if not self._calibration_known:
             return None
-        key, _ = self._plan_key(circuit, device, self._calibration_version)
-        plan = self.cache.get(key)
-        if plan is None or key not in self._stored_plans or self._refusal(plan) is not None:
+        key, _ = plan_key(circuit, device, self._calibration_version, self.health, self.strategy, self.feedback)
+        plan = self.plans.at_hand(key)
+        if plan is None or self._refusal(plan) is not None:
             return None
         return plan
 
     async def _plan(self, circuit: Circuit) -> tuple[Plan, bool]:
+        """The circuit's plan for the device as it is now, and whether it was made before (`PlanCache.get`)."""
         device = self.description
         assert device is not None
         calibration = await self._calibration()
-        key, health = self._plan_key(circuit, device, calibration)
-        while key in self._inflight:  # the same plan is being made for another job: wait for it
-            await self._inflight[key].wait()
-        if key in self.cache:
-            self.cache_hits += 1
-            return self.cache[key], True
-        self._inflight[key] = trio.Event()  # claimed before the first await: one job makes it, others wait
-        try:
-            try:  # made before (by this scheduler before a restart, or for an earlier job): the store has it
-                stored = await self.request(self.config.memory, GetPlan(plan=key))
-            except RemoteError as exc:
-                if exc.code != ErrorCode.NOT_FOUND:
-                    raise
-            else:
-                plan = msgspec.convert(stored.body, Plan)
-                self.cache[key] = plan
-                self._stored_plans.add(key)
-                self.cache_hits += 1
-                return plan, True
-            return await self._compile(circuit, device, key, calibration, health), False
-        finally:
-            self._inflight.pop(key).set()
-
-    async def _compile(
-        self, circuit: Circuit, device: DeviceDescription, key: str, calibration: int | None, health: Health
-    ) -> Plan:
-        kwargs: dict[str, Any] = {
-            "device_name": self.config.device,
-            "calibration": calibration,
-            "limits": self.config.limits,
-            "health": health,
-        }
-        ops = sum(1 for _ in walk_raw(circuit))
-        if self.config.plan_workers > 0 and ops > self.config.process_threshold_ops:
-            pool = self._worker_pool()
-            future = pool.submit(_plan_in_process, circuit, device, kwargs)
-            plan = await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
-        else:
-            compile_it = functools.partial(compile_circuit, circuit, device, **kwargs)
-            plan = compile_it() if ops <= INLINE_OPS else await trio.to_thread.run_sync(compile_it)
-        plan = msgspec.structs.replace(apply_strategy(plan, self.strategy, self.feedback), id=key)
-        validate_plan(plan, device)
-        self.plans_compiled += 1
-        self.cache[key] = plan
-        return plan
-
-    def _worker_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.config.plan_workers, mp_context=multiprocessing.get_context("spawn")
-            )
-        return self._pool
+        key, health = plan_key(circuit, device, calibration, self.health, self.strategy, self.feedback)
+        return await self.plans.get(
+            key, circuit, device, calibration=calibration, health=health, strategy=self.strategy, feedback=self.feedback
+        )
 
     async def _calibration(self) -> int | None:
         """The device's latest calibration version: asked once, then kept up to date by ``mem.calibration_added``."""
@@ -516,7 +438,7 @@ class SchedulerActor(Actor):
         # Plans made ahead under an older version are made again, ahead too (`_assign` checks once more).
         for job in self.queue.jobs.values():
             stale = job.plan is not None and job.plan.calibration != self._calibration_version
-            if stale and job.circuit is not None and job.job != self.queue.running and not job.planning:
+            if stale and job.circuit is not None and job.job != self.queue.running and job not in self._planning:
                 job.plan = None
         self._wake()
 
@@ -537,34 +459,15 @@ class SchedulerActor(Actor):
         if why is not None:
             await self._refuse(job, why)
             return
-        if plan.id not in self._stored_plans:
-            await self._store_plan(plan, job.job)
+        if plan.id not in self.plans.stored:
+            await self.plans.store(plan, job.job)
         if job.job not in self.queue.jobs:
             return  # cancelled while it was being planned
-        if job.state in ("queued", "interrupted"):
+        if job.can(JobEvent.PLANNED):  # the store does not say planned yet
             await self._set_state(job.job, "planned", f"plan {plan.id}", plan=plan.id, calibration=plan.calibration)
-            job.state = "planned"
+            job.move(JobEvent.PLANNED)
         job.plan = plan
         self.publish(JobPlanned(job=job.job, plan=plan.id, metrics=plan.metrics, cached=cached))
-
-    async def _store_plan(self, plan: Plan, job: str) -> None:
-        await self.request(
-            self.config.memory,
-            PutPlan(
-                plan=plan.id,
-                job=job,
-                device=self.config.device,
-                calibration=plan.calibration,
-                body=msgspec.to_builtins(plan),
-                metrics={
-                    "total_duration_s": plan.metrics.total_duration_s,
-                    "phases": plan.metrics.phases,
-                    "compile_s": plan.metrics.compile_s,
-                    "min_slack_ns": plan.metrics.min_slack_ns if plan.metrics.min_slack_ns is not None else -1.0,
-                },
-            ),
-        )
-        self._stored_plans.add(plan.id)
 
     async def _refuse(self, job: QueuedJob, reason: str) -> None:
         if self.queue.remove(job.job) is None:
@@ -631,7 +534,7 @@ class SchedulerActor(Actor):
                     job=j.job,
                     seq=j.seq,
                     priority=j.priority,
-                    state=j.state,  # type: ignore[arg-type]
+                    state=j.phase.stored,
                     planned=j.plan is not None,
                     next_phase=j.next_phase,
                     phases=len(j.plan.phases) if j.plan else 0,
@@ -639,10 +542,10 @@ class SchedulerActor(Actor):
                     deadline=j.deadline,
                 )
                 for j in self.queue.ordered()
-                if not j.accepting  # not accepted yet (for a few milliseconds)
+                if not j.phase.accepting  # not accepted yet (for a few milliseconds)
             ],
-            plans_compiled=self.plans_compiled,
-            plan_cache_hits=self.cache_hits,
+            plans_compiled=self.plans.compiled,
+            plan_cache_hits=self.plans.hits,
         )
 
     @handles(SetStrategy)
@@ -660,7 +563,7 @@ class SchedulerActor(Actor):
             delay_lines=frozenset(msg.delay_lines),
         )
         for job in self.queue.jobs.values():  # plans made for the old health are made again
-            if job.job != self.queue.running and not job.planning:
+            if job.job != self.queue.running and job not in self._planning:
                 job.plan = None
         self._wake()
 
@@ -726,30 +629,30 @@ class SchedulerActor(Actor):
                     running.next_phase,
                 )
                 running.executor = msg.executor
-                return await self._assign(running, msg.executor)
+                return await self._assign(running, msg.executor, fresh=False)  # it ran
             job = self.queue.next_ready()
             if job is not None:
                 assert job.plan is not None
-                # Claimed before any await: another executor asking meanwhile waits for the device.
-                self.queue.running, job.executor = job.job, msg.executor
-                job.state = "running"  # the executor records it, with its allocation (mem.allocate mark_running)
-                return await self._assign(job, msg.executor)
+                fresh = job.phase.fresh
+                # Claimed before any await: another executor asking meanwhile waits for the device. The
+                # executor records it running, with its allocation (mem.allocate mark_running).
+                self.queue.claim(job, msg.executor)
+                return await self._assign(job, msg.executor, fresh=fresh)
             changed = self._changed
             with trio.move_on_at(deadline):
                 await changed.wait()
             if trio.current_time() >= deadline:
                 return Assignment()
 
-    async def _assign(self, job: QueuedJob, executor: str) -> Assignment:
+    async def _assign(self, job: QueuedJob, executor: str, *, fresh: bool) -> Assignment:
         # Planned ahead, perhaps under a calibration that has since been superseded: the decision which
         # calibration a job runs under is made here, as it is handed out, not when it was planned.
         await self._replan_if_recalibrated(job)
         assert job.plan is not None
         self.publish_soon(JobDispatched(job=job.job, executor=executor, start_phase=job.next_phase))
         run = job.circuit.run if job.circuit is not None else Assignment().run
-        fresh, job.fresh = job.fresh, False
         return Assignment(
-            job=job.job, plan=job.plan, start_phase=job.next_phase, run=run, fresh=fresh, accepting=job.accepting
+            job=job.job, plan=job.plan, start_phase=job.next_phase, run=run, fresh=fresh, accepting=job.phase.accepting
         )
 
     async def _replan_if_recalibrated(self, job: QueuedJob) -> None:
@@ -785,8 +688,8 @@ class SchedulerActor(Actor):
                 job.plan.calibration,
             )
             return
-        if plan.id not in self._stored_plans:
-            await self._store_plan(plan, job.job)
+        if plan.id not in self.plans.stored:
+            await self.plans.store(plan, job.job)
         log.info(
             "%s: %s runs from phase %d under calibration %s (planned under %s)",
             self.name,
@@ -816,9 +719,9 @@ class SchedulerActor(Actor):
             if executor is None or found.executor is None:
                 return found
             raise NotFound(f"job {job} runs on {found.executor}, not {executor}", field="executor")
-        if executor is not None and self.queue.running is None and found.plan is not None and not found.accepting:
+        if executor is not None and self.queue.running is None and found.plan is not None and not found.phase.accepting:
             log.warning("%s: %s reports running %s: taken as running again", self.name, executor, job)
-            self.queue.running, found.executor, found.state = job, executor, "running"
+            self.queue.claim(found, executor)
             return found
         raise NotFound(f"job {job} is not running", field="job")
 
@@ -850,7 +753,6 @@ class SchedulerActor(Actor):
         if why is None:
             return Proceed(action="continue")
         await self._set_state(job.job, "planned", f"{why}; resumes at phase {job.next_phase}", expect=["running"])
-        job.state = "planned"
         self.queue.release(job)
         self.publish(JobPreempted(job=job.job, by=why, next_phase=job.next_phase))
         self._wake()
@@ -868,13 +770,3 @@ class SchedulerActor(Actor):
             self.feedback.record(job.plan.phases[msg.phase], ok=ok, duration_s=msg.duration_s, failed=msg.failures)
         self.queue.remove(msg.job)
         self._wake()
-
-
-def walk_raw(circuit: Circuit) -> Any:
-    """Operations of a circuit as sent, conditionals' bodies included (a cheap count for routing work)."""
-    stack = list(circuit.ops)
-    while stack:
-        op = stack.pop()
-        yield op
-        if isinstance(op, dict) and isinstance(op.get("ops"), list):
-            stack.extend(op["ops"])

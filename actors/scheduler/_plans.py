@@ -1,0 +1,175 @@
+"""The plan cache: a plan is made once, then found again in memory or in the store.
+
+A plan's id says what it was made from (`plan_key`: the circuit, the device
+as it is and its health, the calibration version, the strategy and the
+feedback it used), so the id is the key of the cache and of the stored plans:
+a plan made for an earlier job, or by this scheduler before a restart, is
+read back, never compiled again. A circuit is compiled where that is
+cheapest: a small one at once, a larger one in a thread, the largest in a
+worker process.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import multiprocessing
+from typing import Any
+
+import msgspec
+import trio
+
+from protocol import ErrorCode
+from protocol.circuit import Circuit, circuit_hash
+from protocol.memory import GetPlan, PutPlan
+from protocol.photonica import DeviceDescription
+from protocol.plan import Plan
+from protocol.scheduler import StrategyConfig
+from runtime import Actor, RemoteError
+
+from ._compile import compile_circuit, device_key, plan_id
+from ._config import SchedulerConfig
+from ._limits import Health
+from ._ops import count_ops
+from ._strategy import Feedback, apply_strategy, combined_health
+from ._validate import validate_plan
+
+INLINE_OPS = 200
+"""Circuits this small are analysed and compiled in the actor's own task (a millisecond or less)."""
+
+
+def plan_key(
+    circuit: Circuit,
+    device: DeviceDescription,
+    calibration: int | None,
+    health: Health,
+    strategy: StrategyConfig,
+    feedback: Feedback,
+) -> tuple[str, Health]:
+    """The id a circuit's plan has now (the cache's key), and the health it is planned for."""
+    planned_for = combined_health(health, strategy, feedback)
+    strategy_key = (
+        "static"
+        if strategy.kind == "static" or feedback.empty
+        else msgspec.json.encode(strategy).decode() + feedback.key()
+    )
+    return plan_id(circuit_hash(circuit), device_key(device, planned_for), calibration, strategy_key), planned_for
+
+
+class PlanCache:
+    """The plans made and stored so far, by id; how many were compiled and how many found again.
+
+    Args:
+        actor: The scheduler, which asks the memory actor for stored plans and stores new ones.
+        config: Where the memory actor is, the device's name, the limits, the worker processes.
+    """
+
+    def __init__(self, actor: Actor, config: SchedulerConfig) -> None:
+        self._actor = actor
+        self._config = config
+        self.plans: dict[str, Plan] = {}
+        self.stored: set[str] = set()
+        """Ids of the plans the store holds."""
+        self.compiled = 0
+        self.hits = 0
+        self._making: dict[str, trio.Event] = {}
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def at_hand(self, key: str) -> Plan | None:
+        """The plan made and stored under ``key`` before, if there is one."""
+        return self.plans.get(key) if key in self.stored else None
+
+    async def get(
+        self,
+        key: str,
+        circuit: Circuit,
+        device: DeviceDescription,
+        *,
+        calibration: int | None,
+        health: Health,
+        strategy: StrategyConfig,
+        feedback: Feedback,
+    ) -> tuple[Plan, bool]:
+        """The plan under ``key`` (made for the rest), and whether it was made before.
+
+        From memory, else from the store, else compiled now. While it is being
+        made for one job, another job wanting the same plan waits for it.
+        """
+        while key in self._making:
+            await self._making[key].wait()
+        if key in self.plans:
+            self.hits += 1
+            return self.plans[key], True
+        self._making[key] = trio.Event()  # claimed before the first await: one job makes it, others wait
+        try:
+            try:
+                stored = await self._actor.request(self._config.memory, GetPlan(plan=key))
+            except RemoteError as exc:
+                if exc.code != ErrorCode.NOT_FOUND:
+                    raise
+            else:
+                plan = msgspec.convert(stored.body, Plan)
+                self.plans[key] = plan
+                self.stored.add(key)
+                self.hits += 1
+                return plan, True
+            plan = await self._compile(circuit, device, calibration, health)
+            plan = msgspec.structs.replace(apply_strategy(plan, strategy, feedback), id=key)
+            validate_plan(plan, device)
+            self.compiled += 1
+            self.plans[key] = plan
+            return plan, False
+        finally:
+            self._making.pop(key).set()
+
+    async def _compile(
+        self, circuit: Circuit, device: DeviceDescription, calibration: int | None, health: Health
+    ) -> Plan:
+        kwargs: dict[str, Any] = {
+            "device_name": self._config.device,
+            "calibration": calibration,
+            "limits": self._config.limits,
+            "health": health,
+        }
+        ops = count_ops(circuit.ops)
+        if self._config.plan_workers > 0 and ops > self._config.process_threshold_ops:
+            future = self._worker_pool().submit(_plan_in_process, circuit, device, kwargs)
+            return await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+        compile_it = functools.partial(compile_circuit, circuit, device, **kwargs)
+        return compile_it() if ops <= INLINE_OPS else await trio.to_thread.run_sync(compile_it)
+
+    def _worker_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self._config.plan_workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._pool
+
+    async def store(self, plan: Plan, job: str) -> None:
+        """Store the plan (made for ``job``): a restarted scheduler, and the executor, read it back."""
+        await self._actor.request(
+            self._config.memory,
+            PutPlan(
+                plan=plan.id,
+                job=job,
+                device=self._config.device,
+                calibration=plan.calibration,
+                body=msgspec.to_builtins(plan),
+                metrics={
+                    "total_duration_s": plan.metrics.total_duration_s,
+                    "phases": plan.metrics.phases,
+                    "compile_s": plan.metrics.compile_s,
+                    "min_slack_ns": plan.metrics.min_slack_ns if plan.metrics.min_slack_ns is not None else -1.0,
+                },
+            ),
+        )
+        self.stored.add(plan.id)
+
+    def close(self) -> None:
+        """Stop the worker processes (a plan being made in one is given up)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _plan_in_process(circuit: Circuit, device: DeviceDescription, kwargs: dict[str, Any]) -> Plan:
+    return compile_circuit(circuit, device, **kwargs)
