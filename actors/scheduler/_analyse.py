@@ -52,7 +52,7 @@ from protocol.circuit import (
 )
 from protocol.photonica import DeviceDescription
 
-from ._components import Component, Contribution, Loaded, Register, UnionFind, check_fit, group
+from ._components import Component, Contribution, Loaded, Pass, Register, UnionFind, check_fit, group
 from ._limits import Health, Limits
 from ._ops import count_ops, enclosing, few, modes_key, modes_of
 from ._pack import PhaseBuild, check_plan_size, pack
@@ -452,6 +452,7 @@ class Analyser:
                 last_on[a] = index
                 self.predecessors.append([] if before is None else [before])
                 self.edges += before is not None
+                stage: Pass
                 if s is FIRST_PASS:
                     stage = 1
                 else:
@@ -482,6 +483,7 @@ class Analyser:
                 last_on[a] = last_on[b] = index
                 self.predecessors.append(preds)
                 self.edges += len(preds)
+                stage: Pass
                 if sa is FIRST_PASS:
                     stage = 1
                 else:
@@ -535,7 +537,7 @@ class Analyser:
                 "a delay line); a second-pass photon meets only other loaded photons and vacuum",
             )
             return
-        stage = 2 if p2 else 1
+        stage: Pass = 2 if p2 else 1
         closed = _CLOSED_ALWAYS if stage == 2 else _CLOSED_IN_FIRST_PASS
         q = next((q for q in modes if state[q] in closed), None)
         if q is not None:
@@ -724,7 +726,7 @@ class Analyser:
             self.problem(path, "into", f"register {op.into!r} is written twice (first at op {first})")
             return
         self._count_bins(path, op)
-        stage = 2 if p2 else 1
+        stage: Pass = 2 if p2 else 1
         r, n = self.round_index, self.n_modes
         self.registers[op.into] = Register(op.into, r, stage, list(op.modes), path)
         now = MEASURED if stage == 1 else DONE

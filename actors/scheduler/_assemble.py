@@ -46,7 +46,7 @@ def _block_unitaries(components: list[Component]) -> dict[tuple[int, int], np.nd
     blocks: list[Block] = []
     keys: list[tuple[int, int]] = []
     for c in components:
-        for stage, logical in ((1, c.pass1), (2, c.pass2)):
+        for stage, logical in c.passes():
             if logical and c.gates:
                 blocks.append((logical, c.gates, stage))
                 keys.append((id(c), stage))
@@ -134,16 +134,16 @@ class _Assembler:
 
     def _place(self, ci: int, c: Component, placement: ModePlaces, parts: _Parts) -> None:
         """The component's modes where `place` put them: its inputs there, its unitaries on those rows."""
-        for stage, logical in ((1, c.pass1), (2, c.pass2)):
+        for stage, logical in c.passes():
             for q in logical:
-                parts.placement.append(Placement(logical=q, physical=placement[(ci, stage, q)], pass_=stage))  # type: ignore[arg-type]
+                parts.placement.append(Placement(logical=q, physical=placement[(ci, stage, q)], pass_=stage))
                 if q in self.last_phase_of_mode:
                     parts.depends.add(self.last_phase_of_mode[q])
         for q, inp in c.inputs.items():
             parts.inputs.append(
                 InputSetting(mode=placement[(ci, 1, q)], state=inp.state, power_w=inp.power_w, phase_rad=inp.phase)
             )
-        for stage, logical in ((1, c.pass1), (2, c.pass2)):
+        for stage, logical in c.passes():
             if logical and c.gates:
                 rows = [placement[(ci, stage, q)] for q in logical]
                 parts.u[np.ix_(rows, rows)] = self.unitaries[(id(c), stage)]
@@ -179,5 +179,5 @@ class _Assembler:
         m = self.device.modes
         for reg in c.registers:
             columns = [placement[(ci, reg.pass_, q)] + (m if reg.pass_ == 2 else 0) for q in reg.modes]
-            parts.registers.append(RegisterRead(name=reg.name, columns=columns, modes=reg.modes, pass_=reg.pass_))  # type: ignore[arg-type]
+            parts.registers.append(RegisterRead(name=reg.name, columns=columns, modes=reg.modes, pass_=reg.pass_))
             parts.register_bits[reg.name] = [placement[(ci, reg.pass_, q)] for q in reg.modes]

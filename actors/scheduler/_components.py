@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from protocol.circuit import BeamSplitter, CircuitProblem, Input, Measure, MziOp, Op, PhaseShift, Store, UnitaryOp
 from protocol.photonica import DeviceDescription
 
 from ._limits import Health, Limits
 from ._ops import enclosing, modes_key, modes_of, power_of_two
+
+Pass = Literal[1, 2]
+"""A pass through the mesh: 1, the first; 2, the second, with the photons loaded from delay lines."""
 
 
 @dataclass
@@ -25,7 +28,7 @@ class Register:
 
     name: str
     round: int
-    pass_: int
+    pass_: Pass
     modes: list[int]
     path: str | int
 
@@ -45,7 +48,7 @@ class Loaded:
     """The first-pass mode it was stored from."""
 
 
-Contribution = tuple[int, Any, "str | int", Any, int]
+Contribution = tuple[int, Any, "str | int", Any, Pass]
 """What one op adds to its component: (round, union-find key, op path, what it adds, pass).
 
 What it adds is the op itself, a `Loaded` for a load, or ``(If, PhaseShift)``
@@ -80,6 +83,10 @@ class Component:
     """The measurement of each detection, in circuit order."""
     condition_paths: list[str | int] = field(default_factory=list)
     """The conditional phase shift of each condition."""
+
+    def passes(self) -> tuple[tuple[Pass, list[int]], tuple[Pass, list[int]]]:
+        """Its logical modes in each pass through the mesh: (1, first pass), (2, second pass)."""
+        return ((1, self.pass1), (2, self.pass2))
 
     @property
     def ff_modes(self) -> list[int]:
@@ -154,7 +161,7 @@ def group(contributions: list[Contribution], find: UnionFind) -> list[Component]
     return order
 
 
-def _add(component: Component, round_index: int, path: str | int, op: Op, stage: int) -> None:
+def _add(component: Component, round_index: int, path: str | int, op: Op, stage: Pass) -> None:
     """An input, a store, a unitary or a measurement joins its component."""
     modes = modes_of(op)
     seen, target = (component.seen2, component.pass2) if stage == 2 else (component.seen1, component.pass1)

@@ -132,7 +132,7 @@ def place(build: PhaseBuild, device: DeviceDescription, health: Health) -> tuple
     without = [q for q in good if q in health.detectors]
     placement: ModePlaces = {}
     for ci, c in enumerate(build.components):
-        for stage, logical in [(1, c.pass1), (2, c.pass2)]:
+        for stage, logical in c.passes():
             for q in logical:
                 pool = with_detector if (stage, q) in c.measured or not without else without
                 if not pool:
