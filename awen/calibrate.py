@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import trio
 
@@ -54,10 +55,10 @@ async def calibrate(
 def table(outcome: dict[str, Any], stream: Any) -> None:
     result, stored = outcome["result"], outcome["stored"]
     layout = clements_layout(outcome["plan"].modes)
-    phi0 = np.asarray(stored.fits["phi0"])
-    alpha = np.asarray(stored.fits["alpha"])
-    phi0_sigma = np.asarray(stored.uncertainties["phi0"])
-    alpha_sigma = np.asarray(stored.uncertainties["alpha"])
+    phi0 = np.asarray(stored.fits.phi0)
+    alpha = np.asarray(stored.fits.alpha)
+    phi0_sigma = np.asarray(stored.uncertainties.phi0)
+    alpha_sigma = np.asarray(stored.uncertainties.alpha)
     print(
         f"calibration version {result.version} of {result.device} (job {result.job}, {result.seconds:.1f} s): "
         f"residual {result.residual_rms:.2e}, reduced chi2 {result.reduced_chi2:.3f}",
@@ -88,14 +89,14 @@ def plot(outcome: dict[str, Any], path: Path) -> None:
     stored = outcome["stored"]
     data = sweep_data(plan, outcome["powers"])
     model = CalibrationModel.from_fits(stored.version, stored.fits)
-    scales = np.asarray(stored.data["output_scales"])
+    scales = np.asarray(stored.data.output_scales)
     layout = clements_layout(plan.modes)
-    heaters = [int(h) for h in stored.data["fitted_heaters"]]
+    heaters = stored.data.fitted_heaters
     first_pattern = data.inputs[0]
     cols = 8
     rows = (len(heaters) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.8 * rows), squeeze=False)
-    points = int(stored.data["points"])
+    points = stored.data.points
     for position, (ax, h) in enumerate(zip(axes.ravel(), heaters, strict=False)):
         mine = list(range(position * points, (position + 1) * points))  # the first input pattern's sweep of h
         v2 = data.volts[mine, h] ** 2
@@ -137,17 +138,8 @@ def main(args: Any) -> int:
     )
     if args.json:
         stored = outcome["stored"]
-        print(
-            json.dumps(
-                {
-                    "version": stored.version,
-                    "fits": stored.fits,
-                    "uncertainties": stored.uncertainties,
-                    "residuals": stored.residuals,
-                },
-                default=lambda o: np.asarray(o).tolist(),
-            )
-        )
+        fit = {"fits": stored.fits, "uncertainties": stored.uncertainties, "residuals": stored.residuals}
+        print(json.dumps({"version": stored.version, **msgspec.to_builtins(fit)}))
     else:
         table(outcome, sys.stdout)
     if args.plot:

@@ -33,7 +33,7 @@ from protocol.memory import GetPlan, QueryResults
 from protocol.results import joint_slot, result_slot
 from protocol.scheduler import Submit
 from runtime import RuntimeOptions, Supervisor, SystemConfig, open_system
-from sim import chip_of, factory_calibration, output_distribution, parse_config
+from sim import chip_of, output_distribution, parse_config, write_factory_calibration
 
 RUN_TIMEOUT_S = 3600.0
 
@@ -115,7 +115,7 @@ def prepare(data_dir: Path, sim_config: Any, seed: int) -> Path:
     """The data directory, and in it the simulated chip's factory calibration (what its maker would ship)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     factory = data_dir / f"factory-calibration-seed{seed}-{sim_config.modes}modes.json"
-    factory.write_text(json.dumps(factory_calibration(sim_config, seed)))
+    write_factory_calibration(factory, sim_config, seed)
     return factory
 
 

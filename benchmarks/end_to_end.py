@@ -46,7 +46,7 @@ from actors.scheduler import compile_circuit
 from awen.run import prepare, system_config, wait_started
 from protocol import scpi
 from protocol.calibration import Calibrate
-from protocol.calibration_model import CalibrationModel
+from protocol.calibration_model import CalibrationFits, CalibrationModel
 from protocol.circuit import CircuitBuilder
 from protocol.memory import GetCalibration, LogEvent
 from protocol.scheduler import Submit
@@ -134,7 +134,7 @@ async def through_awen(data_dir: Path, jobs: int) -> dict[str, Any]:
     return out
 
 
-def direct(fits: dict[str, Any], jobs: int) -> tuple[float, float]:
+def direct(fits: CalibrationFits, jobs: int) -> tuple[float, float]:
     """The same HOM circuit on `sim.Device` with the same messages the HAL sends: per job, and shots/s."""
     sim_config = parse_config({"modes": MODES})
     device = Device(sim_config, seed=SEED)

@@ -11,17 +11,97 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated
 
+import msgspec
 import numpy as np
 
 from ._errors import AwenError
+from ._message import Count, Label, Text
+from .hal import MAX_HEATERS, MAX_MODES
 
 TWO_PI = 2 * math.pi
+
+MAX_CROSSTALK = 8 * MAX_HEATERS
+"""The most crosstalk entries a calibration holds (a heater has a few neighbours)."""
+
+PerHeater = Annotated[list[float], msgspec.Meta(max_length=MAX_HEATERS)]
+PerOutput = Annotated[list[float], msgspec.Meta(max_length=MAX_MODES)]
+Heaters = Annotated[list[Count], msgspec.Meta(max_length=MAX_HEATERS)]
+Outputs = Annotated[list[Count], msgspec.Meta(max_length=MAX_MODES)]
 
 
 class CalibrationUnusable(AwenError):
     """A stored calibration cannot convert phases (missing or inconsistent fits)."""
+
+
+class _S(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every part of a stored calibration: frozen, strict about unknown fields."""
+
+
+class Crosstalk(_S, frozen=True, kw_only=True):
+    """The crosstalk matrix's non-zero entries: ``values[k]`` of heater ``cols[k]``'s heating reaches ``rows[k]``."""
+
+    rows: Annotated[list[Count], msgspec.Meta(max_length=MAX_CROSSTALK)]
+    cols: Annotated[list[Count], msgspec.Meta(max_length=MAX_CROSSTALK)]
+    values: Annotated[list[float], msgspec.Meta(max_length=MAX_CROSSTALK)]
+
+
+class CalibrationFits(_S, frozen=True, kw_only=True):
+    """The fitted model of one calibration version, as stored: what `CalibrationModel` is made from."""
+
+    phi0: PerHeater
+    """Each heater's phase at 0 V (rad)."""
+    alpha: PerHeater
+    """Each heater's phase per V**2 (rad/V**2)."""
+    crosstalk: Crosstalk | None = None
+
+
+class FactoryCalibration(CalibrationFits, frozen=True, kw_only=True):
+    """A chip's factory calibration (a JSON file): the fits calibration starts from when none is stored."""
+
+    format: Label = "photonica-factory-calibration/1"
+    identity: Text = ""
+    """The device's ``*IDN?``, as the manufacturer measured it."""
+
+
+class FitUncertainties(_S, frozen=True, kw_only=True):
+    """One standard deviation of each fitted value; -1 where photodiodes cannot see a heater (empty: not known)."""
+
+    phi0: PerHeater = msgspec.field(default_factory=list)
+    alpha: PerHeater = msgspec.field(default_factory=list)
+    crosstalk: Annotated[list[float], msgspec.Meta(max_length=MAX_CROSSTALK)] = msgspec.field(default_factory=list)
+    """One per crosstalk pair fitted, in the fit's order."""
+
+
+class FitResiduals(_S, frozen=True, kw_only=True):
+    """How well the fit matches the sweep it was made from (nothing: not known)."""
+
+    rms: float | None = None
+    """RMS of (model - data), relative to the typical reading."""
+    reduced_chi2: float | None = None
+    iterations: Count = 0
+
+
+class CalibrationData(_S, frozen=True, kw_only=True):
+    """What a calibration was made from, and what it found besides the fit (empty: not known)."""
+
+    job: Text = ""
+    """The sweep's job id."""
+    points: Count = 0
+    """Voltages per heater in the sweep."""
+    fitted_heaters: Heaters = msgspec.field(default_factory=list)
+    """The heaters photodiodes could see: the others keep their starting values."""
+    output_scales: PerOutput = msgspec.field(default_factory=list)
+    """Each output's fitted transmission and gain, as photodiodes read it."""
+    detection_efficiency: PerOutput = msgspec.field(default_factory=list)
+    """Each output's photon detection efficiency, dark counts taken off."""
+    dark_counts_per_shot: PerOutput = msgspec.field(default_factory=list)
+    dark_rate_hz: PerOutput = msgspec.field(default_factory=list)
+    degraded_outputs: Outputs = msgspec.field(default_factory=list)
+    """Outputs reported to the scheduler as degraded (too weak)."""
+    started_from: Text = ""
+    """``factory``, or the version the fit started from."""
 
 
 @dataclass(frozen=True)
@@ -33,30 +113,29 @@ class CalibrationModel:
     """Dense (heaters x heaters); zero where heaters are not neighbours."""
 
     @classmethod
-    def from_fits(cls, version: int, fits: dict[str, Any]) -> CalibrationModel:
+    def from_fits(cls, version: int, fits: CalibrationFits) -> CalibrationModel:
         try:
-            phi0 = np.asarray(fits["phi0"], dtype=np.float64)
-            alpha = np.asarray(fits["alpha"], dtype=np.float64)
+            phi0 = np.asarray(fits.phi0, dtype=np.float64)
+            alpha = np.asarray(fits.alpha, dtype=np.float64)
             n = len(phi0)
             crosstalk = np.zeros((n, n))
-            entries = fits.get("crosstalk", {})
-            if entries:
-                rows = np.asarray(entries["rows"], dtype=np.int64)
-                cols = np.asarray(entries["cols"], dtype=np.int64)
-                crosstalk[rows, cols] = np.asarray(entries["values"], dtype=np.float64)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            if fits.crosstalk is not None:
+                rows = np.asarray(fits.crosstalk.rows, dtype=np.int64)
+                cols = np.asarray(fits.crosstalk.cols, dtype=np.int64)
+                crosstalk[rows, cols] = np.asarray(fits.crosstalk.values, dtype=np.float64)
+        except (ValueError, IndexError) as exc:
             raise CalibrationUnusable(f"calibration version {version} lacks usable fits: {exc}") from None
         if alpha.shape != phi0.shape or not np.all(alpha > 0):
             raise CalibrationUnusable(f"calibration version {version}: alpha must be positive, one per heater")
         return cls(version, phi0, alpha, crosstalk)
 
-    def fits(self) -> dict[str, Any]:
+    def fits(self) -> CalibrationFits:
         rows, cols = np.nonzero(self.crosstalk)
-        return {
-            "phi0": self.phi0,
-            "alpha": self.alpha,
-            "crosstalk": {"rows": rows, "cols": cols, "values": self.crosstalk[rows, cols]},
-        }
+        return CalibrationFits(
+            phi0=self.phi0.tolist(),
+            alpha=self.alpha.tolist(),
+            crosstalk=Crosstalk(rows=rows.tolist(), cols=cols.tolist(), values=self.crosstalk[rows, cols].tolist()),
+        )
 
     def phases_for(self, volts: np.ndarray) -> np.ndarray:
         own = self.alpha * np.asarray(volts) ** 2

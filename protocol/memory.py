@@ -19,6 +19,7 @@ from typing import Annotated, Any, Final, Literal, get_args
 import msgspec
 
 from ._message import Count, Event, Finite, Index, Label, Priority, Reply, Request, Text, Timestamp
+from .calibration_model import CalibrationData, CalibrationFits, FitResiduals, FitUncertainties
 from .plan import Plan as ExecutionPlan
 from .system import Ok
 
@@ -34,7 +35,7 @@ MAX_QUERY = 100_000
 """The most records one query returns (``limit``); page with ``since``/``after_seq`` for more."""
 
 MAX_ENTRIES = 65_536
-"""The most entries of a free-form map in a request (calibration fits, constants, metrics)."""
+"""The most entries of a map in a request (a plan's metrics)."""
 
 JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 SlotName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]
@@ -68,10 +69,6 @@ JOB_TRANSITIONS: Final[dict[JobState, frozenset[JobState]]] = {
 """Which state a job may move to from each state. ``running -> planned`` is a
 preemption at a phase boundary; ``interrupted`` is what a restart finds a job
 that was running when its process ended."""
-
-
-FreeMap = Annotated[dict[Label, Any], msgspec.Meta(max_length=MAX_ENTRIES)]
-"""A map of names to free-form values (a calibration's fits, its data)."""
 
 
 class _Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -505,10 +502,10 @@ class PutCalibration(Request[CalibrationStored], frozen=True, kw_only=True):
     REPLY = CalibrationStored
     device: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     identity: Text
-    fits: FreeMap
-    uncertainties: FreeMap = msgspec.field(default_factory=dict)
-    residuals: FreeMap = msgspec.field(default_factory=dict)
-    data: FreeMap = msgspec.field(default_factory=dict)
+    fits: CalibrationFits
+    uncertainties: FitUncertainties = msgspec.field(default_factory=FitUncertainties)
+    residuals: FitResiduals = msgspec.field(default_factory=FitResiduals)
+    data: CalibrationData = msgspec.field(default_factory=CalibrationData)
     note: Text = ""
 
 
@@ -518,10 +515,10 @@ class Calibration(Reply, frozen=True, kw_only=True):
     version: CalibrationVersion
     identity: Text
     created: float
-    fits: dict[str, Any]
-    uncertainties: dict[str, Any]
-    residuals: dict[str, Any]
-    data: dict[str, Any]
+    fits: CalibrationFits
+    uncertainties: FitUncertainties
+    residuals: FitResiduals
+    data: CalibrationData
     note: str
 
 

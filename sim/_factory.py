@@ -9,11 +9,12 @@ from them and measures the chip as it is now.
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any
 
+import msgspec
 import numpy as np
+
+from protocol.calibration_model import Crosstalk, FactoryCalibration
 
 from ._chip import Chip
 from ._config import SimConfig
@@ -28,25 +29,21 @@ def chip_of(config: SimConfig, seed: int | None = None) -> Chip:
 
 def factory_calibration(
     config: SimConfig, seed: int | None = None, *, error_rad: float = 0.05, alpha_error: float = 0.02
-) -> dict[str, Any]:
+) -> FactoryCalibration:
     """The factory calibration of the chip with this seed: the truth with a manufacturer's errors."""
     chip = chip_of(config, seed)
     rng = np.random.default_rng([seed or 0, 0xFAC])
     n = config.heater_count
     rows, cols = np.nonzero(chip.crosstalk)
-    return {
-        "format": "photonica-factory-calibration/1",
-        "identity": config.description().identity.idn(),
-        "phi0": np.mod(chip.phi0 + error_rad * rng.standard_normal(n), 2 * np.pi).tolist(),
-        "alpha": (chip.alpha * (1 + alpha_error * rng.standard_normal(n))).tolist(),
-        "crosstalk": {
-            "rows": rows.tolist(),
-            "cols": cols.tolist(),
-            "values": [config.heaters.crosstalk] * len(rows),
-        },
-    }
+    return FactoryCalibration(
+        identity=config.description().identity.idn(),
+        phi0=np.mod(chip.phi0 + error_rad * rng.standard_normal(n), 2 * np.pi).tolist(),
+        alpha=(chip.alpha * (1 + alpha_error * rng.standard_normal(n))).tolist(),
+        crosstalk=Crosstalk(rows=rows.tolist(), cols=cols.tolist(), values=[config.heaters.crosstalk] * len(rows)),
+    )
 
 
 def write_factory_calibration(path: str | os.PathLike[str], config: SimConfig, seed: int | None = None) -> None:
-    with open(path, "w") as f:
-        json.dump(factory_calibration(config, seed), f)
+    """The factory calibration as the file its maker ships (JSON)."""
+    with open(path, "wb") as f:
+        f.write(msgspec.json.encode(factory_calibration(config, seed)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -16,7 +15,7 @@ from protocol.calibration import Calibrate, CheckReference, GetCalibrationStatus
 from protocol.calibration_model import CalibrationModel
 from protocol.memory import GetCalibration, GetJob, ListCalibrations, PutCalibration, QueryJobs
 from protocol.mesh import clements_layout
-from sim import chip_of, factory_calibration
+from sim import chip_of, factory_calibration, write_factory_calibration
 
 from .helpers import eventually
 from .test_executor import CHIP, bench, hom, truth
@@ -28,7 +27,7 @@ def wrapped(x: np.ndarray) -> np.ndarray:
 
 async def test_a_calibration_recovers_the_hidden_phi0_and_alpha_within_its_uncertainties(tmp_path):
     factory = tmp_path / "factory.json"
-    factory.write_text(json.dumps(factory_calibration(CHIP, 7)))
+    write_factory_calibration(factory, CHIP, 7)
     async with bench(tmp_path, calibrate=False, calibration={"factory": str(factory), "points": 8}) as b:
         before = await b.ask("calibration", GetCalibrationStatus())
         assert (before.version, before.valid) == (None, False)
@@ -40,21 +39,21 @@ async def test_a_calibration_recovers_the_hidden_phi0_and_alpha_within_its_uncer
 
         stored = await b.ask("memory", GetCalibration(device="chip"))
         truth = chip_of(CHIP, 7)
-        fitted = np.asarray(stored.data["fitted_heaters"])
-        phi0 = np.asarray(stored.fits["phi0"])[fitted]
-        alpha = np.asarray(stored.fits["alpha"])[fitted]
-        phi0_sigma = np.asarray(stored.uncertainties["phi0"])[fitted]
-        alpha_sigma = np.asarray(stored.uncertainties["alpha"])[fitted]
-        start = np.asarray(factory_calibration(CHIP, 7)["phi0"])[fitted]
+        fitted = np.asarray(stored.data.fitted_heaters)
+        phi0 = np.asarray(stored.fits.phi0)[fitted]
+        alpha = np.asarray(stored.fits.alpha)[fitted]
+        phi0_sigma = np.asarray(stored.uncertainties.phi0)[fitted]
+        alpha_sigma = np.asarray(stored.uncertainties.alpha)[fitted]
+        start = np.asarray(factory_calibration(CHIP, 7).phi0)[fitted]
         assert np.abs(wrapped(start - truth.phi0[fitted])).max() > 0.03  # the factory values are off ...
         assert np.all(np.abs(wrapped(phi0 - truth.phi0[fitted])) < 4 * phi0_sigma)  # ... the fit is not
         assert np.all(np.abs(alpha - truth.alpha[fitted]) < 4 * alpha_sigma)
         assert phi0_sigma.max() < 1e-2
 
-        detection = np.asarray(stored.data["detection_efficiency"])
+        detection = np.asarray(stored.data.detection_efficiency)
         expected = truth.input_transmission * truth.mesh_transmission * truth.output_transmission * truth.efficiency
         assert np.all(np.abs(detection - expected) < 4 * np.sqrt(expected * (1 - expected) / 20_000))
-        assert np.asarray(stored.data["dark_counts_per_shot"]).max() < 1e-3  # 10 Hz over 1 ns gates
+        assert np.asarray(stored.data.dark_counts_per_shot).max() < 1e-3  # 10 Hz over 1 ns gates
 
         status = await b.ask("calibration", GetCalibrationStatus())
         assert (status.version, status.valid) == (1, True)
@@ -91,7 +90,7 @@ def test_the_fit_alone_recovers_the_chip_from_sweep_readings():
 
 async def test_the_drift_check_recalibrates_when_the_chip_moved_and_weak_outputs_are_reported(tmp_path):
     factory = tmp_path / "factory.json"
-    factory.write_text(json.dumps(factory_calibration(CHIP, 7)))
+    write_factory_calibration(factory, CHIP, 7)
     config = {"factory": str(factory), "points": 8, "reference_every_s": None, "reference_shots": 20_000}
     async with bench(tmp_path, calibrate=False, calibration=config) as b:
         chip = b.server.device.chip
@@ -121,7 +120,7 @@ async def test_a_drift_check_does_not_recalibrate_when_a_newer_calibration_came_
     # ends after the check's job began) stored version 2. Recalibrating again would be a needless half
     # minute on the chip: the decision is made with the calibration lock held, against the latest version.
     factory = tmp_path / "factory.json"
-    factory.write_text(json.dumps(factory_calibration(CHIP, 7)))
+    write_factory_calibration(factory, CHIP, 7)
     config = {"factory": str(factory), "points": 8, "reference_every_s": None, "reference_shots": 5_000}
     async with bench(tmp_path, calibrate=False, calibration=config) as b:
         assert b.calibration is not None

@@ -31,7 +31,8 @@ from actors.memory import (
 from actors.memory import _store as ops
 from actors.memory._actor import INLINE_BYTES
 from actors.memory._store import WriteOp
-from protocol import ConfigError, IllegalTransition, NotFound, StoreFull, StoreUnavailable
+from protocol import ConfigError, IllegalTransition, NotFound, StoreFull, StoreUnavailable, pack
+from protocol.calibration_model import CalibrationFits, Crosstalk, FitResiduals, FitUncertainties
 from protocol.catalog import CATALOG
 from protocol.hal import Temperature
 from protocol.memory import (
@@ -210,7 +211,8 @@ def test_a_full_store_refuses_the_write_keeps_everything_before_and_recovers(tmp
     path = tmp_path / "store.sqlite3"
     store = store_with_a_job(path, max_bytes=512 * 1024)
     snapshot = table().prepare_commit("j", 0)
-    big = ops.put_calibration("chip", "id", {"fits": {"raw": np.zeros(200_000)}}, "too large")
+    huge = CalibrationFits(phi0=[0.0] * 100_000, alpha=[1.0] * 100_000)
+    big = ops.put_calibration("chip", "id", ops.StoredCalibration(fits=huge), "too large")
     with pytest.raises(StoreFull, match=r"is full while writing .* free space .*nothing of this request was written"):
         store.write(big)
     store.write(ops.put_job("j", None, shots=0, priority=0, device="chip", deadline=None, submitter=""))
@@ -235,6 +237,49 @@ def test_a_job_that_was_running_when_the_process_ended_is_marked_interrupted(tmp
     assert [t.state for t in record.transitions] == ["queued", "planned", "running", "interrupted"]
 
 
+def test_plans_and_calibrations_the_previous_awen_stored_read_back_typed(tmp_path):
+    # It packed a plan's body as a map (msgspec.to_builtins) and a calibration's values as numpy arrays, in
+    # maps that could be empty.
+    plan = execution_plan("p-old", 1)
+    calibration = {
+        "fits": {
+            "phi0": np.zeros(2),
+            "alpha": np.ones(2),
+            "crosstalk": {"rows": np.array([0]), "cols": np.array([1]), "values": np.array([0.01])},
+        },
+        "uncertainties": {},
+        "residuals": {"rms": 0.5, "reduced_chi2": 1.25, "iterations": 7},
+        "data": {"job": "cal-1", "points": 8, "fitted_heaters": np.array([0, 1]), "degraded_outputs": []},
+    }
+
+    def write_as_before(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO plans (id, job, device, calibration, body, metrics, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ("p-old", None, "chip", 1, pack(msgspec.to_builtins(plan)), "{}", 0.0),
+        )
+        conn.execute(
+            "INSERT INTO calibrations (device, version, identity, created, note, body) VALUES (?, ?, ?, ?, ?, ?)",
+            ("chip", 1, "PHX", 0.0, "", pack(calibration)),
+        )
+        conn.execute(
+            "INSERT INTO plans (id, job, device, calibration, body, metrics, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ("p-odd", None, "chip", 1, pack({"phases": [1, 2]}), "{}", 0.0),
+        )
+
+    store = Store(tmp_path / "store.sqlite3")
+    store.write(write_as_before)
+    assert store.read(ops.get_plan("p-old")).body == plan
+    stored = store.read(ops.get_calibration("chip", None))
+    crosstalk = Crosstalk(rows=[0], cols=[1], values=[0.01])
+    assert stored.fits == CalibrationFits(phi0=[0.0, 0.0], alpha=[1.0, 1.0], crosstalk=crosstalk)
+    assert stored.uncertainties == FitUncertainties()
+    assert stored.residuals == FitResiduals(rms=0.5, reduced_chi2=1.25, iterations=7)
+    assert (stored.data.job, stored.data.points, stored.data.fitted_heaters) == ("cal-1", 8, [0, 1])
+    with pytest.raises(StoreUnavailable, match=r"the stored plan 'p-odd' does not read as a Plan .*another awen"):
+        store.read(ops.get_plan("p-odd"))
+    store.close()
+
+
 def test_illegal_transitions_are_refused_with_the_allowed_ones(tmp_path):
     store = store_with_a_job(tmp_path / "store.sqlite3")
     with pytest.raises(IllegalTransition, match=r"cannot go from queued to completed; .* may go to cancelled, failed"):
@@ -249,7 +294,7 @@ def test_a_refused_operation_does_not_undo_the_others_in_its_transaction(tmp_pat
     results = store.run_batch(
         [
             ops.set_job_state("nope", "planned", ""),
-            ops.put_calibration("chip", "id", {"fits": {}}, ""),
+            ops.put_calibration("chip", "id", ops.StoredCalibration(fits=fits(1.0)), ""),
             ops.set_job_state("j1", "planned", ""),
         ]
     )
@@ -279,6 +324,11 @@ async def memory(data_dir: Path, **config: Any) -> AsyncIterator[tuple[MemoryAct
         nursery.cancel_scope.cancel()
 
 
+def fits(alpha: float) -> CalibrationFits:
+    """A calibration of a one-heater device."""
+    return CalibrationFits(phi0=[0.0], alpha=[alpha])
+
+
 def execution_plan(plan: str, calibration: int | None = None) -> Plan:
     """A plan as the memory actor stores it: what its phases hold is the scheduler's business."""
     metrics = PlanMetrics(total_duration_s=0.0, phases=0, ops=0, min_slack_ns=None, compile_s=0.0, reconfigurations=0)
@@ -306,7 +356,7 @@ async def test_a_job_from_submission_to_exported_results(tmp_path):
         assert (again.seq, again.created) == (1, False)
         with pytest.raises(RemoteError, match=r"a different job 'hom-1' is stored already .*\[exists\]"):
             await ask("memory", PutJob(job="hom-1", circuit={"modes": 3}, shots=100, device="chip"))
-        version = (await ask("memory", PutCalibration(device="chip", identity="PHX", fits={"alpha": [1.0]}))).version
+        version = (await ask("memory", PutCalibration(device="chip", identity="PHX", fits=fits(1.0)))).version
         body = execution_plan("p-abc", version)
         plan = PutPlan(plan="p-abc", job="hom-1", device="chip", calibration=version, body=body)
         assert (await ask("memory", plan)).created
@@ -488,10 +538,10 @@ async def test_queries_by_state_device_and_time_and_calibration_versions(tmp_pat
         assert [j.job for j in (await me.request("memory", QueryJobs(until=cut))).jobs] == ["j0", "j1"]
 
         for k in range(3):
-            await me.request("memory", PutCalibration(device="a", identity="PHX", fits={"k": k}))
-        await me.request("memory", PutCalibration(device="b", identity="PHX", fits={"k": 9}))
-        assert (await me.request("memory", GetCalibration(device="a"))).fits == {"k": 2}
-        assert (await me.request("memory", GetCalibration(device="a", version=1))).fits == {"k": 0}
+            await me.request("memory", PutCalibration(device="a", identity="PHX", fits=fits(k + 1)))
+        await me.request("memory", PutCalibration(device="b", identity="PHX", fits=fits(9)))
+        assert (await me.request("memory", GetCalibration(device="a"))).fits == fits(3)
+        assert (await me.request("memory", GetCalibration(device="a", version=1))).fits == fits(1)
         with pytest.raises(RemoteError, match="no calibration version 7 of device 'a'"):
             await me.request("memory", GetCalibration(device="a", version=7))
         listed = await me.request("memory", ListCalibrations(device="a"))

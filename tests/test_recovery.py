@@ -206,10 +206,10 @@ async def test_a_calibration_actor_that_stops_mid_sweep_is_succeeded_by_one_that
 
         async def stored() -> Any:
             latest = (await b.ask("memory", GetCalibration(device="chip"))).data
-            return latest if latest.get("job") == sweep else None
+            return latest if latest.job == sweep else None
 
         data = await eventually(stored, within=120)
-        assert data["started_from"] == "version 1"
+        assert data.started_from == "version 1"
         versions = (await b.ask("memory", ListCalibrations(device="chip"))).calibrations
         assert [v.version for v in versions] == [1, 2]  # the sweep's fit, once
         sweeps = [j.job for j in (await b.ask("memory", QueryJobs())).jobs if j.job.startswith("cal-")]

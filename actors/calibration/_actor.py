@@ -20,7 +20,6 @@ Configured in the system file::
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import secrets
@@ -45,10 +44,16 @@ from protocol.calibration import (
     ReferenceChecked,
     ReferenceResult,
 )
-from protocol.calibration_model import CalibrationModel
+from protocol.calibration_model import (
+    CalibrationData,
+    CalibrationModel,
+    FactoryCalibration,
+    FitResiduals,
+    FitUncertainties,
+)
 from protocol.circuit import Circuit, CircuitBuilder
 from protocol.hal import Describe, InputSetting
-from protocol.memory import GetCalibration, GetPlan, JobRecord, PutCalibration, QueryJobs, QueryResults
+from protocol.memory import Calibration, GetCalibration, GetPlan, JobRecord, PutCalibration, QueryJobs, QueryResults
 from protocol.mesh import clements, clements_layout, embed_phases
 from protocol.photonica import DeviceDescription
 from protocol.plan import Phase, Placement, Plan, PlanMetrics, RegisterRead, Resources
@@ -294,9 +299,9 @@ def reference_fidelity(
 
 def load_factory(path: str, heaters: int) -> CalibrationModel:
     try:
-        with open(path) as f:
-            fits = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
+        with open(path, "rb") as f:
+            fits = msgspec.json.decode(f.read(), type=FactoryCalibration)
+    except (OSError, msgspec.DecodeError) as exc:
         raise AwenError(f"cannot read the factory calibration {path}: {exc}", field="factory") from None
     model = CalibrationModel.from_fits(0, fits)
     if model.phi0.size != heaters:
@@ -359,7 +364,7 @@ class CalibrationActor(Actor):
         age = time.time() - latest.created
         job = time.strftime("ref-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
         modes = (await self.request(self.config.hal, Describe(device=device))).description.modes
-        degraded = set(latest.data.get("degraded_outputs", []))
+        degraded = set(latest.data.degraded_outputs)
         measured = [q for q in range(modes) if q not in degraded]
         circuit = reference_circuit(
             modes, self.config.reference_shots, priority=self.config.priority - 1, measured=measured
@@ -377,7 +382,7 @@ class CalibrationActor(Actor):
             age = time.time() - latest.created
         counts = np.sum([np.asarray(r.value) for r in results if r.slot == reference], axis=0)
         scales = np.asarray(
-            latest.data.get("detection_efficiency", latest.data.get("output_scales", np.ones(modes))), dtype=np.float64
+            latest.data.detection_efficiency or latest.data.output_scales or np.ones(modes), dtype=np.float64
         )
         fidelity, events = reference_fidelity(reference_unitary(modes), counts, scales, measured)
         self.publish(
@@ -414,7 +419,7 @@ class CalibrationActor(Actor):
             reason=reason,
         )
 
-    async def _latest(self) -> Any:
+    async def _latest(self) -> Calibration | None:
         try:
             return await self.request(self.config.memory, GetCalibration(device=self.config.device))
         except RemoteError as exc:
@@ -470,7 +475,7 @@ class CalibrationActor(Actor):
             return
         sweep = sweeps[-1]
         latest = await self._latest()
-        if latest is not None and latest.data.get("job") == sweep.job:
+        if latest is not None and latest.data.job == sweep.job:
             return  # stored already
         if latest is not None and latest.created > sweep.submitted:
             return  # superseded by a calibration stored since (by hand, or from elsewhere)
@@ -532,23 +537,23 @@ class CalibrationActor(Actor):
                 device=device,
                 identity=description.identity.idn(),
                 fits=fit.model.fits(),
-                uncertainties={
-                    "phi0": np.where(np.isfinite(fit.phi0_sigma), fit.phi0_sigma, -1.0),
-                    "alpha": np.where(np.isfinite(fit.alpha_sigma), fit.alpha_sigma, -1.0),
-                    "crosstalk": np.asarray(fit.crosstalk_sigma),
-                },
-                residuals={"rms": fit.residual_rms, "reduced_chi2": fit.reduced_chi2, "iterations": fit.iterations},
-                data={
-                    "job": job,
-                    "points": points,
-                    "fitted_heaters": fitted,
-                    "output_scales": fit.scales,
-                    "detection_efficiency": detection,
-                    "dark_counts_per_shot": dark,
-                    "dark_rate_hz": dark / description.detectors.gate_s,
-                    "degraded_outputs": weak,
-                    "started_from": "factory" if latest is None else f"version {latest.version}",
-                },
+                uncertainties=FitUncertainties(
+                    phi0=np.where(np.isfinite(fit.phi0_sigma), fit.phi0_sigma, -1.0).tolist(),
+                    alpha=np.where(np.isfinite(fit.alpha_sigma), fit.alpha_sigma, -1.0).tolist(),
+                    crosstalk=np.asarray(fit.crosstalk_sigma, dtype=np.float64).tolist(),
+                ),
+                residuals=FitResiduals(rms=fit.residual_rms, reduced_chi2=fit.reduced_chi2, iterations=fit.iterations),
+                data=CalibrationData(
+                    job=job,
+                    points=points,
+                    fitted_heaters=fitted.tolist(),
+                    output_scales=fit.scales.tolist(),
+                    detection_efficiency=detection.tolist(),
+                    dark_counts_per_shot=dark.tolist(),
+                    dark_rate_hz=(dark / description.detectors.gate_s).tolist(),
+                    degraded_outputs=weak,
+                    started_from="factory" if latest is None else f"version {latest.version}",
+                ),
                 note=f"sweep {job}: {len(plan.phases)} readings, {len(fitted)} heaters fitted",
             ),
         )

@@ -597,14 +597,16 @@ class MemoryActor(Actor):
 
     @handles(PutCalibration)
     async def _put_calibration(self, msg: PutCalibration, env: Envelope) -> CalibrationStored:
-        body = {"fits": msg.fits, "uncertainties": msg.uncertainties, "residuals": msg.residuals, "data": msg.data}
+        body = ops.StoredCalibration(
+            fits=msg.fits, uncertainties=msg.uncertainties, residuals=msg.residuals, data=msg.data
+        )
         version = await self._write(ops.put_calibration(msg.device, msg.identity, body, msg.note))
         self.publish(CalibrationAdded(device=msg.device, version=version))
         return CalibrationStored(device=msg.device, version=version)
 
     @handles(GetCalibration)
     async def _get_calibration(self, msg: GetCalibration, env: Envelope) -> Calibration:
-        return Calibration(**await self._read(ops.get_calibration(msg.device, msg.version)))
+        return await self._read(ops.get_calibration(msg.device, msg.version))
 
     @handles(ListCalibrations)
     async def _list_calibrations(self, msg: ListCalibrations, env: Envelope) -> Calibrations:

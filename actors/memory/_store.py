@@ -41,8 +41,10 @@ from protocol import (
     unpack,
     unpack_as,
 )
+from protocol.calibration_model import CalibrationData, CalibrationFits, FitResiduals, FitUncertainties
 from protocol.memory import (
     JOB_TRANSITIONS,
+    Calibration,
     CalibrationInfo,
     JobRecord,
     JobState,
@@ -608,7 +610,16 @@ def commit_frame(
     return WriteOp(op, sum(len(row[3]) for row in results) + sum(len(row[3]) for row in state))
 
 
-def put_calibration(device: str, identity: str, body: dict[str, Any], note: str) -> WriteOp[int]:
+class StoredCalibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A calibration's body as its row holds it (MessagePack); the row's columns hold the rest."""
+
+    fits: CalibrationFits
+    uncertainties: FitUncertainties = msgspec.field(default_factory=FitUncertainties)
+    residuals: FitResiduals = msgspec.field(default_factory=FitResiduals)
+    data: CalibrationData = msgspec.field(default_factory=CalibrationData)
+
+
+def put_calibration(device: str, identity: str, body: StoredCalibration, note: str) -> WriteOp[int]:
     blob = pack(body)
 
     def op(conn: sqlite3.Connection) -> int:
@@ -811,8 +822,8 @@ def load_state(job: str) -> Callable[[sqlite3.Connection], tuple[JobState, int, 
     return op
 
 
-def get_calibration(device: str, version: int | None) -> Callable[[sqlite3.Connection], dict[str, Any]]:
-    def op(conn: sqlite3.Connection) -> dict[str, Any]:
+def get_calibration(device: str, version: int | None) -> Callable[[sqlite3.Connection], Calibration]:
+    def op(conn: sqlite3.Connection) -> Calibration:
         if version is None:
             row = conn.execute(
                 "SELECT version, identity, created, note, body FROM calibrations WHERE device = ? "
@@ -827,10 +838,41 @@ def get_calibration(device: str, version: int | None) -> Callable[[sqlite3.Conne
         if row is None:
             which = "no calibration" if version is None else f"no calibration version {version}"
             raise NotFound(f"{which} of device {device!r} in the store", field="version")
-        body: dict[str, Any] = unpack(row[4])
-        return {"device": device, "version": row[0], "identity": row[1], "created": row[2], "note": row[3], **body}
+        body = _stored_calibration(row[4], f"calibration version {row[0]} of device {device!r}")
+        return Calibration(
+            device=device,
+            version=row[0],
+            identity=row[1],
+            created=row[2],
+            note=row[3],
+            fits=body.fits,
+            uncertainties=body.uncertainties,
+            residuals=body.residuals,
+            data=body.data,
+        )
 
     return op
+
+
+def _stored_calibration(blob: bytes, what: str) -> StoredCalibration:
+    """A calibration's body; one stored before calibrations were typed holds numpy arrays where lists are now."""
+    try:
+        return msgspec.convert(_arrays_as_lists(unpack(blob)), StoredCalibration)
+    except msgspec.DecodeError as exc:  # a ValidationError too
+        raise StoreUnavailable(
+            f"the stored {what} does not read as a calibration ({exc}): was it written by another awen, "
+            "or is the store corrupt?"
+        ) from None
+
+
+def _arrays_as_lists(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _arrays_as_lists(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_arrays_as_lists(v) for v in value]
+    return value
 
 
 def list_calibrations(device: str | None) -> Callable[[sqlite3.Connection], list[CalibrationInfo]]:
