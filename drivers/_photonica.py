@@ -25,7 +25,7 @@ import trio
 from protocol import LinkError, scpi
 from protocol import photonica as px
 from protocol.hal import DelayRoute, InputSetting
-from protocol.photonica import Command, DeviceDescription
+from protocol.photonica import Command, DeviceDescription, StatusReport
 
 from . import _replies as replies
 from ._endpoint import Endpoint, endpoint_from_url
@@ -159,10 +159,9 @@ class PhotonicaDriver:
     async def reset_interlock(self) -> None:
         await self._send(px.RESET_INTERLOCK)
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> StatusReport:
         """Temperature, power, interlock, settling, watchdog, sources, device time."""
-        status: dict[str, Any] = await self._ask(replies.json_block, px.STATUS)
-        return status
+        return await self._ask(replies.status, px.STATUS)
 
     async def temperature(self) -> float:
         """The chip's temperature in °C."""

@@ -8,14 +8,13 @@ it may (`drivers._link`).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import msgspec
 import numpy as np
 
 from protocol import scpi
-from protocol.photonica import DeviceDescription, decode_description
+from protocol.photonica import DeviceDescription, StatusReport, decode_description, decode_status
 
 
 def flag(reply: bytes) -> bool:
@@ -35,12 +34,12 @@ def floats(reply: bytes) -> np.ndarray:
     return np.array([float(x) for x in reply.split(b",")])
 
 
-def json_block(reply: bytes) -> Any:
-    """A block of JSON text (``STAT?``)."""
+def status(reply: bytes) -> StatusReport:
+    """A block of the device's status (``STAT?``)."""
     try:
-        return json.loads(scpi.unblock(reply))
-    except json.JSONDecodeError as exc:
-        raise ValueError(str(exc)) from exc
+        return decode_status(scpi.unblock(reply))
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"status does not decode: {exc}") from exc
 
 
 def description(reply: bytes) -> DeviceDescription:

@@ -6,13 +6,13 @@ its device; arrays (voltages, shot patterns, powers) travel as numpy arrays.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 import numpy as np
 
 from ._message import Count, Event, Finite, Index, Label, NonNegative, Reason, Reply, Request, Text
-from .photonica import DeviceDescription
+from .photonica import DeviceDescription, StatusReport
 from .system import Ok
 
 MAX_MODES = 256
@@ -259,7 +259,8 @@ class DeviceStatus(Reply, frozen=True, kw_only=True):
     watchdog_s: float
     sources: bool
     reconnects: Count
-    status: dict[str, Any] = msgspec.field(default_factory=dict)
+    status: StatusReport = msgspec.field(default_factory=StatusReport)
+    """All the device said of itself."""
     version: Version = 0
 
 

@@ -157,6 +157,34 @@ def decode_description(data: bytes) -> DeviceDescription:
     return msgspec.json.decode(data, type=DeviceDescription)
 
 
+class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What a device says of its state now (``STATus?``, a JSON block); what it leaves out has these values."""
+
+    temperature_c: float = math.nan
+    """The chip's temperature."""
+    power_w: float = math.nan
+    """Electrical power in the heaters."""
+    interlock: bool = False
+    """The power interlock has tripped: the heaters are off until it is reset."""
+    settled: bool = False
+    """Every heater has settled since it was last set."""
+    watchdog_s: float = 0.0
+    """The watchdog's timeout (0: disarmed)."""
+    watchdog_expired: bool = False
+    sources: bool = False
+    """The light sources are on."""
+    time_s: float | None = None
+    """The device's clock."""
+
+
+def encode_status(status: StatusReport) -> bytes:
+    return msgspec.json.encode(status)
+
+
+def decode_status(data: bytes) -> StatusReport:
+    return msgspec.json.decode(data, type=StatusReport)
+
+
 # --- the command set ------------------------------------------------------------------------
 #
 # Every command the device understands is declared once, below, as a named constant: the

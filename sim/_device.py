@@ -27,8 +27,10 @@ from protocol.photonica import (
     SOURCES_DISABLED,
     WATCHDOG_EXPIRED,
     Command,
+    StatusReport,
     device_error,
     encode_description,
+    encode_status,
     find_command,
     parse_float,
     parse_int,
@@ -471,17 +473,17 @@ class Device:
         self._note("interlock_reset", command=command.short)
 
     def _status(self, command: Command, args: list[Any]) -> bytes:
-        status = {
-            "temperature_c": self.chip.temperature(),
-            "power_w": self.chip.power(),
-            "interlock": self.interlock,
-            "settled": self.chip.settled(self.clock),
-            "watchdog_s": self.watchdog,
-            "watchdog_expired": self.watchdog_expired,
-            "sources": self.sources_on,
-            "time_s": self.clock,
-        }
-        return scpi.block(json.dumps(status).encode())
+        status = StatusReport(
+            temperature_c=self.chip.temperature(),
+            power_w=self.chip.power(),
+            interlock=self.interlock,
+            settled=self.chip.settled(self.clock),
+            watchdog_s=self.watchdog,
+            watchdog_expired=self.watchdog_expired,
+            sources=self.sources_on,
+            time_s=self.clock,
+        )
+        return scpi.block(encode_status(status))
 
     def _heater(self, command: Command, args: list[Any]) -> str:
         heater = args[0]

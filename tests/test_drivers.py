@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import random
 
 import msgspec
@@ -12,7 +13,8 @@ import pytest
 import trio
 
 from drivers import Batch, IdentityChanged, PhotonicaDriver, ReconnectPolicy, endpoint_from_url, open_driver
-from protocol import ConfigError, DeviceError, LinkError
+from drivers import _replies as replies
+from protocol import ConfigError, DeviceError, LinkError, scpi
 from protocol import photonica as px
 from protocol.hal import DelayRoute, InputSetting
 from sim import DeviceServer, parse_config, parse_fault, serve_tcp
@@ -133,14 +135,22 @@ async def test_every_typed_command_against_the_simulator():
         assert (device.inputs[2].kind, device.inputs[2].power, device.inputs[2].phase) == ("COH", 1e-3, 0.5)
         assert 0 < (await driver.read_powers()).sum() < 1e-3
         status = await driver.status()
-        assert (status["sources"], status["watchdog_s"]) == (True, 5.0)
-        assert await driver.temperature() == pytest.approx(status["temperature_c"], abs=1e-6)
+        assert (status.sources, status.watchdog_s) == (True, 5.0)
+        assert await driver.temperature() == pytest.approx(status.temperature_c, abs=1e-6)
         assert not await driver.interlock()
         await driver.safe_state()
         assert not (await driver.read_heaters()).any()
         assert not await driver.sources()
         await driver.enable_sources(True)
         await driver.reset_interlock()
+
+
+def test_a_status_that_says_more_or_less_than_ours_reads_as_far_as_it_goes():
+    said = replies.status(scpi.block(b'{"interlock": true, "settled": true, "humidity_pct": 40}'))
+    assert (said.interlock, said.settled, said.sources, said.watchdog_s, said.time_s) == (True, True, False, 0.0, None)
+    assert math.isnan(said.temperature_c)
+    with pytest.raises(ValueError, match=r"status does not decode: Expected `bool`, got `str` - at `\$.interlock`"):
+        replies.status(scpi.block(b'{"interlock": "yes"}'))
 
 
 async def test_a_batch_is_one_message_with_one_query_at_most(caplog):

@@ -31,7 +31,16 @@ import trio
 
 from protocol import AwenError, Backoff, ErrorCode
 from protocol.calibration_model import CalibrationModel
-from protocol.hal import ConfigureInputs, GetDeviceStatus, Program, ReadPowers, RunShots, SafeState, SetHeaters
+from protocol.hal import (
+    ConfigureInputs,
+    DeviceStatus,
+    GetDeviceStatus,
+    Program,
+    ReadPowers,
+    RunShots,
+    SafeState,
+    SetHeaters,
+)
 from protocol.mesh import clements_layout
 from protocol.plan import Phase
 from runtime import Actor, PeerLostError, RemoteError, RequestTimeout
@@ -177,8 +186,9 @@ class Device:
         """The photodiodes, only on the device as this executor set it (else ``state-changed``)."""
         return await self._hal(ReadPowers(device=self.name, expect_version=self.version))
 
-    async def status(self) -> Any:
-        return await self._hal(GetDeviceStatus(device=self.name))
+    async def status(self) -> DeviceStatus:
+        status: DeviceStatus = await self._hal(GetDeviceStatus(device=self.name))
+        return status
 
     async def safe(self) -> None:
         """Put the device in its safe state; a failure is logged, not raised (the job ends either way)."""

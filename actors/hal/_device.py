@@ -24,7 +24,7 @@ import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import trio
@@ -56,7 +56,7 @@ from protocol.hal import (
     Temperature,
 )
 from protocol.mesh import MeshLayout
-from protocol.photonica import INTERLOCK_TRIPPED, DeviceDescription
+from protocol.photonica import INTERLOCK_TRIPPED, DeviceDescription, StatusReport
 
 from ._config import DeviceConfig, per_heater
 
@@ -528,10 +528,10 @@ class ManagedDevice:
 
         return await self.call(read)
 
-    async def status(self) -> dict[str, Any]:
-        async def read(driver: PhotonicaDriver) -> dict[str, Any]:
+    async def status(self) -> StatusReport:
+        async def read(driver: PhotonicaDriver) -> StatusReport:
             status = await driver.status()
-            if status.get("interlock") and not self.interlocked:
+            if status.interlock and not self.interlocked:
                 self._tripped("the device reports its interlock tripped")
             return status
 
