@@ -14,6 +14,12 @@ from protocol.circuit import clip, expand_paths
 from protocol.photonica import DeviceDescription
 from protocol.plan import Phase, Plan
 
+MAX_NAMED_OPS = 10_000_000
+"""Operations a plan may name, all phases together: its op ranges ("0-99") are listed one by one only within this.
+
+(Not `protocol.plan.MAX_PLAN_OPS`, which bounds the paths one phase lists: a range is one path.)
+"""
+
 SHOWN_PROBLEMS = 20
 """Broken invariants a refusal spells out (a submitted plan is a client's: it may break millions)."""
 
@@ -194,7 +200,7 @@ class _PhaseCheck:
 
 
 class _OpsCarried:
-    """Which phase carries each operation the plan names: each once, and no more than `MAX_PLAN_OPS` in all."""
+    """Which phase carries each operation the plan names: each once, and no more than `MAX_NAMED_OPS` in all."""
 
     def __init__(self) -> None:
         self.seen: dict[str, int] = {}
@@ -208,8 +214,8 @@ class _OpsCarried:
             problems.append(f"{where} {named}")
             return True
         self.listed += named
-        if self.listed > MAX_PLAN_OPS:
-            problems.append(f"{where}: the plan names more than {MAX_PLAN_OPS:,} operations")
+        if self.listed > MAX_NAMED_OPS:
+            problems.append(f"{where}: the plan names more than {MAX_NAMED_OPS:,} operations")
             return False
         for op in expand_paths(phase.ops):
             if op in self.seen:
@@ -217,9 +223,6 @@ class _OpsCarried:
             self.seen[op] = phase.index
         return True
 
-
-MAX_PLAN_OPS = 10_000_000
-"""Operations a plan may name: its op ranges ("0-99") are listed one by one only within this."""
 
 _PATH = re.compile(r"\d+(\.ops\.\d+)*")
 
