@@ -179,7 +179,7 @@ class SchedulerActor(Actor):
             try:
                 if isinstance(full.circuit, dict) and "procedure" in full.circuit:
                     stored = await self.request(memory, GetPlan(plan=str(full.plan)))
-                    plan = msgspec.convert(stored.body, Plan)
+                    plan = stored.body
                 else:
                     circuit = msgspec.convert(full.circuit, Circuit)
             except (msgspec.ValidationError, RemoteError) as exc:

@@ -108,7 +108,7 @@ class PlanCache:
                 if exc.code != ErrorCode.NOT_FOUND:
                     raise
             else:
-                plan = msgspec.convert(stored.body, Plan)
+                plan = stored.body
                 self.plans[key] = plan
                 self.stored.add(key)
                 self.hits += 1
@@ -154,7 +154,7 @@ class PlanCache:
                 job=job,
                 device=self._config.device,
                 calibration=plan.calibration,
-                body=msgspec.to_builtins(plan),
+                body=plan,
                 metrics={
                     "total_duration_s": plan.metrics.total_duration_s,
                     "phases": plan.metrics.phases,
