@@ -86,7 +86,7 @@ from ._analyse import analyse
 from ._compile import compile_circuit
 from ._config import SchedulerConfig
 from ._limits import Health
-from ._plans import INLINE_OPS, PlanCache, plan_key
+from ._plans import INLINE_OPS, PlanCache, PlanTerms
 from ._queue import ACCEPTING_SEQ, JobEvent, JobPhase, JobQueue, QueuedJob
 from ._strategy import Feedback
 from ._validate import validate_plan
@@ -397,8 +397,7 @@ class SchedulerActor(Actor):
         """The circuit's plan if it was made and stored before and may run: a submission then needs no planning."""
         if not self._calibration_known:
             return None
-        key, _ = plan_key(circuit, device, self._calibration_version, self.health, self.strategy, self.feedback)
-        plan = self.plans.at_hand(key)
+        plan = self.plans.at_hand(circuit, self._terms(device, self._calibration_version))
         if plan is None or self._refusal(plan) is not None:
             return None
         return plan
@@ -408,10 +407,10 @@ class SchedulerActor(Actor):
         device = self.description
         assert device is not None
         calibration = await self._calibration()
-        key, health = plan_key(circuit, device, calibration, self.health, self.strategy, self.feedback)
-        return await self.plans.get(
-            key, circuit, device, calibration=calibration, health=health, strategy=self.strategy, feedback=self.feedback
-        )
+        return await self.plans.get(circuit, self._terms(device, calibration))
+
+    def _terms(self, device: DeviceDescription, calibration: int | None) -> PlanTerms:
+        return PlanTerms(device, calibration, self.health, self.strategy, self.feedback)
 
     async def _calibration(self) -> int | None:
         """The device's latest calibration version: asked once, then kept up to date by ``mem.calibration_added``."""

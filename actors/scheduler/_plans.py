@@ -1,6 +1,6 @@
 """The plan cache: a plan is made once, then found again in memory or in the store.
 
-A plan's id says what it was made from (`plan_key`: the circuit, the device
+A plan's id says what it was made from (`PlanTerms.key`: the circuit, the device
 as it is and its health, the calibration version, the strategy and the
 feedback it used), so the id is the key of the cache and of the stored plans:
 a plan made for an earlier job, or by this scheduler before a restart, is
@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import multiprocessing
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -38,22 +39,25 @@ INLINE_OPS = 200
 """Circuits this small are analysed and compiled in the actor's own task (a millisecond or less)."""
 
 
-def plan_key(
-    circuit: Circuit,
-    device: DeviceDescription,
-    calibration: int | None,
-    health: Health,
-    strategy: StrategyConfig,
-    feedback: Feedback,
-) -> tuple[str, Health]:
-    """The id a circuit's plan has now (the cache's key), and the health it is planned for."""
-    planned_for = combined_health(health, strategy, feedback)
-    strategy_key = (
-        "static"
-        if strategy.kind == "static" or feedback.empty
-        else msgspec.json.encode(strategy).decode() + feedback.key()
-    )
-    return plan_id(circuit_hash(circuit), device_key(device, planned_for), calibration, strategy_key), planned_for
+@dataclass(frozen=True, eq=False)
+class PlanTerms:
+    """What a plan is made for: the device as it is now, its calibration, the strategy and its feedback."""
+
+    device: DeviceDescription
+    calibration: int | None
+    health: Health
+    strategy: StrategyConfig
+    feedback: Feedback
+
+    def key(self, circuit: Circuit) -> tuple[str, Health]:
+        """The id the circuit's plan has under these terms (the cache's key), and the health it is planned for."""
+        health = combined_health(self.health, self.strategy, self.feedback)
+        strategy = (
+            "static"
+            if self.strategy.kind == "static" or self.feedback.empty
+            else msgspec.json.encode(self.strategy).decode() + self.feedback.key()
+        )
+        return plan_id(circuit_hash(circuit), device_key(self.device, health), self.calibration, strategy), health
 
 
 class PlanCache:
@@ -75,26 +79,18 @@ class PlanCache:
         self._making: dict[str, trio.Event] = {}
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
-    def at_hand(self, key: str) -> Plan | None:
-        """The plan made and stored under ``key`` before, if there is one."""
+    def at_hand(self, circuit: Circuit, terms: PlanTerms) -> Plan | None:
+        """The circuit's plan under ``terms`` if it was made and stored before."""
+        key, _ = terms.key(circuit)
         return self.plans.get(key) if key in self.stored else None
 
-    async def get(
-        self,
-        key: str,
-        circuit: Circuit,
-        device: DeviceDescription,
-        *,
-        calibration: int | None,
-        health: Health,
-        strategy: StrategyConfig,
-        feedback: Feedback,
-    ) -> tuple[Plan, bool]:
-        """The plan under ``key`` (made for the rest), and whether it was made before.
+    async def get(self, circuit: Circuit, terms: PlanTerms) -> tuple[Plan, bool]:
+        """The circuit's plan under ``terms``, and whether it was made before.
 
         From memory, else from the store, else compiled now. While it is being
         made for one job, another job wanting the same plan waits for it.
         """
+        key, health = terms.key(circuit)
         while key in self._making:
             await self._making[key].wait()
         if key in self.plans:
@@ -113,9 +109,9 @@ class PlanCache:
                 self.stored.add(key)
                 self.hits += 1
                 return plan, True
-            plan = await self._compile(circuit, device, calibration, health)
-            plan = msgspec.structs.replace(apply_strategy(plan, strategy, feedback), id=key)
-            validate_plan(plan, device)
+            plan = await self._compile(circuit, terms.device, terms.calibration, health)
+            plan = msgspec.structs.replace(apply_strategy(plan, terms.strategy, terms.feedback), id=key)
+            validate_plan(plan, terms.device)
             self.compiled += 1
             self.plans[key] = plan
             return plan, False
