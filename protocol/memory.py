@@ -257,8 +257,17 @@ class Transition(_Body, frozen=True, kw_only=True):
     ts: float
 
 
+class Procedure(_Body, frozen=True, kw_only=True):
+    """A job that runs a plan an actor made itself (a calibration sweep), not a circuit."""
+
+    description: Text = msgspec.field(name="procedure")
+    """What it does, for people (on the wire and in the store ``procedure``)."""
+    plan: PlanId
+    """The plan it runs (stored with `PutPlan`)."""
+
+
 class JobRecord(_Body, frozen=True, kw_only=True):
-    """A job as the store holds it. ``circuit`` and ``transitions`` only from `GetJob`."""
+    """A job as the store holds it. ``circuit``, ``procedure`` and ``transitions`` only from `GetJob`."""
 
     job: JobId
     seq: Count
@@ -280,6 +289,9 @@ class JobRecord(_Body, frozen=True, kw_only=True):
     """The plan phase of the last committed frame."""
     results: Count
     circuit: Any = None
+    """The circuit as stored (for a procedure, still the map of its `Procedure`, until every reader takes
+    ``procedure``: then it becomes a `protocol.circuit.Circuit`, none for a procedure)."""
+    procedure: Procedure | None = None
     transitions: list[Transition] = msgspec.field(default_factory=list)
 
 
@@ -295,14 +307,17 @@ class PutJob(Request[JobStored], frozen=True, kw_only=True):
     """Store a new job in state ``queued``, or with ``plan`` straight on to ``planned`` in the same transaction
     (the scheduler had its plan already; ``calibration`` is the version the plan was made for).
 
-    Repeating it with the same content is harmless (``created`` is False); the
-    same id with different content is refused with ``exists``.
+    A job is a ``circuit``, or a ``procedure`` (a plan an actor made). Repeating
+    it with the same content is harmless (``created`` is False); the same id
+    with different content is refused with ``exists``.
     """
 
     TYPE = "mem.put_job"
     REPLY = JobStored
     job: JobId
-    circuit: Any
+    circuit: Any = None
+    """A `protocol.circuit.Circuit` (or, as before `procedure` came, a procedure's map: stored the same)."""
+    procedure: Procedure | None = None
     shots: Count = 0
     priority: Priority = 0
     device: Device = ""
@@ -310,6 +325,10 @@ class PutJob(Request[JobStored], frozen=True, kw_only=True):
     submitter: Label = ""
     plan: PlanId | None = None
     calibration: CalibrationVersion | None = None
+
+    def __post_init__(self) -> None:
+        if self.circuit is not None and self.procedure is not None:
+            raise ValueError("a job is a circuit or a procedure, not both")
 
 
 class JobStateSet(Reply, frozen=True, kw_only=True):

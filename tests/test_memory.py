@@ -47,6 +47,7 @@ from protocol.memory import (
     GetPlan,
     GetStoreInfo,
     ListCalibrations,
+    Procedure,
     PutCalibration,
     PutJob,
     PutPlan,
@@ -278,6 +279,26 @@ def test_plans_and_calibrations_the_previous_awen_stored_read_back_typed(tmp_pat
     with pytest.raises(StoreUnavailable, match=r"the stored plan 'p-odd' does not read as a Plan .*another awen"):
         store.read(ops.get_plan("p-odd"))
     store.close()
+
+
+def test_a_procedure_is_stored_as_the_map_it_always_was_and_read_back_as_a_procedure(tmp_path):
+    store = Store(tmp_path / "store.sqlite3")
+
+    def put(job: str, work: Any) -> tuple[int, bool]:
+        return store.write(ops.put_job(job, work, shots=10, priority=0, device="chip", deadline=None, submitter=""))
+
+    sweep = Procedure(description="calibration of chip", plan="p-sweep")
+    put("new", sweep)
+    old = {"procedure": "calibration of chip", "plan": "p-sweep"}  # how the scheduler stored one before
+    put("old", old)
+    assert put("old", sweep) == (2, False)  # the same bytes: the same job
+    for job in ("new", "old"):
+        assert store.read(ops.get_job(job)).procedure == sweep
+    put("circuit", {"modes": 2})
+    assert store.read(ops.get_job("circuit")).procedure is None
+    store.close()
+    with pytest.raises(msgspec.ValidationError, match="a job is a circuit or a procedure, not both"):
+        msgspec.convert({"job": "j", "circuit": {"modes": 2}, "procedure": old}, PutJob)
 
 
 def test_illegal_transitions_are_refused_with_the_allowed_ones(tmp_path):

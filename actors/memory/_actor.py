@@ -492,7 +492,7 @@ class MemoryActor(Actor):
             seq, created = await self._write(
                 ops.put_job(
                     msg.job,
-                    msg.circuit,
+                    msg.procedure if msg.procedure is not None else msg.circuit,
                     shots=msg.shots,
                     priority=msg.priority,
                     device=msg.device,

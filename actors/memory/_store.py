@@ -50,6 +50,7 @@ from protocol.memory import (
     JobState,
     LoggedEvent,
     Plan,
+    Procedure,
     ResultRecord,
     Transition,
 )
@@ -466,7 +467,7 @@ def _record_transition(
 
 def put_job(
     job: str,
-    circuit: Any,
+    work: Any,
     *,
     shots: int,
     priority: int,
@@ -476,8 +477,12 @@ def put_job(
     plan: str | None = None,
     calibration: int | None = None,
 ) -> WriteOp[tuple[int, bool]]:
-    """Store a job as queued, or with ``plan`` as planned: (its sequence number, whether it is new)."""
-    blob = pack(circuit)
+    """Store a job as queued, or with ``plan`` as planned: (its sequence number, whether it is new).
+
+    ``work`` goes to the row's ``circuit`` column: a circuit, or a `Procedure`
+    (a map with a ``procedure`` key), as `get_job` tells them apart.
+    """
+    blob = pack(work)
 
     def op(conn: sqlite3.Connection) -> tuple[int, bool]:
         row = conn.execute(
@@ -645,7 +650,13 @@ def log_events(events: Sequence[tuple[float, str, str, bytes]]) -> WriteOp[int]:
 # --- read operations --------------------------------------------------------------------------
 
 
-def _job_record(row: Sequence[Any], *, circuit: Any = None, transitions: list[Transition] | None = None) -> JobRecord:
+def _job_record(
+    row: Sequence[Any],
+    *,
+    circuit: Any = None,
+    procedure: Procedure | None = None,
+    transitions: list[Transition] | None = None,
+) -> JobRecord:
     (job, seq, state, reason, priority, shots, device, deadline, submitter, submitted, updated) = row[:11]
     plan, calibration, frames, last_phase, results = row[11:16]
     return JobRecord(
@@ -666,6 +677,7 @@ def _job_record(row: Sequence[Any], *, circuit: Any = None, transitions: list[Tr
         last_phase=last_phase,
         results=results,
         circuit=circuit,
+        procedure=procedure,
         transitions=transitions or [],
     )
 
@@ -681,9 +693,23 @@ def get_job(job: str) -> Callable[[sqlite3.Connection], JobRecord]:
                 "SELECT state, previous, reason, ts FROM transitions WHERE job = ? ORDER BY id", (job,)
             )
         ]
-        return _job_record(row, circuit=unpack(row[16]), transitions=transitions)
+        work = unpack(row[16])
+        return _job_record(row, circuit=work, procedure=_procedure(work, job), transitions=transitions)
 
     return op
+
+
+def _procedure(work: Any, job: str) -> Procedure | None:
+    """The procedure a job runs, if its row's ``circuit`` column holds one (a map with a ``procedure`` key)."""
+    if not (isinstance(work, dict) and "procedure" in work):
+        return None
+    try:
+        return msgspec.convert(work, Procedure)
+    except msgspec.ValidationError as exc:
+        raise StoreUnavailable(
+            f"the stored procedure of job {job!r} does not read as one ({exc}): was it written by another awen, "
+            "or is the store corrupt?"
+        ) from None
 
 
 def query_jobs(
