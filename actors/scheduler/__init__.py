@@ -3,6 +3,15 @@
 `compile_circuit` validates a circuit against a device and plans it;
 `validate_plan` checks every invariant of a plan; `SchedulerActor` (factory
 ``actors.scheduler:SchedulerActor``) runs the queue on the message bus.
+
+Its modules, one concept each:
+
+* the actor: `_actor` (its handlers, from submission to a job's end),
+  `_config`, `_queue` (the queue, and each job's `JobPhase`), `_plans` (the
+  plan cache), `_strategy` (static and dynamic plans), `_limits`;
+* the compiler: `_compile` (the steps in order), `_analyse`, `_components`,
+  `_pack`, `_assemble`, `_unitary`, `_branches`, with `_ops`; and `_validate`,
+  which checks a plan however it was made.
 """
 
 from ._actor import SchedulerActor as SchedulerActor
