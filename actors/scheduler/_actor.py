@@ -43,6 +43,7 @@ from protocol.memory import (
     JobState,
     JobStored,
     LogEvent,
+    Procedure,
     PutJob,
     QueryEvents,
     QueryJobs,
@@ -177,7 +178,7 @@ class SchedulerActor(Actor):
             circuit: Circuit | None = None
             plan: Plan | None = None
             try:
-                if isinstance(full.circuit, dict) and "procedure" in full.circuit:
+                if full.procedure is not None:
                     stored = await self.request(memory, GetPlan(plan=str(full.plan)))
                     plan = stored.body
                 else:
@@ -323,7 +324,7 @@ class SchedulerActor(Actor):
             self.config.memory,
             PutJob(
                 job=msg.job,
-                circuit={"procedure": msg.description or msg.job, "plan": plan.id},
+                procedure=Procedure(description=msg.description or msg.job, plan=plan.id),
                 shots=sum(p.shots for p in plan.phases),
                 priority=msg.priority,
                 device=self.config.device,
