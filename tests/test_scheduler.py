@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+from actors.calibration import sweep_plan
 from actors.hal import HalActor
 from actors.memory import MemoryActor
 from actors.scheduler import SchedulerActor
@@ -20,7 +21,7 @@ from actors.scheduler._queue import ACCEPTING_SEQ, JobEvent, JobPhase, QueuedJob
 from protocol import IllegalTransition
 from protocol.catalog import CATALOG
 from protocol.circuit import CircuitBuilder
-from protocol.hal import InterlockReset, InterlockTripped
+from protocol.hal import Describe, InterlockReset, InterlockTripped
 from protocol.memory import Allocate, Free, GetJob, GetPlan, PutCalibration, SetJobState
 from protocol.scheduler import (
     Cancel,
@@ -29,10 +30,12 @@ from protocol.scheduler import (
     JobFinished,
     NextJob,
     Pause,
+    ReportHealth,
     Resume,
     SetStrategy,
     StrategyConfig,
     Submit,
+    SubmitProcedure,
     Suspend,
     Unsuspend,
     Validate,
@@ -371,6 +374,23 @@ async def test_the_strategy_is_changed_at_run_time_and_used_for_the_next_plan(tm
         await lab_.sched(Submit(circuit=hom(shots=7), job="after"))
         await lab_.wait_planned("after")
         assert (await lab_.sched(GetQueue())).plans_compiled == 2
+
+
+async def test_a_queued_procedure_keeps_its_plan_when_the_device_reports_new_health(tmp_path, autojump_clock):
+    """A procedure has no circuit to plan again: news of the device's health must not leave it without a plan."""
+    async with lab(tmp_path) as lab_:
+        description = (await lab_.ask("hal", Describe(device="chip"))).description
+        limits = [1.0] * description.heaters.count
+        plan = sweep_plan("cal-1", description, limits, points=2, power_w=1e-3, device="chip")
+        await lab_.sched(Pause(reason="queueing"))
+        await lab_.sched(SubmitProcedure(job="cal-1", plan=plan))
+        await lab_.sched(Submit(circuit=hom(), job="after"))
+        await lab_.sched(ReportHealth(device="chip", modes=[7]))
+        await lab_.sched(Resume())
+        first = await lab_.take()
+        assert (first.job, first.plan.id) == ("cal-1", plan.id)
+        await lab_.finish("cal-1", "completed")
+        assert (await lab_.take()).job == "after"  # the queue goes on behind it
 
 
 async def test_a_plan_with_a_phase_longer_than_allowed_is_refused_with_the_reason(tmp_path, autojump_clock):

@@ -162,9 +162,7 @@ class SchedulerActor(Actor):
                 log.warning(
                     "%s: %s describes itself differently now; plans are made again", self.name, self.config.device
                 )
-                for job in self.queue.jobs.values():
-                    if job.job != self.queue.running:
-                        job.plan = None
+                self._forget_plans()
             self.description = reply.description
             return
 
@@ -562,10 +560,18 @@ class SchedulerActor(Actor):
             detectors=frozenset(msg.detectors),
             delay_lines=frozenset(msg.delay_lines),
         )
-        for job in self.queue.jobs.values():  # plans made for the old health are made again
-            if job.job != self.queue.running and job not in self._planning:
-                job.plan = None
+        self._forget_plans()  # plans made for the old health are made again
         self._wake()
+
+    def _forget_plans(self) -> None:
+        """The device changed: every waiting job's plan is made again when its turn comes.
+
+        Not the running job's, nor one being planned now (its planner finishes it), nor a
+        procedure's: its plan is what was submitted, there is no circuit to plan again.
+        """
+        for job in self.queue.jobs.values():
+            if job.job != self.queue.running and job not in self._planning and job.circuit is not None:
+                job.plan = None
 
     # --- suspenders ---------------------------------------------------------------------------
 
