@@ -17,7 +17,7 @@ import msgspec
 import numpy as np
 
 from ._errors import AwenError
-from ._message import Count, Label, Text
+from ._message import Count, Finite, Label, Text
 from .hal import MAX_HEATERS, MAX_MODES
 
 TWO_PI = 2 * math.pi
@@ -25,8 +25,8 @@ TWO_PI = 2 * math.pi
 MAX_CROSSTALK = 8 * MAX_HEATERS
 """The most crosstalk entries a calibration holds (a heater has a few neighbours)."""
 
-PerHeater = Annotated[list[float], msgspec.Meta(max_length=MAX_HEATERS)]
-PerOutput = Annotated[list[float], msgspec.Meta(max_length=MAX_MODES)]
+PerHeater = Annotated[list[Finite], msgspec.Meta(max_length=MAX_HEATERS)]
+PerOutput = Annotated[list[Finite], msgspec.Meta(max_length=MAX_MODES)]
 Heaters = Annotated[list[Count], msgspec.Meta(max_length=MAX_HEATERS)]
 Outputs = Annotated[list[Count], msgspec.Meta(max_length=MAX_MODES)]
 
@@ -44,7 +44,7 @@ class Crosstalk(_S, frozen=True, kw_only=True):
 
     rows: Annotated[list[Count], msgspec.Meta(max_length=MAX_CROSSTALK)]
     cols: Annotated[list[Count], msgspec.Meta(max_length=MAX_CROSSTALK)]
-    values: Annotated[list[float], msgspec.Meta(max_length=MAX_CROSSTALK)]
+    values: Annotated[list[Finite], msgspec.Meta(max_length=MAX_CROSSTALK)]
 
 
 class CalibrationFits(_S, frozen=True, kw_only=True):
@@ -66,20 +66,20 @@ class FactoryCalibration(CalibrationFits, frozen=True, kw_only=True):
 
 
 class FitUncertainties(_S, frozen=True, kw_only=True):
-    """One standard deviation of each fitted value; -1 where photodiodes cannot see a heater (empty: not known)."""
+    """One standard deviation of each fitted value; -1 where the sweep cannot tell (empty: not known)."""
 
     phi0: PerHeater = msgspec.field(default_factory=list)
     alpha: PerHeater = msgspec.field(default_factory=list)
-    crosstalk: Annotated[list[float], msgspec.Meta(max_length=MAX_CROSSTALK)] = msgspec.field(default_factory=list)
+    crosstalk: Annotated[list[Finite], msgspec.Meta(max_length=MAX_CROSSTALK)] = msgspec.field(default_factory=list)
     """One per crosstalk pair fitted, in the fit's order."""
 
 
 class FitResiduals(_S, frozen=True, kw_only=True):
     """How well the fit matches the sweep it was made from (nothing: not known)."""
 
-    rms: float | None = None
+    rms: Finite | None = None
     """RMS of (model - data), relative to the typical reading."""
-    reduced_chi2: float | None = None
+    reduced_chi2: Finite | None = None
     iterations: Count = 0
 
 

@@ -540,7 +540,7 @@ class CalibrationActor(Actor):
                 uncertainties=FitUncertainties(
                     phi0=np.where(np.isfinite(fit.phi0_sigma), fit.phi0_sigma, -1.0).tolist(),
                     alpha=np.where(np.isfinite(fit.alpha_sigma), fit.alpha_sigma, -1.0).tolist(),
-                    crosstalk=np.asarray(fit.crosstalk_sigma, dtype=np.float64).tolist(),
+                    crosstalk=np.where(np.isfinite(fit.crosstalk_sigma), fit.crosstalk_sigma, -1.0).tolist(),
                 ),
                 residuals=FitResiduals(rms=fit.residual_rms, reduced_chi2=fit.reduced_chi2, iterations=fit.iterations),
                 data=CalibrationData(
