@@ -20,6 +20,7 @@ import msgspec
 
 from ._message import Count, Event, Finite, Index, Label, Priority, Reply, Request, Text, Timestamp
 from .calibration_model import CalibrationData, CalibrationFits, FitResiduals, FitUncertainties
+from .circuit import Circuit
 from .plan import Plan as ExecutionPlan
 from .system import Ok
 
@@ -288,9 +289,7 @@ class JobRecord(_Body, frozen=True, kw_only=True):
     last_phase: Index | None
     """The plan phase of the last committed frame."""
     results: Count
-    circuit: Any = None
-    """The circuit as stored (for a procedure, still the map of its `Procedure`, until every reader takes
-    ``procedure``: then it becomes a `protocol.circuit.Circuit`, none for a procedure)."""
+    circuit: Circuit | None = None
     procedure: Procedure | None = None
     transitions: list[Transition] = msgspec.field(default_factory=list)
 
@@ -315,8 +314,7 @@ class PutJob(Request[JobStored], frozen=True, kw_only=True):
     TYPE = "mem.put_job"
     REPLY = JobStored
     job: JobId
-    circuit: Any = None
-    """A `protocol.circuit.Circuit` (or, as before `procedure` came, a procedure's map: stored the same)."""
+    circuit: Circuit | None = None
     procedure: Procedure | None = None
     shots: Count = 0
     priority: Priority = 0

@@ -15,6 +15,7 @@ import numpy as np
 
 from actors.memory import SlotTable, Store
 from actors.memory import _store as ops
+from protocol.circuit import Circuit
 from protocol.memory import SlotSpec
 
 
@@ -25,7 +26,7 @@ def frame_value(frame: int) -> np.ndarray:
 
 def main(data_dir: str) -> None:
     store = Store(Path(data_dir) / "store.sqlite3")
-    store.write(ops.put_job("crash", {"modes": 2}, shots=0, priority=0, device="sim", deadline=None, submitter="t"))
+    store.write(ops.put_job("crash", Circuit(modes=2), shots=0, priority=0, device="sim", deadline=None, submitter="t"))
     record = store.read(ops.get_job("crash"))
     if record.state == "queued":
         store.write(ops.set_job_state("crash", "planned", ""))

@@ -294,7 +294,8 @@ def test_thousands_of_hostile_frames_leave_every_actor_serving_with_documented_a
     directory = running.system.directory
     names = list(directory)
     before = {name: ping(directory[name].address, name) for name in names}
-    stored = request(directory["memory"].address, "memory", "mem.put_job", {"job": JOB, "circuit": {"ops": []}})
+    job = {"job": JOB, "circuit": {"modes": 2, "ops": []}}
+    stored = request(directory["memory"].address, "memory", "mem.put_job", job)
     assert stored.type == "mem.job_stored", stored.body
     # Jobs the extremes submit are accepted and planned, but none runs: a continuous one would run until
     # cancelled. (The extremes never name this condition, so nothing they send lifts it.)

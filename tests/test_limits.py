@@ -101,8 +101,8 @@ def frame(msg_type: str, body: dict[str, Any]) -> bytes:
         ("mem.get_calibration", {"device": "chip", "version": 2**64 - 1}, "body.version"),
         ("mem.query_events", {"after_seq": 2**63}, "body.after_seq"),
         ("mem.query_events", {"since": float("nan")}, "body.since"),
-        ("mem.put_job", {"job": "j", "circuit": {}, "priority": 2**63}, "body.priority"),
-        ("mem.put_job", {"job": "j", "circuit": {}, "shots": 2**63}, "body.shots"),
+        ("mem.put_job", {"job": "j", "circuit": {"modes": 2}, "priority": 2**63}, "body.priority"),
+        ("mem.put_job", {"job": "j", "circuit": {"modes": 2}, "shots": 2**63}, "body.shots"),
         ("mem.commit_frame", {"job": "j", "frame": 2**63}, "body.frame"),
         (
             "mem.allocate",

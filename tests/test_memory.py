@@ -34,6 +34,7 @@ from actors.memory._store import WriteOp
 from protocol import ConfigError, IllegalTransition, NotFound, StoreFull, StoreUnavailable, pack
 from protocol.calibration_model import CalibrationFits, Crosstalk, FitResiduals, FitUncertainties
 from protocol.catalog import CATALOG
+from protocol.circuit import Circuit
 from protocol.hal import Temperature
 from protocol.memory import (
     Allocate,
@@ -162,7 +163,7 @@ def test_layout_mistakes_are_named():
 
 def store_with_a_job(path: Path, **kwargs: Any) -> Store:
     store = Store(path, **kwargs)
-    store.write(ops.put_job("j1", {"modes": 2}, shots=10, priority=1, device="chip", deadline=None, submitter="me"))
+    store.write(ops.put_job("j1", Circuit(modes=2), shots=10, priority=1, device="chip", deadline=None, submitter="me"))
     return store
 
 
@@ -172,7 +173,7 @@ def test_the_schema_is_versioned_and_migrated_forward_keeping_the_data(tmp_path)
     extra = Migration(MIGRATIONS[-1].version + 1, "a note per job", "ALTER TABLE jobs ADD COLUMN note TEXT")
     store = Store(path, migrations=(*MIGRATIONS, extra))
     assert store.schema_version == extra.version
-    assert store.read(ops.get_job("j1")).circuit == {"modes": 2}
+    assert store.read(ops.get_job("j1")).circuit == Circuit(modes=2)
     store.close()
     with pytest.raises(StoreUnavailable, match=r"schema version 2, newer than this awen knows \(1\).*Upgrade awen"):
         Store(path)
@@ -294,8 +295,13 @@ def test_a_procedure_is_stored_as_the_map_it_always_was_and_read_back_as_a_proce
     assert put("old", sweep) == (2, False)  # the same bytes: the same job
     for job in ("new", "old"):
         assert store.read(ops.get_job(job)).procedure == sweep
-    put("circuit", {"modes": 2})
+    put("circuit", {"modes": 2})  # as the scheduler stored a circuit before: msgspec.to_builtins of it
+    assert store.read(ops.get_job("circuit")).circuit == Circuit(modes=2)
     assert store.read(ops.get_job("circuit")).procedure is None
+    assert store.read(ops.get_job("new")).circuit is None
+    put("odd", {"modes": "two"})
+    with pytest.raises(StoreUnavailable, match=r"circuit of job 'odd' does not read as a circuit or a procedure"):
+        store.read(ops.get_job("odd"))
     store.close()
     with pytest.raises(msgspec.ValidationError, match="a job is a circuit or a procedure, not both"):
         msgspec.convert({"job": "j", "circuit": {"modes": 2}, "procedure": old}, PutJob)
@@ -372,11 +378,11 @@ SLOTS = [SlotSpec(name="counts", dtype="int64", shape=[4]), SlotSpec(name="raw",
 async def test_a_job_from_submission_to_exported_results(tmp_path):
     async with memory(tmp_path) as (_, me), me.open_event_stream("mem.") as events:
         ask = me.request
-        assert (await ask("memory", PutJob(job="hom-1", circuit={"modes": 2}, shots=100, device="chip"))).created
-        again = await ask("memory", PutJob(job="hom-1", circuit={"modes": 2}, shots=100, device="chip"))
+        assert (await ask("memory", PutJob(job="hom-1", circuit=Circuit(modes=2), shots=100, device="chip"))).created
+        again = await ask("memory", PutJob(job="hom-1", circuit=Circuit(modes=2), shots=100, device="chip"))
         assert (again.seq, again.created) == (1, False)
         with pytest.raises(RemoteError, match=r"a different job 'hom-1' is stored already .*\[exists\]"):
-            await ask("memory", PutJob(job="hom-1", circuit={"modes": 3}, shots=100, device="chip"))
+            await ask("memory", PutJob(job="hom-1", circuit=Circuit(modes=3), shots=100, device="chip"))
         version = (await ask("memory", PutCalibration(device="chip", identity="PHX", fits=fits(1.0)))).version
         body = execution_plan("p-abc", version)
         plan = PutPlan(plan="p-abc", job="hom-1", device="chip", calibration=version, body=body)
@@ -455,7 +461,7 @@ async def test_commits_leave_the_wal_to_a_checkpoint_beside_the_writer(tmp_path)
 
     async with memory(tmp_path, checkpoint_s=0.05) as (_, me):
         for i in range(20):
-            await me.request("memory", PutJob(job=f"j{i}", circuit={"i": i}))
+            await me.request("memory", PutJob(job=f"j{i}", circuit=Circuit(modes=2, shots=i + 1)))
 
         async def all_there() -> bool:
             return await trio.to_thread.run_sync(in_the_database_file) == 20
@@ -482,7 +488,7 @@ async def test_a_first_write_that_overtakes_its_jobs_acceptance_waits_for_it(tmp
             nursery.start_soon(executor)
             await trio.testing.wait_all_tasks_blocked()
             assert not written  # it waits: the job is not stored yet
-            await me.request("memory", PutJob(job="j1", circuit={"c": 1}, plan="p-1"))
+            await me.request("memory", PutJob(job="j1", circuit=Circuit(modes=2), plan="p-1"))
         assert written[0].committed
         record = (await me.request("memory", GetJob(job="j1"))).record
         assert (record.state, record.frames) == ("running", 1)  # the running mark came after the acceptance
@@ -498,11 +504,11 @@ async def test_a_first_write_that_overtakes_its_jobs_acceptance_waits_for_it(tmp
 async def test_a_job_cancelled_before_it_runs_is_not_allocated_and_an_ended_one_keeps_no_state(tmp_path):
     allocate = Allocate(job="j", slots=SLOTS[:1], state=[SlotSpec(name="n", dtype="int64")], device="chip")
     async with memory(tmp_path) as (_, me):
-        await me.request("memory", PutJob(job="j", circuit={}, plan="p-1"))
+        await me.request("memory", PutJob(job="j", circuit=Circuit(modes=2), plan="p-1"))
         await me.request("memory", SetJobState(job="j", state="cancelled", reason="by the user"))
         with pytest.raises(RemoteError, match=r"job 'j' is cancelled: it is not run \(again\)"):
             await me.request("memory", msgspec.structs.replace(allocate, mark_running="on exec"))
-        await me.request("memory", PutJob(job="k", circuit={}, plan="p-1"))
+        await me.request("memory", PutJob(job="k", circuit=Circuit(modes=2), plan="p-1"))
         values = [SlotValue(slot="counts", value=np.ones(4, np.int64)), SlotValue(slot="n", value=7)]
         first = msgspec.structs.replace(allocate, job="k", mark_running="on exec")
         await me.request("memory", Write(job="k", frame=0, writer="x", values=values, commit=True, allocate=first))
@@ -530,7 +536,7 @@ async def test_a_job_cancelled_in_the_same_transaction_as_its_acceptance_is_not_
             nursery.start_soon(actor._write, WriteOp(busy, INLINE_BYTES))
             await trio.testing.wait_all_tasks_blocked()
             for request in (
-                PutJob(job="j", circuit={}, plan="p-1"),
+                PutJob(job="j", circuit=Circuit(modes=2), plan="p-1"),
                 SetJobState(job="j", state="cancelled", reason="cancelled at once"),
             ):
                 nursery.start_soon(me.request, "memory", request)

@@ -15,6 +15,7 @@ import trio
 
 from actors.memory import Store
 from actors.memory import _store as ops
+from protocol.circuit import Circuit
 from protocol.memory import Allocate, GetJob, PutJob, QueryResults, SetJobState, SlotSpec, SlotValue, Write
 from runtime import PeerLostError, RemoteError, RequestTimeout, Supervisor, open_system, parse_system
 
@@ -102,7 +103,7 @@ async def test_the_memory_actor_killed_mid_job_loses_no_acknowledged_frame(tmp_p
             await sup.wait_started()
             await sup.wait_peer("memory")
             for job in jobs:
-                await sup.request("memory", PutJob(job=job, circuit={"modes": 2}, device="sim"))
+                await sup.request("memory", PutJob(job=job, circuit=Circuit(modes=2), device="sim"))
                 await sup.request("memory", SetJobState(job=job, state="planned"))
                 await sup.request("memory", SetJobState(job=job, state="running"))
         for _ in range(3):

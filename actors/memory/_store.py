@@ -42,6 +42,7 @@ from protocol import (
     unpack_as,
 )
 from protocol.calibration_model import CalibrationData, CalibrationFits, FitResiduals, FitUncertainties
+from protocol.circuit import Circuit
 from protocol.memory import (
     JOB_TRANSITIONS,
     Calibration,
@@ -467,7 +468,7 @@ def _record_transition(
 
 def put_job(
     job: str,
-    work: Any,
+    work: Circuit | Procedure | None,
     *,
     shots: int,
     priority: int,
@@ -653,7 +654,7 @@ def log_events(events: Sequence[tuple[float, str, str, bytes]]) -> WriteOp[int]:
 def _job_record(
     row: Sequence[Any],
     *,
-    circuit: Any = None,
+    circuit: Circuit | None = None,
     procedure: Procedure | None = None,
     transitions: list[Transition] | None = None,
 ) -> JobRecord:
@@ -693,22 +694,26 @@ def get_job(job: str) -> Callable[[sqlite3.Connection], JobRecord]:
                 "SELECT state, previous, reason, ts FROM transitions WHERE job = ? ORDER BY id", (job,)
             )
         ]
-        work = unpack(row[16])
-        return _job_record(row, circuit=work, procedure=_procedure(work, job), transitions=transitions)
+        circuit, procedure = _stored_work(row[16], job)
+        return _job_record(row, circuit=circuit, procedure=procedure, transitions=transitions)
 
     return op
 
 
-def _procedure(work: Any, job: str) -> Procedure | None:
-    """The procedure a job runs, if its row's ``circuit`` column holds one (a map with a ``procedure`` key)."""
-    if not (isinstance(work, dict) and "procedure" in work):
-        return None
+def _stored_work(blob: bytes, job: str) -> tuple[Circuit | None, Procedure | None]:
+    """What a job runs, from its row's ``circuit`` column: a circuit, a procedure (a map with a ``procedure``
+    key), or neither."""
+    work = unpack(blob)
     try:
-        return msgspec.convert(work, Procedure)
+        if work is None:
+            return None, None
+        if isinstance(work, dict) and "procedure" in work:
+            return None, msgspec.convert(work, Procedure)
+        return msgspec.convert(work, Circuit), None
     except msgspec.ValidationError as exc:
         raise StoreUnavailable(
-            f"the stored procedure of job {job!r} does not read as one ({exc}): was it written by another awen, "
-            "or is the store corrupt?"
+            f"the stored circuit of job {job!r} does not read as a circuit or a procedure ({exc}): was it written "
+            "by another awen, or is the store corrupt?"
         ) from None
 
 
@@ -1005,7 +1010,7 @@ def _export_meta(record: JobRecord, results: list[ResultRecord]) -> dict[str, An
         "submitted": record.submitted,
         "plan": record.plan,
         "calibration": record.calibration,
-        "circuit": _jsonable(record.circuit),
+        "circuit": _jsonable(unpack(pack(record.circuit if record.circuit is not None else record.procedure))),
         "frames": sorted({r.frame for r in results}),
         "provenance": [
             {
