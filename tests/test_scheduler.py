@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,7 +23,7 @@ from protocol import IllegalTransition
 from protocol.catalog import CATALOG
 from protocol.circuit import CircuitBuilder
 from protocol.hal import Describe, InterlockReset, InterlockTripped
-from protocol.memory import Allocate, Free, GetJob, GetPlan, PutCalibration, SetJobState
+from protocol.memory import Allocate, Free, GetJob, GetPlan, PutCalibration, QueryJobs, SetJobState
 from protocol.scheduler import (
     Cancel,
     Checkpoint,
@@ -413,6 +414,25 @@ async def test_the_pause_survives_a_restart_and_the_queue_comes_back_in_order(tm
         assert queue.paused
         assert [e.job for e in queue.jobs] == ["b", "a", "c"]
         await lab_.wait_planned("a", "b", "c")
+        await lab_.sched(Resume())
+        assert (await lab_.take(10)).job == "b"
+
+
+async def test_a_stored_job_that_cannot_be_read_back_is_failed_and_the_rest_of_the_queue_comes_back(
+    tmp_path, autojump_clock
+):
+    async with lab(tmp_path) as lab_:
+        await lab_.sched(Pause(reason="night"))
+        for job in ("a", "b"):
+            await lab_.sched(Submit(circuit=hom(), job=job))
+        await lab_.wait_planned("a", "b")
+    with sqlite3.connect(tmp_path / "data" / "store.sqlite3") as db:  # what a disk, or a hand, may do to a store
+        db.execute("UPDATE jobs SET circuit = ? WHERE id = 'a'", (b"\xc1 not msgpack",))
+    async with lab(tmp_path) as lab_:
+        assert [e.job for e in (await lab_.sched(GetQueue())).jobs] == ["b"]
+        (a,) = (await lab_.ask("memory", QueryJobs(states=["failed"]))).jobs
+        assert a.job == "a"
+        assert "cannot be read" in a.reason
         await lab_.sched(Resume())
         assert (await lab_.take(10)).job == "b"
 

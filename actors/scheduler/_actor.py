@@ -172,18 +172,17 @@ class SchedulerActor(Actor):
         states: list[JobState] = ["queued", "planned", "running", "interrupted"]
         records = (await self.request(memory, QueryJobs(states=states, device=self.config.device, limit=100_000))).jobs
         for record in records:
-            full = (await self.request(memory, GetJob(job=record.job))).record
-            circuit: Circuit | None = None
             plan: Plan | None = None
             try:
+                full = (await self.request(memory, GetJob(job=record.job))).record
                 if full.procedure is not None:
-                    stored = await self.request(memory, GetPlan(plan=str(full.plan)))
-                    plan = stored.body
-                else:
-                    circuit = msgspec.convert(full.circuit, Circuit)
-            except (msgspec.ValidationError, RemoteError) as exc:
-                log.error("%s: stored job %s cannot be read back (%s); failing it", self.name, record.job, exc)
-                await self._set_state(record.job, "failed", f"its stored circuit or plan cannot be read: {exc}")
+                    plan = (await self.request(memory, GetPlan(plan=full.procedure.plan))).body
+            except RemoteError as exc:
+                await self._fail_unreadable(record.job, str(exc))
+                continue
+            circuit = full.circuit
+            if circuit is None and plan is None:
+                await self._fail_unreadable(record.job, "the store holds neither its circuit nor its procedure")
                 continue
             job = QueuedJob(
                 job=record.job,
@@ -201,6 +200,11 @@ class SchedulerActor(Actor):
         pauses = (await self.request(memory, QueryEvents(prefix=PAUSE_RECORD, limit=100_000))).events
         if pauses and isinstance(pauses[-1].body, dict) and pauses[-1].body.get("paused"):
             self.queue.paused = True
+
+    async def _fail_unreadable(self, job: str, why: str) -> None:
+        """A stored job that cannot be read back cannot run: failed, with the reason."""
+        log.error("%s: stored job %s cannot be read back (%s); failing it", self.name, job, why)
+        await self._set_state(job, "failed", f"its stored circuit or plan cannot be read: {why}")
 
     def _ready_now(self) -> DeviceDescription:
         """The device's description once the queue is rebuilt; `NotReady` (ask again shortly) until then."""
@@ -241,7 +245,7 @@ class SchedulerActor(Actor):
         )
         put = PutJob(
             job=job_id,
-            circuit=msgspec.to_builtins(circuit),
+            circuit=circuit,
             shots=circuit.shots,
             priority=circuit.priority,
             device=self.config.device,
