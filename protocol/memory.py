@@ -406,7 +406,9 @@ class PutPlan(Request[PlanStored], frozen=True, kw_only=True):
     metrics: Annotated[dict[Label, Finite], msgspec.Meta(max_length=MAX_ENTRIES)] = msgspec.field(default_factory=dict)
 
 
-class Plan(Reply, frozen=True, kw_only=True):
+class StoredPlan(Reply, frozen=True, kw_only=True):
+    """A stored plan with what it was stored with."""
+
     TYPE = "mem.plan"
     plan: PlanId
     job: Label | None
@@ -417,9 +419,9 @@ class Plan(Reply, frozen=True, kw_only=True):
     created: float
 
 
-class GetPlan(Request[Plan], frozen=True, kw_only=True):
+class GetPlan(Request[StoredPlan], frozen=True, kw_only=True):
     TYPE = "mem.get_plan"
-    REPLY = Plan
+    REPLY = StoredPlan
     plan: PlanId
 
 
@@ -675,7 +677,7 @@ MEMORY_MESSAGES: Final = (
     PutPlan,
     PlanStored,
     GetPlan,
-    Plan,
+    StoredPlan,
     QueryResults,
     Results,
     QueryDeviceResults,

@@ -53,6 +53,10 @@ DelayLines = Annotated[list[DelayLine], msgspec.Meta(max_length=MAX_DELAY_LINES)
 PerHeater = Annotated[list[Finite], msgspec.Meta(max_length=MAX_HEATERS)]
 
 
+Pass = Literal[1, 2]
+"""A pass through the mesh: 1, the first; 2, the second, with the photons loaded from delay lines."""
+
+
 class _S(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Every part of a plan: frozen, strict about unknown fields."""
 
@@ -62,7 +66,7 @@ class Placement(_S, frozen=True, kw_only=True):
 
     logical: Index
     physical: Mode
-    pass_: Literal[1, 2] = msgspec.field(name="pass")
+    pass_: Pass = msgspec.field(name="pass")
 
 
 class RegisterRead(_S, frozen=True, kw_only=True):
@@ -72,7 +76,7 @@ class RegisterRead(_S, frozen=True, kw_only=True):
     columns: Columns
     modes: Annotated[list[Index], msgspec.Meta(max_length=MAX_MODES)]
     """The logical modes measured, in the register's bit order."""
-    pass_: Literal[1, 2] = msgspec.field(name="pass")
+    pass_: Pass = msgspec.field(name="pass")
 
 
 class Branch(_S, frozen=True, kw_only=True):

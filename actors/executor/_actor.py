@@ -23,7 +23,7 @@ from protocol.scheduler import Assignment, JobFinished, NextJob, Suspend, Unsusp
 from runtime import Actor, PeerLostError, RemoteError, RequestTimeout, Runtime, handles, subscribes
 
 from ._config import ExecutorConfig
-from ._device import Device
+from ._device import HalDevice
 from ._faults import Failed, NotAccepted
 from ._run import Ended, JobRun
 from ._volts import PhaseVolts
@@ -43,7 +43,7 @@ class ExecutorActor(Actor):
         super().__init__(name, runtime)
         self.config = convert_settings(config, ExecutorConfig, source=f"{name} configuration")
         self.volts = PhaseVolts(self, self.config)
-        self.device = Device(self, self.config, self.volts)
+        self.device = HalDevice(self, self.config, self.volts)
         self.current: JobRun | None = None
         """The job under way."""
         self.failures = 0

@@ -55,11 +55,11 @@ SETTLE_CHECKS = 100
 """How often the device is asked whether its heaters settled (1 ms apart) before the phase goes on anyway."""
 
 
-class StateChanged(Exception):
+class ChangedElsewhere(Exception):
     """Someone else changed the device while this executor was setting it up."""
 
 
-class Device:
+class HalDevice:
     """The one device an executor runs jobs on, as this executor last set it.
 
     Attributes:
@@ -110,7 +110,7 @@ class Device:
             try:
                 retries += await self._configure_once(plan, phase, model)
                 return time.monotonic() - began, retries
-            except StateChanged as exc:
+            except ChangedElsewhere as exc:
                 if attempt == self.config.retries:
                     raise Failed(f"phase {phase.index}: {exc} after {attempt + 1} tries") from None
                 log.warning("%s: %s; setting the device up again", self.actor.name, exc)
@@ -161,11 +161,11 @@ class Device:
         return retries
 
     async def _change(self, request: Any, what: str) -> tuple[Any, int]:
-        """A change of the device's state, retried on transient errors; `StateChanged` if someone else changed it."""
+        """A change of the device's state, retried on transient errors; `ChangedElsewhere` if another changed it."""
         try:
             return await self.retry(lambda: self._hal(request), what, state_changed=True)
         except RemoteError as exc:
-            raise StateChanged(f"{what}: {exc.message}") from None
+            raise ChangedElsewhere(f"{what}: {exc.message}") from None
 
     async def _settled(self) -> None:
         """Until the device says its heaters have settled (the phases are where they were set)."""

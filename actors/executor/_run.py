@@ -9,7 +9,7 @@ A `JobRun` goes through these steps (its methods, in the order they run):
    its allocation rides with its first write (decision 0009).
 2. `read_journal`: where a resumed job stands (phases done, shots done).
 3. `run_phase` for each phase from there: the device set up
-   (`Device.configure`), then `fire_batch` (or `read_powers`) until the
+   (`HalDevice.configure`), then `fire_batch` (or `read_powers`) until the
    phase's shots are done, each batch one frame, `commit_frame` storing its
    results and the journal together before the next batch is fired.
 4. `checkpoint` at each phase boundary: the scheduler says continue, preempt
@@ -51,7 +51,7 @@ from protocol.scheduler import Assignment, Checkpoint, JobFinished
 from runtime import Actor, PeerLostError, RemoteError, RequestTimeout
 
 from ._config import ExecutorConfig
-from ._device import Device
+from ._device import HalDevice
 from ._faults import Failed, NotAccepted, PeerDown, ask
 from ._volts import PhaseVolts
 
@@ -101,7 +101,7 @@ class JobRun:
     """
 
     def __init__(
-        self, actor: Actor, config: ExecutorConfig, device: Device, volts: PhaseVolts, assignment: Assignment
+        self, actor: Actor, config: ExecutorConfig, device: HalDevice, volts: PhaseVolts, assignment: Assignment
     ) -> None:
         assert assignment.job is not None
         assert assignment.plan is not None

@@ -1,4 +1,4 @@
-"""The HAL actor: the devices of `hal` on the message bus.
+"""The HAL actor: the lab's devices on the message bus.
 
 It owns every configured device (`ManagedDevice`), answers ``hal.*``
 requests, and publishes what happens to the devices as ``hal.*`` events. On

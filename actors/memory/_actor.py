@@ -67,7 +67,6 @@ from protocol.memory import (
     JobStored,
     ListCalibrations,
     LogEvent,
-    Plan,
     PlanStored,
     PutCalibration,
     PutJob,
@@ -80,6 +79,7 @@ from protocol.memory import (
     Results,
     ResultsComplete,
     SetJobState,
+    StoredPlan,
     StoreInfo,
     Values,
     Write,
@@ -561,7 +561,7 @@ class MemoryActor(Actor):
         return PlanStored(plan=msg.plan, created=created)
 
     @handles(GetPlan)
-    async def _get_plan(self, msg: GetPlan, env: Envelope) -> Plan:
+    async def _get_plan(self, msg: GetPlan, env: Envelope) -> StoredPlan:
         return await self._read(ops.get_plan(msg.plan))
 
     @handles(QueryResults)

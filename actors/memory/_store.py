@@ -50,9 +50,9 @@ from protocol.memory import (
     JobRecord,
     JobState,
     LoggedEvent,
-    Plan,
     Procedure,
     ResultRecord,
+    StoredPlan,
     Transition,
 )
 from protocol.plan import Plan as ExecutionPlan
@@ -746,14 +746,14 @@ def _where(*clauses: tuple[str, list[Any]] | None) -> tuple[str, list[Any]]:
     return " WHERE " + " AND ".join(sql for sql, _ in present), [a for _, args in present for a in args]
 
 
-def get_plan(plan: str) -> Callable[[sqlite3.Connection], Plan]:
-    def op(conn: sqlite3.Connection) -> Plan:
+def get_plan(plan: str) -> Callable[[sqlite3.Connection], StoredPlan]:
+    def op(conn: sqlite3.Connection) -> StoredPlan:
         row = conn.execute(
             "SELECT id, job, device, calibration, body, metrics, created FROM plans WHERE id = ?", (plan,)
         ).fetchone()
         if row is None:
             raise NotFound(f"no plan {plan!r} in the store", field="plan")
-        return Plan(
+        return StoredPlan(
             plan=row[0],
             job=row[1],
             device=row[2],

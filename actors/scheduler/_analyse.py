@@ -51,8 +51,9 @@ from protocol.circuit import (
     parse_ops,
 )
 from protocol.photonica import DeviceDescription
+from protocol.plan import Pass
 
-from ._components import Component, Contribution, Loaded, Pass, Register, UnionFind, check_fit, group
+from ._components import Component, Contribution, Loaded, Register, UnionFind, check_fit, group
 from ._limits import Health, Limits
 from ._ops import count_ops, enclosing, few, modes_key, modes_of
 from ._pack import PhaseBuild, check_plan_size, pack

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from protocol.circuit import BeamSplitter, CircuitProblem, Input, Measure, MziOp, Op, PhaseShift, Store, UnitaryOp
 from protocol.photonica import DeviceDescription
+from protocol.plan import Pass
 
 from ._limits import Health, Limits
 from ._ops import enclosing, modes_key, modes_of, power_of_two
-
-Pass = Literal[1, 2]
-"""A pass through the mesh: 1, the first; 2, the second, with the photons loaded from delay lines."""
 
 
 @dataclass

@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Literal
 
 from protocol import IllegalTransition
 from protocol.circuit import Circuit
 from protocol.memory import JobState
 from protocol.plan import Plan
+from protocol.scheduler import QueuedState
 
 ACCEPTING_SEQ = 2**62
 """The order of a job whose acceptance has not committed yet: after every stored job (its seq comes later)."""
-
-QueuedState = Literal["queued", "planned", "running", "interrupted"]
-"""What the store says of a job in the queue (`protocol.scheduler.QueueEntry.state`)."""
 
 
 class JobPhase(enum.Enum):
