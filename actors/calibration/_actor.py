@@ -52,7 +52,7 @@ from protocol.calibration_model import (
     FitUncertainties,
 )
 from protocol.circuit import Circuit, CircuitBuilder
-from protocol.hal import Describe, InputSetting
+from protocol.hal import Describe, Description, InputSetting
 from protocol.memory import Calibration, GetCalibration, GetPlan, JobRecord, PutCalibration, QueryJobs, QueryResults
 from protocol.mesh import clements, clements_layout, embed_phases
 from protocol.photonica import DeviceDescription
@@ -61,7 +61,7 @@ from protocol.results import parse_result_slot, powers_by_phase, procedure_plan_
 from protocol.scheduler import ReportHealth, Submit, SubmitProcedure
 from runtime import Actor, RemoteError, Runtime, handles
 
-from ._fit import FitFailed, SweepData, fit_sweeps
+from ._fit import FitFailed, FitResult, SweepData, fit_sweeps
 
 log = logging.getLogger("awen.calibration")
 
@@ -493,33 +493,9 @@ class CalibrationActor(Actor):
         device = self.config.device
         described = await self.request(self.config.hal, Describe(device=device))
         description = described.description
-        heaters = description.heaters.count
         latest = await self._latest()
-        if latest is not None:
-            start = CalibrationModel.from_fits(latest.version, latest.fits)
-        elif self.config.factory is not None:
-            start = load_factory(self.config.factory, heaters)
-        else:
-            raise AwenError(
-                f"{device} has no calibration yet and no factory calibration is configured (config.factory): the "
-                "phase offsets of a mesh cannot be found from output powers without a starting point",
-                field="factory",
-            )
-        if adopt is not None:
-            job, plan = adopt
-        else:
-            job = time.strftime(f"{SWEEP_PREFIX}%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-            plan = sweep_plan(
-                job, description, described.limits_v, points=points, power_w=self.config.input_power_w, device=device
-            )
-            self.publish(CalibrationStarted(device=device, job=job, phases=len(plan.phases)))
-            log.info("%s: calibrating %s: %d phases (job %s)", self.name, device, len(plan.phases), job)
-            await self.request(
-                self.config.scheduler,
-                SubmitProcedure(
-                    job=job, plan=plan, priority=self.config.priority, description=f"calibration of {device}"
-                ),
-            )
+        start = self._starting_point(latest, description.heaters.count)
+        job, plan = adopt if adopt is not None else await self._submit_sweep(described, points)
         record = await self._wait(job)
         if record.state != "completed":
             raise AwenError(f"the calibration sweep {job} ended {record.state}: {record.reason}")
@@ -528,35 +504,98 @@ class CalibrationActor(Actor):
         version_hint = (latest.version + 1) if latest is not None else 1
         layout = clements_layout(description.modes)
         fit = await trio.to_thread.run_sync(lambda: fit_sweeps(layout, data, start, version=version_hint))
-        fitted = fit.fitted
         detection, dark = await self._detectors(description, fit.model)
         weak = [int(j) for j in np.flatnonzero(detection < self.config.degraded_scale * float(np.median(detection)))]
+        data_stored = CalibrationData(
+            job=job,
+            points=points,
+            fitted_heaters=fit.fitted.tolist(),
+            output_scales=fit.scales.tolist(),
+            detection_efficiency=detection.tolist(),
+            dark_counts_per_shot=dark.tolist(),
+            dark_rate_hz=(dark / description.detectors.gate_s).tolist(),
+            degraded_outputs=weak,
+            started_from="factory" if latest is None else f"version {latest.version}",
+        )
+        note = f"sweep {job}: {len(plan.phases)} readings, {len(fit.fitted)} heaters fitted"
+        version = await self._store(description, fit, data_stored, note)
+        await self._report_degraded(weak)
+        self.last_error = ""
+        self.publish(CalibrationDone(device=device, version=version, residual_rms=fit.residual_rms))
+        log.info("%s: %s calibrated: version %d, residual %.2e", self.name, device, version, fit.residual_rms)
+        fitted = fit.fitted
+        return Calibrated(
+            device=device,
+            version=version,
+            job=job,
+            heaters_fitted=len(fitted),
+            phi0_sigma_max=float(fit.phi0_sigma[fitted].max()),
+            alpha_sigma_max=float((fit.alpha_sigma[fitted] / fit.model.alpha[fitted]).max()),
+            residual_rms=fit.residual_rms,
+            reduced_chi2=fit.reduced_chi2,
+            seconds=time.monotonic() - began,
+        )
+
+    def _starting_point(self, latest: Calibration | None, heaters: int) -> CalibrationModel:
+        """Where the fit starts: the latest calibration, else the factory's; refused with neither."""
+        if latest is not None:
+            return CalibrationModel.from_fits(latest.version, latest.fits)
+        if self.config.factory is not None:
+            return load_factory(self.config.factory, heaters)
+        raise AwenError(
+            f"{self.config.device} has no calibration yet and no factory calibration is configured (config.factory): "
+            "the phase offsets of a mesh cannot be found from output powers without a starting point",
+            field="factory",
+        )
+
+    async def _submit_sweep(self, described: Description, points: int) -> tuple[str, Plan]:
+        """A new sweep of every heater, queued as a procedure: (its job, its plan)."""
+        device = self.config.device
+        job = time.strftime(f"{SWEEP_PREFIX}%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+        plan = sweep_plan(
+            job,
+            described.description,
+            described.limits_v,
+            points=points,
+            power_w=self.config.input_power_w,
+            device=device,
+        )
+        self.publish(CalibrationStarted(device=device, job=job, phases=len(plan.phases)))
+        log.info("%s: calibrating %s: %d phases (job %s)", self.name, device, len(plan.phases), job)
+        what = f"calibration of {device}"
+        await self.request(
+            self.config.scheduler,
+            SubmitProcedure(job=job, plan=plan, priority=self.config.priority, description=what),
+        )
+        return job, plan
+
+    async def _store(self, description: DeviceDescription, fit: FitResult, data: CalibrationData, note: str) -> int:
+        """Store the new calibration, with its uncertainties (-1 where the sweep cannot tell); its version."""
+
+        def sigma(values: np.ndarray) -> list[float]:
+            sigmas: list[float] = np.where(np.isfinite(values), values, -1.0).tolist()
+            return sigmas
+
         stored = await self.request(
             self.config.memory,
             PutCalibration(
-                device=device,
+                device=self.config.device,
                 identity=description.identity.idn(),
                 fits=fit.model.fits(),
                 uncertainties=FitUncertainties(
-                    phi0=np.where(np.isfinite(fit.phi0_sigma), fit.phi0_sigma, -1.0).tolist(),
-                    alpha=np.where(np.isfinite(fit.alpha_sigma), fit.alpha_sigma, -1.0).tolist(),
-                    crosstalk=np.where(np.isfinite(fit.crosstalk_sigma), fit.crosstalk_sigma, -1.0).tolist(),
+                    phi0=sigma(fit.phi0_sigma), alpha=sigma(fit.alpha_sigma), crosstalk=sigma(fit.crosstalk_sigma)
                 ),
                 residuals=FitResiduals(rms=fit.residual_rms, reduced_chi2=fit.reduced_chi2, iterations=fit.iterations),
-                data=CalibrationData(
-                    job=job,
-                    points=points,
-                    fitted_heaters=fitted.tolist(),
-                    output_scales=fit.scales.tolist(),
-                    detection_efficiency=detection.tolist(),
-                    dark_counts_per_shot=dark.tolist(),
-                    dark_rate_hz=(dark / description.detectors.gate_s).tolist(),
-                    degraded_outputs=weak,
-                    started_from="factory" if latest is None else f"version {latest.version}",
-                ),
-                note=f"sweep {job}: {len(plan.phases)} readings, {len(fitted)} heaters fitted",
+                data=data,
+                note=note,
             ),
         )
+        version: int = stored.version
+        return version
+
+    async def _report_degraded(self, weak: list[int]) -> None:
+        """Outputs that transmit far less than the others: the scheduler's plans avoid them from now on."""
+        device = self.config.device
         await self.request(self.config.scheduler, ReportHealth(device=device, detectors=weak))
         if weak:
             log.warning(
@@ -566,21 +605,6 @@ class CalibrationActor(Actor):
                 device,
                 100 * self.config.degraded_scale,
             )
-        result = Calibrated(
-            device=device,
-            version=stored.version,
-            job=job,
-            heaters_fitted=len(fitted),
-            phi0_sigma_max=float(fit.phi0_sigma[fitted].max()),
-            alpha_sigma_max=float((fit.alpha_sigma[fitted] / fit.model.alpha[fitted]).max()),
-            residual_rms=fit.residual_rms,
-            reduced_chi2=fit.reduced_chi2,
-            seconds=time.monotonic() - began,
-        )
-        self.last_error = ""
-        self.publish(CalibrationDone(device=device, version=stored.version, residual_rms=fit.residual_rms))
-        log.info("%s: %s calibrated: version %d, residual %.2e", self.name, device, stored.version, fit.residual_rms)
-        return result
 
     async def _detectors(self, description: DeviceDescription, model: CalibrationModel) -> tuple[Any, Any]:
         """Each detector's dark counts and its path's detection efficiency, measured with the new fit."""
