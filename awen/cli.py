@@ -279,7 +279,19 @@ def _cmd_store_events(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="awen", description="A runtime for photonic lab hardware.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_lab_commands(commands)
+    _add_sim_commands(commands)
+    _add_store_commands(commands)
+    _add_protocol_commands(commands)
+    return parser
 
+
+Commands = Any
+"""What ``add_subparsers`` returns (argparse's type for it is private)."""
+
+
+def _add_lab_commands(commands: Commands) -> None:
+    """demo, run, calibrate, up, status, ping: a lab started, or one running."""
     demo = commands.add_parser("demo", help="start a small system of actor processes and show what they do")
     demo.add_argument("-v", "--verbose", action="store_true", help="also show the runtime's log")
     demo.set_defaults(run=_cmd_demo)
@@ -324,6 +336,9 @@ def _parser() -> argparse.ArgumentParser:
     ping.add_argument("--timeout", type=float, default=2.0)
     ping.set_defaults(run=_cmd_ping)
 
+
+def _add_sim_commands(commands: Commands) -> None:
+    """sim serve: the simulated device on its own."""
     simulator = commands.add_parser("sim", help="the Photonica device simulator")
     sim_commands = simulator.add_subparsers(dest="sim_command", required=True, metavar="COMMAND")
     serve = sim_commands.add_parser("serve", help="serve a simulated device on TCP or a pseudo-terminal")
@@ -350,6 +365,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_cmd_sim_serve)
 
+
+def _add_store_commands(commands: Commands) -> None:
+    """store jobs|show|export|events: a data directory read directly."""
     store = commands.add_parser("store", help="read the store of a data directory (also while awen runs)")
     store_commands = store.add_subparsers(dest="store_command", required=True, metavar="COMMAND")
     jobs = store_commands.add_parser("jobs", help="list jobs in acceptance order")
@@ -376,6 +394,9 @@ def _parser() -> argparse.ArgumentParser:
             "--data-dir", help="the memory actor's data_dir (default: $AWEN_DATA_DIR or ~/.local/share/awen)"
         )
 
+
+def _add_protocol_commands(commands: Commands) -> None:
+    """protocol schema|decode."""
     proto = commands.add_parser("protocol", help="the message protocol")
     proto_commands = proto.add_subparsers(dest="protocol_command", required=True, metavar="COMMAND")
     schema = proto_commands.add_parser("schema", help="print the JSON Schema of every message")
@@ -383,7 +404,6 @@ def _parser() -> argparse.ArgumentParser:
     decode = proto_commands.add_parser("decode", help="decode a frame given in hex, and say whether awen accepts it")
     decode.add_argument("hex", nargs="+")
     decode.set_defaults(run=_cmd_decode)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
