@@ -111,6 +111,10 @@ class Program:
     delay_lines: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # line -> (out, in, rounds)
 
 
+Handler = Callable[[Command, list[Any]], str | bytes | None]
+"""What the device does for one command: its reply (None: no reply)."""
+
+
 class Device:
     """A simulated Photonica controller and chip.
 
@@ -168,7 +172,14 @@ class Device:
         self._connection: int | None = None
         self._connections = 0
         self._peers: dict[int, str] = {}
-        self._handlers: dict[Command, Callable[[Command, list[Any]], str | bytes | None]] = {
+        self._handlers = self._command_table()
+        """What the device does for each command of `protocol.photonica.COMMANDS` (every one has an entry)."""
+        self._power_on()
+        self._note("start", seed=self.seed, description=self.description, resistance_ohm=self.chip.resistance.tolist())
+
+    def _command_table(self) -> dict[Command, Handler]:
+        """What the device does for each command of `protocol.photonica.COMMANDS`."""
+        return {
             px.IDENTITY: lambda c, a: self.description.identity.idn(),
             px.RESET: self._reset,
             px.CLEAR_STATUS: lambda c, a: self.errors.clear(),
@@ -212,9 +223,6 @@ class Device:
             px.CLEAR_DELAY_LINES: self._delay_clear,
             px.DELAY_LOOP: lambda c, a: scpi.format_number(self.config.delay_lines.loop_s),
         }
-        """What the device does for each command of `protocol.photonica.COMMANDS` (every one has an entry)."""
-        self._power_on()
-        self._note("start", seed=self.seed, description=self.description, resistance_ohm=self.chip.resistance.tolist())
 
     # --- the entry point ----------------------------------------------------------------
 
