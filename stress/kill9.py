@@ -884,7 +884,8 @@ def _plain(exc: BaseException) -> BaseException:
 
 
 def print_report(report: dict[str, Any], out: TextIO) -> None:
-    o, jobs, kills = report["options"], report["jobs"], report["kills"]
+    """The campaign as people read it: what was done, each kill, each job's fate, the chip, the verdict."""
+    o, jobs = report["options"], report["jobs"]
 
     def line(text: str = "") -> None:
         print(text, file=out)
@@ -899,6 +900,43 @@ def print_report(report: dict[str, Any], out: TextIO) -> None:
         + (f", calibration {cal['seconds']:.1f} s" if cal.get("new") else "")
         + ")"
     )
+    _print_kills(report, line)
+    _print_jobs(report, line)
+    chip = report["chip"]
+    if chip:
+        line()
+        line(
+            f"chip: {chip['shot_runs']} shot runs, {chip['record_lines']} audit lines, {chip['over_the_limits']} over "
+            f"the limits, {chip['watchdog_expiries']} watchdog expiries, {chip['interlocks']} interlock trips"
+        )
+    if report["supervisor_alarms"]:
+        line(f"supervisor: {'; '.join(report['gave_up'])}")
+    for problem in report["problems"]:
+        line(f"problem: {problem}")
+    if report["workdir"]:
+        line(f"kept: {report['workdir']} (data/, awen.log, sim.log, chip.jsonl, system.toml)")
+    line()
+    if report["ok"]:
+        line(f"verdict: PASS: all {jobs['accepted']} accepted jobs completed with exact counts, none lost")
+    else:
+        bad = [
+            f"{jobs[key]} {label}"
+            for key, label in (
+                ("failed", "failed"),
+                ("cancelled", "cancelled"),
+                ("not_ended", "not ended"),
+                ("lost", "lost"),
+                ("miscounted", "miscounted"),
+                ("unread", "unread"),
+            )
+            if jobs[key]
+        ]
+        line(f"verdict: FAIL: {', '.join(bad) or 'no job accepted'} of {jobs['accepted']} accepted")
+
+
+def _print_kills(report: dict[str, Any], line: Callable[..., None]) -> None:
+    """Each kill: when, which process, how long until it was back, which job was running."""
+    kills = report["kills"]
     line()
     per_actor = ", ".join(f"{a} {n}" for a, n in sorted(kills["per_actor"].items(), key=lambda x: -x[1])) or "none"
     line(f"kills: {kills['made']} made ({per_actor})" + (f"; {kills['skipped']}" if kills["skipped"] else ""))
@@ -910,6 +948,11 @@ def print_report(report: dict[str, Any], out: TextIO) -> None:
                 f"  {k['n']:>3} {k['at_s']:>6.1f}  {k['actor']:<12} {k['pid']:>7} -> {k['new_pid'] or '-':<7} "
                 f"{back:>8}  {k['job'] or '-'}{'  (right after the previous kill)' if k['at_once'] else ''}"
             )
+
+
+def _print_jobs(report: dict[str, Any], line: Callable[..., None]) -> None:
+    """Each accepted job's fate: completed (exactly?), failed, cancelled, not ended, lost, miscounted."""
+    jobs = report["jobs"]
     line()
     line(
         f"jobs: {jobs['accepted']} accepted of {jobs['submitted']} submitted"
@@ -943,36 +986,6 @@ def print_report(report: dict[str, Any], out: TextIO) -> None:
         line(f"  unread       {jobs['unread']:>4}  (the store did not answer)")
         for text in report["unread_jobs"]:
             line(f"    {text}")
-    chip = report["chip"]
-    if chip:
-        line()
-        line(
-            f"chip: {chip['shot_runs']} shot runs, {chip['record_lines']} audit lines, {chip['over_the_limits']} over "
-            f"the limits, {chip['watchdog_expiries']} watchdog expiries, {chip['interlocks']} interlock trips"
-        )
-    if report["supervisor_alarms"]:
-        line(f"supervisor: {'; '.join(report['gave_up'])}")
-    for problem in report["problems"]:
-        line(f"problem: {problem}")
-    if report["workdir"]:
-        line(f"kept: {report['workdir']} (data/, awen.log, sim.log, chip.jsonl, system.toml)")
-    line()
-    if report["ok"]:
-        line(f"verdict: PASS: all {jobs['accepted']} accepted jobs completed with exact counts, none lost")
-    else:
-        bad = [
-            f"{jobs[key]} {label}"
-            for key, label in (
-                ("failed", "failed"),
-                ("cancelled", "cancelled"),
-                ("not_ended", "not ended"),
-                ("lost", "lost"),
-                ("miscounted", "miscounted"),
-                ("unread", "unread"),
-            )
-            if jobs[key]
-        ]
-        line(f"verdict: FAIL: {', '.join(bad) or 'no job accepted'} of {jobs['accepted']} accepted")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool, bool]:
