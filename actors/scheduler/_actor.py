@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 import trio
 
-from protocol import AwenError, Envelope, ErrorCode, NotFound, NotReady, convert_settings
+from protocol import AwenError, Backoff, Envelope, ErrorCode, NotFound, NotReady, convert_settings
 from protocol.circuit import Circuit, CircuitError
 from protocol.hal import (
     Describe,
@@ -94,6 +94,9 @@ from ._validate import validate_plan
 
 log = logging.getLogger("awen.scheduler")
 
+DESCRIBE_BACKOFF = Backoff(first=0.05, longest=2.0)
+"""How often the scheduler asks a HAL that cannot describe the device yet."""
+
 PAUSE_RECORD = "sched.pause_state"
 """The event-log record of pausing and resuming the queue (written durably, read back on start)."""
 
@@ -148,15 +151,14 @@ class SchedulerActor(Actor):
         await self._planner()
 
     async def _describe(self) -> None:
-        delay = 0.05
-        while True:
+        """The device as the HAL describes it, asked until it answers (it may start after the scheduler)."""
+        for delay in DESCRIBE_BACKOFF.delays():
             try:
                 with trio.fail_after(5):
                     reply = await self.request(self.config.hal, Describe(device=self.config.device))
             except (AwenError, trio.TooSlowError) as exc:
                 log.info("%s: waiting for %s to describe %s: %s", self.name, self.config.hal, self.config.device, exc)
                 await trio.sleep(delay)
-                delay = min(2.0, delay * 2)
                 continue
             if self.description is not None and reply.description != self.description:
                 log.warning(
