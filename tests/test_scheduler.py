@@ -129,20 +129,8 @@ def names(*extra: str) -> Directory:
     )
 
 
-AUTOJUMP_AFTER_S = 0.005
-"""How long (in real time) the loop must be idle before `autojump_clock` jumps; pytest-trio's default is 0.
-
-The memory actor reads its store in worker threads. A clock that jumped as
-soon as no task could run would jump while a read is under way, and could run
-a request's 10 s timeout out within one read.
-"""
-
-
 @asynccontextmanager
 async def lab(tmp_path: Path, **config: Any) -> AsyncIterator[Lab]:
-    clock = trio.lowlevel.current_clock()
-    if isinstance(clock, trio.testing.MockClock):
-        clock.autojump_threshold = AUTOJUMP_AFTER_S
     runtime = Runtime(names(), RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork(), catalog=CATALOG)
     memory = MemoryActor("memory", runtime, data_dir=str(tmp_path / "data"), synchronous="normal")
     hal = HalActor("hal", runtime, devices=[{"name": "chip", "url": "sim://?seed=1&modes=8", "watchdog_s": 0}])
@@ -157,7 +145,9 @@ async def lab(tmp_path: Path, **config: Any) -> AsyncIterator[Lab]:
         nursery.cancel_scope.cancel()
 
 
-async def test_a_submitted_job_is_stored_before_it_is_acknowledged_planned_and_dispatched(tmp_path, autojump_clock):
+async def test_a_submitted_job_is_stored_before_it_is_acknowledged_planned_and_dispatched(
+    tmp_path, autojump_clock_for_threads
+):
     async with lab(tmp_path) as lab_, lab_.client.open_event_stream("sched.") as events:
         accepted = await lab_.sched(Submit(circuit=hom(), job="hom-1"))
         assert (accepted.job, accepted.created, accepted.position) == ("hom-1", True, 0)
@@ -186,7 +176,9 @@ async def test_a_submitted_job_is_stored_before_it_is_acknowledged_planned_and_d
         assert seen[:2] == ["sched.job_planned", "sched.job_dispatched"]
 
 
-async def test_a_job_with_its_plan_at_hand_goes_to_a_waiting_executor_while_it_is_stored(tmp_path, autojump_clock):
+async def test_a_job_with_its_plan_at_hand_goes_to_a_waiting_executor_while_it_is_stored(
+    tmp_path, autojump_clock_for_threads
+):
     async with lab(tmp_path) as lab_:
         await lab_.sched(Submit(circuit=hom(), job="first"))
         assert (await lab_.take()).job == "first"  # planned by the planner: its plan is stored and cached
@@ -227,7 +219,7 @@ async def test_a_job_with_its_plan_at_hand_goes_to_a_waiting_executor_while_it_i
         assert (queue.running, queue.jobs) == (None, [])
 
 
-async def test_a_running_job_is_claimed_by_the_executor_it_went_to(tmp_path, autojump_clock):
+async def test_a_running_job_is_claimed_by_the_executor_it_went_to(tmp_path, autojump_clock_for_threads):
     # Executors asking at once: one gets the job; the others wait, and are not handed the same job while it
     # runs. Only the executor that holds it gets it again (it asks for work, so it lost what it ran).
     async with lab(tmp_path) as lab_:
@@ -254,7 +246,9 @@ async def test_a_running_job_is_claimed_by_the_executor_it_went_to(tmp_path, aut
         assert (await lab_.sched(NextJob(executor=other, wait_s=0.2))).job is None  # ended: nobody gets it
 
 
-async def test_an_invalid_circuit_is_refused_with_every_problem_and_nothing_is_stored(tmp_path, autojump_clock):
+async def test_an_invalid_circuit_is_refused_with_every_problem_and_nothing_is_stored(
+    tmp_path, autojump_clock_for_threads
+):
     bad = CircuitBuilder(2).input(0).bs(0, 1).store(1, "m").measure([0], "c").build()
     async with lab(tmp_path) as lab_:
         with pytest.raises(RemoteError, match=r"op 2 \(line\): delay line 'm' is never loaded.*\[invalid-circuit\]"):
@@ -269,7 +263,7 @@ async def test_an_invalid_circuit_is_refused_with_every_problem_and_nothing_is_s
         assert good.metrics.phases == 1
 
 
-async def test_priorities_first_then_submission_order_and_cancel(tmp_path, autojump_clock):
+async def test_priorities_first_then_submission_order_and_cancel(tmp_path, autojump_clock_for_threads):
     async with lab(tmp_path) as lab_:
         await lab_.sched(Pause(reason="loading the queue"))
         for job, priority in [("low-1", 0), ("high-1", 5), ("low-2", 0), ("high-2", 5), ("doomed", 9)]:
@@ -290,7 +284,7 @@ async def test_priorities_first_then_submission_order_and_cancel(tmp_path, autoj
 
 
 async def test_a_higher_priority_job_preempts_at_the_next_phase_boundary_and_the_other_resumes(
-    tmp_path, autojump_clock
+    tmp_path, autojump_clock_for_threads
 ):
     async with lab(tmp_path) as lab_:
         await lab_.sched(Submit(circuit=two_rounds(priority=0), job="long"))
@@ -312,7 +306,9 @@ async def test_a_higher_priority_job_preempts_at_the_next_phase_boundary_and_the
         assert (resumed.job, resumed.start_phase) == ("long", 1)
 
 
-async def test_cancel_of_a_running_job_reaches_the_executor_at_its_next_phase_boundary(tmp_path, autojump_clock):
+async def test_cancel_of_a_running_job_reaches_the_executor_at_its_next_phase_boundary(
+    tmp_path, autojump_clock_for_threads
+):
     async with lab(tmp_path) as lab_:
         await lab_.sched(Submit(circuit=two_rounds(), job="j"))
         await lab_.take(10)
@@ -331,7 +327,7 @@ async def test_cancel_of_a_running_job_reaches_the_executor_at_its_next_phase_bo
     ],
 )
 async def test_a_job_that_cannot_meet_its_deadline_is_failed_with_the_reason(
-    tmp_path, autojump_clock, shots, deadline_in_s, why
+    tmp_path, autojump_clock_for_threads, shots, deadline_in_s, why
 ):
     # Deadlines are wall-clock times: each is far enough either way to be missed whatever the clock says.
     async with lab(tmp_path) as lab_:
@@ -342,7 +338,7 @@ async def test_a_job_that_cannot_meet_its_deadline_is_failed_with_the_reason(
         assert why in record.reason
 
 
-async def test_suspenders_stop_dispatch_and_release_it_when_they_clear(tmp_path, autojump_clock):
+async def test_suspenders_stop_dispatch_and_release_it_when_they_clear(tmp_path, autojump_clock_for_threads):
     async with lab(tmp_path) as lab_:
         lab_.client.publish(InterlockTripped(device="chip", reason="power over the limit"))
         await eventually(lambda: lab_.suspended())
@@ -357,7 +353,7 @@ async def test_suspenders_stop_dispatch_and_release_it_when_they_clear(tmp_path,
         assert (await lab_.take(10)).job == "waits"
 
 
-async def test_resubmitting_the_same_circuit_uses_the_plan_cache(tmp_path, autojump_clock):
+async def test_resubmitting_the_same_circuit_uses_the_plan_cache(tmp_path, autojump_clock_for_threads):
     async with lab(tmp_path) as lab_:
         for i in range(3):
             await lab_.sched(Submit(circuit=hom(), job=f"same-{i}"))
@@ -366,7 +362,7 @@ async def test_resubmitting_the_same_circuit_uses_the_plan_cache(tmp_path, autoj
         assert (queue.plans_compiled, queue.plan_cache_hits) == (1, 2)
 
 
-async def test_the_strategy_is_changed_at_run_time_and_used_for_the_next_plan(tmp_path, autojump_clock):
+async def test_the_strategy_is_changed_at_run_time_and_used_for_the_next_plan(tmp_path, autojump_clock_for_threads):
     async with lab(tmp_path) as lab_:
         await lab_.sched(Submit(circuit=hom(), job="before"))
         await lab_.wait_planned("before")
@@ -377,7 +373,9 @@ async def test_the_strategy_is_changed_at_run_time_and_used_for_the_next_plan(tm
         assert (await lab_.sched(GetQueue())).plans_compiled == 2
 
 
-async def test_a_queued_procedure_keeps_its_plan_when_the_device_reports_new_health(tmp_path, autojump_clock):
+async def test_a_queued_procedure_keeps_its_plan_when_the_device_reports_new_health(
+    tmp_path, autojump_clock_for_threads
+):
     """A procedure has no circuit to plan again: news of the device's health must not leave it without a plan."""
     async with lab(tmp_path) as lab_:
         description = (await lab_.ask("hal", Describe(device="chip"))).description
@@ -394,7 +392,7 @@ async def test_a_queued_procedure_keeps_its_plan_when_the_device_reports_new_hea
         assert (await lab_.take()).job == "after"  # the queue goes on behind it
 
 
-async def test_a_plan_with_a_phase_longer_than_allowed_is_refused_with_the_reason(tmp_path, autojump_clock):
+async def test_a_plan_with_a_phase_longer_than_allowed_is_refused_with_the_reason(tmp_path, autojump_clock_for_threads):
     strategy = {"max_phase_s": 0.5, "max_wait_s": 10}
     async with lab(tmp_path, strategy=strategy) as lab_:
         await lab_.sched(Submit(circuit=hom(shots=2_000_000), job="huge"))
@@ -403,7 +401,7 @@ async def test_a_plan_with_a_phase_longer_than_allowed_is_refused_with_the_reaso
         assert "max_phase_s is 0.5 s" in record.reason
 
 
-async def test_the_pause_survives_a_restart_and_the_queue_comes_back_in_order(tmp_path, autojump_clock):
+async def test_the_pause_survives_a_restart_and_the_queue_comes_back_in_order(tmp_path, autojump_clock_for_threads):
     async with lab(tmp_path) as lab_:
         await lab_.sched(Pause(reason="night"))
         for job, priority in [("a", 0), ("b", 3), ("c", 0)]:
@@ -419,7 +417,7 @@ async def test_the_pause_survives_a_restart_and_the_queue_comes_back_in_order(tm
 
 
 async def test_a_stored_job_that_cannot_be_read_back_is_failed_and_the_rest_of_the_queue_comes_back(
-    tmp_path, autojump_clock
+    tmp_path, autojump_clock_for_threads
 ):
     async with lab(tmp_path) as lab_:
         await lab_.sched(Pause(reason="night"))
@@ -456,7 +454,7 @@ async def test_large_circuits_are_planned_in_a_worker_process(tmp_path):  # in r
 
 
 async def test_a_job_planned_ahead_runs_under_the_calibration_that_is_latest_when_it_is_handed_out(
-    tmp_path, autojump_clock
+    tmp_path, autojump_clock_for_threads
 ):
     async with lab(tmp_path) as lab_:
         fits = {"phi0": [0.0] * 64, "alpha": [1.0] * 64}
