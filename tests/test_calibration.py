@@ -17,8 +17,10 @@ from protocol.memory import GetCalibration, GetJob, ListCalibrations, PutCalibra
 from protocol.mesh import clements_layout
 from sim import chip_of, factory_calibration, write_factory_calibration
 
+from .chips import CHIP, truth
+from .circuits import hom
 from .helpers import eventually
-from .test_executor import CHIP, bench, hom, truth
+from .test_executor import bench
 
 
 def wrapped(x: np.ndarray) -> np.ndarray:
@@ -57,7 +59,7 @@ async def test_a_calibration_recovers_the_hidden_phi0_and_alpha_within_its_uncer
 
         status = await b.ask("calibration", GetCalibrationStatus())
         assert (status.version, status.valid) == (1, True)
-        record = await b.run(hom(), "hom-after-calibration")
+        record = await b.run(hom(10_000), "hom-after-calibration")
         assert record.calibration == 1
         counts = await b.counts("hom-after-calibration", "p0.c")
         assert counts[0b11] <= 5  # the dip, on a chip set with awen's own calibration

@@ -34,13 +34,10 @@ from protocol.circuit import (
 from protocol.plan import Branch
 from protocol.scheduler import Submit, Validate
 from runtime import RemoteError
-from sim import parse_config
 
+from .chips import BIG, DEVICE
 from .test_circuit_problems import OP_FIELDS, assert_names_real_keys, bs, ff, inp, measure, ps, unitary, wait
 from .test_scheduler import lab
-
-DEVICE = parse_config({"modes": 8}).description()
-BIG = parse_config({"modes": 32}).description()
 
 
 def refused(data: dict[str, Any], device=DEVICE, **limits: Any) -> list[Any]:

@@ -26,7 +26,6 @@ from actors.hal import HalActor
 from actors.jobs import wait_for_job
 from actors.memory import MemoryActor
 from actors.scheduler import SchedulerActor
-from protocol.calibration_model import CalibrationModel
 from protocol.catalog import CATALOG
 from protocol.circuit import CircuitBuilder, RunMode
 from protocol.executor import Abort, GetExecutorStatus
@@ -34,16 +33,11 @@ from protocol.hal import ConfigureInputs, InputSetting, SetHeaters
 from protocol.memory import GetJob, GetPlan, PutCalibration, QueryResults
 from protocol.scheduler import GetQueue, SetStrategy, StrategyConfig, Submit
 from runtime import Actor, Address, Directory, LocalNetwork, Runtime, RuntimeOptions
-from sim import DeviceServer, parse_config, parse_fault, serve_tcp
+from sim import DeviceServer, parse_fault, serve_tcp
 
+from .chips import CHIP, truth
+from .circuits import feed_forward, hom, two_rounds
 from .helpers import eventually
-
-CHIP = parse_config({"modes": 4, "heaters": {"drift_rad_per_sqrt_hour": 0.0}})
-
-
-def truth(server: DeviceServer) -> CalibrationModel:
-    chip = server.device.chip
-    return CalibrationModel(version=0, phi0=chip.phi0.copy(), alpha=chip.alpha.copy(), crosstalk=chip.crosstalk.copy())
 
 
 @dataclass
@@ -121,13 +115,9 @@ async def bench(
         outside.cancel_scope.cancel()
 
 
-def hom(shots: int = 10_000, priority: int = 0) -> Any:
-    return CircuitBuilder(2, shots=shots, priority=priority).input(0).input(1).bs(0, 1).measure([0, 1], "c").build()
-
-
 async def test_hom_runs_end_to_end_and_shows_the_dip(tmp_path):
     async with bench(tmp_path) as b:
-        record = await b.run(hom(), "hom")
+        record = await b.run(hom(10_000), "hom")
         assert record.state == "completed", record.reason
         assert record.frames == 5  # 10,000 shots in batches of 2,000, each a committed frame
         counts = await b.counts("hom", "p0.c")
@@ -157,7 +147,7 @@ async def test_a_job_submitted_again_after_it_ended_is_dropped_not_run_again(tmp
 
 async def test_a_distinguishing_phase_gives_classical_coincidences(tmp_path):
     """Same chip, photons sent through a 0/100 splitter: every shot is a coincidence (minus losses)."""
-    circuit = CircuitBuilder(2, shots=4000).input(0).input(1).bs(0, 1, theta=0.0).measure([0, 1], "c").build()
+    circuit = hom(4000, theta=0.0)
     async with bench(tmp_path) as b:
         await b.run(circuit, "straight")
         counts = await b.counts("straight", "p0.c")
@@ -210,20 +200,8 @@ async def test_abort_stops_the_job_within_its_phase(tmp_path):
 
 async def test_a_stored_photon_comes_back_through_its_delay_line_with_the_expected_loss(tmp_path):
     """A photon waits 300 ns in a delay line and comes back for a second pass, with feed-forward programmed."""
-    circuit = (
-        CircuitBuilder(3, shots=3000)
-        .input(0)
-        .input(1)
-        .store(0, "m")
-        .measure([1], "a")
-        .wait(300)
-        .load("m", 2)
-        .if_("a", 1)
-        .ps(2, math.pi)
-        .end()
-        .measure([2], "b")
-        .build()
-    )
+    first_pass = CircuitBuilder(3, shots=3000).input(0).input(1).store(0, "m").measure([1], "a")
+    circuit = feed_forward(first_pass, wait_ns=300).measure([2], "b").build()
     async with bench(tmp_path) as b:
         record = await b.run(circuit, "ff")
         assert record.state == "completed", record.reason
@@ -296,20 +274,8 @@ async def test_a_continuous_job_streams_count_rates_until_stopped_and_stores_not
 
 
 async def test_a_job_resuming_after_a_recalibration_is_planned_again_and_its_results_say_so(tmp_path):
-    long = (
-        CircuitBuilder(2, shots=40_000)
-        .input(0)
-        .input(1)
-        .bs(0, 1)
-        .measure([0, 1], "a")
-        .input(0)
-        .input(1)
-        .bs(0, 1)
-        .measure([0, 1], "b")
-        .build()
-    )
     async with bench(tmp_path) as b:
-        await b.ask("scheduler", Submit(circuit=long, job="long"))
+        await b.ask("scheduler", Submit(circuit=two_rounds(40_000), job="long"))
 
         async def started() -> bool:
             return (await b.ask("memory", GetJob(job="long"))).record.frames >= 2

@@ -12,21 +12,21 @@ import trio
 from actors.jobs import wait_for_job
 from actors.lab import lab_system
 from protocol import AwenError
-from protocol.circuit import CircuitBuilder
 from protocol.executor import GetExecutorStatus
 from protocol.memory import GetJob, PutCalibration, QueryResults
 from protocol.scheduler import Submit
 from runtime import RestartPolicy, RuntimeOptions, open_system
-from sim import DeviceServer, parse_config, serve_tcp
+from sim import DeviceServer, serve_tcp
 
+from .chips import CHIP, truth
+from .circuits import hom
 from .helpers import eventually
-from .test_executor import truth
 
 pytestmark = pytest.mark.system
 
 
 async def test_kill_9_of_the_executor_mid_job_resumes_from_the_last_committed_frame_then_runs_the_queue(tmp_path):
-    server = DeviceServer(parse_config({"modes": 4, "heaters": {"drift_rad_per_sqrt_hour": 0.0}}), seed=3)
+    server = DeviceServer(CHIP, seed=3)
     async with trio.open_nursery() as outside:
         host, port = await outside.start(serve_tcp, server, "127.0.0.1", 0)
         config = lab_system(
@@ -43,10 +43,8 @@ async def test_kill_9_of_the_executor_mid_job_resumes_from_the_last_committed_fr
             with trio.fail_after(60):
                 await sup.wait_started()
             await sup.request("memory", PutCalibration(device="chip", identity="truth", fits=truth(server).fits()))
-            circuit = CircuitBuilder(2, shots=200_000).input(0).input(1).bs(0, 1).measure([0, 1], "c").build()
-            await sup.request("scheduler", Submit(circuit=circuit, job="long"))
-            small = CircuitBuilder(2, shots=10_000).input(0).input(1).bs(0, 1).measure([0, 1], "c").build()
-            await sup.request("scheduler", Submit(circuit=small, job="next"))  # waits its turn behind "long"
+            await sup.request("scheduler", Submit(circuit=hom(200_000), job="long"))
+            await sup.request("scheduler", Submit(circuit=hom(10_000), job="next"))  # waits its turn behind "long"
 
             async def some_frames() -> bool:
                 return (await sup.request("memory", GetJob(job="long"))).record.frames >= 5

@@ -26,15 +26,15 @@ from actors.memory import MemoryActor
 from actors.scheduler import SchedulerActor
 from protocol.calibration import Calibrate
 from protocol.catalog import CATALOG
-from protocol.circuit import CircuitBuilder
 from protocol.memory import GetCalibration, GetJob, ListCalibrations, PutCalibration, QueryJobs, QueryResults
 from protocol.results import parse_result_slot
 from protocol.scheduler import Submit
 from runtime import Actor, Address, Directory, LocalNetwork, Runtime, RuntimeOptions
 from sim import DeviceServer, serve_tcp
 
+from .chips import CHIP, truth
+from .circuits import two_rounds
 from .helpers import eventually
-from .test_executor import CHIP, truth
 
 NAMES = ("memory", "hal", "scheduler", "executor", "calibration", "me")
 
@@ -126,29 +126,13 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
         outside.cancel_scope.cancel()
 
 
-def two_phases(shots: int) -> Any:
-    """HOM, then the same photons through another coupler: a checkpoint between the two phases."""
-    return (
-        CircuitBuilder(2, shots=shots)
-        .input(0)
-        .input(1)
-        .bs(0, 1)
-        .measure([0, 1], "a")
-        .input(0)
-        .input(1)
-        .bs(0, 1, theta=0.3)
-        .measure([0, 1], "b")
-        .build()
-    )
-
-
 @pytest.mark.parametrize("actor", ["memory", "scheduler", "hal", "executor"])
 async def test_an_actor_that_stops_mid_job_and_comes_back_leaves_the_job_completed_with_every_shot_once(
     tmp_path, actor
 ):
     async with lab(tmp_path) as b:
         shots = 15_000
-        await b.ask("scheduler", Submit(circuit=two_phases(shots), job="long"))
+        await b.ask("scheduler", Submit(circuit=two_rounds(shots), job="long"))
 
         async def under_way() -> bool:
             return await b.frames("long") >= 4
@@ -165,7 +149,7 @@ async def test_an_actor_that_stops_mid_job_and_comes_back_leaves_the_job_complet
 async def test_two_actors_stopping_one_after_another_still_leave_the_job_completed(tmp_path):
     async with lab(tmp_path) as b:
         shots = 15_000
-        await b.ask("scheduler", Submit(circuit=two_phases(shots), job="long"))
+        await b.ask("scheduler", Submit(circuit=two_rounds(shots), job="long"))
 
         async def under_way(frames: int) -> Callable[[], Any]:
             async def enough() -> bool:

@@ -43,29 +43,8 @@ from protocol.scheduler import (
 )
 from runtime import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions
 
+from .circuits import hom, two_rounds
 from .helpers import eventually
-
-
-def hom(priority: int = 0, shots: int = 1000, **kw: Any):
-    return (
-        CircuitBuilder(2, shots=shots, priority=priority, **kw).input(0).input(1).bs(0, 1).measure([0, 1], "c").build()
-    )
-
-
-def two_rounds(priority: int = 0):
-    """Two phases: a job the scheduler can preempt between them."""
-    return (
-        CircuitBuilder(2, priority=priority)
-        .input(0)
-        .input(1)
-        .bs(0, 1)
-        .measure([0, 1], "a")
-        .input(0)
-        .input(1)
-        .bs(0, 1, theta=0.3)
-        .measure([0, 1], "b")
-        .build()
-    )
 
 
 @dataclass
@@ -267,7 +246,7 @@ async def test_priorities_first_then_submission_order_and_cancel(tmp_path, autoj
     async with lab(tmp_path) as lab_:
         await lab_.sched(Pause(reason="loading the queue"))
         for job, priority in [("low-1", 0), ("high-1", 5), ("low-2", 0), ("high-2", 5), ("doomed", 9)]:
-            await lab_.sched(Submit(circuit=hom(priority, shots=100 + priority), job=job))
+            await lab_.sched(Submit(circuit=hom(100 + priority, priority=priority), job=job))
         await lab_.sched(Cancel(job="doomed", reason="changed my mind"))
         assert await lab_.state("doomed") == "cancelled"
         await lab_.wait_planned("low-1", "high-1", "low-2", "high-2")
@@ -405,7 +384,7 @@ async def test_the_pause_survives_a_restart_and_the_queue_comes_back_in_order(tm
     async with lab(tmp_path) as lab_:
         await lab_.sched(Pause(reason="night"))
         for job, priority in [("a", 0), ("b", 3), ("c", 0)]:
-            await lab_.sched(Submit(circuit=hom(priority, shots=10 + len(job)), job=job))
+            await lab_.sched(Submit(circuit=hom(10 + len(job), priority=priority), job=job))
         await lab_.wait_planned("a", "b", "c")
     async with lab(tmp_path) as lab_:
         queue = await lab_.sched(GetQueue())

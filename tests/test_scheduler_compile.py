@@ -34,10 +34,10 @@ from protocol.circuit import (
 )
 from protocol.mesh import mesh_unitary, mzi
 from protocol.scheduler import StrategyConfig
-from sim import output_distribution, parse_config
+from sim import output_distribution
 
-DEVICE = parse_config({"modes": 8}).description()
-BIG = parse_config({"modes": 32}).description()
+from .chips import BIG, DEVICE
+from .circuits import feed_forward, hom, two_rounds
 
 
 def problems_of(circuit: Circuit, device=DEVICE, **limits) -> list[str]:
@@ -59,11 +59,10 @@ def test_the_builder_writes_the_documented_json():
         {"op": "input", "mode": 1, "state": "photon"},
         {"op": "bs", "modes": [0, 1], "theta": 0.7853981633974483},
         {"op": "measure", "modes": [0, 1], "into": "c"}]}"""
-    built = CircuitBuilder(2, shots=10_000).input(0).input(1).bs(0, 1).measure([0, 1], "c").build()
+    builder = CircuitBuilder(2, shots=10_000).input(0).input(1).bs(0, 1).measure([0, 1], "c")
+    built = builder.build()
     assert load_circuit(text) == built
-    assert (
-        load_circuit(CircuitBuilder(2, shots=10_000).input(0).input(1).bs(0, 1).measure([0, 1], "c").to_json()) == built
-    )
+    assert load_circuit(builder.to_json()) == built
 
 
 def test_format_problems_are_all_reported_with_op_and_field():
@@ -114,21 +113,8 @@ def test_every_problem_against_the_device_is_reported_at_once():
 
 
 def test_a_conditional_needing_faster_feed_forward_than_the_device_has_is_refused():
-    fast = (
-        CircuitBuilder(3)
-        .input(0)
-        .input(1)
-        .bs(0, 1)
-        .store(1, "m")
-        .measure([0], "a")
-        .wait(100)
-        .load("m", 2)
-        .if_("a", 1)
-        .ps(2, math.pi)
-        .end()
-        .measure([2], "b")
-        .build()
-    )
+    first_pass = CircuitBuilder(3).input(0).input(1).bs(0, 1).store(1, "m").measure([0], "a")
+    fast = feed_forward(first_pass, wait_ns=100).measure([2], "b").build()
     (problem,) = problems_of(fast)
     assert "needs feed-forward within 100 ns of the measurement" in problem
     assert "the device's feed-forward takes 200 ns: add a wait of at least 100 ns" in problem
@@ -323,7 +309,7 @@ def test_the_mesh_of_a_plan_is_the_circuit_s_unitary_on_the_placed_modes():
 
 
 def test_hom_plan_gives_the_hong_ou_mandel_dip():
-    plan = compile_circuit(CircuitBuilder(2).input(0).input(1).bs(0, 1).measure([0, 1], "c").build(), DEVICE)
+    plan = compile_circuit(hom(), DEVICE)
     (phase,) = plan.phases
     mesh = mesh_unitary(np.array(phase.mesh_phases))
     photons = [0] * DEVICE.modes
@@ -336,23 +322,8 @@ def test_hom_plan_gives_the_hong_ou_mandel_dip():
 
 
 def test_feed_forward_branches_cover_every_outcome_and_name_the_configuration():
-    circuit = (
-        CircuitBuilder(4)
-        .input(0)
-        .input(1)
-        .bs(0, 1)
-        .store(1, "m")
-        .measure([0], "a")
-        .wait(300)
-        .load("m", 2)
-        .if_("a", 1)
-        .ps(2, math.pi)
-        .end()
-        .input(3)
-        .measure([3], "z")
-        .measure([2], "b")
-        .build()
-    )
+    first_pass = CircuitBuilder(4).input(0).input(1).bs(0, 1).store(1, "m").measure([0], "a")
+    circuit = feed_forward(first_pass, wait_ns=300).input(3).measure([3], "z").measure([2], "b").build()
     plan = compile_circuit(circuit, DEVICE)
     validate_plan(plan, DEVICE, circuit_ops=carried_ops(circuit))
     (phase,) = plan.phases
@@ -391,26 +362,14 @@ def test_components_that_contend_for_delay_lines_are_serialised_into_phases():
 
 
 def test_new_inputs_after_measurement_start_a_new_round_and_depend_on_the_earlier_one():
-    circuit = (
-        CircuitBuilder(2)
-        .input(0)
-        .input(1)
-        .bs(0, 1)
-        .measure([0, 1], "first")
-        .input(0)
-        .input(1)
-        .bs(0, 1, theta=0.2)
-        .measure([0, 1], "second")
-        .build()
-    )
-    plan = compile_circuit(circuit, DEVICE)
+    plan = compile_circuit(two_rounds(), DEVICE)
     assert [(p.round, p.depends_on) for p in plan.phases] == [(0, []), (1, [0])]
     with pytest.raises(CircuitError, match="gets a new input while modes \\[1\\] are still in flight"):
         compile_circuit(CircuitBuilder(2).input(0).input(1).measure([0], "a").input(0).build(), DEVICE)
 
 
 def test_degraded_components_are_avoided():
-    circuit = CircuitBuilder(2).input(0).input(1).bs(0, 1).measure([0, 1], "c").build()
+    circuit = hom()
     healthy = compile_circuit(circuit, DEVICE)
     sick = compile_circuit(circuit, DEVICE, health=Health(modes=frozenset({0}), detectors=frozenset({1, 2})))
     validate_plan(sick, DEVICE)

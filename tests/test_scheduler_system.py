@@ -9,18 +9,14 @@ import signal
 import pytest
 import trio
 
-from protocol.circuit import CircuitBuilder
 from protocol.memory import GetJob
 from protocol.scheduler import GetQueue, NextJob, Pause, Resume, Submit
 from runtime import RemoteError, open_system, parse_system
 
+from .circuits import hom
 from .helpers import eventually
 
 pytestmark = pytest.mark.system
-
-
-def circuit(priority: int, shots: int):
-    return CircuitBuilder(2, shots=shots, priority=priority).input(0).input(1).bs(0, 1).measure([0, 1], "c").build()
 
 
 async def test_kill_9_of_the_scheduler_loses_no_accepted_job_and_keeps_the_order(tmp_path):
@@ -51,7 +47,7 @@ async def test_kill_9_of_the_scheduler_loses_no_accepted_job_and_keeps_the_order
         accepted: list[tuple[str, int]] = []
         for i in range(12):
             priority = rng.choice([0, 1, 5])
-            reply = await sup.request("scheduler", Submit(circuit=circuit(priority, 100 + i), job=f"j{i:02d}"))
+            reply = await sup.request("scheduler", Submit(circuit=hom(100 + i, priority=priority), job=f"j{i:02d}"))
             accepted.append((reply.job, priority))
         before = await sup.request("scheduler", GetQueue())
         pid = sup.pid_of("scheduler")
