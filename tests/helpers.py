@@ -83,6 +83,18 @@ class LineReader:
             lines.append(line)
 
 
+def awen_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``python -m awen.cli ARGS`` run to its end, as an operator runs it; its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "awen.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        check=False,
+    )
+
+
 @contextmanager
 def awen_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], LineReader]]:
     """``python -m awen.cli ARGS`` as an operator runs it; its stdout and stderr as one stream of lines.

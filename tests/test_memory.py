@@ -66,7 +66,7 @@ from protocol.memory import (
 from protocol.plan import Plan, PlanMetrics
 from runtime import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions
 
-from .helpers import eventually
+from .helpers import awen_cli, eventually
 
 # --- slots ---------------------------------------------------------------------------------
 
@@ -664,23 +664,12 @@ def test_acknowledged_means_committed_on_disk(tmp_path):
 
 
 def test_the_store_commands_read_a_data_directory(tmp_path):
-    import subprocess
-    import sys
-
-    from .helpers import REPO
-
     store = store_with_a_job(tmp_path / "store.sqlite3")
     store.write(ops.set_job_state("j1", "cancelled", "nobody wanted it"))
     store.close()
 
     def awen(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "awen.cli", "store", *args, "--data-dir", str(tmp_path)],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            check=False,
-        )
+        done = awen_cli("store", *args, "--data-dir", str(tmp_path))
         return done.stdout + done.stderr
 
     assert "j1                       cancelled" in awen("jobs")

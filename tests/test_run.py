@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
-from .helpers import REPO
+from .helpers import REPO, awen_cli
 
 pytestmark = pytest.mark.system
 
@@ -19,24 +17,7 @@ def awen_run(example: str, data_dir, *extra: str) -> dict:
 
 
 def awen_run_file(path, data_dir, *extra: str) -> dict:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "awen.cli",
-            "run",
-            str(path),
-            "--json",
-            "--data-dir",
-            str(data_dir),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=600,
-        check=False,
-    )
+    done = awen_cli("run", str(path), "--json", "--data-dir", str(data_dir), *extra)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 
@@ -98,41 +79,15 @@ def test_feed_forward_sees_the_photons_bunch(data_dir):
 def test_a_bad_circuit_file_is_refused_with_the_problem(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"modes": 2, "ops": [{"op": "bs", "modes": [0, 5]}]}')
-    done = subprocess.run(
-        [sys.executable, "-m", "awen.cli", "run", str(bad), "--data-dir", str(tmp_path / "d")],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-        check=False,
-    )
+    done = awen_cli("run", str(bad), "--data-dir", str(tmp_path / "d"), timeout=300)
     assert done.returncode == 1
     assert "mode 5 is out of range" in done.stderr
 
 
 def test_awen_calibrate_prints_the_fit_per_heater_and_plots_it(tmp_path):
     png = tmp_path / "calibration.png"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "awen.cli",
-            "calibrate",
-            "--modes",
-            "4",
-            "--points",
-            "6",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--plot",
-            str(png),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=600,
-        check=False,
-    )
+    data_dir = tmp_path / "data"
+    done = awen_cli("calibrate", "--modes", "4", "--points", "6", "--data-dir", str(data_dir), "--plot", str(png))
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines[0].startswith("calibration version 1 of chip")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,7 +12,7 @@ import serial
 
 from protocol import scpi
 
-from .helpers import REPO, awen_process
+from .helpers import awen_cli, awen_process
 
 pytestmark = pytest.mark.system
 
@@ -70,13 +69,7 @@ def test_serve_pty_prints_a_path_pyserial_opens():
 def test_a_bad_device_file_is_refused_with_its_name(tmp_path):
     device = tmp_path / "chip.toml"
     device.write_text("modes = 1\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "awen.cli", "sim", "serve", "--tcp", "127.0.0.1:0", "--device", str(device)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
+    result = awen_cli("sim", "serve", "--tcp", "127.0.0.1:0", "--device", str(device), timeout=60)
     assert result.returncode == 1
     assert f"{device}: Expected `int` >= 2 - at `$.modes`" in result.stderr
 
