@@ -30,6 +30,7 @@ from runtime._system import free_tcp_port
 
 from .actors import TEST_CATALOG, Add, Changed, Counter, Fail, Note, SlowToStart, Stubborn, Total
 from .helpers import eventually, recv_message
+from .stack import start_running
 
 TRANSPORTS = ["mem", "inproc", "ipc", "tcp"]
 
@@ -240,18 +241,12 @@ async def test_a_stopping_actor_answers_what_it_still_owes(tmp_path):
     client, counter = Actor("client", rt), Counter("counter", rt)
     async with trio.open_nursery() as outer:
         await outer.start(client.run)
-        scope = trio.CancelScope()
-
-        async def run_counter(task_status: trio.TaskStatus[None]) -> None:
-            with scope:
-                await counter.run(task_status=task_status)
-
-        await outer.start(run_counter)
+        running = await start_running(outer, counter)
         async with trio.open_nursery() as nursery:
 
             async def stop_soon() -> None:
                 await counter.adding.wait()
-                scope.cancel()
+                running.scope.cancel()
 
             nursery.start_soon(stop_soon)
             with trio.fail_after(5), pytest.raises(RemoteError) as caught:

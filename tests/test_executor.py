@@ -26,18 +26,18 @@ from actors.hal import HalActor
 from actors.jobs import wait_for_job
 from actors.memory import MemoryActor
 from actors.scheduler import SchedulerActor
-from protocol.catalog import CATALOG
 from protocol.circuit import CircuitBuilder, RunMode
 from protocol.executor import Abort, GetExecutorStatus
 from protocol.hal import ConfigureInputs, InputSetting, SetHeaters
 from protocol.memory import GetJob, GetPlan, PutCalibration, QueryResults
 from protocol.scheduler import GetQueue, SetStrategy, StrategyConfig, Submit
-from runtime import Actor, Address, Directory, LocalNetwork, Runtime, RuntimeOptions
+from runtime import Actor
 from sim import DeviceServer, parse_fault, serve_tcp
 
 from .chips import CHIP, truth
 from .circuits import feed_forward, hom, two_rounds
 from .helpers import eventually
+from .stack import mem_runtime
 
 
 @dataclass
@@ -83,9 +83,7 @@ async def bench(
     """The whole stack on a simulated chip. ``calibrate``: store the chip's truth as version 1;
     ``calibration``: also run a calibration actor with this configuration."""
     server = DeviceServer(CHIP, seed=7)
-    names = ("memory", "hal", "scheduler", "executor", "calibration", "me")
-    directory = Directory({n: Address(address=f"mem://{n}", events=f"mem://{n}.ev") for n in names})
-    runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork(), catalog=CATALOG)
+    runtime = mem_runtime("memory", "hal", "scheduler", "executor", "calibration", "me")
     async with trio.open_nursery() as outside:
         host, port = await outside.start(serve_tcp, server, "127.0.0.1", 0)
         memory = MemoryActor("memory", runtime, data_dir=str(tmp_path / "data"), synchronous="normal")

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from actors.hal import HalActor, parse_hal_config
 from actors.hal._config import per_heater
 from protocol import ConfigError, ErrorCode
-from protocol.catalog import CATALOG
 from protocol.hal import (
     ConfigureInputs,
     DelayRoute,
@@ -36,8 +35,10 @@ from protocol.hal import (
     SetHeaters,
 )
 from protocol.system import ActorCrashLooping
-from runtime import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions
+from runtime import Actor, RemoteError
 from sim import DeviceServer, SimConfig, parse_config, parse_fault, serve_pty, serve_tcp
+
+from .stack import Running, mem_runtime, start_running
 
 CHIP = parse_config({"modes": 4})
 
@@ -48,12 +49,10 @@ class Bench:
     hal: HalActor
     client: Actor
     url: str
-    hal_scope: trio.CancelScope
-    hal_stopped: trio.Event
+    running: Running[HalActor]
 
     async def stop_hal(self) -> None:
-        self.hal_scope.cancel()
-        await self.hal_stopped.wait()
+        await self.running.stop()
 
     async def ask(self, request: Any) -> Any:
         with trio.fail_after(30):
@@ -77,30 +76,15 @@ async def bench(kind: str = "tcp", config: SimConfig = CHIP, seed: int = 1, **de
         else:
             path = await outside.start(functools.partial(serve_pty, server))
             url = f"serial://{path}?baud=115200"
-        directory = Directory(
-            {
-                "hal": Address(address="mem://hal", events="mem://hal.ev"),
-                "me": Address(address="mem://me", events="mem://me.ev"),
-            }
-        )
-        runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork(), catalog=CATALOG)
+        runtime = mem_runtime("hal", "me")
         hal = HalActor("hal", runtime, devices=[{"name": "chip", "url": url, "timeout_s": 1.0, **device}])
         client = Actor("me", runtime)
-        hal_scope, hal_stopped = trio.CancelScope(), trio.Event()
-
-        async def run_hal(task_status: trio.TaskStatus[None]) -> None:
-            try:
-                with hal_scope:
-                    await hal.run(task_status=task_status)
-            finally:
-                hal_stopped.set()
-
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_hal)
+            running = await start_running(nursery, hal)
             await nursery.start(client.run)
             with trio.fail_after(10):
                 await hal.devices["chip"].wait_connected()
-            yield Bench(server, hal, client, url, hal_scope, hal_stopped)
+            yield Bench(server, hal, client, url, running)
             nursery.cancel_scope.cancel()
         outside.cancel_scope.cancel()
 
@@ -412,9 +396,9 @@ async def test_reconnects_within_a_second_of_the_device_coming_back():
                 await serve_tcp(server, "127.0.0.1", port, task_status=task_status)
 
         host, port = await outer.start(serve_once, first, 0)
-        directory = Directory({"hal": Address(address="mem://hal", events="mem://hal.ev")})
-        runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork(), catalog=CATALOG)
-        hal = HalActor("hal", runtime, devices=[{"name": "chip", "url": f"tcp://{host}:{port}", "watchdog_s": 1.5}])
+        hal = HalActor(
+            "hal", mem_runtime("hal"), devices=[{"name": "chip", "url": f"tcp://{host}:{port}", "watchdog_s": 1.5}]
+        )
         await outer.start(hal.run)
         device = hal.devices["chip"]
         await device.wait_connected()

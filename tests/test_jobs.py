@@ -18,9 +18,10 @@ import trio
 
 from actors.jobs import wait_for_job
 from protocol import Envelope, ErrorCode, NotFound
-from protocol.catalog import CATALOG
 from protocol.memory import GetJob, Job, JobRecord, JobState, ResultsComplete
-from runtime import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions, handles
+from runtime import Actor, RemoteError, Runtime, handles
+
+from .stack import Running, mem_runtime, start_running
 
 
 def record(job: str, state: JobState) -> JobRecord:
@@ -71,27 +72,17 @@ class Lab:
     memory: Memory
     nursery: trio.Nursery
     make: Callable[[], Memory]
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    stopped: trio.Event = field(default_factory=trio.Event)
+    running: Running[Memory] | None = None
     reads: int = 0
     """Reads answered by memory actors stopped since."""
 
     async def start_memory(self) -> None:
-        self.memory, self.scope, self.stopped = self.make(), trio.CancelScope(), trio.Event()
-        memory, scope, stopped = self.memory, self.scope, self.stopped
-
-        async def run(task_status: trio.TaskStatus[None]) -> None:
-            try:
-                with scope:
-                    await memory.run(task_status=task_status)
-            finally:
-                stopped.set()
-
-        await self.nursery.start(run)
+        self.memory = self.make()
+        self.running = await start_running(self.nursery, self.memory)
 
     async def stop_memory(self) -> None:
-        self.scope.cancel()
-        await self.stopped.wait()
+        assert self.running is not None
+        await self.running.stop()
         self.reads += self.memory.reads
 
     @property
@@ -120,9 +111,7 @@ class Waiter:
 
 @asynccontextmanager
 async def lab(jobs: dict[str, JobState]) -> AsyncIterator[Lab]:
-    names = ("memory", "me")
-    directory = Directory({n: Address(address=f"mem://{n}", events=f"mem://{n}.ev") for n in names})
-    runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork(), catalog=CATALOG)
+    runtime = mem_runtime("memory", "me")
     client = Actor("me", runtime)
     async with trio.open_nursery() as nursery:
         bench = Lab(client, Memory("memory", runtime, jobs), nursery, lambda: Memory("memory", runtime, jobs))

@@ -33,7 +33,6 @@ from actors.memory._actor import INLINE_BYTES
 from actors.memory._store import WriteOp
 from protocol import ConfigError, IllegalTransition, NotFound, StoreFull, StoreUnavailable, pack
 from protocol.calibration_model import CalibrationFits, Crosstalk, FitResiduals, FitUncertainties
-from protocol.catalog import CATALOG
 from protocol.circuit import Circuit
 from protocol.hal import Temperature
 from protocol.memory import (
@@ -64,9 +63,10 @@ from protocol.memory import (
     Written,
 )
 from protocol.plan import Plan, PlanMetrics
-from runtime import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions
+from runtime import Actor, RemoteError
 
 from .helpers import awen_cli, eventually
+from .stack import mem_runtime
 
 # --- slots ---------------------------------------------------------------------------------
 
@@ -335,13 +335,7 @@ def test_a_refused_operation_does_not_undo_the_others_in_its_transaction(tmp_pat
 
 @asynccontextmanager
 async def memory(data_dir: Path, **config: Any) -> AsyncIterator[tuple[MemoryActor, Actor]]:
-    directory = Directory(
-        {
-            "memory": Address(address="mem://memory", events="mem://memory.ev"),
-            "me": Address(address="mem://me", events="mem://me.ev"),
-        }
-    )
-    runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork(), catalog=CATALOG)
+    runtime = mem_runtime("memory", "me")
     actor = MemoryActor("memory", runtime, data_dir=str(data_dir), **config)
     client = Actor("me", runtime)
     async with trio.open_nursery() as nursery:
@@ -646,7 +640,7 @@ async def test_a_resumed_job_continues_at_its_next_frame_with_its_state(tmp_path
 
 
 def test_bad_configuration_is_named():
-    runtime = Runtime(Directory({}), local=LocalNetwork(), catalog=CATALOG)
+    runtime = mem_runtime()
     with pytest.raises(ConfigError, match=r"memory configuration: .*synchronous"):
         MemoryActor("memory", runtime, synchronous="sometimes")
     with pytest.raises(ConfigError, match="unknown field `datadir`"):

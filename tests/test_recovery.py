@@ -25,18 +25,16 @@ from actors.jobs import wait_for_job
 from actors.memory import MemoryActor
 from actors.scheduler import SchedulerActor
 from protocol.calibration import Calibrate
-from protocol.catalog import CATALOG
 from protocol.memory import GetCalibration, GetJob, ListCalibrations, PutCalibration, QueryJobs, QueryResults
 from protocol.results import parse_result_slot
 from protocol.scheduler import Submit
-from runtime import Actor, Address, Directory, LocalNetwork, Runtime, RuntimeOptions
+from runtime import Actor
 from sim import DeviceServer, serve_tcp
 
 from .chips import CHIP, truth
 from .circuits import two_rounds
 from .helpers import eventually
-
-NAMES = ("memory", "hal", "scheduler", "executor", "calibration", "me")
+from .stack import Running, mem_runtime, start_running
 
 
 @dataclass
@@ -47,27 +45,14 @@ class Lab:
     client: Actor
     makers: dict[str, Callable[[], Actor]]
     nursery: trio.Nursery
-    scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
-    stopped: dict[str, trio.Event] = field(default_factory=dict)
+    running: dict[str, Running[Actor]] = field(default_factory=dict)
 
     async def start(self, name: str) -> None:
-        scope, stopped = trio.CancelScope(), trio.Event()
-        actor = self.makers[name]()
-
-        async def run(task_status: trio.TaskStatus[None]) -> None:
-            try:
-                with scope:
-                    await actor.run(task_status=task_status)
-            finally:
-                stopped.set()
-
-        self.scopes[name], self.stopped[name] = scope, stopped
-        await self.nursery.start(run)
+        self.running[name] = await start_running(self.nursery, self.makers[name]())
 
     async def restart(self, name: str) -> None:
         """Stop the actor and start a new one in its place (a new incarnation, as after a crash)."""
-        self.scopes[name].cancel()
-        await self.stopped[name].wait()
+        await self.running[name].stop()
         await self.start(name)
 
     async def ask(self, to: str, request: Any) -> Any:
@@ -98,8 +83,7 @@ class Lab:
 @asynccontextmanager
 async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
     server = DeviceServer(CHIP, seed=7)
-    directory = Directory({n: Address(address=f"mem://{n}", events=f"mem://{n}.ev") for n in NAMES})
-    runtime = Runtime(directory, RuntimeOptions(heartbeat_interval=0.2), local=LocalNetwork(), catalog=CATALOG)
+    runtime = mem_runtime("memory", "hal", "scheduler", "executor", "calibration", "me", heartbeat_interval=0.2)
     async with trio.open_nursery() as outside:
         host, port = await outside.start(serve_tcp, server, "127.0.0.1", 0)
         device = {"name": "chip", "url": f"tcp://{host}:{port}", "timeout_s": 1.0}

@@ -20,7 +20,6 @@ from actors.memory import MemoryActor
 from actors.scheduler import SchedulerActor
 from actors.scheduler._queue import ACCEPTING_SEQ, JobEvent, JobPhase, QueuedJob
 from protocol import IllegalTransition
-from protocol.catalog import CATALOG
 from protocol.circuit import CircuitBuilder
 from protocol.hal import Describe, InterlockReset, InterlockTripped
 from protocol.memory import Allocate, Free, GetJob, GetPlan, PutCalibration, QueryJobs, SetJobState
@@ -41,10 +40,11 @@ from protocol.scheduler import (
     Unsuspend,
     Validate,
 )
-from runtime import Actor, Address, Directory, LocalNetwork, RemoteError, Runtime, RuntimeOptions
+from runtime import Actor, RemoteError
 
 from .circuits import hom, two_rounds
 from .helpers import eventually
+from .stack import mem_runtime
 
 
 @dataclass
@@ -99,18 +99,9 @@ class Lab:
         await eventually(planned)
 
 
-def names(*extra: str) -> Directory:
-    return Directory(
-        {
-            n: Address(address=f"mem://{n}", events=f"mem://{n}.ev")
-            for n in ("memory", "hal", "scheduler", "exec", *extra)
-        }
-    )
-
-
 @asynccontextmanager
 async def lab(tmp_path: Path, **config: Any) -> AsyncIterator[Lab]:
-    runtime = Runtime(names(), RuntimeOptions(heartbeat_interval=0.5), local=LocalNetwork(), catalog=CATALOG)
+    runtime = mem_runtime("memory", "hal", "scheduler", "exec")
     memory = MemoryActor("memory", runtime, data_dir=str(tmp_path / "data"), synchronous="normal")
     hal = HalActor("hal", runtime, devices=[{"name": "chip", "url": "sim://?seed=1&modes=8", "watchdog_s": 0}])
     scheduler = SchedulerActor("scheduler", runtime, deadline_check_s=0.05, **config)
