@@ -58,6 +58,12 @@ class Bench:
         with trio.fail_after(30):
             return await self.client.request("hal", request)
 
+    async def error_of(self, request: Any) -> RemoteError:
+        """The error the HAL answers ``request`` with; the test fails if the request succeeds."""
+        with pytest.raises(RemoteError) as caught:
+            await self.ask(request)
+        return caught.value
+
     def fault_next(self, spec: str, offset: int = 1) -> None:
         """Inject a fault on the device's ``offset``-th message from now."""
         plan = self.server.device.faults
@@ -162,18 +168,15 @@ async def test_a_stopping_hal_leaves_the_device_safe():
 async def test_limits_are_enforced_before_the_wire():
     async with bench(v_max=5.0, power_limit_w=0.3) as b:
         sent_before = len(b.server.device.received)
-        with pytest.raises(RemoteError) as caught:
-            await b.ask(SetHeaters(device="chip", changes={2: 5.5}))
-        assert caught.value.code == ErrorCode.SAFETY_LIMIT
-        assert "heater 2" in str(caught.value)
-        assert "outside 0-5 V" in str(caught.value)
-        with pytest.raises(RemoteError) as caught:
-            await b.ask(SetHeaters(device="chip", volts=np.full(16, 4.9)))
-        assert caught.value.code == ErrorCode.SAFETY_LIMIT
-        assert "over the budget" in str(caught.value)
-        with pytest.raises(RemoteError) as caught:
-            await b.ask(SetHeaters(device="chip", volts=np.zeros(15)))
-        assert "expected 16 voltages" in str(caught.value)
+        error = await b.error_of(SetHeaters(device="chip", changes={2: 5.5}))
+        assert error.code == ErrorCode.SAFETY_LIMIT
+        assert "heater 2" in str(error)
+        assert "outside 0-5 V" in str(error)
+        error = await b.error_of(SetHeaters(device="chip", volts=np.full(16, 4.9)))
+        assert error.code == ErrorCode.SAFETY_LIMIT
+        assert "over the budget" in str(error)
+        error = await b.error_of(SetHeaters(device="chip", volts=np.zeros(15)))
+        assert "expected 16 voltages" in str(error)
         assert len(b.server.device.received) == sent_before  # nothing reached the device
 
 
@@ -189,16 +192,14 @@ async def test_limits_per_heater_voltage_and_power_are_enforced_before_the_wire(
         assert limits[9] == pytest.approx(at_most)
         assert limits[0] == 7.0
         sent_before = len(b.server.device.received)
-        with pytest.raises(RemoteError) as caught:
-            await b.ask(SetHeaters(device="chip", changes={3: 2.6}))
-        assert caught.value.code == ErrorCode.SAFETY_LIMIT
-        assert "heater 3" in str(caught.value)
-        assert "outside 0-2.5 V" in str(caught.value)
-        with pytest.raises(RemoteError) as caught:
-            await b.ask(SetHeaters(device="chip", changes={9: at_most * 1.05}))
-        assert caught.value.code == ErrorCode.SAFETY_LIMIT
-        assert "heater 9" in str(caught.value)
-        assert "over its limit of 0.001 W" in str(caught.value)
+        error = await b.error_of(SetHeaters(device="chip", changes={3: 2.6}))
+        assert error.code == ErrorCode.SAFETY_LIMIT
+        assert "heater 3" in str(error)
+        assert "outside 0-2.5 V" in str(error)
+        error = await b.error_of(SetHeaters(device="chip", changes={9: at_most * 1.05}))
+        assert error.code == ErrorCode.SAFETY_LIMIT
+        assert "heater 9" in str(error)
+        assert "over its limit of 0.001 W" in str(error)
         assert len(b.server.device.received) == sent_before  # nothing reached the device
         result = await b.ask(SetHeaters(device="chip", changes={3: 2.5, 9: at_most * 0.99}))
         assert result.readback[3] == 2.5
@@ -209,21 +210,18 @@ async def test_a_configuration_that_does_not_fit_the_device_refuses_it_with_the_
         (info,) = (await b.ask(ListDevices())).devices
         assert info.state == "refused"
         assert "v_max lists 15 values, but the device has 16 heaters" in info.detail
-        with pytest.raises(RemoteError) as caught:
-            await b.ask(SetHeaters(device="chip", changes={0: 1.0}))
-        assert caught.value.code == ErrorCode.UNAVAILABLE
-        assert "v_max lists 15 values" in str(caught.value)
+        error = await b.error_of(SetHeaters(device="chip", changes={0: 1.0}))
+        assert error.code == ErrorCode.UNAVAILABLE
+        assert "v_max lists 15 values" in str(error)
 
 
 async def test_a_heater_the_device_does_not_have_is_an_invalid_request_naming_the_field():
     async with bench() as b:
-        with pytest.raises(RemoteError) as caught:
-            await b.ask(GetHeater(device="chip", heater=16))
-        assert (caught.value.code, caught.value.field) == (ErrorCode.INVALID, "heater")
-        assert "heater 16 does not exist (the device has heaters 0-15)" in str(caught.value)
-        with pytest.raises(RemoteError) as caught:
-            await b.ask(SetHeaters(device="chip", changes={2: 1.0, 99: 1.0}))
-        assert (caught.value.code, caught.value.field) == (ErrorCode.INVALID, "changes")
+        error = await b.error_of(GetHeater(device="chip", heater=16))
+        assert (error.code, error.field) == (ErrorCode.INVALID, "heater")
+        assert "heater 16 does not exist (the device has heaters 0-15)" in str(error)
+        error = await b.error_of(SetHeaters(device="chip", changes={2: 1.0, 99: 1.0}))
+        assert (error.code, error.field) == (ErrorCode.INVALID, "changes")
         assert b.server.device.chip.voltages[2] == 0  # nothing of it was applied
 
 
@@ -244,9 +242,8 @@ async def test_a_request_for_another_state_version_is_refused_before_the_wire():
             SetHeaters(device="chip", changes={1: 2.0}, expect_version=configured.version),
             Program(device="chip", expect_version=configured.version),
         ):
-            with pytest.raises(RemoteError) as caught:
-                await b.ask(stale)
-            assert (caught.value.code, caught.value.field) == (ErrorCode.STATE_CHANGED, "expect_version")
+            error = await b.error_of(stale)
+            assert (error.code, error.field) == (ErrorCode.STATE_CHANGED, "expect_version")
         assert len(b.server.device.received) == sent_before
         assert b.server.device.chip.voltages[1] == 1.0
         status = await b.ask(GetDeviceStatus(device="chip"))
@@ -306,10 +303,9 @@ async def test_a_shot_run_cut_off_by_the_link_is_reported_not_repeated():
         await b.ask(ConfigureInputs(device="chip", inputs=[InputSetting(mode=0, state="photon")]))
         b.fault_next("close")
         before = b.server.device.results
-        with pytest.raises(RemoteError) as caught:
-            await b.ask(RunShots(device="chip", shots=10))
-        assert caught.value.code == ErrorCode.LINK_ERROR
-        assert "may or may not have been carried out" in str(caught.value)
+        error = await b.error_of(RunShots(device="chip", shots=10))
+        assert error.code == ErrorCode.LINK_ERROR
+        assert "may or may not have been carried out" in str(error)
         assert b.server.device.results is before  # the run itself never happened: the link dropped first
         assert (await b.ask(RunShots(device="chip", shots=10))).patterns.shape == (10, 4)
 
@@ -349,11 +345,10 @@ async def test_corrupted_replies_never_desynchronise_the_link():
 async def test_device_errors_come_back_with_their_scpi_number():
     async with bench(watchdog_s=30) as b:
         b.fault_next("error:code=-240,message=heater driver fault")
-        with pytest.raises(RemoteError) as caught:
-            await b.ask(SetHeaters(device="chip", changes={0: 1.0}))
-        assert caught.value.code == ErrorCode.DEVICE_ERROR
-        assert "-240" in str(caught.value)
-        assert "heater driver fault" in str(caught.value)
+        error = await b.error_of(SetHeaters(device="chip", changes={0: 1.0}))
+        assert error.code == ErrorCode.DEVICE_ERROR
+        assert "-240" in str(error)
+        assert "heater driver fault" in str(error)
         assert (await b.ask(SetHeaters(device="chip", changes={0: 1.0}))).readback[0] == 1.0
 
 
@@ -361,16 +356,14 @@ async def test_an_interlock_trip_is_published_and_blocks_writes_until_reset():
     async with bench(watchdog_s=30) as b:
         b.fault_next("interlock")
         async with b.client.open_event_stream("hal.interlock") as stream:
-            with pytest.raises(RemoteError) as caught:
-                await b.ask(SetHeaters(device="chip", changes={0: 1.0}))
-            assert caught.value.code == ErrorCode.INTERLOCK
+            error = await b.error_of(SetHeaters(device="chip", changes={0: 1.0}))
+            assert error.code == ErrorCode.INTERLOCK
             with trio.fail_after(5):
                 event = await stream.receive()
             assert event.body.device == "chip"
-        with pytest.raises(RemoteError) as caught:
-            await b.ask(SetHeaters(device="chip", changes={0: 1.0}))
-        assert caught.value.code == ErrorCode.INTERLOCK
-        assert "reset it" in str(caught.value)
+        error = await b.error_of(SetHeaters(device="chip", changes={0: 1.0}))
+        assert error.code == ErrorCode.INTERLOCK
+        assert "reset it" in str(error)
         await b.ask(ResetInterlock(device="chip"))
         assert (await b.ask(SetHeaters(device="chip", changes={0: 1.0}))).readback[0] == 1.0
 
@@ -457,10 +450,9 @@ async def test_any_float_in_a_heater_setting_is_refused_before_the_wire_never_a_
             SetHeaters(device="chip", changes={3: value}),
             SetHeaters(device="chip", volts=np.full(16, value)),
         ):
-            with pytest.raises(RemoteError) as caught:
-                await b.ask(request)
+            error = await b.error_of(request)
             # A finite float over the limit is the HAL's to refuse; the codec refuses a non-finite one in a map.
-            assert caught.value.code in (ErrorCode.SAFETY_LIMIT, ErrorCode.INVALID), caught.value
+            assert error.code in (ErrorCode.SAFETY_LIMIT, ErrorCode.INVALID), error
         assert len(b.server.device.received) == sent_before
 
 

@@ -46,6 +46,18 @@ def system(**overrides: Any) -> Any:
     return parse_system(config)
 
 
+def with_crashy(in_process: bool, **restart: Any) -> Any:
+    """A system of ``alpha`` and ``crashy``, an actor that crashes as soon as it is up (in a process of its own,
+    or as a task of the supervisor's). Its restart policy: 2 restarts within 60 s, 0.05 s apart, and ``restart``."""
+    crashy = {
+        "name": "crashy",
+        "factory": "tests.actors:CrashOnStart",
+        "process": not in_process,
+        "restart": {"max_restarts": 2, "window": 60, "backoff": 0.05, **restart},
+    }
+    return system(actor=[{"name": "alpha"}, crashy])
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -150,17 +162,7 @@ async def test_pending_requests_fail_at_once_when_the_peer_crashes():
 
 @pytest.mark.parametrize("in_process", [False, True], ids=["process", "task"])
 async def test_a_crashing_actor_whose_policy_gives_up_stops_the_system(in_process):
-    config = system(
-        actor=[
-            {"name": "alpha"},
-            {
-                "name": "crashy",
-                "factory": "tests.actors:CrashOnStart",
-                "process": not in_process,
-                "restart": {"max_restarts": 2, "window": 60, "backoff": 0.05, "give_up": True},
-            },
-        ]
-    )
+    config = with_crashy(in_process, give_up=True)
     seen: list[tuple[str, int]] = []
     places: dict[str, Any] = {}
 
@@ -272,17 +274,7 @@ def test_killed_supervisor_leaves_no_orphans(awen_up):
 @pytest.mark.parametrize("in_process", [False, True], ids=["process", "task"])
 async def test_a_crash_looping_actor_is_reported_and_tried_ever_less_often_while_the_rest_goes_on(in_process):
     # A daemon left alone for months: one actor that keeps crashing must not stop the lab.
-    config = system(
-        actor=[
-            {"name": "alpha"},
-            {
-                "name": "crashy",
-                "factory": "tests.actors:CrashOnStart",
-                "process": not in_process,
-                "restart": {"max_restarts": 2, "window": 60, "backoff": 0.05, "backoff_max": 0.4},
-            },
-        ]
-    )
+    config = with_crashy(in_process, backoff_max=0.4)
     looping: list[Any] = []
     async with open_system(config) as supervisor, supervisor.open_event_stream("actor.") as events:
         with trio.fail_after(60):
