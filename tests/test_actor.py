@@ -276,7 +276,7 @@ async def test_one_at_a_time_keeps_arrival_order(tmp_path):
         assert counter.notes == list(range(200))
 
 
-async def test_concurrency_is_bounded_and_the_rest_waits(tmp_path):
+async def test_concurrency_is_bounded_and_the_rest_waits(tmp_path, autojump_clock):
     rt = runtime("mem", ["client", "counter"], tmp_path, max_concurrent=3)
     client, counter = Actor("client", rt), Counter("counter", rt)
     async with started(client, counter):
@@ -383,7 +383,7 @@ async def test_an_actor_answers_not_ready_until_it_is_set_up_and_requests_ask_ag
         nursery.cancel_scope.cancel()
 
 
-async def test_a_not_ready_peer_is_asked_until_the_callers_deadline_then_the_error_is_raised(tmp_path):
+async def test_a_not_ready_peer_is_asked_until_the_callers_deadline_then_the_error_is_raised(tmp_path, autojump_clock):
     rt = runtime("mem", ["client", "counter"], tmp_path, request_timeout=0.5)
     client, counter = Actor("client", rt), SlowToStart("counter", rt)
     async with trio.open_nursery() as nursery:

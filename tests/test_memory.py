@@ -444,7 +444,7 @@ async def test_a_job_from_submission_to_exported_results(tmp_path):
             await ask("memory", Read(job="hom-1"))
 
 
-async def test_commits_leave_the_wal_to_a_checkpoint_beside_the_writer(tmp_path):
+async def test_commits_leave_the_wal_to_a_checkpoint_beside_the_writer(tmp_path, autojump_clock_for_threads):
     def in_the_database_file() -> int:  # immutable: the file as it is, without the WAL
         uri = f"{(tmp_path / 'store.sqlite3').absolute().as_uri()}?immutable=1"
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
@@ -581,15 +581,14 @@ async def test_queries_by_state_device_and_time_and_calibration_versions(tmp_pat
         assert info.allocated_jobs == 1
 
 
-async def test_other_actors_events_go_to_the_event_log(tmp_path):
+async def test_other_actors_events_go_to_the_event_log(tmp_path, autojump_clock_for_threads):
     async with memory(tmp_path) as (_, me):
         me.publish(Temperature(device="chip", celsius=25.5))
-        with trio.fail_after(10):
-            while True:
-                logged = (await me.request("memory", QueryEvents(prefix="hal."))).events
-                if logged:
-                    break
-                await trio.sleep(0.05)
+
+        async def logged_events() -> list[Any]:
+            return (await me.request("memory", QueryEvents(prefix="hal."))).events
+
+        logged = await eventually(logged_events)
         assert (logged[0].type, logged[0].sender, logged[0].body["celsius"]) == ("hal.temperature", "me", 25.5)
 
 
