@@ -4,9 +4,9 @@ Starts the embedded stack (memory, HAL with a simulated device, scheduler,
 executor, calibration: one supervisor, each actor its own process, data in a
 local directory), calibrates the chip if it has no valid calibration, runs
 the circuit with a progress bar on a terminal, and prints the counts of every
-register and the figures the example is about (HOM visibility, boson-sampling
-fidelity, delay-line transmission), each next to what the simulator's parameters
-predict.
+register and the figures the circuit declares (``analysis``: HOM visibility,
+fidelity, delay-line transmission; `protocol.analysis`), each next to what the
+simulator's parameters predict.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ import trio
 from actors.jobs import wait_for_job
 from actors.lab import LAB_ACTORS, lab_system
 from actors.scheduler import Limits, analyse
-from protocol import AwenError
+from protocol import AwenError, analysis
 from protocol.calibration import Calibrate, GetCalibrationStatus
-from protocol.circuit import Circuit, CircuitError, UnitaryOp, load_circuit, parse_ops
+from protocol.circuit import Circuit, CircuitError, HomVisibility, Transmission, load_circuit
 from protocol.memory import GetPlan, QueryResults
 from protocol.results import joint_slot, result_slot
 from protocol.scheduler import Submit
 from runtime import RuntimeOptions, Supervisor, SystemConfig, open_system
-from sim import chip_of, output_distribution, parse_config, write_factory_calibration
+from sim import chip_of, parse_config, write_factory_calibration
 
 RUN_TIMEOUT_S = 3600.0
 
@@ -179,7 +179,7 @@ async def run_circuit(
         "seconds": seconds,
         "registers": registers,
         "joint": joint,
-        "figures": figures(circuit, registers, sim_config, seed, joint),
+        "figures": figures(circuit, plan, counts, sim_config, seed),
     }
 
 
@@ -191,79 +191,29 @@ def _detection(sim_config: Any, seed: int) -> np.ndarray:
 
 
 def figures(
-    circuit: Circuit, registers: dict[str, Any], sim_config: Any, seed: int, joint: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The numbers each example is about, measured and as the simulator's parameters predict them."""
-    shots = circuit.shots
-    if circuit.name == "hom" and {"hom", "reference"} <= set(registers):
-        c_hom = float(registers["hom"]["counts"][0b11])
-        c_ref = float(registers["reference"]["counts"][0b11])
-        if c_ref == 0:
-            return {}
-        visibility = 1 - 2 * c_hom / c_ref
-        sigma = 2 * math.sqrt(c_hom + (c_hom / c_ref) ** 2 * c_ref + 1) / c_ref
-        return {
-            "visibility": visibility,
-            "visibility_sigma": sigma,
-            "expected_visibility": 1.0,
-            "note": "1 - 2 C(50:50) / C(no coupler): indistinguishable photons give 1, distinguishable 0",
-        }
-    if circuit.name == "boson-sampling" and "c" in registers:
-        ops, _ = parse_ops(circuit)
-        unitary = next(op for op in ops if isinstance(op, UnitaryOp))
-        photons = [0] * circuit.modes
-        for op in circuit.ops:
-            if op.get("op") == "input" and op.get("state", "photon") == "photon":
-                photons[op["mode"]] = 1
-        n = sum(photons)
-        ideal = output_distribution(unitary.matrix(), photons)
-        eta = _detection(sim_config, seed)[: circuit.modes]
-        q: dict[int, float] = {}
-        for pattern, p in ideal.items():
-            if max(pattern) == 1:
-                value = int("".join(str(x) for x in pattern), 2)
-                q[value] = p * float(np.prod([eta[j] for j, x in enumerate(pattern) if x]))
-        measured = registers["c"]["counts"]
-        events = {v: int(measured[v]) for v in range(len(measured)) if bin(v).count("1") == n}
-        total_p, total_q = sum(events.values()), sum(q.values())
-        if not total_p:
-            return {}
-        fidelity = sum(math.sqrt(events.get(v, 0) / total_p * q[v] / total_q) for v in q)
-        return {
-            f"{n}_click_events": total_p,
-            "fidelity": fidelity,
-            "note": f"sum sqrt(p q) over {n}-click patterns, q from the exact permanents and the chip's detection",
-        }
-    if circuit.name == "delay-line" and "back" in registers:
-        back = registers["back"]["counts"]
-        measured = float(back[1]) / shots
-        chip = chip_of(sim_config, seed)
-        loop = sim_config.delay_lines.loop_s * 1e9
-        waits = sum(op["ns"] for op in circuit.ops if op.get("op") == "wait")
-        rounds = max(1, math.ceil(waits / loop - 1e-9))
-        expected = (
-            chip.input_transmission
-            * chip.mesh_transmission
-            * sim_config.delay_line_transmission**rounds
-            * chip.mesh_transmission
-            * chip.output_transmission[1]
-            * chip.efficiency[1]
-        )
-        return {
-            "detected": measured,
-            "detected_sigma": math.sqrt(measured * (1 - measured) / shots),
-            "expected": expected,
-            "rounds": rounds,
-        }
-    if circuit.name == "feed-forward" and joint and "a b" in joint:
-        table = joint["a b"]["counts"].reshape(2, 2)  # [a, b]
-        result: dict[str, Any] = {}
-        for a in (0, 1):
-            n = int(table[a].sum())
-            result[f"P(b=1 | a={a})"] = float(table[a, 1] / n) if n else float("nan")
-        result["note"] = "the photon loaded for the second pass is detected depending on the first-pass click"
-        return result
-    return {}
+    circuit: Circuit, plan: Any, counts: dict[str, np.ndarray], sim_config: Any, seed: int
+) -> dict[str, dict[str, Any]]:
+    """The circuit's declared figures (`protocol.analysis`), each with what the simulator's parameters predict."""
+    chip = chip_of(sim_config, seed)
+    measured = analysis.figures(circuit, plan, counts, efficiency=_detection(sim_config, seed))
+    for figure in circuit.analysis:
+        result = measured.get(figure.label())
+        if result is None:
+            continue
+        if isinstance(figure, HomVisibility):
+            result["expected"] = 1.0
+        elif isinstance(figure, Transmission) and result["rounds"] is not None:
+            found = analysis.register_counts(plan, counts, figure.register)
+            column = found[0].columns[0] % plan.modes if found is not None else 0
+            result["expected"] = (
+                chip.input_transmission
+                * chip.mesh_transmission
+                * sim_config.delay_line_transmission ** result["rounds"]
+                * chip.mesh_transmission
+                * chip.output_transmission[column]
+                * chip.efficiency[column]
+            )
+    return measured
 
 
 def print_report(report: dict[str, Any], stream: Any) -> None:
@@ -297,9 +247,15 @@ def print_report(report: dict[str, Any], stream: Any) -> None:
             if counts[value] == 0:
                 break
             print(f"    {format(int(value), f'0{bits}b')}  {int(counts[value]):>8}", file=stream)
-    for key, value in report["figures"].items():
-        text = f"{value:.4f}" if isinstance(value, float) else str(value)
-        print(f"  {key}: {text}", file=stream)
+    for name, figure in report["figures"].items():
+        sigma = figure.get("sigma")
+        text = f"{figure['value']:.4f}" + (f" +- {sigma:.4f}" if sigma is not None else "")
+        if figure.get("expected") is not None:
+            text += f" (the simulator's parameters predict {figure['expected']:.4f})"
+        print(f"  {name} ({figure['figure']}): {text}", file=stream)
+        for key, value in figure.items():
+            if key not in ("figure", "value", "sigma", "expected") and value is not None:
+                print(f"    {key}: {value}", file=stream)
 
 
 def main(args: Any) -> int:
@@ -313,9 +269,9 @@ def main(args: Any) -> int:
         return 1
     if args.shots is not None:
         circuit = msgspec.structs.replace(circuit, shots=args.shots)
-    analysis = analyse(circuit, parse_config({"modes": args.modes}).description(), Limits())
-    if analysis.problems:  # said before anything starts, the way the scheduler would say it
-        print(f"awen: error: {args.circuit}: {CircuitError(analysis.problems)}", file=sys.stderr)
+    checked = analyse(circuit, parse_config({"modes": args.modes}).description(), Limits())
+    if checked.problems:  # said before anything starts, the way the scheduler would say it
+        print(f"awen: error: {args.circuit}: {CircuitError(checked.problems)}", file=sys.stderr)
         return 1
     display = Display(sys.stderr, quiet=args.json)
     data_dir = Path(args.data_dir or os.environ.get("AWEN_DATA_DIR", "awen-data")).absolute()

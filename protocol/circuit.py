@@ -144,6 +144,40 @@ class RunMode(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     cycles: Size | None = None
 
 
+class _Figure(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="figure"):
+    """A figure the circuit asks to be computed from its results (`protocol.analysis`), tagged by ``figure``."""
+
+    name: Name | None = None
+    """What the figure is reported as; the figure's kind when not given."""
+
+    def label(self) -> str:
+        return self.name if self.name is not None else str(type(self).__struct_config__.tag)
+
+
+class HomVisibility(_Figure, frozen=True, kw_only=True, tag="hom_visibility"):
+    """1 - 2 C(register) / C(reference): coincidences of two 2-mode registers, after and without the coupler."""
+
+    register: Name
+    reference: Name
+
+
+class Fidelity(_Figure, frozen=True, kw_only=True, tag="fidelity"):
+    """sum sqrt(p q) over the n-click patterns of ``register``, q the ideal (permanents) times detection."""
+
+    register: Name
+
+
+class Transmission(_Figure, frozen=True, kw_only=True, tag="transmission"):
+    """The share of shots in which the 1-mode ``register`` clicks: a photon stored in delay ``line``, brought back."""
+
+    register: Name
+    line: Name
+
+
+Figure = HomVisibility | Fidelity | Transmission
+FIGURE_NAMES = ("hom_visibility", "fidelity", "transmission")
+
+
 class Circuit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A job's program. ``ops`` holds the operations as sent (see `parse_circuit`).
 
@@ -154,6 +188,8 @@ class Circuit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         deadline: Unix time by which the job must have finished, if any.
         name: A label for people.
         run: Finite (default), cyclic or continuous (`RunMode`).
+        analysis: Figures to compute from the results (`Figure`); not part of
+            `circuit_hash`: figures never change a plan.
     """
 
     modes: Size
@@ -163,6 +199,7 @@ class Circuit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     deadline: Timestamp | None = None
     name: Text = ""
     run: RunMode = msgspec.field(default_factory=RunMode)
+    analysis: Annotated[list[Figure], msgspec.Meta(max_length=256)] = msgspec.field(default_factory=list)
 
 
 class CircuitProblem(msgspec.Struct, frozen=True, kw_only=True):
@@ -490,7 +527,7 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
 
 
 def circuit_hash(circuit: Circuit) -> str:
-    """A digest of what the circuit does (not its name, priority or deadline): equal circuits plan alike."""
+    """A digest of what the circuit does (not its name, priority, deadline or analysis): equal circuits plan alike."""
     try:
         body = msgspec.msgpack.encode({"modes": circuit.modes, "shots": circuit.shots, "ops": circuit.ops})
     except RecursionError:  # only a circuit built in Python can get here: the wire's codec refuses deep frames
@@ -522,6 +559,13 @@ class CircuitBuilder:
         self._header = {"modes": modes, "shots": shots, "priority": priority, "deadline": deadline, "name": name}
         self._ops: list[dict[str, Any]] = []
         self._stack: list[list[dict[str, Any]]] = [self._ops]
+        self._analysis: list[dict[str, Any]] = []
+
+    def figure(self, figure: str, register: str, *, name: str | None = None, **fields: str) -> CircuitBuilder:
+        """Declare a figure (``analysis``): ``figure("transmission", "back", line="m")``."""
+        entry = {"figure": figure, "register": register, **fields}
+        self._analysis.append(entry if name is None else {**entry, "name": name})
+        return self
 
     def _add(self, op: dict[str, Any]) -> CircuitBuilder:
         self._stack[-1].append(op)
@@ -581,7 +625,7 @@ class CircuitBuilder:
 
     def to_dict(self) -> dict[str, Any]:
         header = {k: v for k, v in self._header.items() if v is not None and v != ""}
-        return {**header, "ops": self._ops}
+        return {**header, "ops": self._ops, **({"analysis": self._analysis} if self._analysis else {})}
 
     def build(self) -> Circuit:
         if len(self._stack) != 1:

@@ -35,6 +35,8 @@ from protocol.circuit import (
     BeamSplitter,
     Circuit,
     CircuitProblem,
+    Fidelity,
+    HomVisibility,
     If,
     Input,
     Load,
@@ -44,6 +46,7 @@ from protocol.circuit import (
     PhaseShift,
     ProblemList,
     Store,
+    Transmission,
     UnitaryOp,
     Wait,
     flatten,
@@ -147,6 +150,10 @@ class Analysis:
     """The components packed into phases (the plan's phases, once built)."""
 
 
+_UNITARY_ON_PHOTONS = {"photon", "vacuum", "ps", "bs", "mzi", "unitary", "measure"}
+"""What a round may hold for a fidelity against its ideal distribution."""
+
+
 class _StopChecking(Exception):
     """The ops from here on are not checked (a round beyond the configured phases)."""
 
@@ -173,6 +180,7 @@ def analyse(circuit: Circuit, device: DeviceDescription, limits: Limits, health:
     ops, _ = parse_ops(circuit, problems)
     analyser = Analyser(circuit, device, limits, problems)
     analyser.run(flatten(ops))
+    analyser.check_figures(circuit)
     return analyser.conclude(ops, health)
 
 
@@ -284,6 +292,10 @@ class Analyser:
         self.contributions: list[Contribution] = []
         self.load_limits: dict[int, tuple[int, float]] = {}
         """Load index -> (its store's index, window less margin)."""
+        self.round_kinds: dict[int, set[str]] = {}
+        """Round -> what its ops are (``photon``, ``coherent``, ``vacuum``, ``bs``, ``store``, ``if``, ...)."""
+        self.lines: set[str] = set()
+        """The delay lines the circuit stores into."""
 
     # --- the pass ----------------------------------------------------------------------------------
 
@@ -306,6 +318,12 @@ class Analyser:
             for index, (path, op, cond) in enumerate(flat):
                 clock_at.append(self.clock)
                 handlers[type(op)](index, path, op, cond)
+                kind = (
+                    op.state if isinstance(op, Input) else "if" if cond is not None else type(op).__struct_config__.tag
+                )
+                self.round_kinds.setdefault(self.round_index, set()).add(str(kind))
+                if isinstance(op, Store):
+                    self.lines.add(op.line)
         except _StopChecking:
             pass
         for h in self.held.values():
@@ -323,6 +341,53 @@ class Analyser:
         return Analysis(
             ops, self.problems.report(), components, self.round_index + 1, self.edges, self.predecessors, slack, builds
         )
+
+    def check_figures(self, circuit: Circuit) -> None:
+        """The declared figures (``analysis``): their registers exist and have the shape each figure needs."""
+        labels: set[str] = set()
+        for i, figure in enumerate(circuit.analysis):
+            where = f"analysis.{i}"
+            label = figure.label()
+            if label in labels:
+                self.problem(where, "name", f"a second figure named {label!r}: give each its own `name`")
+            labels.add(label)
+            reg = self.registers.get(figure.register)
+            if reg is None:
+                self.problem(where, "register", f"no op measures into register {figure.register!r}")
+                continue
+            bits = len(reg.modes)
+            if isinstance(figure, HomVisibility):
+                ref = self.registers.get(figure.reference)
+                if bits != 2:
+                    self.problem(where, "register", f"HOM visibility needs a 2-mode register; {reg.name!r} has {bits}")
+                if ref is None:
+                    self.problem(where, "reference", f"no op measures into register {figure.reference!r}")
+                elif len(ref.modes) != 2:
+                    self.problem(
+                        where,
+                        "reference",
+                        f"HOM visibility needs a 2-mode reference; {ref.name!r} has {len(ref.modes)}",
+                    )
+            elif isinstance(figure, Fidelity):
+                kinds = self.round_kinds.get(reg.round, set())
+                other = sorted(kinds - _UNITARY_ON_PHOTONS)
+                if reg.pass_ != 1 or other or "photon" not in kinds:
+                    because = f"it has {', '.join(other)}" if other else "no photon enters it"
+                    self.problem(
+                        where,
+                        "register",
+                        f"fidelity needs a register whose round is photons through a unitary; "
+                        f"{reg.name!r}'s round is not ({because if reg.pass_ == 1 else 'it is a second pass'})",
+                    )
+            elif isinstance(figure, Transmission):
+                if bits != 1:
+                    self.problem(where, "register", f"transmission needs a 1-mode register; {reg.name!r} has {bits}")
+                if figure.line not in self.lines:
+                    self.problem(where, "line", f"no op stores a photon into delay line {figure.line!r}")
+                elif reg.pass_ != 2:
+                    self.problem(
+                        where, "register", f"{reg.name!r} is measured before any photon comes back from a line"
+                    )
 
     def problem(self, path: str | int | None, key: str | None, message: str) -> None:
         self.problems.append(CircuitProblem(op=None if path is None else str(path), field=key, message=message))
