@@ -248,14 +248,23 @@ def print_report(report: dict[str, Any], stream: Any) -> None:
                 break
             print(f"    {format(int(value), f'0{bits}b')}  {int(counts[value]):>8}", file=stream)
     for name, figure in report["figures"].items():
-        sigma = figure.get("sigma")
-        text = f"{figure['value']:.4f}" + (f" +- {sigma:.4f}" if sigma is not None else "")
+        text = _value_text(figure["value"], figure.get("sigma"))
         if figure.get("expected") is not None:
             text += f" (the simulator's parameters predict {figure['expected']:.4f})"
         print(f"  {name} ({figure['figure']}): {text}", file=stream)
         for key, value in figure.items():
             if key not in ("figure", "value", "sigma", "expected") and value is not None:
                 print(f"    {key}: {value}", file=stream)
+
+
+def _value_text(value: Any, sigma: Any) -> str:
+    """``0.1234 +- 0.0012``; a list of them (one per condition) in brackets."""
+    if isinstance(value, list):
+        sigmas = sigma if isinstance(sigma, list) else [None] * len(value)
+        return "[" + ", ".join(_value_text(v, s) for v, s in zip(value, sigmas, strict=True)) + "]"
+    if value is None:
+        return "no shots"
+    return f"{value:.4f}" + (f" +- {sigma:.4f}" if sigma is not None else "")
 
 
 def main(args: Any) -> int:

@@ -21,6 +21,7 @@ import numpy as np
 from .circuit import (
     BeamSplitter,
     Circuit,
+    Conditional,
     Fidelity,
     Figure,
     HomVisibility,
@@ -36,7 +37,7 @@ from .circuit import (
 )
 from .mesh import mzi
 from .plan import Phase, Plan, RegisterRead
-from .results import result_slot
+from .results import joint_slot, result_slot
 
 
 def figures(
@@ -67,6 +68,8 @@ def figure_value(
     efficiency: Sequence[float] | np.ndarray | None = None,
 ) -> dict[str, Any] | None:
     """One figure, or None when its registers have no counts."""
+    if isinstance(figure, Conditional):
+        return conditional(plan, counts, figure.register, figure.given)
     found = register_counts(plan, counts, figure.register)
     if found is None:
         return None
@@ -112,6 +115,36 @@ def hom_visibility(c_hom: float, c_ref: float) -> dict[str, Any] | None:
         "coincidences": int(c_hom),
         "reference_coincidences": int(c_ref),
         "note": "1 - 2 C(50:50) / C(no coupler): indistinguishable photons give 1, distinguishable 0",
+    }
+
+
+def conditional(plan: Plan, counts: Mapping[str, np.ndarray], register: str, given: str) -> dict[str, Any] | None:
+    """P(register is not 0 | given = u) for each u, from the joint counts of the phases reading both."""
+    table: np.ndarray | None = None
+    for phase in plan.phases:
+        names = [r.name for r in phase.registers]
+        joint = counts.get(joint_slot(phase.index))
+        if register not in names or given not in names or joint is None:
+            continue
+        widths = [len(r.columns) for r in phase.registers]
+        shaped = np.asarray(joint).reshape([2**w for w in widths])  # first register most significant
+        axes = tuple(i for i, name in enumerate(names) if name not in (register, given))
+        summed = shaped.sum(axis=axes) if axes else shaped
+        if names.index(given) > names.index(register):
+            summed = summed.T
+        table = summed if table is None else table + summed  # [given, register]
+    if table is None:
+        return None
+    shots = table.sum(axis=1)
+    clicked = table[:, 1:].sum(axis=1)
+    value = [float(c / n) if n else None for c, n in zip(clicked, shots, strict=True)]
+    sigma = [math.sqrt(p * (1 - p) / n) if p is not None else None for p, n in zip(value, shots, strict=True)]
+    return {
+        "figure": "conditional",
+        "value": value,
+        "sigma": sigma,
+        "shots": [int(n) for n in shots],
+        "note": f"P({register} clicks | {given} = u) for u = 0 .. {len(value) - 1}",
     }
 
 

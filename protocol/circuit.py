@@ -174,8 +174,15 @@ class Transmission(_Figure, frozen=True, kw_only=True, tag="transmission"):
     line: Name
 
 
-Figure = HomVisibility | Fidelity | Transmission
-FIGURE_NAMES = ("hom_visibility", "fidelity", "transmission")
+class Conditional(_Figure, frozen=True, kw_only=True, tag="conditional"):
+    """P(``register`` clicks | ``given`` reads u), for every value u: registers read in the same shots."""
+
+    register: Name
+    given: Name
+
+
+Figure = HomVisibility | Fidelity | Transmission | Conditional
+FIGURE_NAMES = ("hom_visibility", "fidelity", "transmission", "conditional")
 
 
 class Circuit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -20,7 +20,7 @@ from protocol.circuit import (
     parse_circuit,
     parse_ops,
 )
-from protocol.results import result_slot
+from protocol.results import joint_slot, result_slot
 from sim import output_distribution
 
 from .chips import DEVICE
@@ -120,6 +120,18 @@ def test_transmission_uses_the_declared_lines_rounds_only():
     assert figure["sigma"] == pytest.approx(math.sqrt(0.25 * 0.75 / 100))
 
 
+def test_conditional_reads_the_joint_counts_given_first():
+    circuit = parse_circuit(example("feed_forward"))
+    plan = compile_circuit(circuit, DEVICE)
+    (phase,) = plan.phases
+    assert [r.name for r in phase.registers] == ["a", "b"]
+    joint = np.array([60, 40, 100, 0])  # a b: 00, 01, 10, 11
+    figure = analysis.figures(circuit, plan, {joint_slot(phase.index): joint})["conditional"]
+    assert figure["value"] == [pytest.approx(0.4), 0.0]
+    assert figure["shots"] == [100, 100]
+    assert figure["sigma"][0] == pytest.approx(math.sqrt(0.24 / 100))
+
+
 def test_a_misshapen_hom_declaration_is_refused_at_submit():
     data = example("hom")
     data["modes"] = 3  # named hom, shaped otherwise: the HOM register reads three modes
@@ -137,6 +149,9 @@ def test_a_misshapen_hom_declaration_is_refused_at_submit():
         ({"figure": "fidelity", "register": "back"}, "register", "photons through a unitary"),
         ({"figure": "transmission", "register": "back", "line": "x"}, "line", "delay line 'x'"),
         ({"figure": "hom_visibility", "register": "back", "reference": "back"}, "register", "2-mode register"),
+        ({"figure": "conditional", "register": "back", "given": "back"}, "given", "not another register"),
+        ({"figure": "conditional", "register": "back", "given": "x"}, "given", "no op measures into register 'x'"),
+        ({"figure": "transmission", "register": "back", "line": "m"}, "name", "a second figure named 'transmission'"),
     ],
 )
 def test_every_misdeclared_figure_names_its_entry(figure, field, text):

@@ -35,6 +35,7 @@ from protocol.circuit import (
     BeamSplitter,
     Circuit,
     CircuitProblem,
+    Conditional,
     Fidelity,
     HomVisibility,
     If,
@@ -152,6 +153,10 @@ class Analysis:
 
 _UNITARY_ON_PHOTONS = {"photon", "vacuum", "ps", "bs", "mzi", "unitary", "measure"}
 """What a round may hold for a fidelity against its ideal distribution."""
+
+
+_CONDITIONAL_BITS = 8
+"""The widest register a ``conditional`` figure conditions on (a probability per value)."""
 
 
 class _StopChecking(Exception):
@@ -378,6 +383,22 @@ class Analyser:
                         "register",
                         f"fidelity needs a register whose round is photons through a unitary; "
                         f"{reg.name!r}'s round is not ({because if reg.pass_ == 1 else 'it is a second pass'})",
+                    )
+            elif isinstance(figure, Conditional):
+                given = self.registers.get(figure.given)
+                if given is None:
+                    self.problem(where, "given", f"no op measures into register {figure.given!r}")
+                elif given.round != reg.round or given.name == reg.name:
+                    self.problem(
+                        where,
+                        "given",
+                        f"{given.name!r} is not another register read in {reg.name!r}'s shots (its round)",
+                    )
+                elif len(given.modes) > _CONDITIONAL_BITS:
+                    self.problem(
+                        where,
+                        "given",
+                        f"{given.name!r} has {len(given.modes)} bits; a condition has {_CONDITIONAL_BITS} at most",
                     )
             elif isinstance(figure, Transmission):
                 if bits != 1:
