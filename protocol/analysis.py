@@ -27,15 +27,14 @@ from .circuit import (
     HomVisibility,
     Input,
     MziOp,
-    Op,
     PhaseShift,
     Transmission,
     UnitaryOp,
     expand_paths,
     flatten,
+    gate_matrix,
     parse_ops,
 )
-from .mesh import mzi
 from .plan import Phase, Plan, RegisterRead
 from .results import joint_slot, result_slot
 
@@ -222,23 +221,9 @@ def round_unitary(circuit: Circuit, plan: Plan, round_: int) -> tuple[np.ndarray
         elif isinstance(op, PhaseShift | BeamSplitter | MziOp | UnitaryOp):
             modes = [op.mode] if isinstance(op, PhaseShift) else list(op.modes)
             g = np.eye(circuit.modes, dtype=np.complex128)
-            g[np.ix_(modes, modes)] = gate(op)
+            g[np.ix_(modes, modes)] = gate_matrix(op)
             u = g @ u
     return u, sorted(photons)
-
-
-def gate(op: Op) -> np.ndarray:
-    """One gate's matrix on its own modes (the convention of docs/circuits.md)."""
-    if isinstance(op, PhaseShift):
-        return np.array([[complex(math.cos(op.phi), math.sin(op.phi))]])
-    if isinstance(op, BeamSplitter):
-        c, s = math.cos(op.theta), math.sin(op.theta)
-        e = complex(math.cos(op.phi), math.sin(op.phi))
-        return np.array([[c, 1j * s / e], [1j * s * e, c]])
-    if isinstance(op, MziOp):
-        return mzi(op.theta, op.phi)
-    assert isinstance(op, UnitaryOp)
-    return op.matrix()
 
 
 def permanent(m: np.ndarray) -> complex:

@@ -29,6 +29,7 @@ import numpy as np
 from ._errors import AwenError, ErrorCode
 from ._message import FLOAT_MAX, Finite, NonNegative, Priority, Text, Timestamp
 from ._msgspec import read_validation_error
+from .mesh import mzi
 
 # Every number has a range and every string a length, as everywhere in the protocol: integers
 # fit 64 bits, floats are finite. The sizes a scheduler accepts (modes, ops, shots, ...) are its
@@ -641,3 +642,18 @@ class CircuitBuilder:
 
     def to_json(self) -> bytes:
         return msgspec.json.encode(self.to_dict())
+
+
+def gate_matrix(op: Op) -> np.ndarray:
+    """A gate's matrix on its own modes (docs/circuits.md's convention); `TypeError` for an op that is no gate."""
+    if isinstance(op, PhaseShift):
+        return np.array([[complex(math.cos(op.phi), math.sin(op.phi))]])
+    if isinstance(op, BeamSplitter):
+        c, s = math.cos(op.theta), math.sin(op.theta)
+        e = complex(math.cos(op.phi), math.sin(op.phi))
+        return np.array([[c, 1j * s / e], [1j * s * e, c]])
+    if isinstance(op, MziOp):
+        return mzi(op.theta, op.phi)
+    if isinstance(op, UnitaryOp):
+        return op.matrix()
+    raise TypeError(f"{type(op).__name__} is not a gate")

@@ -8,32 +8,17 @@ on the smallest top corner of the mesh that holds it, `protocol.mesh`).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from protocol.circuit import BeamSplitter, MziOp, Op, PhaseShift, UnitaryOp
-from protocol.mesh import clements_many, embed_phases, mzi
+from protocol.circuit import BeamSplitter, Op, PhaseShift, UnitaryOp, gate_matrix
+from protocol.mesh import clements_many, embed_phases
 
 Block = tuple[list[int], list[tuple[int, Any, Op]], int]
 """(logical modes, a component's gates as (pass, modes, op), the pass whose gates make this block)."""
 
 _KIND_PS, _KIND_BS, _KIND_MZI = 0, 1, 2
-
-
-def gate(op: Op) -> np.ndarray:
-    """One gate's matrix on its own modes."""
-    if isinstance(op, PhaseShift):
-        return np.array([[complex(math.cos(op.phi), math.sin(op.phi))]])
-    if isinstance(op, BeamSplitter):
-        c, s = math.cos(op.theta), math.sin(op.theta)
-        e = complex(math.cos(op.phi), math.sin(op.phi))
-        return np.array([[c, 1j * s / e], [1j * s * e, c]])
-    if isinstance(op, MziOp):
-        return mzi(op.theta, op.phi)
-    assert isinstance(op, UnitaryOp)
-    return op.matrix()
 
 
 def compose(blocks: list[Block]) -> list[np.ndarray]:
@@ -162,7 +147,7 @@ def _compose_general(gates: list[tuple[int, Any, Op]], stage: int, modes: list[i
     for gate_stage, gate_modes, op in gates:
         if gate_stage == stage:
             index = [at[q] for q in gate_modes]
-            u[index, :] = gate(op) @ u[index, :]
+            u[index, :] = gate_matrix(op) @ u[index, :]
     return u
 
 
