@@ -54,6 +54,13 @@ Device = Label
 Dtype = Literal["float64", "float32", "int64", "int32", "uint32", "bool", "bytes"]
 DTYPES: Final = ("float64", "float32", "int64", "int32", "uint32", "bool", "bytes")
 
+SubmissionKey = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:/=+-]+$")]
+"""A client's name for one submission (1-128 of ``[A-Za-z0-9_.:/=+-]``): the same key never makes a second job."""
+
+MAX_TAGS = 16
+Tags = Annotated[list[Label], msgspec.Meta(max_length=MAX_TAGS)]
+"""A job's tags (at most 16 labels), to find it by."""
+
 JobState = Literal["queued", "planned", "running", "completed", "failed", "cancelled", "interrupted"]
 FinalState = Literal["completed", "failed", "cancelled"]
 """The states a job ends in: it moves nowhere from them."""
@@ -289,6 +296,9 @@ class JobRecord(_Body, frozen=True, kw_only=True):
     last_phase: Index | None
     """The plan phase of the last committed frame."""
     results: Count
+    key: SubmissionKey | None = None
+    """The submission key it was stored under, if any."""
+    tags: Tags = msgspec.field(default_factory=list)
     circuit: Circuit | None = None
     procedure: Procedure | None = None
     transitions: list[Transition] = msgspec.field(default_factory=list)
@@ -297,6 +307,7 @@ class JobRecord(_Body, frozen=True, kw_only=True):
 class JobStored(Reply, frozen=True, kw_only=True):
     TYPE = "mem.job_stored"
     job: JobId
+    """The job stored: the one asked for, or the one stored before under the same ``key``."""
     seq: Count
     created: bool
     """False if the same job was stored before (a repeated submission): nothing changed."""
@@ -309,6 +320,13 @@ class PutJob(Request[JobStored], frozen=True, kw_only=True):
     A job is a ``circuit``, or a ``procedure`` (a plan an actor made). Repeating
     it with the same content is harmless (``created`` is False); the same id
     with different content is refused with ``exists``.
+
+    ``key`` (a client's submission key) makes a submission idempotent: if a job
+    is stored under the key already, and was submitted with the same circuit or
+    procedure, shots, priority, deadline and tags, the reply names that job
+    (``created`` False, whatever its state; ``job`` is then not stored).
+    Another submission under the key is refused with ``exists``, naming the
+    job, when it was submitted and the first differing field.
     """
 
     TYPE = "mem.put_job"
@@ -323,6 +341,8 @@ class PutJob(Request[JobStored], frozen=True, kw_only=True):
     submitter: Label = ""
     plan: PlanId | None = None
     calibration: CalibrationVersion | None = None
+    key: SubmissionKey | None = None
+    tags: Tags = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.circuit is not None and self.procedure is not None:
@@ -373,7 +393,8 @@ class Jobs(Reply, frozen=True, kw_only=True):
 
 
 class QueryJobs(Request[Jobs], frozen=True, kw_only=True):
-    """Jobs in acceptance order, filtered by state, device and submission time (unix seconds)."""
+    """Jobs in acceptance order, filtered by state, device, submission time (unix seconds), submission key
+    and tags (a job has every one of ``tags``)."""
 
     TYPE = "mem.query_jobs"
     REPLY = Jobs
@@ -381,6 +402,8 @@ class QueryJobs(Request[Jobs], frozen=True, kw_only=True):
     device: Device | None = None
     since: Timestamp | None = None
     until: Timestamp | None = None
+    key: SubmissionKey | None = None
+    tags: Tags = msgspec.field(default_factory=list)
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUERY)] = 1000
 
 
@@ -478,6 +501,8 @@ class QueryDeviceResults(Request[DeviceResults], frozen=True, kw_only=True):
     device: Device
     since: Timestamp | None = None
     until: Timestamp | None = None
+    key: SubmissionKey | None = None
+    tags: Tags = msgspec.field(default_factory=list)
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUERY)] = 1000
 
 

@@ -16,7 +16,7 @@ import msgspec
 from ._message import FLOAT_MAX, Count, Event, Index, Label, Priority, Reason, Reply, Request, Seconds, Text
 from .circuit import Circuit, CircuitProblem, RunMode
 from .hal import MAX_DELAY_LINES, MAX_MODES, Column, DelayLine, Mode
-from .memory import JobId, PlanId
+from .memory import JobId, PlanId, SubmissionKey, Tags
 from .plan import Plan, PlanMetrics
 from .system import Ok
 
@@ -100,7 +100,7 @@ class Accepted(Reply, frozen=True, kw_only=True):
     position: Count
     """Jobs ahead of it in the queue when it was accepted."""
     created: bool
-    """False if this job id was submitted before: nothing changed."""
+    """False if this job id, or this ``key``, was submitted before: nothing changed (``job`` names that job)."""
 
 
 class Submit(Request[Accepted], frozen=True, kw_only=True):
@@ -109,12 +109,19 @@ class Submit(Request[Accepted], frozen=True, kw_only=True):
     Refused with ``invalid-circuit`` (every problem, with its op) if it cannot
     run on the device. ``job`` lets a client choose the id, so that a repeated
     submission (after a lost reply) is recognised rather than run twice.
+    ``key`` does the same for a client that does not choose ids: the same
+    submission under a key stored before is answered with that job
+    (``created`` False, in whatever state it is; a failed job is not rerun);
+    another submission under it is refused with ``exists``. ``tags`` are
+    stored with the job (`QueryJobs` finds jobs by them).
     """
 
     TYPE = "sched.submit"
     REPLY = Accepted
     circuit: Circuit
     job: JobId | None = None
+    key: SubmissionKey | None = None
+    tags: Tags = msgspec.field(default_factory=list)
 
 
 class SubmitProcedure(Request[Accepted], frozen=True, kw_only=True):
@@ -148,7 +155,7 @@ class Validate(Request[Validation], frozen=True, kw_only=True):
 
 
 class Cancel(Request[Ok], frozen=True, kw_only=True):
-    """Cancel a job: at once if it waits, at its next phase boundary if it runs."""
+    """Cancel a job: at once if it waits, at its next phase boundary if it runs; ok if it has ended already."""
 
     TYPE = "sched.cancel"
     REPLY = Ok

@@ -483,13 +483,13 @@ class MemoryActor(Actor):
     async def _put_job(self, msg: PutJob, env: Envelope) -> JobStored:
         state: JobState = "queued" if msg.plan is None else "planned"
 
-        def remember(result: tuple[int, bool]) -> None:  # at commit, in write order: before any later move
-            if result[1]:
+        def remember(result: tuple[str, int, bool]) -> None:  # at commit, in write order: before any later move
+            if result[2]:
                 self._remember_new(msg.job, state)
 
         stored = self._storing.setdefault(msg.job, trio.Event())
         try:
-            seq, created = await self._write(
+            job, seq, created = await self._write(
                 ops.put_job(
                     msg.job,
                     msg.procedure if msg.procedure is not None else msg.circuit,
@@ -500,6 +500,8 @@ class MemoryActor(Actor):
                     submitter=msg.submitter or env.sender,
                     plan=msg.plan,
                     calibration=msg.calibration,
+                    key=msg.key,
+                    tags=msg.tags,
                 ),
                 remember,
             )
@@ -512,7 +514,7 @@ class MemoryActor(Actor):
             if msg.plan is not None:
                 planned = f"plan {msg.plan}"
                 self.publish_soon(JobStateChanged(job=msg.job, state="planned", previous="queued", reason=planned))
-        return JobStored(job=msg.job, seq=seq, created=created)
+        return JobStored(job=job, seq=seq, created=created)
 
     def _remember_new(self, job: str, state: JobState) -> None:
         self._new[job] = state
@@ -546,7 +548,15 @@ class MemoryActor(Actor):
 
     @handles(QueryJobs)
     async def _query_jobs(self, msg: QueryJobs, env: Envelope) -> Jobs:
-        query = ops.query_jobs(states=msg.states, device=msg.device, since=msg.since, until=msg.until, limit=msg.limit)
+        query = ops.query_jobs(
+            states=msg.states,
+            device=msg.device,
+            since=msg.since,
+            until=msg.until,
+            key=msg.key,
+            tags=msg.tags,
+            limit=msg.limit,
+        )
         return Jobs(jobs=await self._read(query))
 
     # --- plans, results, calibrations -------------------------------------------------------

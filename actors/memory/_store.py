@@ -184,6 +184,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX events_by_time ON events (ts);
         """,
     ),
+    Migration(
+        2,
+        "submission keys and job tags",
+        """
+        ALTER TABLE jobs ADD COLUMN key TEXT;
+        CREATE UNIQUE INDEX jobs_by_key ON jobs (key) WHERE key IS NOT NULL;
+        CREATE TABLE job_tags (
+            id INTEGER PRIMARY KEY,
+            job TEXT NOT NULL REFERENCES jobs (id),
+            tag TEXT NOT NULL,
+            UNIQUE (job, tag)
+        );
+        CREATE INDEX job_tags_by_tag ON job_tags (tag, job);
+        """,
+    ),
 )
 """Every schema change, in order. A store is at the version of the last one applied
 (``PRAGMA user_version``); opening it applies the ones it lacks, each in a transaction."""
@@ -192,7 +207,8 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 
 _JOB_COLUMNS = (
     "id, seq, state, reason, priority, shots, device, deadline, submitter, submitted, updated, "
-    "plan, calibration, frames, last_phase, results"
+    "plan, calibration, frames, last_phase, results, key, "
+    "(SELECT json_group_array(tag) FROM (SELECT tag FROM job_tags WHERE job_tags.job = jobs.id ORDER BY id))"
 )
 _RESULT_COLUMNS = "id, job, slot, frame, phase, device, calibration, plan, dtype, shape, ts"
 
@@ -477,33 +493,68 @@ def put_job(
     submitter: str,
     plan: str | None = None,
     calibration: int | None = None,
-) -> WriteOp[tuple[int, bool]]:
-    """Store a job as queued, or with ``plan`` as planned: (its sequence number, whether it is new).
+    key: str | None = None,
+    tags: Sequence[str] = (),
+) -> WriteOp[tuple[str, int, bool]]:
+    """Store a job as queued, or with ``plan`` as planned: (the job, its sequence number, whether it is new).
 
     ``work`` goes to the row's ``circuit`` column: a circuit, or a `Procedure`
-    (a map with a ``procedure`` key), as `get_job` tells them apart.
+    (a map with a ``procedure`` key), as `get_job` tells them apart. With a
+    ``key`` stored already, the job stored under it if it was the same
+    submission (not new, whatever its state), else `Exists` naming it and
+    the first differing field: the unique index on ``jobs.key``, inside the
+    writer's transaction, is what makes a key name one job.
     """
     blob = pack(work)
+    tags = list(dict.fromkeys(tags))
 
-    def op(conn: sqlite3.Connection) -> tuple[int, bool]:
+    def op(conn: sqlite3.Connection) -> tuple[str, int, bool]:
+        if key is not None:
+            found = conn.execute(
+                "SELECT id, seq, circuit, shots, priority, deadline, submitted FROM jobs WHERE key = ?", (key,)
+            ).fetchone()
+            if found is not None:
+                stored_tags = conn.execute("SELECT tag FROM job_tags WHERE job = ?", (found[0],)).fetchall()
+                mine: dict[str, Any] = {  # the circuit holds shots, priority, deadline: they name the difference
+                    "shots": shots,
+                    "priority": priority,
+                    "deadline": deadline,
+                    "tags": set(tags),
+                    "circuit": blob,
+                }
+                theirs: dict[str, Any] = dict(
+                    zip(("circuit", "shots", "priority", "deadline"), found[2:6], strict=True)
+                )
+                theirs["tags"] = {tag for (tag,) in stored_tags}
+                for name, value in mine.items():
+                    if theirs[name] != value:
+                        what = "procedure" if name == "circuit" and isinstance(work, Procedure) else name
+                        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(found[6]))
+                        raise Exists(
+                            f"the key {key!r} names job {found[0]!r}, submitted {when} with another {what}: "
+                            "a key names one submission; use a new key for another",
+                            field=what,
+                        )
+                return found[0], found[1], False
         row = conn.execute(
-            "SELECT seq, circuit, shots, priority, device, deadline FROM jobs WHERE id = ?", (job,)
+            "SELECT seq, circuit, shots, priority, device, deadline, key FROM jobs WHERE id = ?", (job,)
         ).fetchone()
         if row is not None:
-            if tuple(row[1:]) == (blob, shots, priority, device, deadline):
-                return row[0], False
+            if tuple(row[1:6]) == (blob, shots, priority, device, deadline) and (key is None or row[6] == key):
+                return job, row[0], False
             raise Exists(f"a different job {job!r} is stored already (same id, other content)", field="job")
         now = time.time()
         state, reason = ("queued", "accepted") if plan is None else ("planned", f"plan {plan}")
         cursor = conn.execute(
             "INSERT INTO jobs (id, state, reason, priority, shots, device, deadline, submitter, circuit, submitted, "
-            "updated, plan, calibration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (job, state, reason, priority, shots, device, deadline, submitter, blob, now, now, plan, calibration),
+            "updated, plan, calibration, key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job, state, reason, priority, shots, device, deadline, submitter, blob, now, now, plan, calibration, key),
         )
+        conn.executemany("INSERT INTO job_tags (job, tag) VALUES (?, ?)", [(job, tag) for tag in tags])
         _record_transition(conn, job, "queued", None, "accepted", now)
         if plan is not None:
             _record_transition(conn, job, "planned", "queued", reason, now)
-        return int(cursor.lastrowid or 0), True
+        return job, int(cursor.lastrowid or 0), True
 
     return WriteOp(op, len(blob))
 
@@ -659,7 +710,7 @@ def _job_record(
     transitions: list[Transition] | None = None,
 ) -> JobRecord:
     (job, seq, state, reason, priority, shots, device, deadline, submitter, submitted, updated) = row[:11]
-    plan, calibration, frames, last_phase, results = row[11:16]
+    plan, calibration, frames, last_phase, results, key, tags = row[11:18]
     return JobRecord(
         job=job,
         seq=seq,
@@ -677,6 +728,8 @@ def _job_record(
         frames=frames,
         last_phase=last_phase,
         results=results,
+        key=key,
+        tags=json.loads(tags) if tags else [],
         circuit=circuit,
         procedure=procedure,
         transitions=transitions or [],
@@ -694,7 +747,7 @@ def get_job(job: str) -> Callable[[sqlite3.Connection], JobRecord]:
                 "SELECT state, previous, reason, ts FROM transitions WHERE job = ? ORDER BY id", (job,)
             )
         ]
-        circuit, procedure = _stored_work(row[16], job)
+        circuit, procedure = _stored_work(row[18], job)
         return _job_record(row, circuit=circuit, procedure=procedure, transitions=transitions)
 
     return op
@@ -723,6 +776,8 @@ def query_jobs(
     device: str | None = None,
     since: float | None = None,
     until: float | None = None,
+    key: str | None = None,
+    tags: Sequence[str] = (),
     limit: int = 1000,
 ) -> Callable[[sqlite3.Connection], list[JobRecord]]:
     where, args = _where(
@@ -730,6 +785,8 @@ def query_jobs(
         ("device = ?", [device]) if device is not None else None,
         ("submitted >= ?", [since]) if since is not None else None,
         ("submitted < ?", [until]) if until is not None else None,
+        ("key = ?", [key]) if key is not None else None,
+        *(("id IN (SELECT job FROM job_tags WHERE tag = ?)", [tag]) for tag in dict.fromkeys(tags)),
     )
 
     def op(conn: sqlite3.Connection) -> list[JobRecord]:

@@ -36,6 +36,7 @@ from protocol.hal import (
     InterlockTripped,
 )
 from protocol.memory import (
+    TERMINAL_STATES,
     CalibrationAdded,
     GetCalibration,
     GetJob,
@@ -234,7 +235,13 @@ class SchedulerActor(Actor):
         # the job is stored planned, in the same transaction.
         plan = self._plan_at_hand(circuit, device)
         if plan is None:
-            await self._check(circuit, device)
+            try:
+                await self._check(circuit, device)
+            except CircuitError:
+                # A resubmission of a job accepted before (the device has changed since) is answered with
+                # that job, not refused: the store compares the submission with the one under its key.
+                if msg.key is None or not await self._key_stored(msg.key):
+                    raise
         job_id = msg.job or _new_job_id()
         queued = QueuedJob(
             job=job_id,
@@ -255,10 +262,17 @@ class SchedulerActor(Actor):
             submitter=env.sender,
             plan=plan.id if plan is not None else None,
             calibration=plan.calibration if plan is not None else None,
+            key=msg.key,
+            tags=msg.tags,
         )
         stored = await self._accept(queued, put)
-        position = self.queue.position(job_id) if job_id in self.queue.jobs else 0
-        return Accepted(job=job_id, seq=stored.seq, position=position, created=stored.created)
+        # stored.job: the job asked for, or the one stored before under the same key (then not queued again)
+        position = self.queue.position(stored.job) if stored.job in self.queue.jobs else 0
+        return Accepted(job=stored.job, seq=stored.seq, position=position, created=stored.created)
+
+    async def _key_stored(self, key: str) -> bool:
+        """Whether a job is stored under the submission key ``key``."""
+        return bool((await self.request(self.config.memory, QueryJobs(key=key, limit=1))).jobs)
 
     async def _check(self, circuit: Circuit, device: DeviceDescription) -> None:
         """`CircuitError` with every problem of a circuit on the device, if it has any."""
@@ -283,7 +297,9 @@ class SchedulerActor(Actor):
         in the queue (`_get_queue`), nor taken as running on an executor's
         word (`_running`); the client hears "accepted" only once it is
         durable. If the acceptance fails, or finds the same job stored and
-        ended (a resubmission), the job is taken back (`_withdraw`). A job
+        ended (a resubmission), or finds its submission key stored with
+        another job (that job is the answer), the job is taken back
+        (`_withdraw`): a key never queues a second job. A job
         that needs planning is queued once it is stored: its planning takes
         longer than the commit.
         """
@@ -301,7 +317,8 @@ class SchedulerActor(Actor):
                 self._withdraw(job)
             raise
         if early and not stored.created:
-            self._withdraw(job)  # the same job was stored before, and has ended: it does not run again
+            # the same job was stored before, or its key names another job: it does not run (again)
+            self._withdraw(job)
         elif stored.created and (early or job.job not in self.queue.jobs):
             job.accepted(stored.seq)
             if not early:
@@ -499,7 +516,9 @@ class SchedulerActor(Actor):
         job = self.queue.jobs.get(msg.job)
         if job is None:
             record = (await self.request(self.config.memory, GetJob(job=msg.job))).record
-            raise AwenError(f"job {msg.job} is {record.state} already; nothing to cancel", field="job")
+            if record.state in TERMINAL_STATES:
+                return  # it has ended: cancelling it again is harmless (a retried cancel)
+            raise AwenError(f"job {msg.job} is {record.state}, not in the queue; nothing to cancel", field="job")
         if msg.job == self.queue.running:
             job.cancel_reason = msg.reason  # the executor learns it at the next phase boundary
             return
