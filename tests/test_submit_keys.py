@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 import trio
+import trio.testing
 
 from actors.hal import HalActor
 from actors.memory import MIGRATIONS, MemoryActor, Store
@@ -18,8 +19,8 @@ from actors.memory import _store as ops
 from actors.scheduler import SchedulerActor
 from protocol import Exists, StoreUnavailable
 from protocol.circuit import Circuit
-from protocol.memory import PutJob, QueryJobs
-from protocol.scheduler import Cancel, GetQueue, Submit
+from protocol.memory import Allocate, PutJob, QueryJobs
+from protocol.scheduler import Cancel, GetQueue, NextJob, Submit
 from runtime import Actor, RemoteError
 
 from .circuits import hom
@@ -202,3 +203,38 @@ def test_a_store_of_the_previous_schema_opens_and_gains_keys_and_tags(tmp_path):
     assert [j.job for j in store.read(ops.query_jobs(key="k"))] == ["new"]
     assert [j.job for j in store.read(ops.query_jobs(tags=["x"]))] == ["new"]
     store.close()
+
+
+async def test_a_job_dispatched_while_its_key_resolves_to_another_is_withdrawn(tmp_path, autojump_clock_for_threads):
+    async with lab(tmp_path) as lab_:
+        warm = await lab_.sched(Submit(circuit=hom(), job="warm"))
+        assert (await lab_.take()).job == warm.job
+        await lab_.finish(warm.job, "completed")
+        first = await lab_.sched(Submit(circuit=hom(), key="early"))  # planned at once: queued as it is stored
+
+        async def submitted_while_an_executor_waits() -> tuple[Any, Any]:
+            got: list[Any] = []
+
+            async def executor() -> None:
+                got.append(await lab_.sched(NextJob(executor="exec", wait_s=10)))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(executor)
+                await trio.testing.wait_all_tasks_blocked()
+                accepted = await lab_.sched(Submit(circuit=hom(), key="early"))
+            return accepted, got[0]
+
+        # The key's job has ended (cancelled while it waited). An executor waiting gets the new submission the
+        # moment it is queued (ahead of its acceptance), before the store names the key's job: then it is taken
+        # back, and the executor's allocation of it is refused.
+        await lab_.sched(Cancel(job=first.job))
+        again, assignment = await submitted_while_an_executor_waits()
+        assert (again.job, again.created) == (first.job, False)
+        assert assignment.job not in (None, first.job)
+        assert assignment.accepting
+        allocate = Allocate(job=assignment.job, slots=[], device="chip", mark_running="on exec", accepting=True)
+        with pytest.raises(RemoteError, match=rf"no job '{assignment.job}'"):
+            await lab_.ask("memory", allocate)
+        assert [j.job for j in await keyed(lab_, "early")] == [first.job]
+        assert await lab_.state(first.job) == "cancelled"
+        assert (await lab_.sched(GetQueue())).jobs == []
