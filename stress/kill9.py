@@ -104,6 +104,9 @@ class Options:
     shots_min: int = 20_000
     shots_max: int = 200_000
     modes: int = 4
+    shot_rate_hz: float = 1e6
+    """The simulated chip's shots per second, which it takes in real time: lower makes jobs long enough that
+    every kill lands inside one, whatever the speed of the machine."""
     window: tuple[float, float] = (0.02, 0.9)
     """Kills are sent when this fraction of the campaign's shots is done, drawn uniformly within it."""
     burst: float = 0.2
@@ -308,8 +311,8 @@ async def open_child(name: str, command: Sequence[str], log: Path) -> AsyncItera
             process.kill()
 
 
-def device_toml(modes: int) -> str:
-    return f"modes = {modes}\n"
+def device_toml(modes: int, shot_rate_hz: float) -> str:
+    return f"modes = {modes}\nshot_rate_hz = {shot_rate_hz!r}\n"
 
 
 def campaign_system(data_dir: Path, run_dir: Path, port: int, factory: Path, log_level: str) -> SystemConfig:
@@ -717,7 +720,7 @@ class Campaign:
         wall_began = time.monotonic()
         data_dir, run_dir = workdir / "data", workdir / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
-        (workdir / "chip.toml").write_text(device_toml(options.modes))
+        (workdir / "chip.toml").write_text(device_toml(options.modes, options.shot_rate_hz))
         try:
             chip = sim.load_config(workdir / "chip.toml")
         except sim.SimConfigError as exc:
@@ -1000,6 +1003,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool, bool]:
     parser.add_argument("--shots-min", type=int, default=20_000)
     parser.add_argument("--shots-max", type=int, default=200_000)
     parser.add_argument("--modes", type=int, default=4, help="modes of the simulated chip (default 4)")
+    parser.add_argument("--shot-rate", type=float, default=1e6, help="the chip's shots per second (default 1e6)")
     parser.add_argument("--burst", type=float, default=0.2, help="chance that a kill follows the previous at once")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for every accepted job to end")
     parser.add_argument("--keep", type=Path, help="keep the data, logs and audit record here (default: a temp dir)")
@@ -1015,6 +1019,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool, bool]:
         parser.error("--shots-min must be positive and at most --shots-max")
     if args.jobs < 1 or args.kills < 0 or not 0 <= args.burst <= 1:
         parser.error("--jobs >= 1, --kills >= 0, 0 <= --burst <= 1")
+    if not args.shot_rate > 0:
+        parser.error("--shot-rate must be positive")
     if args.modes < 4:
         parser.error("--modes: at least 4 (the campaign's circuits use 4 modes)")
     options = Options(
@@ -1025,6 +1031,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool, bool]:
         shots_min=args.shots_min,
         shots_max=args.shots_max,
         modes=args.modes,
+        shot_rate_hz=args.shot_rate,
         burst=args.burst,
         timeout=args.timeout,
         keep=args.keep,

@@ -16,7 +16,10 @@ import pytest
 from stress.kill9 import Options, kill_schedule, print_report, run_campaign
 
 JOBS = 4
-SHOTS = (40_000, 80_000)
+SHOTS = (20_000, 40_000)
+SHOT_RATE_HZ = 50_000.0
+"""Shots per second of the simulated chip: the four jobs take about 2 s of the chip's time, so that every kill
+lands inside one even on a fast machine (at the default 1e6/s they ended before the third kill)."""
 WINDOW = (0.1, 0.6)
 """Kills are sent while 10-60 % of the shots are done: well inside the jobs, never after the last one ended."""
 
@@ -40,7 +43,14 @@ def assert_the_promise(report: dict[str, Any], kills: int) -> None:
 
 def options(actors: tuple[str, ...], kills: int, seed: int) -> Options:
     return Options(
-        jobs=JOBS, kills=kills, seed=seed, actors=actors, shots_min=SHOTS[0], shots_max=SHOTS[1], window=WINDOW
+        jobs=JOBS,
+        kills=kills,
+        seed=seed,
+        actors=actors,
+        shots_min=SHOTS[0],
+        shots_max=SHOTS[1],
+        shot_rate_hz=SHOT_RATE_HZ,
+        window=WINDOW,
     )
 
 
