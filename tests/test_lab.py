@@ -33,7 +33,7 @@ def test_the_lab_is_the_five_actors_on_one_device_in_start_order(tmp_path):
 def test_what_callers_vary_reaches_the_actors_they_name(tmp_path):
     system = lab_system(
         data_dir=tmp_path,
-        device_url="tcp://127.0.0.1:5025",
+        device_url="serial:///dev/ttyUSB0",
         device="bench",
         device_options={"watchdog_s": 0},
         actors=("memory", "hal", "scheduler", "executor"),
@@ -46,7 +46,7 @@ def test_what_callers_vary_reaches_the_actors_they_name(tmp_path):
     )
     config = {a.name: a.config for a in system.actors}
     assert list(config) == ["memory", "hal", "scheduler", "executor"]
-    assert config["hal"] == {"devices": [{"name": "bench", "url": "tcp://127.0.0.1:5025", "watchdog_s": 0}]}
+    assert config["hal"] == {"devices": [{"name": "bench", "url": "serial:///dev/ttyUSB0", "watchdog_s": 0}]}
     assert config["executor"] == {"device": "bench", "batch_shots": 2000}
     assert config["memory"] == {"data_dir": str(tmp_path), "synchronous": "normal"}
     assert {a.restart for a in system.actors} == {RestartPolicy(max_restarts=3, window=60, backoff=0.05)}

@@ -23,6 +23,7 @@ unless there are none.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 from collections.abc import Callable, Sequence
@@ -319,7 +320,7 @@ class Analyser:
             If: self.if_,
         }
         clock_at = self.clock_at
-        try:
+        with contextlib.suppress(_StopChecking):  # a round beyond the configured phases: checked no further
             for index, (path, op, cond) in enumerate(flat):
                 clock_at.append(self.clock)
                 handlers[type(op)](index, path, op, cond)
@@ -329,8 +330,6 @@ class Analyser:
                 self.round_kinds.setdefault(self.round_index, set()).add(str(kind))
                 if isinstance(op, Store):
                     self.lines.add(op.line)
-        except _StopChecking:
-            pass
         for h in self.held.values():
             self.problem(h.path, "line", f"delay line {h.line!r} is never loaded: the photon stored here would be lost")
 
