@@ -8,13 +8,17 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 from actors.calibration import fit_sweeps, sweep_plan
 from actors.calibration._actor import sweep_data
+from actors.calibration._outcome import Outcome
+from protocol import AwenError
 from protocol.calibration import Calibrate, CheckReference, GetCalibrationStatus
 from protocol.calibration_model import CalibrationModel
 from protocol.memory import GetCalibration, GetJob, ListCalibrations, PutCalibration, QueryJobs
 from protocol.mesh import clements_layout
+from protocol.scheduler import Pause, Resume
 from sim import chip_of, factory_calibration, write_factory_calibration
 
 from .chips import CHIP, truth
@@ -151,3 +155,59 @@ async def test_a_drift_check_does_not_recalibrate_when_a_newer_calibration_came_
         assert "version 2 was stored since" in checked.reason
         versions = (await b.ask("memory", ListCalibrations(device="chip"))).calibrations
         assert [c.version for c in versions] == [1, 2]
+
+
+async def test_calibrate_asked_while_a_calibration_runs_answers_with_that_one(tmp_path):
+    # Decision 0014 §4, "Reconnect": a re-sent cal.calibrate (or another client's) waits for the calibration
+    # under way and answers with its version; one asked for after it ended begins anew.
+    factory = tmp_path / "factory.json"
+    write_factory_calibration(factory, CHIP, 7)
+    config = {"factory": str(factory), "points": 4, "reference_every_s": None}
+    async with bench(tmp_path, calibrate=False, calibration=config) as b:
+        answers: list[Any] = []
+
+        async def calibrate() -> None:
+            answers.append(await b.ask("calibration", Calibrate()))
+
+        async def sweeps() -> list[str]:
+            jobs = (await b.ask("memory", QueryJobs())).jobs
+            return [j.job for j in jobs if j.job.startswith("cal-")]
+
+        await b.ask("scheduler", Pause(reason="the sweep waits until every request has come"))
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):  # at once: one begins, the others wait for the lock, or for it
+                nursery.start_soon(calibrate)
+            await eventually(sweeps)  # its sweep is queued: the calibration runs
+            for _ in range(2):  # while it runs
+                nursery.start_soon(calibrate)
+            await trio.testing.wait_all_tasks_blocked(0.05)  # every request has reached the calibration actor
+            assert (await b.ask("calibration", GetCalibrationStatus())).calibrating
+            await b.ask("scheduler", Resume())
+        assert len(answers) == 5
+        assert {(a.version, a.job) for a in answers} == {(1, answers[0].job)}
+        assert len(await sweeps()) == 1
+        versions = (await b.ask("memory", ListCalibrations(device="chip"))).calibrations
+        assert [c.version for c in versions] == [1]
+
+        after = await b.ask("calibration", Calibrate())
+        assert after.version == 2
+        assert after.job != answers[0].job
+        assert len(await sweeps()) == 2
+
+
+async def test_every_request_waiting_for_a_calibration_that_fails_hears_its_error():
+    outcome = Outcome()
+    errors: list[BaseException] = []
+
+    async def wait() -> None:
+        with pytest.raises(AwenError) as raised:
+            await outcome.wait()
+        errors.append(raised.value)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        outcome.fail(AwenError("the sweep ended failed", field="points"))
+    assert [(e.message, e.field) for e in errors] == [("the sweep ended failed", "points")] * 3
+    assert len({id(e) for e in errors}) == 3  # a copy each: one traceback per waiter

@@ -62,6 +62,7 @@ from protocol.scheduler import ReportHealth, Submit, SubmitProcedure
 from runtime import Actor, RemoteError, Runtime, handles
 
 from ._fit import FitFailed, FitResult, SweepData, fit_sweeps
+from ._outcome import Outcome
 
 log = logging.getLogger("awen.calibration")
 
@@ -322,6 +323,11 @@ class CalibrationActor(Actor):
         super().__init__(name, runtime)
         self.config = convert_settings(config, CalibrationConfig, source=f"{name} configuration")
         self._lock = trio.Lock()
+        """Held while a calibration runs, or while whether to run one is decided."""
+        self._begun = 0
+        """Calibrations begun so far (counted with the lock held, as each begins)."""
+        self._last: Outcome | None = None
+        """The outcome of the calibration begun last: it runs until the outcome is set."""
         self.last_error = ""
 
     async def main(self) -> None:
@@ -448,17 +454,45 @@ class CalibrationActor(Actor):
         return await self.calibrate(msg.points or self.config.points)
 
     async def calibrate(self, points: int) -> Calibrated:
+        """A new calibration; asked while one runs (or begins while this waits its turn), that one's outcome.
+
+        Idempotent (decision 0014 §4, "Reconnect"): a ``cal.calibrate`` a
+        client sends again, or a second client's, while a calibration of the
+        device runs is answered with that calibration's version, not queued
+        for another sweep after it. Whether one runs is decided and, if none
+        does, one is registered with no await in between (`_calibrate_locked`
+        registers its `Outcome` as it begins, the lock held). One asked for
+        after the last one ended begins anew, with ``points``.
+        """
+        last = self._last
+        if last is not None and not last.done:
+            return await last.wait()
+        arrived = self._begun
         async with self._lock:
+            if self._begun > arrived:
+                # One began while this request waited for the lock (a drift check's, or the one at start,
+                # decided while the request was on its way): it began after the request came, and answers it.
+                assert self._last is not None
+                return await self._last.wait()
             return await self._calibrate_locked(points)
 
-    async def _calibrate_locked(self, points: int) -> Calibrated:
+    async def _calibrate_locked(self, points: int, *, adopt: tuple[str, Plan] | None = None) -> Calibrated:
+        """Run a calibration (`_run`), the lock held; requests that come meanwhile wait for its `Outcome`."""
         assert self._lock.locked()
+        outcome = self._last = Outcome()  # registered before any await: from here on a request waits for it
+        self._begun += 1
         try:
-            return await self._run(points)
+            result = await self._run(points, adopt=adopt)
         except AwenError as exc:
             self.last_error = exc.message
             self.publish(CalibrationFailed(device=self.config.device, reason=exc.message))
+            outcome.fail(exc)
             raise
+        except BaseException:
+            outcome.fail(AwenError(f"the calibration of {self.config.device} was interrupted; ask again"))
+            raise
+        outcome.succeed(result)
+        return result
 
     async def _adopt_unfinished_sweep(self) -> None:
         """Finish the calibration a predecessor of this actor started and did not store (it died meanwhile).
@@ -485,7 +519,7 @@ class CalibrationActor(Actor):
         swept = len(input_patterns(plan.modes, self.config.input_power_w)) * 2 * clements_layout(plan.modes).mzi_count
         points = max(1, len(plan.phases) // swept)  # what sweep_plan made it with
         log.warning("%s: %s was left unfinished (%s): completing it", self.name, sweep.job, sweep.state)
-        await self._run(points, adopt=(sweep.job, plan))
+        await self._calibrate_locked(points, adopt=(sweep.job, plan))
 
     async def _run(self, points: int, *, adopt: tuple[str, Plan] | None = None) -> Calibrated:
         """Calibrate: sweep the heaters (or take the sweep ``adopt`` names, submitted before), fit, store."""

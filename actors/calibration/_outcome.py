@@ -1,0 +1,46 @@
+"""The outcome of one calibration, shared by every request that waits for it."""
+
+from __future__ import annotations
+
+import copy
+
+import trio
+
+from protocol import AwenError
+from protocol.calibration import Calibrated
+
+
+class Outcome:
+    """One calibration's result or error, set once; `wait` until then, from any number of tasks.
+
+    A request that arrives while a calibration runs waits here instead of
+    running another one after it (decision 0014 §4, "Reconnect": a re-sent
+    ``cal.calibrate`` is answered by the calibration its first sending began).
+    """
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._result: Calibrated | None = None
+        self._error: AwenError | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def succeed(self, result: Calibrated) -> None:
+        assert not self.done
+        self._result = result
+        self._done.set()
+
+    def fail(self, error: AwenError) -> None:
+        assert not self.done
+        self._error = error
+        self._done.set()
+
+    async def wait(self) -> Calibrated:
+        """The calibration's result once it has ended; its error (a copy for each waiter) if it failed."""
+        await self._done.wait()
+        if self._error is not None:
+            raise copy.copy(self._error).with_traceback(None)
+        assert self._result is not None
+        return self._result
