@@ -20,10 +20,11 @@ from actors.scheduler import SchedulerActor
 from protocol import Exists, StoreUnavailable
 from protocol.circuit import Circuit
 from protocol.memory import Allocate, PutJob, QueryJobs
-from protocol.scheduler import Cancel, GetQueue, NextJob, Submit
+from protocol.scheduler import Cancel, GetQueue, NextJob, ReportHealth, Submit
 from runtime import Actor, RemoteError
 
 from .circuits import hom
+from .helpers import eventually
 from .stack import mem_runtime
 from .test_scheduler import Lab, lab
 
@@ -237,4 +238,49 @@ async def test_a_job_dispatched_while_its_key_resolves_to_another_is_withdrawn(t
             await lab_.ask("memory", allocate)
         assert [j.job for j in await keyed(lab_, "early")] == [first.job]
         assert await lab_.state(first.job) == "cancelled"
+        assert (await lab_.sched(GetQueue())).jobs == []
+
+
+async def test_a_resubmission_that_would_now_be_refused_is_answered_with_the_keys_job(
+    tmp_path, autojump_clock_for_threads
+):
+    # Decision 0014 §3: the key is looked up before a circuit is refused, so resending an accepted job (a client
+    # reconnecting) never turns into a refusal because the device changed since it was accepted.
+    async with lab(tmp_path) as lab_:
+        first = await lab_.sched(Submit(circuit=hom(), key="before-the-change"))
+        assert (await lab_.take()).job == first.job
+        await lab_.finish(first.job, "completed")
+        await lab_.sched(ReportHealth(device="chip", modes=list(range(8))))  # no mode of the chip works now
+        with pytest.raises(RemoteError, match=r"\[invalid-circuit\]"):
+            await lab_.sched(Submit(circuit=hom()))  # what a new submission of it hears
+        with pytest.raises(RemoteError, match=r"\[invalid-circuit\]"):
+            await lab_.sched(Submit(circuit=hom(), key="never-used"))  # a key that names no job changes nothing
+
+        again = await lab_.sched(Submit(circuit=hom(), key="before-the-change"))
+        assert (again.job, again.created) == (first.job, False)
+        assert await lab_.state(first.job) == "completed"  # answered, not run again
+        # The same key with another submission (that would be refused too) is that key's conflict, not a refusal.
+        with pytest.raises(RemoteError, match=rf"key 'before-the-change' names job '{first.job}'.*\[exists\]"):
+            await lab_.sched(Submit(circuit=hom(shots=7), key="before-the-change"))
+        assert [j.job for j in await keyed(lab_, "before-the-change")] == [first.job]
+        assert await keyed(lab_, "never-used") == []
+        assert (await lab_.sched(GetQueue())).jobs == []
+
+
+async def test_a_resubmission_refused_by_limits_configured_since_is_answered_with_the_keys_job(
+    tmp_path, autojump_clock_for_threads
+):
+    async with lab(tmp_path) as lab_:
+        first = await lab_.sched(Submit(circuit=hom(shots=1000), key="big"))
+    async with lab(tmp_path, limits={"max_shots": 100}) as lab_:  # restarted with stricter limits
+        # The job, queued when the scheduler stopped, cannot be planned under them: it failed, saying why.
+        await eventually(lambda: lab_.is_state(first.job, "failed"))
+        with pytest.raises(RemoteError, match=r"\[invalid-circuit\]"):
+            await lab_.sched(Submit(circuit=hom(shots=1000), key="new-and-big"))
+        again = await lab_.sched(Submit(circuit=hom(shots=1000), key="big"))
+        assert (again.job, again.created) == (first.job, False)
+        with pytest.raises(RemoteError, match=r"another circuit.*\[exists\]"):
+            await lab_.sched(Submit(circuit=hom(shots=1000, theta=0.2), key="big"))
+        assert [j.job for j in await keyed(lab_, "big")] == [first.job]
+        assert await lab_.state(first.job) == "failed"  # answered as it is, not run again
         assert (await lab_.sched(GetQueue())).jobs == []

@@ -238,8 +238,11 @@ class SchedulerActor(Actor):
             try:
                 await self._check(circuit, device)
             except CircuitError:
-                # A resubmission of a job accepted before (the device has changed since) is answered with
-                # that job, not refused: the store compares the submission with the one under its key.
+                # A resubmission of a job accepted before (the device or the limits have changed since) is
+                # answered with that job, not refused: the store compares the submission with the one under
+                # its key (the same: that job, created=False; another: exists). The key is looked up only
+                # here, when the circuit would be refused: a circuit that passes costs no round trip more
+                # (clients send a key with every submission), and mem.put_job answers by the key anyway.
                 if msg.key is None or not await self._key_stored(msg.key):
                     raise
         job_id = msg.job or _new_job_id()
