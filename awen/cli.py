@@ -22,10 +22,12 @@ import trio
 
 from protocol import AwenError, Codec, ConfigError, ProtocolError, protocol_schema
 from protocol.catalog import CATALOG
+from protocol.paths import DEFAULT_PORT
 from protocol.system import GetStatus, Ping
 from runtime import (
     Actor,
     ResolvedSystem,
+    SystemConfig,
     configure_logging,
     describe_failure,
     first_awen_error,
@@ -56,24 +58,98 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    config = load_system(args.config)
-    configure_logging(config.log_level)
+    """Run a lab until SIGINT or SIGTERM: one per data directory, found by its ``awen.json`` (decision 0014 §2)."""
+    from protocol.paths import default_data_dir, is_loopback
 
-    async def serve() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    from . import daemon
+
+    for url in args.listen or ():
+        if not is_loopback(url):
+            print(daemon.refusal(url), file=sys.stderr)
+            return EXIT_USAGE
+    config: SystemConfig | None = None
+    if args.config is not None:
+        try:
+            config = load_system(args.config)
+        except ConfigError as exc:
+            print(f"awen: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    configured = daemon.memory_data_dir(config) if config is not None else None
+    data_dir = Path(args.data_dir or configured or default_data_dir()).expanduser().absolute()
+    try:
+        lock = daemon.DaemonLock(data_dir)
+        lock.acquire()
+    except daemon.DaemonRunning as exc:
+        print(f"awen: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"awen: cannot lock {data_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        if config is None:
+            config = daemon.default_lab(
+                data_dir, seed=args.seed, modes=args.modes, port=args.port, listen=args.listen or ()
+            )
+            lab = "default"
+        else:
+            if args.data_dir:
+                config = daemon.with_data_dir(config, data_dir)
+            if args.listen or args.port != DEFAULT_PORT:
+                config = daemon.with_door_endpoints(
+                    config, daemon.client_endpoints(data_dir, port=args.port, listen=args.listen or ())
+                )
+            lab = Path(args.config).stem
+        endpoints = daemon.door_endpoints(config, data_dir)
+        refused = daemon.refused_endpoints(endpoints)
+        if refused:
+            print(daemon.refusal(refused[0]), file=sys.stderr)
+            return EXIT_USAGE
+        configure_logging(config.log_level)
+        trio.run(_serve, config, data_dir, lab, endpoints, args.config)
+        return 0
+    finally:
+        daemon.remove_daemon_file(data_dir)
+        lock.release()
+
+
+async def _serve(config: SystemConfig, data_dir: Path, lab: str, endpoints: list[str], system_file: str | None) -> None:
+    from . import daemon
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
             async with open_system(config) as supervisor:
                 await supervisor.wait_started()
-                print(
-                    f"awen: up, supervisor pid {os.getpid()}, system file {supervisor.system_file}",
-                    flush=True,
+                daemon.write_daemon_file(
+                    data_dir,
+                    daemon.daemon_info(
+                        data_dir=data_dir, lab=lab, endpoints=endpoints, system_file=supervisor.system_file
+                    ),
                 )
+                where = ", ".join(endpoints) or "no client endpoint (the system has no door)"
+                print(f"awen: up, pid {os.getpid()}, data {data_dir}, listening on {where}", flush=True)
+                print(f"awen: system file {supervisor.system_file}", flush=True)
                 async for signum in signals:
+                    daemon.remove_daemon_file(data_dir)
                     print(f"awen: {signal.Signals(signum).name}: stopping", flush=True)
                     supervisor.shutdown()
                     break
-        print("awen: stopped", flush=True)
+        finally:
+            daemon.remove_daemon_file(data_dir)
+    print("awen: stopped", flush=True)
 
-    trio.run(serve)
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    """Every problem of a system file at once; exit 2 if there is one."""
+    from .daemon import check_system_file
+
+    report = check_system_file(args.file)
+    for warning in report.warnings:
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
+    for problem in report.problems:
+        print(f"{args.file}: {problem}", file=sys.stderr)
+    if report.problems:
+        return EXIT_USAGE
+    print(f"{args.file}: ok ({report.actors} actors)")
     return 0
 
 
@@ -318,9 +394,34 @@ def _add_lab_commands(commands: Commands) -> None:
     cal.add_argument("-v", "--verbose", action="store_true")
     cal.set_defaults(run=_cmd_calibrate)
 
-    up = commands.add_parser("up", help="run a system from its TOML file until SIGINT or SIGTERM")
-    up.add_argument("config", help="the system's TOML file")
+    up = commands.add_parser(
+        "up",
+        help="run the lab until SIGINT or SIGTERM: a system file's, or the standard lab on a simulated chip",
+    )
+    up.add_argument(
+        "config", nargs="?", help="the system's TOML file (default: the standard lab on a seeded simulated chip)"
+    )
+    up.add_argument(
+        "--data-dir", help="the data directory (default: the file's memory data_dir, $AWEN_DATA_DIR, or XDG's)"
+    )
+    up.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"the door's loopback tcp port (default {DEFAULT_PORT})"
+    )
+    up.add_argument(
+        "--listen",
+        action="append",
+        metavar="URL",
+        help="listen here instead of tcp://127.0.0.1:PORT (repeatable; loopback tcp and ipc only)",
+    )
+    up.add_argument("--seed", type=int, default=1, help="without a file: the simulated chip's seed (default 1)")
+    up.add_argument("--modes", type=int, default=8, help="without a file: modes of the simulated chip (default 8)")
     up.set_defaults(run=_cmd_up)
+
+    config = commands.add_parser("config", help="system files")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    check = config_commands.add_parser("check", help="report every problem of a system file at once")
+    check.add_argument("file", help="the system's TOML file")
+    check.set_defaults(run=_cmd_config_check)
 
     status = commands.add_parser("status", help="ask a running system's actors how they are")
     status.add_argument("system", help="the system file a running `awen up` printed")

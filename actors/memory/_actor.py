@@ -36,7 +36,7 @@ import msgspec
 import numpy as np
 import trio
 
-from protocol import AwenError, Envelope, IllegalTransition, NotFound, convert_settings, pack
+from protocol import AwenError, Envelope, IllegalTransition, NotFound, convert_settings, pack, paths
 from protocol.memory import (
     JOB_TRANSITIONS,
     TERMINAL_STATES,
@@ -102,11 +102,8 @@ INLINE_BYTES = 256 * 1024
 
 
 def default_data_dir() -> str:
-    """``$AWEN_DATA_DIR``, else ``$XDG_DATA_HOME/awen``, else ``~/.local/share/awen``."""
-    if "AWEN_DATA_DIR" in os.environ:
-        return os.environ["AWEN_DATA_DIR"]
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "awen")
+    """``$AWEN_DATA_DIR``, else ``$XDG_DATA_HOME/awen``, else ``~/.local/share/awen``: `protocol.paths`' rule."""
+    return str(paths.default_data_dir(os.environ))
 
 
 NEW_JOBS_KEPT = 10_000
