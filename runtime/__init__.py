@@ -24,6 +24,7 @@ from ._config import Address as Address
 from ._config import Directory as Directory
 from ._config import Runtime as Runtime
 from ._config import RuntimeOptions as RuntimeOptions
+from ._connection import Connection as Connection
 from ._errors import ActorStoppedError as ActorStoppedError
 from ._errors import PeerLostError as PeerLostError
 from ._errors import RemoteError as RemoteError
