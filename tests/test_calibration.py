@@ -19,6 +19,7 @@ from protocol.calibration_model import CalibrationModel
 from protocol.memory import GetCalibration, GetJob, ListCalibrations, PutCalibration, QueryJobs
 from protocol.mesh import clements_layout
 from protocol.scheduler import Pause, Resume
+from runtime import RemoteError
 from sim import chip_of, factory_calibration, write_factory_calibration
 
 from .chips import CHIP, truth
@@ -196,18 +197,25 @@ async def test_calibrate_asked_while_a_calibration_runs_answers_with_that_one(tm
 
 
 async def test_every_request_waiting_for_a_calibration_that_fails_hears_its_error():
-    outcome = Outcome()
-    errors: list[BaseException] = []
+    for error in (
+        AwenError("the sweep ended failed", field="points"),
+        RemoteError("not-found", "no job 'cal-1'", field="job", peer="memory"),  # another __init__
+    ):
+        outcome = Outcome()
+        errors: list[AwenError] = []
 
-    async def wait() -> None:
-        with pytest.raises(AwenError) as raised:
-            await outcome.wait()
-        errors.append(raised.value)
+        async def wait(outcome: Outcome = outcome, errors: list[AwenError] = errors) -> None:
+            with pytest.raises(AwenError) as raised:
+                await outcome.wait()
+            errors.append(raised.value)
 
-    async with trio.open_nursery() as nursery:
-        for _ in range(3):
-            nursery.start_soon(wait)
-        await trio.testing.wait_all_tasks_blocked()
-        outcome.fail(AwenError("the sweep ended failed", field="points"))
-    assert [(e.message, e.field) for e in errors] == [("the sweep ended failed", "points")] * 3
-    assert len({id(e) for e in errors}) == 3  # a copy each: one traceback per waiter
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+            outcome.fail(error)
+        assert [(type(e), str(e), e.message, e.field) for e in errors] == [
+            (type(error), str(error), error.message, error.field)
+        ] * 3
+        assert len({id(e) for e in errors} | {id(error)}) == 4  # a copy each: one traceback per waiter
+    assert errors[0].code == "not-found"

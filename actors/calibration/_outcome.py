@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import trio
 
 from protocol import AwenError
@@ -41,6 +39,15 @@ class Outcome:
         """The calibration's result once it has ended; its error (a copy for each waiter) if it failed."""
         await self._done.wait()
         if self._error is not None:
-            raise copy.copy(self._error).with_traceback(None)
+            raise _copy(self._error)
         assert self._result is not None
         return self._result
+
+
+def _copy(error: AwenError) -> AwenError:
+    """A copy of ``error`` to raise in one more task (of any subclass, whatever its ``__init__`` takes)."""
+    cls = type(error)
+    copied = cls.__new__(cls, *error.args)
+    copied.args = error.args
+    copied.__dict__.update(error.__dict__)
+    return copied
