@@ -13,6 +13,7 @@ The actors, in the order the supervisor starts them::
     scheduler    actors.scheduler:SchedulerActor      the queue and the planner
     executor     actors.executor:ExecutorActor        runs plans on the device
     calibration  actors.calibration:CalibrationActor  from the factory calibration file
+    door         actors.door:DoorActor                clients' one address (with ``door=ENDPOINTS``)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ FACTORIES = {
     "scheduler": "actors.scheduler:SchedulerActor",
     "executor": "actors.executor:ExecutorActor",
     "calibration": "actors.calibration:CalibrationActor",
+    "door": "actors.door:DoorActor",
 }
 
 
@@ -54,6 +56,7 @@ def lab_system(
     restart: RestartPolicy | None = None,
     transport: str = "ipc",
     config: Mapping[str, Mapping[str, Any]] | None = None,
+    door: Sequence[str] | None = None,
 ) -> SystemConfig:
     """The standard lab system on one device.
 
@@ -73,8 +76,12 @@ def lab_system(
         restart: Every actor's restart policy (default: the runtime's).
         transport: ``ipc`` or ``tcp`` between the actors' processes.
         config: Per actor, settings merged into its ``config`` table (``{"executor": {"batch_shots": 2000}}``).
+        door: Where clients connect (``ipc://...``, ``tcp://127.0.0.1:PORT``): the door actor starts
+            last, at these endpoints. None: no door (the lab is reached through its actors).
     """
-    unknown = sorted(set(actors) - set(LAB_ACTORS)) + sorted(set(config or {}) - set(actors))
+    if door is not None:
+        actors = [*actors, "door"]
+    unknown = sorted(set(actors) - set(FACTORIES)) + sorted(set(config or {}) - set(actors))
     if unknown:
         raise ValueError(f"not actors of this lab: {', '.join(unknown)} (it runs {', '.join(actors)})")
     if device_url is None and "hal" in actors:
@@ -85,6 +92,7 @@ def lab_system(
         "scheduler": {"device": device},
         "executor": {"device": device},
         "calibration": {"device": device},
+        "door": {"endpoints": list(door or [])},
     }
     if factory_calibration is not None:
         settings["calibration"]["factory"] = str(factory_calibration)

@@ -5,7 +5,7 @@ whoever starts or speaks to the lab's actors passes this catalog to it (a
 system file names it: ``catalog = "protocol.catalog:CATALOG"``, the default).
 """
 
-from . import calibration, executor, hal, memory, scheduler
+from . import calibration, door, executor, hal, memory, scheduler
 from ._codec import Catalog
 from .system import SYSTEM_MESSAGES
 
@@ -17,6 +17,7 @@ CATALOG = Catalog(
         *scheduler.SCHEDULER_MESSAGES,
         *executor.EXECUTOR_MESSAGES,
         *calibration.CALIBRATION_MESSAGES,
+        *door.DOOR_MESSAGES,
     ]
 )
 """Every message type awen's actors exchange."""

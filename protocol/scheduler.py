@@ -122,6 +122,8 @@ class Submit(Request[Accepted], frozen=True, kw_only=True):
     job: JobId | None = None
     key: SubmissionKey | None = None
     tags: Tags = msgspec.field(default_factory=list)
+    submitter: Label | None = None
+    """Who submitted it, as stored with the job; by default the sender. The door sets its client's name."""
 
 
 class SubmitProcedure(Request[Accepted], frozen=True, kw_only=True):

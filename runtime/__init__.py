@@ -30,6 +30,7 @@ from ._errors import PeerLostError as PeerLostError
 from ._errors import RemoteError as RemoteError
 from ._errors import RequestTimeout as RequestTimeout
 from ._errors import UnknownPeer as UnknownPeer
+from ._gateway import Gateway as Gateway
 from ._handlers import handles as handles
 from ._handlers import subscribes as subscribes
 from ._logging import configure_logging as configure_logging

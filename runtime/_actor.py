@@ -24,7 +24,7 @@ import itertools
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar, TypeVar
 
@@ -36,12 +36,14 @@ from protocol.system import GetStatus, PeerState, Ping, Pong, Status, Stopping
 from ._config import Address, Runtime
 from ._errors import ActorStoppedError
 from ._events import Events
+from ._gateway import Gateway
 from ._handlers import EventHandler, Handler, Handlers, handles, marked_methods
 from ._lifecycle import Lifecycle
 from ._liveness import Liveness, Peers
 from ._logging import RateLimitedLog
 from ._mailbox import Mailbox
 from ._requests import Requests
+from ._transport import Transport
 
 log = logging.getLogger("awen.actor")
 
@@ -106,6 +108,10 @@ class Actor:
             life=self.__life,
             bad_frames=bad_frames,
         )
+        self.__next_id = next_id
+        self.__bad_frames = bad_frames
+        self.__io: tuple[Transport, trio.Nursery] | None = None
+        self.__gateways: list[Mailbox] = []
         handlers, subscribers = marked_methods(self)
         for msg_type, handler in handlers:
             if msg_type not in self.__handlers:  # a subclass's handler wins
@@ -164,6 +170,7 @@ class Actor:
         # Two nurseries: the endpoints' tasks (io) outlive the actor's own work, so that
         # teardown, which runs once the work is cancelled, can still send and publish.
         async with trio.open_nursery() as io:
+            self.__io = (transport, io)
             self.__requests.open(transport, io)
             try:
                 async with trio.open_nursery() as work:
@@ -198,9 +205,48 @@ class Actor:
             log.error("%s: teardown did not finish within %.1f s", self.name, self.options.stop_timeout)
         self.__mailbox.refuse_unanswered()
         self.__requests.fail_all(ActorStoppedError(f"{self.name} is stopping"))
+        for gateway in self.__gateways:
+            gateway.refuse_unanswered()
+            gateway.close()
         self.__mailbox.close()
         self.__events.close()
         self.__requests.close()
+
+    async def open_gateway(
+        self,
+        addresses: Sequence[str],
+        handlers: Iterable[tuple[type[Message], Handler]],
+        *,
+        recipients: Callable[[str], bool] | None = None,
+        on_envelope: Callable[[Any, Envelope], None] | None = None,
+    ) -> Gateway:
+        """Open a second way in, for clients: one ROUTER at ``addresses``, answered by ``handlers`` (from `setup` on).
+
+        ``recipients`` says which names other than this actor's the gateway
+        takes messages for; ``on_envelope(route, envelope)`` sees every
+        readable message first (who is there, and by which route). See
+        `runtime._gateway`.
+        """
+        if self.__io is None or self.__life.work is None:
+            raise ActorStoppedError(f"{self.name} is not running: a gateway opens from setup() on")
+        table = Handlers(self.codec.catalog)
+        for msg_type, handler in handlers:
+            table.register(msg_type, handler)
+        mailbox = Mailbox(
+            self.name,
+            self.codec,
+            table,
+            max_concurrent=self.options.max_concurrent,
+            next_id=self.__next_id,
+            life=self.__life,
+            bad_frames=self.__bad_frames,
+            recipients=recipients,
+            on_envelope=on_envelope,
+        )
+        transport, io = self.__io
+        await mailbox.bind(transport, io, addresses, handover=True)
+        self.__gateways.append(mailbox)
+        return Gateway(self.name, mailbox, self.codec, self.__next_id)
 
     @property
     def bound_address(self) -> str | None:

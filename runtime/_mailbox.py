@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -67,8 +67,12 @@ class Mailbox:
         next_id: Callable[[], int],
         life: Lifecycle,
         bad_frames: RateLimitedLog,
+        recipients: Callable[[str], bool] | None = None,
+        on_envelope: Callable[[Any, Envelope], None] | None = None,
     ) -> None:
         self._name = name
+        self._recipients = recipients
+        self._on_envelope = on_envelope
         self._codec = codec
         self._handlers = handlers
         self._max_concurrent = max_concurrent
@@ -84,9 +88,11 @@ class Mailbox:
         self.malformed = 0
         self.in_flight = 0
 
-    async def bind(self, transport: Transport, io: trio.Nursery, address: str) -> None:
-        """Open the inbound endpoint at ``address``; its receiving task runs in ``io``."""
-        self.inbound = await transport.bind(io, address, self.on_request)
+    async def bind(
+        self, transport: Transport, io: trio.Nursery, address: str | Sequence[str], *, handover: bool = False
+    ) -> None:
+        """Open the inbound endpoint at ``address`` (or several); its receiving task runs in ``io``."""
+        self.inbound = await transport.bind(io, address, self.on_request, handover=handover)
 
     def close(self) -> None:
         if self.inbound is not None:
@@ -123,6 +129,8 @@ class Mailbox:
             if _answers_refusal(exc):
                 self._reply_error(route, exc.code, exc.message, exc.field, re=exc.request_id, to=exc.sender or "?")
             return
+        if self._on_envelope is not None:
+            self._on_envelope(route, env)
         body = env.body
         is_request = isinstance(body, Request)
         if not is_request and not isinstance(body, Notice):
@@ -130,7 +138,7 @@ class Mailbox:
             return
         entry = self._handlers.get(env.type)
         life = self._life
-        if entry is None or life.stopping or not life.serving or env.to != self._name:  # rarely: one test for all
+        if entry is None or life.stopping or not life.serving or not self._addressed(env.to):  # rarely: one test
             refusal = self._refusal(env, is_request, entry is not None)
             if refusal is not None:
                 if is_request:
@@ -157,6 +165,10 @@ class Mailbox:
         assert life.work is not None
         life.work.start_soon(self._run_handler, handler, route, env, rest)
 
+    def _addressed(self, to: str) -> bool:
+        """Whether a message to ``to`` is this mailbox's: its actor's, or (a gateway's) one it takes for others."""
+        return to == self._name or (self._recipients is not None and self._recipients(to))
+
     def _refusal(self, env: Envelope, is_request: bool, handled: bool) -> Error | None:
         """Why this message is not handled (the error a request is answered with), or None if it is."""
         life = self._life
@@ -164,7 +176,7 @@ class Mailbox:
             return Error(code=ErrorCode.ACTOR_STOPPED, message=f"{self._name} is stopping")
         if not life.serving and is_request and env.type not in ANSWERED_WHILE_STARTING:
             return Error(code=ErrorCode.NOT_READY, message=f"{self._name} is starting; ask again shortly")
-        if env.to != self._name:
+        if not self._addressed(env.to):
             return Error(
                 code=ErrorCode.WRONG_RECIPIENT,
                 message=f"this is {self._name}, the message is addressed to {env.to!r}",

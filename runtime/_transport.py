@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -530,14 +530,28 @@ class Transport:
         sock.setsockopt(zmq.LINGER, int(self.linger * 1000))
         return sock
 
-    async def bind(self, nursery: trio.Nursery, address: str, on_request: OnRequest) -> Inbound:
-        if scheme_of(address) == "mem":
-            local = _LocalInbound(self.require_local(address), address, on_request, self.hwm)
+    async def bind(
+        self, nursery: trio.Nursery, address: str | Sequence[str], on_request: OnRequest, *, handover: bool = False
+    ) -> Inbound:
+        """A ROUTER at ``address``, or one ROUTER at each of several (a gateway's ipc and tcp: one route space).
+
+        ``handover``: a peer that connects again with a routing id in use takes
+        it over (``ZMQ_ROUTER_HANDOVER``), so a reconnected client keeps its route.
+        """
+        addresses = [address] if isinstance(address, str) else list(address)
+        if not addresses:
+            raise ConfigError("an inbound endpoint needs an address")
+        if scheme_of(addresses[0]) == "mem":
+            if len(addresses) > 1:
+                raise ConfigError(f"a mem:// endpoint has one address, not {len(addresses)}")
+            local = _LocalInbound(self.require_local(addresses[0]), addresses[0], on_request, self.hwm)
             await nursery.start(local.run)
             return local
         sock = self.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        bound = _bind(sock, address)
+        if handover:
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        bound = ", ".join(_bind(sock, a) for a in addresses)
 
         def on_recv(frames: list[bytes]) -> None:
             route = frames[:-1]
