@@ -48,8 +48,8 @@ def ask(sock: zmq.Socket[bytes], msg_type: str, body: dict[str, Any], to: str = 
             continue
         if reply["type"] == "sys.error":
             raise SystemExit(f"{msg_type}: {reply['body']['code']}: {reply['body']['message']}")
-        body: dict[str, Any] = reply["body"]
-        return body
+        answer: dict[str, Any] = reply["body"]
+        return answer
 
 
 def main() -> None:
