@@ -90,7 +90,6 @@ def _cmd_up(args: argparse.Namespace) -> int:
             config = daemon.default_lab(
                 data_dir, seed=args.seed, modes=args.modes, port=args.port, listen=args.listen or ()
             )
-            lab = "default"
         else:
             if args.data_dir:
                 config = daemon.with_data_dir(config, data_dir)
@@ -98,21 +97,20 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 config = daemon.with_door_endpoints(
                     config, daemon.client_endpoints(data_dir, port=args.port, listen=args.listen or ())
                 )
-            lab = Path(args.config).stem
         endpoints = daemon.door_endpoints(config, data_dir)
         refused = daemon.refused_endpoints(endpoints)
         if refused:
             print(daemon.refusal(refused[0]), file=sys.stderr)
             return EXIT_USAGE
         configure_logging(config.log_level)
-        trio.run(_serve, config, data_dir, lab, endpoints, args.config)
+        trio.run(_serve, config, data_dir, daemon.lab_name(config), endpoints)
         return 0
     finally:
         daemon.remove_daemon_file(data_dir)
         lock.release()
 
 
-async def _serve(config: SystemConfig, data_dir: Path, lab: str, endpoints: list[str], system_file: str | None) -> None:
+async def _serve(config: SystemConfig, data_dir: Path, lab: str, endpoints: list[str]) -> None:
     from . import daemon
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -222,8 +222,12 @@ def default_lab(
     factory = data_dir / f"factory-calibration-seed{seed}-{modes}modes.json"
     _write_atomically(factory, msgspec.json.encode(sim.factory_calibration(sim_config, seed)))
     config: dict[str, dict[str, Any]] = {"calibration": {"auto": True}}
-    if "door" in LAB_ACTORS:
-        config["door"] = {"endpoints": client_endpoints(data_dir, port=port, tcp=tcp, listen=listen)}
+    endpoints = client_endpoints(data_dir, port=port, tcp=tcp, listen=listen)
+    door: dict[str, Any] = {}
+    if "door" in inspect.signature(lab_system).parameters:  # the door is asked for by its endpoints
+        door["door"] = endpoints
+    elif "door" in LAB_ACTORS:  # the door is one of the lab's actors: its endpoints are its config
+        config["door"] = {"endpoints": endpoints}
     return lab_system(
         data_dir=data_dir,
         device_url=f"sim://?seed={seed}&modes={modes}",
@@ -231,6 +235,7 @@ def default_lab(
         log_level=log_level,
         runtime=RuntimeOptions(request_timeout=60.0),
         config=config,
+        **door,
     )
 
 
@@ -275,6 +280,13 @@ def with_door_endpoints(system: SystemConfig, endpoints: Sequence[str]) -> Syste
         return system
     door = msgspec.structs.replace(spec, config={**spec.config, "endpoints": list(endpoints)})
     return msgspec.structs.replace(system, actors=[door if a is spec else a for a in system.actors])
+
+
+def lab_name(system: SystemConfig) -> str:
+    """The lab's name, as its door tells clients: the door's ``lab`` setting, else awen's."""
+    spec = door_spec(system)
+    name = spec.config.get("lab") if spec is not None else None
+    return name if isinstance(name, str) else "awen"
 
 
 def memory_data_dir(system: SystemConfig) -> str | None:
