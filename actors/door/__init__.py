@@ -8,6 +8,5 @@ events a client subscribed to.
 
 from ._actor import DoorActor as DoorActor
 from ._actor import DoorConfig as DoorConfig
-from ._actor import is_loopback as is_loopback
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 import trio
@@ -43,6 +42,7 @@ from protocol.door import (
 )
 from protocol.hal import ListDevices
 from protocol.memory import TERMINAL_STATES, GetJob, GetPlan, Job, JobRecord, QueryResults, ResultsComplete
+from protocol.paths import is_loopback
 from protocol.scheduler import Submit
 from protocol.system import GetStatus, Heartbeat, Ok, PeerUp, Ping, Pong
 from runtime import Actor, Gateway, RemoteError, Runtime
@@ -87,17 +87,6 @@ class DoorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
                 )
         if not (0 < self.lease_s <= 3600):
             raise ConfigError(f"door: lease_s must be in (0, 3600], not {self.lease_s}", field="lease_s")
-
-
-def is_loopback(address: str) -> bool:
-    """Whether a client endpoint stays on this machine: ``ipc://``, or tcp on a loopback address."""
-    parts = urlsplit(address)
-    if parts.scheme == "ipc":
-        return True
-    if parts.scheme != "tcp":
-        return False
-    host = parts.hostname or ""
-    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 @dataclass
