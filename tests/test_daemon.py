@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.lab import LAB_ACTORS
+from actors.lab import LAB_ACTORS, system_toml
 from awen.daemon import (
     DaemonLock,
     DaemonRunning,
@@ -29,6 +29,7 @@ from awen.daemon import (
     read_daemon_file,
     remove_daemon_file,
     validation_problems,
+    with_door_endpoints,
     write_daemon_file,
 )
 from protocol.paths import (
@@ -294,7 +295,7 @@ def test_awen_up_on_a_file_that_is_wrong_exits_2_in_one_line(tmp_path):
 def test_the_example_lab_files_pass_the_check(name):
     done = awen_cli("config", "check", str(EXAMPLES / name), timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"{EXAMPLES / name}: ok (5 actors)"
+    assert done.stdout.strip() == f"{EXAMPLES / name}: ok (6 actors)"
     for line in done.stderr.splitlines():  # at most: the factory calibration is not installed on this machine
         assert line.startswith(f"{EXAMPLES / name}: warning: actor 'calibration': factory:")
 
@@ -375,3 +376,25 @@ def test_every_problem_of_a_struct_is_found_not_only_the_first():
     ]
     assert validation_problems({"window": 5}, RestartPolicy) == []
     assert validation_problems([1], RestartPolicy) == ["expected a table, got list"]
+
+
+@pytest.mark.system
+def test_awen_up_of_a_file_keeps_its_data_directory_and_door(tmp_path):
+    data = tmp_path / "data"
+    port = free_port()
+    lab = default_lab(data, modes=4, port=port)
+    path = tmp_path / "lab.toml"
+    path.write_text(system_toml(lab))
+    with awen_process("up", str(path)) as (proc, out):
+        out.until("awen: up", timeout=30)
+        info = json.loads((data / "awen.json").read_text())
+        assert info["pid"] == proc.pid
+        assert info["endpoints"] == door_endpoints(lab, data)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    assert not (data / "awen.json").exists()
+    if door_spec(lab) is not None:  # a door the file opens to the network is refused as --listen is
+        path.write_text(system_toml(with_door_endpoints(lab, ["tcp://0.0.0.0:7460"])))
+        done = awen_cli("up", str(path), timeout=30)
+        assert done.returncode == 2
+        assert done.stderr.startswith("awen: refusing to listen on tcp://0.0.0.0:7460: clients are not authenticated")
