@@ -23,6 +23,7 @@ import msgspec
 import trio
 
 from protocol import AwenError, ConfigError, Envelope, ErrorCode, Message, Request, convert_settings
+from protocol.calibration import CalibrationStatus, GetCalibrationStatus
 from protocol.door import (
     ANY_ACTOR,
     CLIENT_PROTOCOL,
@@ -66,7 +67,7 @@ class DoorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             Until clients authenticate, nothing else is allowed.
         lab: The lab's name, as clients are told.
         lease_s: A client silent this long loses its subscriptions.
-        memory, hal: The actors the door reads jobs and devices from.
+        memory, hal, calibration: The actors the door reads jobs, devices and the calibration from.
     """
 
     endpoints: list[str]
@@ -74,6 +75,7 @@ class DoorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     lease_s: float = 30.0
     memory: str = "memory"
     hal: str = "hal"
+    calibration: str = "calibration"
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -111,6 +113,7 @@ class DoorActor(Actor):
         self._waiters: dict[str, set[trio.Event]] = {}
         self._kinds: dict[str, str] = {}
         self._started = time.time()
+        self._calibrated = False
         self._started_at = 0.0
         self._peers = [peer for peer in runtime.directory if peer != name]
         self.subscribe(ResultsComplete.TYPE, self._on_results_complete)
@@ -344,9 +347,25 @@ class DoorActor(Actor):
             )
         if to == DOOR or to == self.name:
             raise _error(ErrorCode.NO_HANDLER, f"the door does not answer {env.type}: address it to an actor", "to")
-        if isinstance(msg, Submit) and msg.submitter is None:
-            msg = msgspec.structs.replace(msg, submitter=self._client_name(env))
+        if isinstance(msg, Submit):
+            await self._calibrated_first()
+            if msg.submitter is None:
+                msg = msgspec.structs.replace(msg, submitter=self._client_name(env))
         return await self._ask(to, msg, wait_s=LONG_REQUEST_S.get(env.type))
+
+    async def _calibrated_first(self) -> None:
+        """While the lab makes its first calibration, a submission is answered ``not-ready`` (clients ask again).
+
+        Run now, the job would fail for want of a calibration that is seconds away. Once the
+        chip has had a valid calibration, this is never asked again.
+        """
+        if self._calibrated or self.config.calibration not in self.runtime.directory:
+            return
+        status: CalibrationStatus = await self._ask(self.config.calibration, GetCalibrationStatus())
+        if status.valid or not status.calibrating:
+            self._calibrated = status.valid
+            return
+        raise _error(ErrorCode.NOT_READY, f"{status.device} is being calibrated for the first time; ask again", None)
 
     async def _ask(self, to: str, msg: Request[Any], *, wait_s: float | None = None) -> Any:
         """``msg``'s reply from ``to``; its refusal relayed to the client as the actor said it."""
