@@ -27,7 +27,17 @@ from protocol.catalog import CATALOG
 from protocol.circuit import Circuit, CircuitBuilder, load_circuit, parse_circuit
 from protocol.door import DOOR, GetLabStatus, GetResult, Hello, LabStatus, Subscribe, WaitJob, Welcome
 from protocol.hal import DeviceInfo, ListDevices
-from protocol.memory import TERMINAL_STATES, Calibration, GetCalibration, GetJob, JobRecord, QueryJobs
+from protocol.memory import (
+    TERMINAL_STATES,
+    Calibration,
+    GetCalibration,
+    GetJob,
+    GetPlan,
+    JobRecord,
+    QueryJobs,
+    StoredPlan,
+)
+from protocol.plan import Plan
 from protocol.scheduler import Accepted, Cancel, GetQueue, Pause, QueueState, Resume, Submit, Validate
 from protocol.system import Heartbeat
 from runtime import Connection, RemoteError, RequestTimeout
@@ -174,6 +184,11 @@ class AsyncLab:
                 if result.state != "completed":
                     raise JobFailed(job, result.state, result.reason, result)
                 return result
+
+    async def plan(self, plan: str) -> Plan:
+        """A stored execution plan (a result's ``plan``): where each logical mode was placed, phase by phase."""
+        stored: StoredPlan = await self._ask(self._actor("memory"), GetPlan(plan=plan))
+        return stored.body
 
     async def cancel(self, job: str, reason: str = "cancelled by the client") -> None:
         await self._ask(self._actor("scheduler"), Cancel(job=job, reason=reason))
