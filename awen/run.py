@@ -1,12 +1,16 @@
-"""``awen run CIRCUIT.json``: the whole job path on a simulated chip, from a circuit to its results.
+"""``awen run CIRCUIT.json``: a circuit's whole job path, from the circuit to its results, in one command.
 
-Starts the embedded stack (memory, HAL with a simulated device, scheduler,
-executor, calibration: one supervisor, each actor its own process, data in a
-local directory), calibrates the chip if it has no valid calibration, runs
-the circuit with a progress bar on a terminal, and prints the counts of every
-register and the figures the circuit declares (``analysis``: HOM visibility,
-fidelity, delay-line transmission; `protocol.analysis`), each next to what the
-simulator's parameters predict.
+On the lab a client finds (``--connect``, ``$AWEN_CONNECT``, or an ``awen up``
+holding the data directory) if there is one; else it starts the default lab
+in its own process tree (memory, HAL with a simulated chip, scheduler,
+executor, calibration and the door: one supervisor, each actor its own
+process, data in the data directory, held as ``awen up`` holds it). Either
+way it submits through the client (`awen.client`), calibrates the chip if it
+has no valid calibration, runs the circuit with a progress bar on a
+terminal, and prints the counts of every register and the figures the
+circuit declares (``analysis``: HOM visibility, fidelity, delay-line
+transmission; `protocol.analysis`), on its own simulated chip each next to
+what the simulator's parameters predict.
 """
 
 from __future__ import annotations
@@ -23,17 +27,17 @@ import msgspec
 import numpy as np
 import trio
 
-from actors.jobs import wait_for_job
 from actors.lab import LAB_ACTORS, lab_system
 from actors.scheduler import Limits, analyse
 from protocol import AwenError, analysis
-from protocol.calibration import Calibrate, GetCalibrationStatus
 from protocol.circuit import Circuit, CircuitError, HomVisibility, Transmission, load_circuit
-from protocol.memory import GetPlan, QueryResults
+from protocol.paths import default_data_dir, ipc_endpoint
 from protocol.results import joint_slot, result_slot
-from protocol.scheduler import Submit
 from runtime import RuntimeOptions, Supervisor, SystemConfig, open_system
 from sim import chip_of, parse_config, write_factory_calibration
+
+from .client import AsyncLab, JobFailed, open_lab
+from .daemon import DaemonLock, daemon_file_is_stale, read_daemon_file
 
 RUN_TIMEOUT_S = 3600.0
 
@@ -70,9 +74,12 @@ class Display:
             self._last = ""
 
 
-def system_config(data_dir: Path, modes: int, seed: int, factory: Path, verbose: bool) -> SystemConfig:
+def system_config(
+    data_dir: Path, modes: int, seed: int, factory: Path, verbose: bool, *, door: list[str] | None = None
+) -> SystemConfig:
     """The standard lab on a simulated chip in the HAL's process, as ``awen run`` and ``awen calibrate`` start it."""
     return lab_system(
+        door=door,
         data_dir=data_dir,
         device_url=f"sim://?seed={seed}&modes={modes}",
         factory_calibration=factory,
@@ -89,8 +96,10 @@ async def wait_started(sup: Supervisor) -> None:
             await sup.wait_peer(name)
 
 
-async def _follow(sup: Supervisor, display: Display, label: str, job_prefix: str, done: trio.Event) -> None:
-    async with sup.open_event_stream("exec.progress") as events:
+async def _follow(source: Any, display: Display, label: str, job_prefix: str, done: trio.Event) -> None:
+    # A supervisor's event stream inside the mesh, or a client's (`AsyncLab.events`) through the door.
+    stream = getattr(source, "open_event_stream", None) or source.events
+    async with stream("exec.progress") as events:
         async for event in events:
             if done.is_set():
                 return
@@ -99,10 +108,10 @@ async def _follow(sup: Supervisor, display: Display, label: str, job_prefix: str
                 display.bar(label, body.shots_done, body.shots_total, body.eta_s)
 
 
-async def _with_progress(sup: Supervisor, display: Display, label: str, job_prefix: str, work: Any) -> Any:
+async def _with_progress(source: Any, display: Display, label: str, job_prefix: str, work: Any) -> Any:
     done = trio.Event()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_follow, sup, display, label, job_prefix, done)
+        nursery.start_soon(_follow, source, display, label, job_prefix, done)
         try:
             return await work()
         finally:
@@ -120,66 +129,88 @@ def prepare(data_dir: Path, sim_config: Any, seed: int) -> Path:
 
 
 async def run_circuit(
-    circuit: Circuit, *, data_dir: Path, modes: int, seed: int, display: Display, verbose: bool
+    circuit: Circuit,
+    *,
+    data_dir: Path,
+    modes: int,
+    seed: int,
+    display: Display,
+    verbose: bool,
+    connect: str | None = None,
 ) -> dict[str, Any]:
+    """Run ``circuit`` on the lab a client finds (``connect``, ``$AWEN_CONNECT``, ``data_dir``'s daemon), else
+    on the default lab started here, in this process tree, on ``data_dir``; the report `print_report` prints.
+
+    Either way it goes through the client (`awen.client`), as any script's would.
+    """
+    found = connect or os.environ.get("AWEN_CONNECT") or _running_daemon(data_dir)
+    if found:
+        display.say(f"awen: using the running lab at {found}")
+        async with open_lab(found, client="awen-run") as lab:
+            return await _run_on(lab, circuit, display, predict=None)
     sim_config = parse_config({"modes": modes})
-    factory = prepare(data_dir, sim_config, seed)
-    config = system_config(data_dir, modes, seed, factory, verbose)
-    display.say(
-        f"awen: starting memory, hal (simulated {modes}-mode chip, seed {seed}), scheduler, executor, "
-        f"calibration; data in {data_dir}"
-    )
-    async with open_system(config) as sup:
-        await wait_started(sup)
-        status = await sup.request("calibration", GetCalibrationStatus())
-        if not status.valid:
-            display.say("awen: the chip has no valid calibration: calibrating (heater sweeps with coherent light)")
-            with trio.fail_after(RUN_TIMEOUT_S):
-                cal = await _with_progress(
-                    sup, display, "calibrating", "cal-", lambda: sup.request("calibration", Calibrate())
-                )
-            display.say(
-                f"awen: calibration version {cal.version}: {cal.heaters_fitted} heaters fitted, phi0 within "
-                f"{cal.phi0_sigma_max:.1e} rad, residual {cal.residual_rms:.1e}, {cal.seconds:.1f} s"
-            )
-        else:
-            display.say(f"awen: using calibration version {status.version} ({status.age_s:.0f} s old)")
-        accepted = await sup.request("scheduler", Submit(circuit=circuit))
-        job = accepted.job
-        display.say(f"awen: job {job} accepted: {circuit.shots} shots")
-        began = time.monotonic()
+    with DaemonLock(data_dir):
+        factory = prepare(data_dir, sim_config, seed)
+        endpoint = ipc_endpoint(data_dir)
+        config = system_config(data_dir, modes, seed, factory, verbose, door=[endpoint])
+        display.say(
+            f"awen: starting memory, hal (simulated {modes}-mode chip, seed {seed}), scheduler, executor, "
+            f"calibration and the door; data in {data_dir}"
+        )
+        async with open_system(config) as sup:
+            await wait_started(sup)
+            async with open_lab(endpoint, client="awen-run") as lab:
+                return await _run_on(lab, circuit, display, predict=(sim_config, seed))
+
+
+def _running_daemon(data_dir: Path) -> str | None:
+    """The ipc endpoint of a daemon holding ``data_dir``, if one does."""
+    info = read_daemon_file(data_dir)
+    if info is None or daemon_file_is_stale(data_dir):
+        return None
+    endpoints = [str(e) for e in info.get("endpoints", [])]
+    return next((e for e in endpoints if e.startswith("ipc://")), endpoints[0] if endpoints else None)
+
+
+async def _run_on(lab: AsyncLab, circuit: Circuit, display: Display, predict: tuple[Any, int] | None) -> dict[str, Any]:
+    status = await lab.calibration_status()
+    if not status.valid:
+        display.say("awen: the chip has no valid calibration: calibrating (heater sweeps with coherent light)")
         with trio.fail_after(RUN_TIMEOUT_S):
-            record = await _with_progress(sup, display, "running", job, lambda: wait_for_job(sup, job))
-        seconds = time.monotonic() - began
-        plan = (await sup.request("memory", GetPlan(plan=str(record.plan)))).body
-        results = (await sup.request("memory", QueryResults(job=job))).results
-    counts: dict[str, np.ndarray] = {}
-    for r in results:
-        counts[r.slot] = counts.get(r.slot, 0) + np.asarray(r.value)
-    registers = {}
-    joint = {}
-    for phase in plan.phases:
-        for reg in phase.registers:
-            total = counts.get(result_slot(phase.index, reg.name))
-            if total is not None:
-                registers[reg.name] = {"modes": reg.modes, "counts": total}
-        together = counts.get(joint_slot(phase.index))
-        if together is not None:
-            joint[" ".join(r.name for r in phase.registers)] = {
-                "bits": [len(r.columns) for r in phase.registers],
-                "counts": together,
-            }
+            cal = await _with_progress(lab, display, "calibrating", "cal-", lab.calibrate)
+        display.say(
+            f"awen: calibration version {cal.version}: {cal.heaters_fitted} heaters fitted, phi0 within "
+            f"{cal.phi0_sigma_max:.1e} rad, residual {cal.residual_rms:.1e}, {cal.seconds:.1f} s"
+        )
+    else:
+        display.say(f"awen: using calibration version {status.version} ({status.age_s or 0:.0f} s old)")
+    job = await lab.submit(circuit)
+    display.say(f"awen: job {job.id} accepted: {circuit.shots} shots")
+    began = time.monotonic()
+    with trio.fail_after(RUN_TIMEOUT_S):
+        try:
+            result = await _with_progress(lab, display, "running", job.id, job.wait)
+        except JobFailed as exc:
+            result = exc.result()
+    seconds = time.monotonic() - began
+    body = result.body
+    counts: dict[str, np.ndarray] = {result_slot(r.phase, r.name): np.asarray(r.counts) for r in body.registers}
+    counts |= {joint_slot(j.phase): np.asarray(j.counts) for j in body.joint}
+    if predict is not None and body.plan is not None:
+        figures_found = figures(circuit, await lab.plan(body.plan), counts, *predict)
+    else:
+        figures_found = dict(body.figures)
     return {
-        "job": job,
-        "state": record.state,
-        "reason": record.reason,
-        "calibration": record.calibration,
-        "plan": record.plan,
+        "job": job.id,
+        "state": result.state,
+        "reason": result.reason,
+        "calibration": result.calibration,
+        "plan": result.plan,
         "shots": circuit.shots,
         "seconds": seconds,
-        "registers": registers,
-        "joint": joint,
-        "figures": figures(circuit, plan, counts, sim_config, seed),
+        "registers": {name: {"modes": result.modes(name), "counts": result.counts(name)} for name in result.registers},
+        "joint": {" ".join(j.registers): {"bits": list(j.bits), "counts": np.asarray(j.counts)} for j in body.joint},
+        "figures": figures_found,
     }
 
 
@@ -283,12 +314,23 @@ def main(args: Any) -> int:
         print(f"awen: error: {args.circuit}: {CircuitError(checked.problems)}", file=sys.stderr)
         return 1
     display = Display(sys.stderr, quiet=args.json)
-    data_dir = Path(args.data_dir or os.environ.get("AWEN_DATA_DIR", "awen-data")).absolute()
-    report = trio.run(
-        lambda: run_circuit(
-            circuit, data_dir=data_dir, modes=args.modes, seed=args.seed, display=display, verbose=args.verbose
+    data_dir = Path(args.data_dir or default_data_dir()).absolute()
+    try:
+        report = trio.run(
+            lambda: run_circuit(
+                circuit,
+                data_dir=data_dir,
+                modes=args.modes,
+                seed=args.seed,
+                display=display,
+                verbose=args.verbose,
+                connect=getattr(args, "connect", None),
+            )
         )
-    )
+    except AwenError as exc:
+        display.clear()
+        print(f"awen: error: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(report, default=_jsonable, indent=1))
     else:
