@@ -23,7 +23,7 @@ import msgspec
 import numpy as np
 
 from . import analysis
-from ._message import Count, Event, Finite, Index, Label, Pid, Reply, Request, Text, Timestamp
+from ._message import Count, Finite, Index, Label, Pid, Reply, Request, Text, Timestamp
 from .memory import (
     TERMINAL_STATES,
     CalibrationVersion,
@@ -112,8 +112,8 @@ class Hello(Request[Welcome], frozen=True, kw_only=True):
 class Subscribe(Request[Ok], frozen=True, kw_only=True):
     """Push the events whose type starts with one of ``prefixes`` to this client; replaces the set, renews the lease.
 
-    ``[]`` stops them. Events come as their publisher's frames; ``door.dropped``
-    says how many this client lost while it could not keep up.
+    ``[]`` stops them. Events come as their publisher's frames; a client that
+    does not keep up loses some (ZeroMQ's high-water mark), as any subscriber would.
     """
 
     TYPE = "door.subscribe"
@@ -222,13 +222,6 @@ class GetLabStatus(Request[LabStatus], frozen=True, kw_only=True):
     REPLY = LabStatus
 
 
-class Dropped(Event, frozen=True, kw_only=True):
-    """Pushed to a client whose events overflowed: it missed ``events`` of them."""
-
-    TYPE = "door.dropped"
-    events: Count
-
-
 DOOR_MESSAGES: Final = (
     Hello,
     Welcome,
@@ -239,7 +232,6 @@ DOOR_MESSAGES: Final = (
     JobWaited,
     GetLabStatus,
     LabStatus,
-    Dropped,
 )
 
 
