@@ -284,3 +284,35 @@ async def test_a_resubmission_refused_by_limits_configured_since_is_answered_wit
         assert [j.job for j in await keyed(lab_, "big")] == [first.job]
         assert await lab_.state(first.job) == "failed"  # answered as it is, not run again
         assert (await lab_.sched(GetQueue())).jobs == []
+
+
+async def test_a_resubmission_of_a_job_stored_without_an_answer_queues_it(tmp_path, autojump_clock_for_threads):
+    # The store committed a job and died before it answered: the scheduler heard "peer lost" and did not queue it.
+    # The client sends the submission again: it hears created=False, and the job is queued and runs, once.
+    async with lab(tmp_path) as lab_:
+        circuit = hom()
+        put = PutJob(
+            job="unanswered",
+            circuit=circuit,
+            shots=circuit.shots,
+            priority=circuit.priority,
+            device="chip",
+            submitter="scheduler",
+            key="lost-answer",
+        )
+        assert (await lab_.ask("memory", put)).created
+        assert (await lab_.sched(GetQueue())).jobs == []  # the scheduler does not know of it
+        again = await lab_.sched(Submit(circuit=circuit, key="lost-answer"))
+        assert (again.job, again.created) == ("unanswered", False)
+        assert [e.job for e in (await lab_.sched(GetQueue())).jobs] == ["unanswered"]
+        await lab_.sched(Submit(circuit=circuit, key="lost-answer"))  # and again: still queued once
+        assert [e.job for e in (await lab_.sched(GetQueue())).jobs] == ["unanswered"]
+        assert (await lab_.take()).job == "unanswered"
+        await lab_.finish("unanswered", "completed")
+        assert (await lab_.take(0.1)).job is None
+
+        # A job this scheduler cancelled is not queued again by a resubmission of it.
+        cancelled = await lab_.sched(Submit(circuit=hom(shots=5), key="cancelled"))
+        await lab_.sched(Cancel(job=cancelled.job))
+        assert (await lab_.sched(Submit(circuit=hom(shots=5), key="cancelled"))).job == cancelled.job
+        assert (await lab_.sched(GetQueue())).jobs == []

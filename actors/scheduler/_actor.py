@@ -98,6 +98,24 @@ log = logging.getLogger("awen.scheduler")
 DESCRIBE_BACKOFF = Backoff(first=0.05, longest=2.0)
 """How often the scheduler asks a HAL that cannot describe the device yet."""
 
+PLAN_RETRY = Backoff(first=0.05, longest=2.0)
+"""How often planning is tried again after it met a peer gone away (the store, restarting)."""
+
+RETRIED = frozenset(
+    {
+        ErrorCode.PEER_LOST,
+        ErrorCode.TIMEOUT,
+        ErrorCode.ACTOR_STOPPED,
+        ErrorCode.UNAVAILABLE,
+        ErrorCode.STORE_UNAVAILABLE,
+        ErrorCode.NOT_READY,
+    }
+)
+"""Errors of planning that a restart of a peer explains: the job is planned again, not refused."""
+
+TAKEN_OUT_KEPT = 4096
+"""How many of the jobs taken out of the queue for good the scheduler remembers (`SchedulerActor._taken_out`)."""
+
 PAUSE_RECORD = "sched.pause_state"
 """The event-log record of pausing and resuming the queue (written durably, read back on start)."""
 
@@ -127,6 +145,9 @@ class SchedulerActor(Actor):
         """Jobs a planner task is planning."""
         self._calibration_version: int | None = None
         self._calibration_known = False
+        self._taken_out: dict[str, None] = {}
+        """Jobs taken out of the queue for good (cancelled, refused, finished), the latest `TAKEN_OUT_KEPT`:
+        a resent submission does not queue them again while the store's record of it is on its way."""
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -175,34 +196,44 @@ class SchedulerActor(Actor):
         states: list[JobState] = ["queued", "planned", "running", "interrupted"]
         records = (await self.request(memory, QueryJobs(states=states, device=self.config.device, limit=100_000))).jobs
         for record in records:
-            plan: Plan | None = None
-            try:
-                full = (await self.request(memory, GetJob(job=record.job))).record
-                if full.procedure is not None:
-                    plan = (await self.request(memory, GetPlan(plan=full.procedure.plan))).body
-            except RemoteError as exc:
-                await self._fail_unreadable(record.job, str(exc))
-                continue
-            circuit = full.circuit
-            if circuit is None and plan is None:
-                await self._fail_unreadable(record.job, "the store holds neither its circuit nor its procedure")
-                continue
-            job = QueuedJob(
-                job=record.job,
-                seq=record.seq,
-                circuit=circuit,
-                priority=record.priority,
-                deadline=record.deadline,
-                phase=JobPhase.read_back(record.state, record.frames),
-                plan=plan,
-                next_phase=0 if record.last_phase is None else record.last_phase + 1,
-            )
-            self.queue.add(job)
-            if job.phase is JobPhase.RUNNING:
-                self.queue.running = record.job
+            job = await self._read_back(record.job)
+            if job is not None:
+                self.queue.add(job)
+                if job.phase is JobPhase.RUNNING:
+                    self.queue.running = job.job
         pauses = (await self.request(memory, QueryEvents(prefix=PAUSE_RECORD, limit=100_000))).events
         if pauses and isinstance(pauses[-1].body, dict) and pauses[-1].body.get("paused"):
             self.queue.paused = True
+
+    async def _read_back(self, job_id: str) -> QueuedJob | None:
+        """A stored job as the queue holds it; None if it has ended, or runs on another device, or if the
+        store cannot give it back (then it is failed)."""
+        memory = self.config.memory
+        plan: Plan | None = None
+        try:
+            record = (await self.request(memory, GetJob(job=job_id))).record
+            if record.state in TERMINAL_STATES or record.device != self.config.device:
+                return None
+            if record.procedure is not None:
+                plan = (await self.request(memory, GetPlan(plan=record.procedure.plan))).body
+        except RemoteError as exc:
+            if exc.code in RETRIED:
+                raise
+            await self._fail_unreadable(job_id, str(exc))
+            return None
+        if record.circuit is None and plan is None:
+            await self._fail_unreadable(job_id, "the store holds neither its circuit nor its procedure")
+            return None
+        return QueuedJob(
+            job=record.job,
+            seq=record.seq,
+            circuit=record.circuit,
+            priority=record.priority,
+            deadline=record.deadline,
+            phase=JobPhase.read_back(record.state, record.frames),
+            plan=plan,
+            next_phase=0 if record.last_phase is None else record.last_phase + 1,
+        )
 
     async def _fail_unreadable(self, job: str, why: str) -> None:
         """A stored job that cannot be read back cannot run: failed, with the reason."""
@@ -269,9 +300,31 @@ class SchedulerActor(Actor):
             tags=msg.tags,
         )
         stored = await self._accept(queued, put)
+        if not stored.created and stored.job not in self.queue.jobs:
+            await self._adopt(stored.job)
         # stored.job: the job asked for, or the one stored before under the same key (then not queued again)
         position = self.queue.position(stored.job) if stored.job in self.queue.jobs else 0
         return Accepted(job=stored.job, seq=stored.seq, position=position, created=stored.created)
+
+    async def _adopt(self, job_id: str) -> None:
+        """Queue a job that a resent submission found stored, and that the queue does not hold.
+
+        Its first acceptance committed, and its answer was lost with the
+        store's process (the scheduler heard "peer lost" and did not queue
+        it): the client sends it again, by key or job id, and hears
+        ``created=False``. An ended job, or one this scheduler took out of the
+        queue (cancelled, refused, finished), stays out.
+        """
+        if job_id in self._taken_out:
+            return
+        job = await self._read_back(job_id)
+        if job is None or job_id in self.queue.jobs or job_id in self._taken_out:
+            return  # ended; or queued, or taken out, while it was read
+        log.warning("%s: %s was stored, its acceptance unanswered: queued now", self.name, job_id)
+        self.queue.add(job)
+        if job.phase is JobPhase.RUNNING and self.queue.running is None:
+            self.queue.running = job.job
+        self._wake()
 
     async def _key_stored(self, key: str) -> bool:
         """Whether a job is stored under the submission key ``key``."""
@@ -404,16 +457,32 @@ class SchedulerActor(Actor):
                 await changed.wait()
 
     async def _plan_job(self, job: QueuedJob) -> None:
+        """Plan a queued job; a job that cannot be planned is refused (failed, saying why).
+
+        Planning that meets a peer gone away (the store restarting after a
+        crash: its answer lost, or not ready yet) is tried again, with
+        backoff, while the job is queued: a crash of the store fails no job.
+        """
         assert job.circuit is not None
         try:
-            async with self._planners:
-                plan, cached = await self._plan(job.circuit)
-            await self._accept_plan(job, plan, cached)
-        except CircuitError as exc:
-            await self._refuse(job, f"it cannot be planned any more: {exc.message}")
-        except AwenError as exc:
-            log.error("%s: planning %s failed: %s", self.name, job.job, exc)
-            await self._refuse(job, f"planning failed: {exc.message}")
+            for delay in PLAN_RETRY.delays():
+                try:
+                    async with self._planners:
+                        plan, cached = await self._plan(job.circuit)
+                    await self._accept_plan(job, plan, cached)
+                    return
+                except CircuitError as exc:
+                    await self._refuse(job, f"it cannot be planned any more: {exc.message}")
+                    return
+                except AwenError as exc:
+                    if exc.code not in RETRIED:
+                        log.error("%s: planning %s failed: %s", self.name, job.job, exc)
+                        await self._refuse(job, f"planning failed: {exc.message}")
+                        return
+                    log.warning("%s: planning %s: %s; trying again in %.2f s", self.name, job.job, exc, delay)
+                await trio.sleep(delay)
+                if self.queue.jobs.get(job.job) is not job:
+                    return  # cancelled (or ended) meanwhile
         finally:
             self._planning.discard(job)
             self._wake()
@@ -488,13 +557,31 @@ class SchedulerActor(Actor):
         if job.job not in self.queue.jobs:
             return  # cancelled while it was being planned
         if job.can(JobEvent.PLANNED):  # the store does not say planned yet
-            await self._set_state(job.job, "planned", f"plan {plan.id}", plan=plan.id, calibration=plan.calibration)
+            await self._mark_planned(job.job, plan)
             job.move(JobEvent.PLANNED)
         job.plan = plan
         self.publish(JobPlanned(job=job.job, plan=plan.id, metrics=plan.metrics, cached=cached))
 
+    async def _mark_planned(self, job: str, plan: Plan) -> None:
+        """Store that ``job`` is planned, with ``plan``; a try before may have, its answer lost with the store."""
+        try:
+            await self._set_state(job, "planned", f"plan {plan.id}", plan=plan.id, calibration=plan.calibration)
+        except RemoteError as exc:
+            if exc.code != ErrorCode.ILLEGAL_TRANSITION:
+                raise
+            if (await self.request(self.config.memory, GetJob(job=job))).record.state != "planned":
+                raise
+            log.info("%s: %s was stored planned already (the answer was lost)", self.name, job)
+
+    def _take_out(self, job: str) -> QueuedJob | None:
+        """Remove a job from the queue for good (it is cancelled, refused or has ended); the job, if queued."""
+        self._taken_out[job] = None
+        while len(self._taken_out) > TAKEN_OUT_KEPT:
+            del self._taken_out[next(iter(self._taken_out))]
+        return self.queue.remove(job)
+
     async def _refuse(self, job: QueuedJob, reason: str) -> None:
-        if self.queue.remove(job.job) is None:
+        if self._take_out(job.job) is None:
             return
         log.warning("%s: job %s failed: %s", self.name, job.job, reason)
         try:
@@ -525,7 +612,7 @@ class SchedulerActor(Actor):
         if msg.job == self.queue.running:
             job.cancel_reason = msg.reason  # the executor learns it at the next phase boundary
             return
-        self.queue.remove(msg.job)
+        self._take_out(msg.job)
         await self._set_state(msg.job, "cancelled", msg.reason)
         self._wake()
 
@@ -802,5 +889,5 @@ class SchedulerActor(Actor):
         if job.plan is not None and msg.phase is not None and 0 <= msg.phase < len(job.plan.phases):
             ok = msg.state == "completed"
             self.feedback.record(job.plan.phases[msg.phase], ok=ok, duration_s=msg.duration_s, failed=msg.failures)
-        self.queue.remove(msg.job)
+        self._take_out(msg.job)
         self._wake()
