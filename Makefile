@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/scheduler.py
 	$(BIN)/python benchmarks/end_to_end.py
+	$(BIN)/python benchmarks/client.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
