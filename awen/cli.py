@@ -51,9 +51,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_main(args)
 
 
+OFFLINE_CALIBRATE_DEFAULTS = {"modes": 8, "seed": 1}
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    """The running lab's chip (decision 0014 §6); ``--offline`` (or an offline-only option) starts a lab of its own."""
+    offline = (
+        args.offline or args.data_dir is not None or args.verbose or args.modes is not None or args.seed is not None
+    )
+    if not offline:
+        from . import commands
+
+        return commands.calibrate(args)
     from .calibrate import main as calibrate_main
 
+    for name, default in OFFLINE_CALIBRATE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     return calibrate_main(args)
 
 
@@ -157,6 +171,12 @@ async def _client(system: ResolvedSystem) -> Actor:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    if args.system is not None and not args.system.endswith(".json") and not Path(args.system).exists():
+        args.actors, args.system = [args.system, *args.actors], None  # `awen status memory`: an actor of the lab
+    if args.system is None:
+        from . import commands
+
+        return commands.status(args)
     system = ResolvedSystem.load(args.system)
     names = args.actors or list(system.directory)
 
@@ -352,8 +372,10 @@ def _cmd_store_events(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="awen", description="A runtime for photonic lab hardware.")
+    parser.add_argument("--connect", dest="connect_global", metavar="URL", help=CONNECT_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_lab_commands(commands)
+    _add_client_commands(commands)
     _add_sim_commands(commands)
     _add_store_commands(commands)
     _add_protocol_commands(commands)
@@ -382,14 +404,25 @@ def _add_lab_commands(commands: Commands) -> None:
     run.add_argument("-v", "--verbose", action="store_true", help="also show the actors' log")
     run.set_defaults(run=_cmd_run)
 
-    cal = commands.add_parser("calibrate", help="calibrate the simulated chip and print (or plot) the fit per heater")
+    cal = commands.add_parser(
+        "calibrate",
+        help="calibrate the running lab's chip now and print (or plot) the fit per heater",
+        description=(
+            "Calibrate the chip of the running lab (found as every client finds it, or --connect URL) and print "
+            "the fit per heater; --plot draws the fitted phi0 and alpha per heater. With --offline (implied by "
+            "--data-dir, --modes, --seed or -v) no daemon is used: a lab on a simulated chip is started for the "
+            "calibration alone, and --plot draws its sweep's readings and fitted curves."
+        ),
+    )
     cal.add_argument("--points", type=int, help="voltages per heater (default: the actor's, 10)")
-    cal.add_argument("--plot", metavar="FILE.png", help="draw readings and fitted curves per heater (needs matplotlib)")
+    cal.add_argument("--plot", metavar="FILE.png", help="plot the fit per heater (needs matplotlib)")
     cal.add_argument("--json", action="store_true", help="print the fits as JSON")
-    cal.add_argument("--data-dir", help="where the store lives (default ./awen-data)")
-    cal.add_argument("--modes", type=int, default=8)
-    cal.add_argument("--seed", type=int, default=1)
-    cal.add_argument("-v", "--verbose", action="store_true")
+    cal.add_argument("--connect", metavar="URL", help=CONNECT_HELP)
+    cal.add_argument("--offline", action="store_true", help="calibrate a simulated chip in a lab of its own")
+    cal.add_argument("--data-dir", help="--offline: where the store lives (default ./awen-data)")
+    cal.add_argument("--modes", type=int, help="--offline: modes of the simulated chip (default 8)")
+    cal.add_argument("--seed", type=int, help="--offline: the simulated chip's seed (default 1)")
+    cal.add_argument("-v", "--verbose", action="store_true", help="--offline: also show the actors' log")
     cal.set_defaults(run=_cmd_calibrate)
 
     up = commands.add_parser(
@@ -421,11 +454,16 @@ def _add_lab_commands(commands: Commands) -> None:
     check.add_argument("file", help="the system's TOML file")
     check.set_defaults(run=_cmd_config_check)
 
-    status = commands.add_parser("status", help="ask a running system's actors how they are")
-    status.add_argument("system", help="the system file a running `awen up` printed")
+    status = commands.add_parser("status", help="ask a running lab's actors how they are")
+    status.add_argument(
+        "system",
+        nargs="?",
+        help="the system file a running `awen up` printed (default: ask the running lab through its door)",
+    )
     status.add_argument("actors", nargs="*", help="actor names (default: all)")
     status.add_argument("--json", action="store_true", help="print JSON")
-    status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each actor")
+    status.add_argument("--timeout", type=float, default=2.0, help="with a system file: seconds to wait for each actor")
+    status.add_argument("--connect", metavar="URL", help=CONNECT_HELP)
     status.set_defaults(run=_cmd_status)
 
     ping = commands.add_parser("ping", help="measure round trips to one actor")
@@ -434,6 +472,61 @@ def _add_lab_commands(commands: Commands) -> None:
     ping.add_argument("-n", "--count", type=int, default=100)
     ping.add_argument("--timeout", type=float, default=2.0)
     ping.set_defaults(run=_cmd_ping)
+
+
+CONNECT_HELP = (
+    "the daemon's address (tcp://127.0.0.1:7460, ipc://PATH); default: $AWEN_CONNECT, "
+    "the data directory's awen.json, then the default port"
+)
+
+
+def _add_client_commands(commands: Commands) -> None:
+    """submit, jobs, job, results, cancel, pause, resume, devices, watch: the running lab, through its door."""
+    from . import commands as run
+
+    def add(name: str, help: str, fn: Any) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = commands.add_parser(name, help=help)
+        sub.set_defaults(run=fn)
+        sub.add_argument("--connect", metavar="URL", help=CONNECT_HELP)
+        sub.add_argument("--json", action="store_true", help="print one JSON document")
+        return sub
+
+    submit = add(
+        "submit", "queue a circuit on the running lab; print its job id (or, with --wait, its results)", run.submit
+    )
+    submit.add_argument("circuit", metavar="CIRCUIT.json", help="the circuit (JSON; see docs/circuits.md)")
+    submit.add_argument("--shots", type=int, help="override the circuit's shots")
+    submit.add_argument("--priority", type=int, help="override the circuit's priority (higher runs first)")
+    submit.add_argument("--key", help="a submission key: the same key never makes a second job")
+    submit.add_argument("--tag", action="append", metavar="TAG", help="tag the job (repeatable)")
+    submit.add_argument("--wait", action="store_true", help="wait for the job to end: exit 0 if it completed, 1 if not")
+    submit.add_argument(
+        "--timeout", type=float, metavar="S", help="with --wait: stop waiting after S seconds, exit 6 (the job goes on)"
+    )
+    jobs = add("jobs", "list the lab's jobs, oldest first", run.jobs)
+    jobs.add_argument("--state", action="append", help="only jobs in this state (repeatable)")
+    jobs.add_argument("--tag", action="append", metavar="TAG", help="only jobs with this tag (repeatable: all of them)")
+    jobs.add_argument(
+        "--since", metavar="TIME", help="only jobs submitted since: unix seconds, ISO time, or an age (2h)"
+    )
+    jobs.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+    job = add("job", "one job's record: its state, transitions, plan and calibration", run.job)
+    job.add_argument("job", metavar="JOB")
+    results = add("results", "a job's results: counts per register, figures", run.results)
+    results.add_argument("job", metavar="JOB")
+    results.add_argument(
+        "--npz", metavar="FILE", help="also write them to FILE (.npz; awen.client.Result.load reads it)"
+    )
+    cancel = add("cancel", "cancel a job (a job already ended is left as it is)", run.cancel)
+    cancel.add_argument("job", metavar="JOB")
+    pause = add("pause", "stop dispatching jobs (the running one finishes)", run.pause)
+    pause.add_argument("--reason", default="", help="why (kept with the pause)")
+    add("resume", "dispatch jobs again", run.resume)
+    add("devices", "the lab's devices and the state of their links", run.devices)
+    watch = add("watch", "print the lab's events as they come, one line each, until Ctrl-C", run.watch)
+    watch.add_argument(
+        "prefixes", nargs="*", metavar="PREFIX", help="only event types starting with one (sched., exec.)"
+    )
 
 
 def _add_sim_commands(commands: Commands) -> None:
