@@ -329,6 +329,8 @@ class CalibrationActor(Actor):
         self._last: Outcome | None = None
         """The outcome of the calibration begun last: it runs until the outcome is set."""
         self.last_error = ""
+        self._starting = self.config.auto
+        """Until the start-up check (``auto``) has the lock: reported as calibrating, since it is about to."""
 
     async def main(self) -> None:
         for peer in (self.config.memory, self.config.scheduler, self.config.hal):
@@ -338,6 +340,7 @@ class CalibrationActor(Actor):
                 await self._adopt_unfinished_sweep()
             except AwenError as exc:
                 log.error("%s: the calibration left unfinished could not be completed: %s", self.name, exc)
+        self._starting = False
         if self.config.auto:
             async with self._lock:  # decided with the lock held: a calibration asked for meanwhile counts
                 status = await self._status()
@@ -441,7 +444,7 @@ class CalibrationActor(Actor):
             version=None if latest is None else latest.version,
             age_s=age,
             valid=age is not None and age < self.config.max_age_s,
-            calibrating=self._lock.locked(),
+            calibrating=self._lock.locked() or self._starting,
             last_error=self.last_error,
         )
 

@@ -293,7 +293,7 @@ class SchedulerActor(Actor):
             priority=circuit.priority,
             device=self.config.device,
             deadline=circuit.deadline,
-            submitter=env.sender,
+            submitter=msg.submitter or env.sender,
             plan=plan.id if plan is not None else None,
             calibration=plan.calibration if plan is not None else None,
             key=msg.key,
