@@ -404,26 +404,7 @@ def _add_lab_commands(commands: Commands) -> None:
     run.add_argument("-v", "--verbose", action="store_true", help="also show the actors' log")
     run.set_defaults(run=_cmd_run)
 
-    cal = commands.add_parser(
-        "calibrate",
-        help="calibrate the running lab's chip now and print (or plot) the fit per heater",
-        description=(
-            "Calibrate the chip of the running lab (found as every client finds it, or --connect URL) and print "
-            "the fit per heater; --plot draws the fitted phi0 and alpha per heater. With --offline (implied by "
-            "--data-dir, --modes, --seed or -v) no daemon is used: a lab on a simulated chip is started for the "
-            "calibration alone, and --plot draws its sweep's readings and fitted curves."
-        ),
-    )
-    cal.add_argument("--points", type=int, help="voltages per heater (default: the actor's, 10)")
-    cal.add_argument("--plot", metavar="FILE.png", help="plot the fit per heater (needs matplotlib)")
-    cal.add_argument("--json", action="store_true", help="print the fits as JSON")
-    cal.add_argument("--connect", metavar="URL", help=CONNECT_HELP)
-    cal.add_argument("--offline", action="store_true", help="calibrate a simulated chip in a lab of its own")
-    cal.add_argument("--data-dir", help="--offline: where the store lives (default ./awen-data)")
-    cal.add_argument("--modes", type=int, help="--offline: modes of the simulated chip (default 8)")
-    cal.add_argument("--seed", type=int, help="--offline: the simulated chip's seed (default 1)")
-    cal.add_argument("-v", "--verbose", action="store_true", help="--offline: also show the actors' log")
-    cal.set_defaults(run=_cmd_calibrate)
+    _add_calibrate_command(commands)
 
     up = commands.add_parser(
         "up",
@@ -478,6 +459,30 @@ CONNECT_HELP = (
     "the daemon's address (tcp://127.0.0.1:7460, ipc://PATH); default: $AWEN_CONNECT, "
     "the data directory's awen.json, then the default port"
 )
+
+
+def _add_calibrate_command(commands: Commands) -> None:
+    """calibrate: the running lab's chip, or (--offline) a simulated one in a lab of its own."""
+    cal = commands.add_parser(
+        "calibrate",
+        help="calibrate the running lab's chip now and print (or plot) the fit per heater",
+        description=(
+            "Calibrate the chip of the running lab (found as every client finds it, or --connect URL) and print "
+            "the fit per heater; --plot draws the fitted phi0 and alpha per heater. With --offline (implied by "
+            "--data-dir, --modes, --seed or -v) no daemon is used: a lab on a simulated chip is started for the "
+            "calibration alone, and --plot draws its sweep's readings and fitted curves."
+        ),
+    )
+    cal.add_argument("--points", type=int, help="voltages per heater (default: the actor's, 10)")
+    cal.add_argument("--plot", metavar="FILE.png", help="plot the fit per heater (needs matplotlib)")
+    cal.add_argument("--json", action="store_true", help="print the fits as JSON")
+    cal.add_argument("--connect", metavar="URL", help=CONNECT_HELP)
+    cal.add_argument("--offline", action="store_true", help="calibrate a simulated chip in a lab of its own")
+    cal.add_argument("--data-dir", help="--offline: where the store lives (default ./awen-data)")
+    cal.add_argument("--modes", type=int, help="--offline: modes of the simulated chip (default 8)")
+    cal.add_argument("--seed", type=int, help="--offline: the simulated chip's seed (default 1)")
+    cal.add_argument("-v", "--verbose", action="store_true", help="--offline: also show the actors' log")
+    cal.set_defaults(run=_cmd_calibrate)
 
 
 def _add_client_commands(commands: Commands) -> None:

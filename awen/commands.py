@@ -584,7 +584,7 @@ def plot_calibration(stored: Any, path: Path) -> None:
         ax.grid(alpha=0.3)
     bottom.set_xlabel("heater")
     bottom.set_xticks(heaters)
-    fig.suptitle(f"calibration version {stored.version} of {stored.device}: fitted phase offset and efficiency")
+    fig.suptitle(f"calibration version {stored.version} of {stored.device}: fitted phi0 and alpha per heater")
     fig.tight_layout()
     try:
         fig.savefig(path, dpi=110)
