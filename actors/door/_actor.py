@@ -42,8 +42,19 @@ from protocol.door import (
     assemble_result,
 )
 from protocol.hal import ListDevices
-from protocol.memory import TERMINAL_STATES, GetJob, GetPlan, Job, JobRecord, QueryResults, ResultsComplete
+from protocol.memory import (
+    TERMINAL_STATES,
+    GetJob,
+    GetPlan,
+    Job,
+    JobRecord,
+    QueryResults,
+    Results,
+    ResultsComplete,
+    StoredPlan,
+)
 from protocol.paths import is_loopback
+from protocol.plan import Plan
 from protocol.scheduler import Submit
 from protocol.system import GetStatus, Heartbeat, Ok, PeerUp, Ping, Pong
 from runtime import Actor, Gateway, RemoteError, Runtime
@@ -54,6 +65,9 @@ LONG_REQUEST_S = {"cal.calibrate": 3600.0, "cal.check_reference": 600.0}
 """Forwarded requests that take long: the door waits this long for them (others: ``request_timeout``)."""
 
 STATUS_TIMEOUT_S = 2.0
+
+PLANS_KEPT = 256
+"""Plans the door keeps, by id, to lay results out by (a plan never changes; a variational loop makes many)."""
 
 MAX_DOOR_PREFIXES = 1024
 """Distinct event prefixes the door subscribes to for all its clients together (each stays subscribed)."""
@@ -112,6 +126,7 @@ class DoorActor(Actor):
         self._prefixes: set[str] = set()
         self._waiters: dict[str, set[trio.Event]] = {}
         self._kinds: dict[str, str] = {}
+        self._plans: dict[str, Plan] = {}
         self._started = time.time()
         self._calibrated = False
         self._started_at = 0.0
@@ -313,9 +328,25 @@ class DoorActor(Actor):
         return await self._result(await self._record(msg.job))
 
     async def _result(self, record: JobRecord) -> JobResult:
+        """The job's `JobResult`: its plan (kept: a plan never changes) and its results, asked for together."""
         memory = self.config.memory
-        plan = None if record.plan is None else (await self._ask(memory, GetPlan(plan=record.plan))).body
-        results = await self._ask(memory, QueryResults(job=record.job))
+        found: dict[str, Any] = {}
+
+        async def read_plan(plan_id: str) -> None:
+            stored: StoredPlan = await self._ask(memory, GetPlan(plan=plan_id))
+            self._plans[plan_id] = stored.body
+            while len(self._plans) > PLANS_KEPT:
+                del self._plans[next(iter(self._plans))]
+
+        async def read_results() -> None:
+            found["results"] = await self._ask(memory, QueryResults(job=record.job))
+
+        async with trio.open_nursery() as nursery:
+            if record.plan is not None and record.plan not in self._plans:
+                nursery.start_soon(read_plan, record.plan)
+            nursery.start_soon(read_results)
+        plan = None if record.plan is None else self._plans.get(record.plan)
+        results: Results = found["results"]
         return assemble_result(record, plan, results.results, partial=results.partial)
 
     async def _status(self, msg: GetLabStatus, env: Envelope) -> LabStatus:
