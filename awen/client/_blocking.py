@@ -27,7 +27,7 @@ from protocol.hal import DeviceInfo
 from protocol.memory import Calibration, JobRecord
 from protocol.scheduler import QueueState
 
-from ._lab import AsyncJob, AsyncLab, connect_lab
+from ._lab import AsyncJob, AsyncLab, connect_lab, single_error
 from ._result import Result
 
 T = TypeVar("T")
@@ -265,7 +265,7 @@ def connect(url: str | None = None, *, client: str = "python", timeout: float = 
     portal = _Portal.get()
 
     async def hold(*, task_status: trio.TaskStatus[tuple[AsyncLab, trio.CancelScope]]) -> None:
-        with trio.CancelScope() as scope:
+        with trio.CancelScope() as scope, single_error():
             async with trio.open_nursery() as nursery:
                 lab = await connect_lab(nursery, url, client=client, timeout=timeout)
                 task_status.started((lab, scope))

@@ -13,8 +13,8 @@ import math
 import os
 import random
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from protocol.memory import (
 )
 from protocol.plan import Plan
 from protocol.scheduler import Accepted, Cancel, GetQueue, Pause, QueueState, Resume, Submit, Validate
-from protocol.system import Heartbeat
+from protocol.system import Heartbeat, Ping
 from runtime import Connection, RemoteError, RequestTimeout
 
 from ._errors import CircuitRefused, DaemonUnreachable, JobFailed, JobNotFound, KeyConflict, RequestRefused, WaitTimeout
@@ -57,6 +57,8 @@ PATIENCE_S = 120.0
 """How long a request (other than a wait) keeps trying through a daemon's restart."""
 POLL_S = 30.0
 """One long poll of a wait."""
+WATCH_S = 1.0
+"""A request unanswered this long has the door pinged this often, to see whether the daemon restarted under it."""
 RENEW_S = 10.0
 """Subscriptions are renewed this often (the door forgets a client silent for its lease)."""
 
@@ -102,7 +104,7 @@ class AsyncLab:
         delay = 0.05
         while True:
             try:
-                return await self._conn.request(to, body, timeout=try_s)
+                return await self._request(to, body, try_s)
             except RequestTimeout:
                 if trio.current_time() >= give_up:
                     raise DaemonUnreachable(
@@ -114,6 +116,49 @@ class AsyncLab:
                     raise _client_error(exc) from None
                 await trio.sleep(delay * (0.5 + random.random()))
                 delay = min(2 * delay, 2.0)
+
+    async def _request(self, to: str, body: Request[Any], try_s: float) -> Any:
+        """One try of ``body``, given up (`RequestTimeout`) as soon as the door is seen to be a new one.
+
+        A request the daemon's old incarnation took dies with it unanswered (a kill -9, a crash): without
+        this a wait would notice only at the end of its long poll. So a request not answered within
+        `WATCH_S` has the door pinged every `WATCH_S`; a pong from another incarnation ends the try.
+        """
+        if try_s <= WATCH_S:
+            return await self._conn.request(to, body, timeout=try_s)
+        answer: list[Any] = []
+        failed: list[Exception] = []
+        async with trio.open_nursery() as nursery:
+
+            async def ask() -> None:
+                try:
+                    answer.append(await self._conn.request(to, body, timeout=try_s))
+                except Exception as exc:  # noqa: BLE001 - raised below, outside the nursery (no exception group)
+                    failed.append(exc)
+                nursery.cancel_scope.cancel()
+
+            async def watch() -> None:
+                await self._door_replaced()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(ask)
+            nursery.start_soon(watch)
+        if failed:
+            raise failed[0]
+        if not answer:
+            raise RequestTimeout(f"the door at {self.endpoint} restarted while {body.TYPE} was asked")
+        return answer[0]
+
+    async def _door_replaced(self) -> None:
+        """Returns once the door answers a ping from an incarnation other than the one that welcomed us."""
+        while True:
+            await trio.sleep(WATCH_S)
+            try:
+                pong = await self._conn.request(DOOR, Ping(), timeout=WATCH_S)
+            except (RequestTimeout, RemoteError):
+                continue  # down, or restarting: ask again
+            if pong.incarnation != self.welcome.incarnation:
+                return
 
     async def _greet_again(self) -> None:
         """After a silence: say hello (a new door forgets its clients), subscribe again."""
@@ -389,13 +434,37 @@ async def _try(
     return None
 
 
+@contextmanager
+def single_error() -> Iterator[None]:
+    """A nursery's one exception raised as itself, not in an `ExceptionGroup`: what a user catches.
+
+    (``except DaemonUnreachable`` around ``awen.connect()``, ``except JobFailed`` in an ``open_lab`` block.)
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if len(leaves) != 1:
+            raise
+        raise leaves[0] from None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
 @asynccontextmanager
 async def open_lab(url: str | None = None, *, client: str = "python", timeout: float = 2.0) -> AsyncIterator[AsyncLab]:
     """Connect to the lab's daemon (trio): ``async with awen.open_lab() as lab: ...``."""
-    async with trio.open_nursery() as nursery:
-        lab = await connect_lab(nursery, url, client=client, timeout=timeout)
-        try:
-            yield lab
-        finally:
-            lab.close()
-            nursery.cancel_scope.cancel()
+    with single_error():
+        async with trio.open_nursery() as nursery:
+            lab = await connect_lab(nursery, url, client=client, timeout=timeout)
+            try:
+                yield lab
+            finally:
+                lab.close()
+                nursery.cancel_scope.cancel()
