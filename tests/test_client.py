@@ -524,7 +524,7 @@ def test_a_cancelled_job_raises_job_failed_with_its_partial_result(daemon):
         partial = failed.result()
         assert partial.partial is True
         assert partial.state == "cancelled"
-        assert all(int(partial.counts(r).sum()) <= LONG_SHOTS for r in partial.registers)
-        assert "reference" not in partial.registers  # it stopped before its second phase
+        assert int(partial.counts("hom").sum()) < LONG_SHOTS  # stopped within its first phase (exec.abort)
+        assert "reference" not in partial.registers
         job.cancel()  # cancelling an ended job is no error
         assert lab.result(job.id).state == "cancelled"

@@ -27,6 +27,7 @@ import trio
 
 from protocol import AwenError, Backoff, Envelope, ErrorCode, NotFound, NotReady, convert_settings
 from protocol.circuit import Circuit, CircuitError
+from protocol.executor import Abort
 from protocol.hal import (
     Describe,
     DeviceConnected,
@@ -118,6 +119,9 @@ TAKEN_OUT_KEPT = 4096
 
 PAUSE_RECORD = "sched.pause_state"
 """The event-log record of pausing and resuming the queue (written durably, read back on start)."""
+
+ABORT_WAIT_S = 2.0
+"""How long cancelling a running job waits for its executor's ``exec.abort`` answer (else: at the checkpoint)."""
 
 
 def _new_job_id() -> str:
@@ -610,11 +614,25 @@ class SchedulerActor(Actor):
                 return  # it has ended: cancelling it again is harmless (a retried cancel)
             raise AwenError(f"job {msg.job} is {record.state}, not in the queue; nothing to cancel", field="job")
         if msg.job == self.queue.running:
-            job.cancel_reason = msg.reason  # the executor learns it at the next phase boundary
+            job.cancel_reason = msg.reason  # the executor learns it at the next phase boundary, at the latest
+            if job.executor is not None:
+                await self._abort_running(job.executor, msg.job, msg.reason)
             return
         self._take_out(msg.job)
         await self._set_state(msg.job, "cancelled", msg.reason)
         self._wake()
+
+    async def _abort_running(self, executor: str, job: str, reason: str) -> None:
+        """Stop a running job within its phase (``exec.abort``), not only at its next boundary.
+
+        Best effort: an executor that has just finished the job, or cannot be reached, leaves the
+        cancellation to the checkpoint, which holds it already.
+        """
+        try:
+            with trio.move_on_after(ABORT_WAIT_S):
+                await self.request(executor, Abort(job=job, reason=reason))
+        except AwenError as exc:
+            log.info("%s: %s could not abort %s now (%s); it stops at its next phase", self.name, executor, job, exc)
 
     @handles(Pause)
     async def _pause(self, msg: Pause, env: Envelope) -> None:
