@@ -33,7 +33,7 @@ def test_a_wrong_file_is_refused_with_the_file_and_the_key(tmp_path, toml, messa
     with pytest.raises(ConfigError, match=message) as caught:
         load_system(path)
     assert str(path) in str(caught.value)
-    assert awen_main(["up", str(path)]) == 1
+    assert awen_main(["up", str(path)]) == 2  # usage: a file that cannot be used (decision 0014 §6)
     assert f"awen: error: {path}" in capsys.readouterr().err
 
 
