@@ -86,7 +86,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         try:
             config = load_system(args.config)
         except ConfigError as exc:
-            print(f"awen: {exc}", file=sys.stderr)
+            print(f"awen: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
     configured = daemon.memory_data_dir(config) if config is not None else None
     data_dir = Path(args.data_dir or configured or default_data_dir()).expanduser().absolute()
@@ -94,10 +94,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
         lock = daemon.DaemonLock(data_dir)
         lock.acquire()
     except daemon.DaemonRunning as exc:
-        print(f"awen: {exc}", file=sys.stderr)
+        print(f"awen: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:
-        print(f"awen: cannot lock {data_dir}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"awen: error: cannot lock {data_dir}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
     try:
         if config is None:
@@ -138,8 +138,11 @@ async def _serve(config: SystemConfig, data_dir: Path, lab: str, endpoints: list
                     ),
                 )
                 where = ", ".join(endpoints) or "no client endpoint (the system has no door)"
-                print(f"awen: up, pid {os.getpid()}, data {data_dir}, listening on {where}", flush=True)
-                print(f"awen: system file {supervisor.system_file}", flush=True)
+                print(
+                    f"awen: up, pid {os.getpid()}, data {data_dir}, listening on {where}, "
+                    f"system file {supervisor.system_file}",  # last: scripts take the line's last word
+                    flush=True,
+                )
                 async for signum in signals:
                     daemon.remove_daemon_file(data_dir)
                     print(f"awen: {signal.Signals(signum).name}: stopping", flush=True)

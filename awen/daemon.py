@@ -316,7 +316,7 @@ def refused_endpoints(endpoints: Sequence[str]) -> list[str]:
 def refusal(url: str) -> str:
     """The one line ``awen up`` exits 2 with for a non-loopback endpoint."""
     return (
-        f"awen: refusing to listen on {url}: clients are not authenticated yet, so awen listens only on "
+        f"awen: error: refusing to listen on {url}: clients are not authenticated yet, so awen listens only on "
         "loopback and ipc; reach it from elsewhere with ssh -L 7460:127.0.0.1:7460 HOST"
     )
 

@@ -30,9 +30,10 @@ def ext_hook(code: int, data: bytes) -> Any:
     """Extension type 1 is an array: ``[dtype, shape, raw bytes]``; here, a flat list of ints."""
     if code != 1:
         return msgpack.ExtType(code, data)
-    dtype, shape, raw = msgpack.unpackb(data)
+    dtype, _shape, raw = msgpack.unpackb(data)  # counts are 1-d: the shape is their length
     size = int(dtype[2:])
-    return [int.from_bytes(raw[i : i + size], "little", signed=dtype[1] == "i") for i in range(0, len(raw), size)]
+    order = "big" if dtype[0] == ">" else "little"
+    return [int.from_bytes(raw[i : i + size], order, signed=dtype[1] == "i") for i in range(0, len(raw), size)]
 
 
 def ask(sock: zmq.Socket[bytes], msg_type: str, body: dict[str, Any], to: str = "door") -> dict[str, Any]:

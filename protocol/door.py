@@ -81,7 +81,7 @@ class Welcome(Reply, frozen=True, kw_only=True):
     lab: Label
     awen: Label
     """awen's version."""
-    protocol: int
+    protocol: Count
     incarnation: Count
     """New at each start of the door: a client that sees another one says hello and subscribes again."""
     pid: Pid

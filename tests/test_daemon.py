@@ -230,7 +230,7 @@ def test_awen_up_writes_awen_json_refuses_a_second_and_removes_it_on_sigterm(tmp
         second = awen_cli("up", "--port", str(free_port()), "--modes", "4", timeout=30)
         assert second.returncode == 1
         assert second.stderr.strip() == (
-            f"awen: another awen is running on {data} (pid {proc.pid}); "
+            f"awen: error: another awen is running on {data} (pid {proc.pid}); "
             "stop it or use another data directory (AWEN_DATA_DIR)"
         )
         assert (data / "awen.json").exists()  # the refused one leaves the running one's file alone
@@ -271,8 +271,8 @@ def test_a_listen_address_beyond_loopback_is_refused_with_exit_2(tmp_path, url):
     done = awen_cli("up", "--data-dir", str(tmp_path), "--listen", "tcp://127.0.0.1:7461", "--listen", url, timeout=30)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
-        f"awen: refusing to listen on {url}: clients are not authenticated yet, so awen listens only on loopback "
-        "and ipc; reach it from elsewhere with ssh -L 7460:127.0.0.1:7460 HOST"
+        f"awen: error: refusing to listen on {url}: clients are not authenticated yet, so awen listens only on "
+        "loopback and ipc; reach it from elsewhere with ssh -L 7460:127.0.0.1:7460 HOST"
     ]
     assert not (tmp_path / "awen.json").exists()
     assert not (tmp_path / "awen.lock").exists()
@@ -397,4 +397,4 @@ def test_awen_up_of_a_file_keeps_its_data_directory_and_door(tmp_path):
         path.write_text(system_toml(with_door_endpoints(lab, ["tcp://0.0.0.0:7460"])))
         done = awen_cli("up", str(path), timeout=30)
         assert done.returncode == 2
-        assert done.stderr.startswith("awen: refusing to listen on tcp://0.0.0.0:7460: clients are not authenticated")
+        assert done.stderr.startswith("awen: error: refusing to listen on tcp://0.0.0.0:7460: clients are not")

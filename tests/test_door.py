@@ -128,16 +128,20 @@ def _allowlist_checks(client: RawClient) -> None:
     assert body["devices"] == ["chip"]
     # Setting the chip, or writing the store, is not a client's to do.
     heaters = client.ask("hal.set_heaters", {"device": "chip", "volts": [0.0]}, to="hal")
-    assert heaters["type"] == "sys.error" and heaters["body"]["code"] in ("no-handler", "invalid")
+    assert heaters["type"] == "sys.error"
+    assert heaters["body"]["code"] in ("no-handler", "invalid")
     put = client.ask("mem.put_job", {"job": "x"}, to="memory")
-    assert put["type"] == "sys.error" and put["body"]["code"] in ("no-handler", "invalid")
+    assert put["type"] == "sys.error"
+    assert put["body"]["code"] in ("no-handler", "invalid")
     nobody = client.ask("sys.ping", {"data": b"x"}, to="telescope")
-    assert nobody["type"] == "sys.error" and nobody["body"]["code"] == "wrong-recipient"
+    assert nobody["type"] == "sys.error"
+    assert nobody["body"]["code"] == "wrong-recipient"
     # What is forwarded comes back as the actor said it, refusals too.
     queue = client.ask("sched.get_queue", {}, to="scheduler")
     assert queue["type"] == "sched.queue"
     missing = client.ask("mem.get_job", {"job": "no-such-job"}, to="memory")
-    assert missing["type"] == "sys.error" and missing["body"]["code"] == "not-found"
+    assert missing["type"] == "sys.error"
+    assert missing["body"]["code"] == "not-found"
     assert "no-such-job" in missing["body"]["message"]
     garbage_reply = _garbage(client)
     assert garbage_reply["type"] == "sys.error"
@@ -171,7 +175,8 @@ def _events_checks(watcher: RawClient, other: RawClient) -> None:
     assert accepted["type"] == "sched.accepted", accepted
     job = accepted["body"]["job"]
     waited = watcher.ask("door.wait_job", {"job": job, "timeout_s": 30, "result": True}, timeout=40)
-    assert waited["body"]["ended"] and waited["body"]["record"]["state"] == "completed"
+    assert waited["body"]["ended"]
+    assert waited["body"]["record"]["state"] == "completed"
     deadline = time.monotonic() + 10
     while not any(e["type"] == "mem.results_complete" for e in watcher.pushed) and time.monotonic() < deadline:
         env = watcher.receive(1)
