@@ -32,8 +32,11 @@ def ext_hook(code: int, data: bytes) -> Any:
         return msgpack.ExtType(code, data)
     dtype, _shape, raw = msgpack.unpackb(data)  # counts are 1-d: the shape is their length
     size = int(dtype[2:])
-    order = "big" if dtype[0] == ">" else "little"
-    return [int.from_bytes(raw[i : i + size], order, signed=dtype[1] == "i") for i in range(0, len(raw), size)]
+    big = dtype[0] == ">"
+    return [
+        int.from_bytes(raw[i : i + size], "big" if big else "little", signed=dtype[1] == "i")
+        for i in range(0, len(raw), size)
+    ]
 
 
 def ask(sock: zmq.Socket[bytes], msg_type: str, body: dict[str, Any], to: str = "door") -> dict[str, Any]:
