@@ -14,7 +14,24 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_CLIENT = ("connect", "open_lab", "Lab", "AsyncLab", "Job", "AsyncJob", "Result")
+_CLIENT = (
+    "connect",
+    "open_lab",
+    "Lab",
+    "AsyncLab",
+    "Job",
+    "AsyncJob",
+    "Result",
+    "ClientError",
+    "DaemonUnreachable",
+    "CircuitRefused",
+    "JobFailed",
+    "JobNotFound",
+    "NotFound",
+    "KeyConflict",
+    "RequestRefused",
+    "WaitTimeout",
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -58,7 +58,6 @@ from benchmarks.end_to_end import MODES, SEED, hom, percentile
 from protocol import scpi
 from protocol.calibration_model import CalibrationFits, CalibrationModel
 from protocol.circuit import Circuit, CircuitBuilder
-from protocol.door import DOOR
 from protocol.memory import LogEvent
 from protocol.system import Ping
 from runtime import Actor, ResolvedSystem
@@ -133,11 +132,10 @@ def loop(lab: awen.Lab, circuits: list[Circuit]) -> list[float]:
 
 def door_pings(lab: awen.Lab, count: int) -> list[float]:
     """Round trips to the door from the blocking client (through its portal thread)."""
-    conn = lab._lab._conn  # the client has no public ping; this is its one socket
     times = []
     for _ in range(count):
         begin = time.perf_counter()
-        lab._call(conn.request, DOOR, Ping(), timeout=2.0)
+        lab.ping()
         times.append(time.perf_counter() - begin)
     return times
 

@@ -15,6 +15,7 @@ from ._errors import DaemonUnreachable as DaemonUnreachable
 from ._errors import JobFailed as JobFailed
 from ._errors import JobNotFound as JobNotFound
 from ._errors import KeyConflict as KeyConflict
+from ._errors import NotFound as NotFound
 from ._errors import RequestRefused as RequestRefused
 from ._errors import WaitTimeout as WaitTimeout
 from ._lab import AsyncJob as AsyncJob

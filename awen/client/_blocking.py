@@ -174,9 +174,12 @@ class Lab:
         state: str | Sequence[str] | None = None,
         since: float | None = None,
         tags: Sequence[str] = (),
+        key: str | None = None,
         limit: int = 1000,
     ) -> list[JobRecord]:
-        return self._call(functools.partial(self._lab.jobs, state=state, since=since, tags=tags, limit=limit))
+        """The lab's jobs, oldest first: in these states, submitted since, with all these tags, under this key."""
+        jobs = functools.partial(self._lab.jobs, state=state, since=since, tags=tags, key=key, limit=limit)
+        return self._call(jobs)
 
     def queue(self) -> QueueState:
         return self._call(self._lab.queue)
@@ -187,8 +190,13 @@ class Lab:
     def resume(self) -> None:
         self._call(self._lab.resume)
 
-    def calibrate(self, *, points: int | None = None) -> Calibrated:
-        return self._call(functools.partial(self._lab.calibrate, points=points))
+    def calibrate(self, *, points: int | None = None, wait: bool = True) -> Calibrated | None:
+        """Calibrate the chip now (joining a calibration already running); ``wait=False`` returns at once."""
+        return self._call(functools.partial(self._lab.calibrate, points=points, wait=wait))
+
+    def ping(self) -> float:
+        """One round trip to the door (through this process's client thread), in seconds."""
+        return self._call(self._lab.ping)
 
     def calibration_status(self) -> CalibrationStatus:
         return self._call(self._lab.calibration_status)

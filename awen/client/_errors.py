@@ -45,8 +45,14 @@ class KeyConflict(ClientError):
     code = ErrorCode.EXISTS
 
 
-class JobNotFound(ClientError):
+class NotFound(ClientError):
+    """What was asked for is not there: a calibration version, a device, a plan."""
+
     code = ErrorCode.NOT_FOUND
+
+
+class JobNotFound(NotFound):
+    """No job by that id in the lab's store."""
 
 
 class JobFailed(ClientError):

@@ -9,11 +9,13 @@ carries its key), and a new incarnation of the door is greeted again.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import os
 import random
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -42,9 +44,20 @@ from protocol.scheduler import Accepted, Cancel, GetQueue, Pause, QueueState, Re
 from protocol.system import Heartbeat, Ping
 from runtime import Connection, RemoteError, RequestTimeout
 
-from ._errors import CircuitRefused, DaemonUnreachable, JobFailed, JobNotFound, KeyConflict, RequestRefused, WaitTimeout
+from ._errors import (
+    CircuitRefused,
+    DaemonUnreachable,
+    JobFailed,
+    JobNotFound,
+    KeyConflict,
+    NotFound,
+    RequestRefused,
+    WaitTimeout,
+)
 from ._find import candidates
 from ._result import Result
+
+log = logging.getLogger("awen.client")
 
 RETRYABLE = frozenset(
     {ErrorCode.ACTOR_STOPPED, ErrorCode.PEER_LOST, ErrorCode.NOT_READY, ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT}
@@ -113,7 +126,7 @@ class AsyncLab:
                 await self._greet_again()
             except RemoteError as exc:
                 if exc.code not in RETRYABLE or trio.current_time() >= give_up:
-                    raise _client_error(exc) from None
+                    raise _client_error(exc, body) from None
                 await trio.sleep(delay * (0.5 + random.random()))
                 delay = min(2 * delay, 2.0)
 
@@ -244,10 +257,14 @@ class AsyncLab:
         state: str | Sequence[str] | None = None,
         since: float | None = None,
         tags: Sequence[str] = (),
+        key: str | None = None,
         limit: int = 1000,
     ) -> list[JobRecord]:
+        """The lab's jobs, oldest first: in these states, submitted since, with all these tags, under this key."""
         states = [state] if isinstance(state, str) else list(state or [])
-        query = msgspec.convert({"states": states, "since": since, "tags": list(tags), "limit": limit}, QueryJobs)
+        query = msgspec.convert(
+            {"states": states, "since": since, "tags": list(tags), "key": key, "limit": limit}, QueryJobs
+        )
         reply = await self._ask(self._actor("memory"), query)
         return list(reply.jobs)
 
@@ -263,12 +280,26 @@ class AsyncLab:
     async def resume(self) -> None:
         await self._ask(self._actor("scheduler"), Resume())
 
-    async def calibrate(self, *, points: int | None = None) -> Calibrated:
-        """Calibrate the chip now (a calibration already running is joined); its new version's figures."""
-        done: Calibrated = await self._ask(
-            self._actor("calibration"), Calibrate(points=points), try_s=3600.0, patience_s=3600.0
+    async def calibrate(self, *, points: int | None = None, wait: bool = True) -> Calibrated | None:
+        """Calibrate the chip now (a calibration already running is joined); its new version's figures.
+
+        With ``wait=False`` it returns at once (None) and the lab calibrates on; `calibration_status`
+        says when it is done.
+        """
+        ask = functools.partial(
+            self._ask, self._actor("calibration"), Calibrate(points=points), try_s=3600.0, patience_s=3600.0
         )
+        if not wait:
+            self._nursery.start_soon(_quietly, ask)
+            return None
+        done: Calibrated = await ask()
         return done
+
+    async def ping(self) -> float:
+        """One round trip to the door, in seconds."""
+        began = trio.current_time()
+        await self._conn.request(DOOR, Ping(), timeout=REQUEST_S)
+        return trio.current_time() - began
 
     async def calibration_status(self) -> CalibrationStatus:
         status: CalibrationStatus = await self._ask(self._actor("calibration"), GetCalibrationStatus())
@@ -388,10 +419,19 @@ class AsyncJob:
                 yield env.body.shots_done, env.body.shots_total
 
 
-def _client_error(exc: RemoteError) -> AwenError:
+async def _quietly(ask: Callable[[], Awaitable[Any]]) -> None:
+    """A request nobody waits for: its failure is logged, not raised into the lab's nursery."""
+    try:
+        await ask()
+    except AwenError as exc:
+        log.warning("awen client: %s", exc)
+
+
+def _client_error(exc: RemoteError, body: Request[Any]) -> AwenError:
     message = exc.remote_message
     if exc.code == ErrorCode.NOT_FOUND:
-        return JobNotFound(message, field=exc.field)
+        about_a_job = isinstance(body, GetJob | GetResult | WaitJob | Cancel)
+        return (JobNotFound if about_a_job else NotFound)(message, field=exc.field)
     if exc.code == ErrorCode.EXISTS:
         return KeyConflict(message, field=exc.field)
     return RequestRefused(exc.code, message, exc.field)
