@@ -269,9 +269,13 @@ class SchedulerActor(Actor):
         # A plan at hand was compiled from this very circuit for this device as it is: it passed. Then
         # the job is stored planned, in the same transaction.
         plan = self._plan_at_hand(circuit, device)
+        job_id = msg.job or _new_job_id()
+        cached = True
         if plan is None:
             try:
-                await self._check(circuit, device)
+                plan, cached = await self._plan_now(circuit, device, job_id)
+                if plan is None:
+                    await self._check(circuit, device)
             except CircuitError:
                 # A resubmission of a job accepted before (the device or the limits have changed since) is
                 # answered with that job, not refused: the store compares the submission with the one under
@@ -280,7 +284,6 @@ class SchedulerActor(Actor):
                 # (clients send a key with every submission), and mem.put_job answers by the key anyway.
                 if msg.key is None or not await self._key_stored(msg.key):
                     raise
-        job_id = msg.job or _new_job_id()
         queued = QueuedJob(
             job=job_id,
             seq=ACCEPTING_SEQ,
@@ -303,7 +306,7 @@ class SchedulerActor(Actor):
             key=msg.key,
             tags=msg.tags,
         )
-        stored = await self._accept(queued, put)
+        stored = await self._accept(queued, put, cached=cached)
         if not stored.created and stored.job not in self.queue.jobs:
             await self._adopt(stored.job)
         # stored.job: the job asked for, or the one stored before under the same key (then not queued again)
@@ -343,7 +346,7 @@ class SchedulerActor(Actor):
         if analysis.problems:
             raise CircuitError(analysis.problems)
 
-    async def _accept(self, job: QueuedJob, put: PutJob) -> JobStored:
+    async def _accept(self, job: QueuedJob, put: PutJob, *, cached: bool = True) -> JobStored:
         """Store a new job and queue it; a job with its plan at hand is queued, and may run, while it is stored.
 
         Decision 0009, "a job with its plan at hand is dispatched while its
@@ -367,8 +370,8 @@ class SchedulerActor(Actor):
         if early:
             assert job.plan is not None
             self.queue.add(job)
-            self.plans.hits += 1
-            self.publish_soon(JobPlanned(job=job.job, plan=job.plan.id, metrics=job.plan.metrics, cached=True))
+            self.plans.hits += cached
+            self.publish_soon(JobPlanned(job=job.job, plan=job.plan.id, metrics=job.plan.metrics, cached=cached))
             self._wake()
         try:
             stored = await self.request(self.config.memory, put)
@@ -506,6 +509,26 @@ class SchedulerActor(Actor):
         assert device is not None
         calibration = await self._calibration()
         return await self.plans.get(circuit, self._terms(device, calibration))
+
+    async def _plan_now(self, circuit: Circuit, device: DeviceDescription, job: str) -> tuple[Plan | None, bool]:
+        """A small circuit's plan made and stored at its submission, so that it is dispatched at once (decision 0009).
+
+        Compiling a circuit of at most `INLINE_OPS` ops takes less than the planner's round trips
+        (look the plan up, store it, store the job planned), so it is made here and the job is
+        stored planned, as one whose plan was at hand; and whether it was made before. None: planned
+        later by the planner (a larger circuit, the calibration not known yet, a plan the strategy refuses).
+
+        Raises:
+            CircuitError: every problem of the circuit on the device.
+        """
+        if len(circuit.ops) > INLINE_OPS or not self._calibration_known:
+            return None, False
+        plan, made_before = self.plans.make_now(circuit, self._terms(device, self._calibration_version))
+        if self._refusal(plan) is not None:
+            return None, False  # the planner refuses it, saying why
+        if plan.id not in self.plans.stored:
+            await self.plans.store(plan, job)
+        return plan, made_before
 
     def _terms(self, device: DeviceDescription, calibration: int | None) -> PlanTerms:
         return PlanTerms(device, calibration, self.health, self.strategy, self.feedback)

@@ -110,23 +110,45 @@ class PlanCache:
                 self.hits += 1
                 return plan, True
             plan = await self._compile(circuit, terms.device, terms.calibration, health)
-            plan = msgspec.structs.replace(apply_strategy(plan, terms.strategy, terms.feedback), id=key)
-            validate_plan(plan, terms.device)
-            self.compiled += 1
-            self.plans[key] = plan
-            return plan, False
+            return self._finish(plan, key, terms), False
         finally:
             self._making.pop(key).set()
 
-    async def _compile(
-        self, circuit: Circuit, device: DeviceDescription, calibration: int | None, health: Health
-    ) -> Plan:
-        kwargs: dict[str, Any] = {
+    def make_now(self, circuit: Circuit, terms: PlanTerms) -> tuple[Plan, bool]:
+        """A small circuit's plan (at most `INLINE_OPS` ops), made here and now; whether it was made before.
+
+        No store lookup: compiling a small circuit takes less than asking the store, and the plan's
+        id names what it was made from, so storing it again (`store`) changes nothing.
+
+        Raises:
+            CircuitError: every problem of the circuit on the device.
+        """
+        key, health = terms.key(circuit)
+        if key in self.plans:
+            return self.plans[key], True  # counted a hit by whoever uses it
+        plan = compile_circuit(circuit, terms.device, **self._compile_kwargs(terms.calibration, health))
+        return self._finish(plan, key, terms), False
+
+    def _finish(self, plan: Plan, key: str, terms: PlanTerms) -> Plan:
+        """A compiled plan under the strategy, checked, kept under its key."""
+        plan = msgspec.structs.replace(apply_strategy(plan, terms.strategy, terms.feedback), id=key)
+        validate_plan(plan, terms.device)
+        self.compiled += 1
+        self.plans[key] = plan
+        return plan
+
+    def _compile_kwargs(self, calibration: int | None, health: Health) -> dict[str, Any]:
+        return {
             "device_name": self._config.device,
             "calibration": calibration,
             "limits": self._config.limits,
             "health": health,
         }
+
+    async def _compile(
+        self, circuit: Circuit, device: DeviceDescription, calibration: int | None, health: Health
+    ) -> Plan:
+        kwargs = self._compile_kwargs(calibration, health)
         ops = count_ops(circuit.ops)
         if self._config.plan_workers > 0 and ops > self._config.process_threshold_ops:
             future = self._worker_pool().submit(_plan_in_process, circuit, device, kwargs)
