@@ -476,16 +476,23 @@ class Results(Reply, frozen=True, kw_only=True):
     partial: bool
     """True unless the job completed: the results are what was committed before it stopped."""
     results: list[ResultRecord]
+    record: JobRecord | None = None
+    """With `QueryResults.record`: the job's record, read with its results."""
 
 
 class QueryResults(Request[Results], frozen=True, kw_only=True):
-    """A job's results in frame order, optionally only some slots, optionally without values."""
+    """A job's results in frame order, optionally only some slots, optionally without values.
+
+    ``record``: the job's record comes with them, read together (one round trip for a job's
+    whole story: the door's answer to a client waiting for a job).
+    """
 
     TYPE = "mem.query_results"
     REPLY = Results
     job: JobId
     slots: Annotated[list[SlotName], msgspec.Meta(max_length=MAX_JOB_SLOTS)] = msgspec.field(default_factory=list)
     values: bool = True
+    record: bool = False
 
 
 class DeviceResults(Reply, frozen=True, kw_only=True):

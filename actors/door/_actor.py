@@ -127,6 +127,7 @@ class DoorActor(Actor):
         self._waiters: dict[str, set[trio.Event]] = {}
         self._kinds: dict[str, str] = {}
         self._plans: dict[str, Plan] = {}
+        self._fetching: dict[str, trio.Event] = {}
         self._started = time.time()
         self._calibrated = False
         self._started_at = 0.0
@@ -288,19 +289,28 @@ class DoorActor(Actor):
         news = trio.Event()
         waiters = self._waiters.setdefault(msg.job, set())
         waiters.add(news)
+        result: JobResult | None = None
         try:
             record = await self._record(msg.job)
+            if msg.result:
+                self._prefetch(record.plan)  # read while the job runs: its result is laid out by it
             with trio.move_on_after(msg.timeout_s):
                 while record.state not in TERMINAL_STATES:
                     await news.wait()
                     news = self._renew(msg.job, news)
-                    record = await self._record(msg.job)
+                    if msg.result:  # the record and the results in one read: usually the job has just ended
+                        record, result = await self._read_result(msg.job)
+                    else:
+                        record = await self._record(msg.job)
         finally:
             waiters.discard(news)
             if not waiters:
                 self._waiters.pop(msg.job, None)
         ended = record.state in TERMINAL_STATES
-        result = await self._result(record) if ended and msg.result else None
+        if not (ended and msg.result):
+            result = None
+        elif result is None:  # it had ended before the wait
+            record, result = await self._read_result(msg.job)
         return JobWaited(record=record, ended=ended, result=result)
 
     def _renew(self, job: str, old: trio.Event) -> trio.Event:
@@ -325,29 +335,43 @@ class DoorActor(Actor):
         return reply.record
 
     async def _get_result(self, msg: GetResult, env: Envelope) -> JobResult:
-        return await self._result(await self._record(msg.job))
+        return (await self._read_result(msg.job))[1]
 
-    async def _result(self, record: JobRecord) -> JobResult:
-        """The job's `JobResult`: its plan (kept: a plan never changes) and its results, asked for together."""
-        memory = self.config.memory
-        found: dict[str, Any] = {}
+    async def _read_result(self, job: str) -> tuple[JobRecord, JobResult]:
+        """The job's record and its `JobResult`: one read of the store (and of its plan, unless kept)."""
+        results: Results = await self._ask(self.config.memory, QueryResults(job=job, record=True))
+        record = results.record
+        assert record is not None  # asked for
+        plan = None if record.plan is None else await self._plan(record.plan)
+        return record, assemble_result(record, plan, results.results, partial=results.partial)
 
-        async def read_plan(plan_id: str) -> None:
-            stored: StoredPlan = await self._ask(memory, GetPlan(plan=plan_id))
-            self._plans[plan_id] = stored.body
-            while len(self._plans) > PLANS_KEPT:
-                del self._plans[next(iter(self._plans))]
+    async def _plan(self, plan_id: str) -> Plan:
+        """A plan by id: kept (a plan never changes), or being read already, or read now."""
+        while plan_id not in self._plans:
+            fetching = self._fetching.get(plan_id)
+            if fetching is not None:
+                await fetching.wait()
+                continue
+            self._fetching[plan_id] = trio.Event()
+            try:
+                stored: StoredPlan = await self._ask(self.config.memory, GetPlan(plan=plan_id))
+                self._plans[plan_id] = stored.body
+                while len(self._plans) > PLANS_KEPT:
+                    del self._plans[next(iter(self._plans))]
+            finally:
+                self._fetching.pop(plan_id).set()
+        return self._plans[plan_id]
 
-        async def read_results() -> None:
-            found["results"] = await self._ask(memory, QueryResults(job=record.job))
+    def _prefetch(self, plan_id: str | None) -> None:
+        """Read a plan in the background, so that it is at hand when the job it is for ends."""
+        if plan_id is not None and plan_id not in self._plans and plan_id not in self._fetching:
+            self.start_soon(self._prefetch_plan, plan_id)
 
-        async with trio.open_nursery() as nursery:
-            if record.plan is not None and record.plan not in self._plans:
-                nursery.start_soon(read_plan, record.plan)
-            nursery.start_soon(read_results)
-        plan = None if record.plan is None else self._plans.get(record.plan)
-        results: Results = found["results"]
-        return assemble_result(record, plan, results.results, partial=results.partial)
+    async def _prefetch_plan(self, plan_id: str) -> None:
+        try:
+            await self._plan(plan_id)
+        except AwenError as exc:  # the wait reads it again when it needs it
+            log.debug("%s: could not read plan %s ahead: %s", self.name, plan_id, exc)
 
     async def _status(self, msg: GetLabStatus, env: Envelope) -> LabStatus:
         found: dict[str, ActorStatus] = {}

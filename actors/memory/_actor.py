@@ -573,8 +573,12 @@ class MemoryActor(Actor):
 
     @handles(QueryResults)
     async def _query_results(self, msg: QueryResults, env: Envelope) -> Results:
-        state, results = await self._read(ops.query_results(msg.job, slots=msg.slots, values=msg.values))
-        return Results(job=msg.job, state=state, partial=state != "completed", results=results)
+        query = ops.query_results(msg.job, slots=msg.slots, values=msg.values)
+        if not msg.record:
+            state, results = await self._read(query)
+            return Results(job=msg.job, state=state, partial=state != "completed", results=results)
+        record, (state, results) = await self._read(ops.together(ops.get_job(msg.job), query))
+        return Results(job=msg.job, state=state, partial=state != "completed", results=results, record=record)
 
     @handles(QueryDeviceResults)
     async def _query_device_results(self, msg: QueryDeviceResults, env: Envelope) -> DeviceResults:

@@ -62,6 +62,8 @@ from ._slots import NUMPY_DTYPES, FrameSnapshot
 log = logging.getLogger("awen.memory.store")
 
 T = TypeVar("T")
+A = TypeVar("A")
+B = TypeVar("B")
 Synchronous = Literal["full", "normal"]
 
 
@@ -871,6 +873,17 @@ def query_results(
             raise NotFound(f"no job {job!r} in the store", field="job")
         rows = conn.execute(f"SELECT {columns} FROM results WHERE job = ?{where} ORDER BY frame, id", (job, *slots))
         return row[0], [_result(r, r[11] if values else None) for r in rows]
+
+    return op
+
+
+def together(
+    first: Callable[[sqlite3.Connection], A], second: Callable[[sqlite3.Connection], B]
+) -> Callable[[sqlite3.Connection], tuple[A, B]]:
+    """Two reads on one connection, one after the other: what a request needs in one trip to the reader."""
+
+    def op(conn: sqlite3.Connection) -> tuple[A, B]:
+        return first(conn), second(conn)
 
     return op
 
