@@ -343,8 +343,12 @@ class PutJob(Request[JobStored], frozen=True, kw_only=True):
     calibration: CalibrationVersion | None = None
     key: SubmissionKey | None = None
     tags: Tags = msgspec.field(default_factory=list)
+    with_plan: PutPlan | None = None
+    """The job's plan (``plan``), made at its submission: stored in the same transaction."""
 
     def __post_init__(self) -> None:
+        if self.with_plan is not None and self.with_plan.plan != self.plan:
+            raise ValueError(f"with_plan is plan {self.with_plan.plan!r}, the job's plan is {self.plan!r}")
         if self.circuit is not None and self.procedure is not None:
             raise ValueError("a job is a circuit or a procedure, not both")
 

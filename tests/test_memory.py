@@ -734,3 +734,30 @@ async def test_an_export_cannot_be_written_outside_the_exports_folder(tmp_path, 
         assert "leads out of it" in str(caught.value)
         inside = await me.request("memory", Export(job="j", path="mine/j.npz"))
         assert inside.path == str((tmp_path / "exports" / "mine" / "j.npz").resolve())
+
+
+async def test_a_job_stored_with_its_plan_and_a_plan_made_again_in_another_time(tmp_path):
+    async with memory(tmp_path) as (_, me):
+        ask = me.request
+        body = execution_plan("p-new", None)
+        put_plan = PutPlan(plan="p-new", job="fast-1", device="chip", body=body)
+        job = PutJob(job="fast-1", circuit=Circuit(modes=2), shots=10, device="chip", plan="p-new", with_plan=put_plan)
+        assert (await ask("memory", job)).created
+        assert (await ask("memory", GetPlan(plan="p-new"))).body == body  # one transaction stored both
+        assert (await ask("memory", GetJob(job="fast-1"))).record.state == "planned"
+        # The same plan compiled again (a restarted scheduler) differs only in how long it took: the same plan.
+        again = msgspec.structs.replace(body, metrics=msgspec.structs.replace(body.metrics, compile_s=9.5))
+        assert not (await ask("memory", PutPlan(plan="p-new", device="chip", body=again))).created
+        other = msgspec.structs.replace(body, modes=body.modes + 1)
+        with pytest.raises(RemoteError, match=r"a different plan 'p-new' is stored already"):
+            await ask("memory", PutPlan(plan="p-new", device="chip", body=other))
+        # A job whose plan is refused is not stored either.
+        refused = msgspec.structs.replace(put_plan, job="fast-2", body=other)
+        with pytest.raises(RemoteError, match=r"\[exists\]"):
+            await ask("memory", msgspec.structs.replace(job, job="fast-2", with_plan=refused))
+        with pytest.raises(RemoteError, match=r"\[not-found\]"):
+            await ask("memory", GetJob(job="fast-2"))
+        # A job's record and its results in one read.
+        both = await ask("memory", QueryResults(job="fast-1", record=True))
+        assert both.record is not None
+        assert (both.record.job, both.record.plan, both.results) == ("fast-1", "p-new", [])

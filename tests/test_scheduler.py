@@ -494,3 +494,22 @@ def test_a_job_read_back_from_the_store_is_fresh_only_if_nothing_of_it_ran(state
     assert JobPhase.read_back(state, frames) is phase
     assert phase.fresh is fresh
     assert phase.stored == state
+
+
+async def test_a_small_new_circuit_is_planned_at_its_submission_and_stored_planned_with_its_plan(
+    tmp_path, autojump_clock_for_threads
+):
+    async with lab(tmp_path) as lab_:
+        await lab_.sched(Pause(reason="looking at the queue"))
+        await lab_.sched(Submit(circuit=hom(100), job="first"))  # planned by the planner: the calibration is learnt
+        await lab_.wait_planned("first")
+        compiled = (await lab_.sched(GetQueue())).plans_compiled
+        accepted = await lab_.sched(Submit(circuit=hom(100, theta=0.3), job="new"))  # a circuit never seen
+        assert accepted.created
+        record = (await lab_.ask("memory", GetJob(job="new"))).record
+        assert record.state == "planned"  # stored planned in its acceptance: no planner round trips after it
+        stored = await lab_.ask("memory", GetPlan(plan=str(record.plan)))
+        assert stored.job == "new"
+        queue = await lab_.sched(GetQueue())
+        assert queue.plans_compiled == compiled + 1
+        assert [e.planned for e in queue.jobs if e.job == "new"] == [True]

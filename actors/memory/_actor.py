@@ -486,22 +486,22 @@ class MemoryActor(Actor):
 
         stored = self._storing.setdefault(msg.job, trio.Event())
         try:
-            job, seq, created = await self._write(
-                ops.put_job(
-                    msg.job,
-                    msg.procedure if msg.procedure is not None else msg.circuit,
-                    shots=msg.shots,
-                    priority=msg.priority,
-                    device=msg.device,
-                    deadline=msg.deadline,
-                    submitter=msg.submitter or env.sender,
-                    plan=msg.plan,
-                    calibration=msg.calibration,
-                    key=msg.key,
-                    tags=msg.tags,
-                ),
-                remember,
+            put = ops.put_job(
+                msg.job,
+                msg.procedure if msg.procedure is not None else msg.circuit,
+                shots=msg.shots,
+                priority=msg.priority,
+                device=msg.device,
+                deadline=msg.deadline,
+                submitter=msg.submitter or env.sender,
+                plan=msg.plan,
+                calibration=msg.calibration,
+                key=msg.key,
+                tags=msg.tags,
             )
+            if msg.with_plan is not None:  # made at its submission: stored with it
+                put = ops.after(_plan_op(msg.with_plan), put)
+            job, seq, created = await self._write(put, remember)
         finally:
             if self._storing.get(msg.job) is stored:
                 del self._storing[msg.job]
@@ -560,11 +560,7 @@ class MemoryActor(Actor):
 
     @handles(PutPlan)
     async def _put_plan(self, msg: PutPlan, env: Envelope) -> PlanStored:
-        created = await self._write(
-            ops.put_plan(
-                msg.plan, msg.body, job=msg.job, device=msg.device, calibration=msg.calibration, metrics=msg.metrics
-            )
-        )
+        created = await self._write(_plan_op(msg))
         return PlanStored(plan=msg.plan, created=created)
 
     @handles(GetPlan)
@@ -648,6 +644,12 @@ class MemoryActor(Actor):
             allocated_bytes=self.slots.nbytes,
             **counts,
         )
+
+
+def _plan_op(msg: PutPlan) -> WriteOp[bool]:
+    return ops.put_plan(
+        msg.plan, msg.body, job=msg.job, device=msg.device, calibration=msg.calibration, metrics=msg.metrics
+    )
 
 
 def open_store(data_dir: str | os.PathLike[str], *, readonly: bool = True) -> Store:

@@ -305,8 +305,11 @@ class SchedulerActor(Actor):
             calibration=plan.calibration if plan is not None else None,
             key=msg.key,
             tags=msg.tags,
+            with_plan=None if plan is None or plan.id in self.plans.stored else self.plans.put(plan, job_id),
         )
         stored = await self._accept(queued, put, cached=cached)
+        if plan is not None:
+            self.plans.stored.add(plan.id)  # with the job, if it was not before
         if not stored.created and stored.job not in self.queue.jobs:
             await self._adopt(stored.job)
         # stored.job: the job asked for, or the one stored before under the same key (then not queued again)
@@ -514,8 +517,9 @@ class SchedulerActor(Actor):
         """A small circuit's plan made and stored at its submission, so that it is dispatched at once (decision 0009).
 
         Compiling a circuit of at most `INLINE_OPS` ops takes less than the planner's round trips
-        (look the plan up, store it, store the job planned), so it is made here and the job is
-        stored planned, as one whose plan was at hand; and whether it was made before. None: planned
+        (look the plan up, store it, store the job planned), so it is made here, and the job is
+        stored planned with it (`PutJob.with_plan`), as one whose plan was at hand; and whether it
+        was made before. None: planned
         later by the planner (a larger circuit, the calibration not known yet, a plan the strategy refuses).
 
         Raises:
@@ -523,11 +527,12 @@ class SchedulerActor(Actor):
         """
         if len(circuit.ops) > INLINE_OPS or not self._calibration_known:
             return None, False
-        plan, made_before = self.plans.make_now(circuit, self._terms(device, self._calibration_version))
+        made = self.plans.make_now(circuit, self._terms(device, self._calibration_version))
+        if made is None:
+            return None, False
+        plan, made_before = made
         if self._refusal(plan) is not None:
             return None, False  # the planner refuses it, saying why
-        if plan.id not in self.plans.stored:
-            await self.plans.store(plan, job)
         return plan, made_before
 
     def _terms(self, device: DeviceDescription, calibration: int | None) -> PlanTerms:

@@ -114,8 +114,9 @@ class PlanCache:
         finally:
             self._making.pop(key).set()
 
-    def make_now(self, circuit: Circuit, terms: PlanTerms) -> tuple[Plan, bool]:
+    def make_now(self, circuit: Circuit, terms: PlanTerms) -> tuple[Plan, bool] | None:
         """A small circuit's plan (at most `INLINE_OPS` ops), made here and now; whether it was made before.
+        None if the planner is making it now.
 
         No store lookup: compiling a small circuit takes less than asking the store, and the plan's
         id names what it was made from, so storing it again (`store`) changes nothing.
@@ -126,6 +127,8 @@ class PlanCache:
         key, health = terms.key(circuit)
         if key in self.plans:
             return self.plans[key], True  # counted a hit by whoever uses it
+        if key in self._making:
+            return None  # the planner is making it (reading the store): the job waits for it there
         plan = compile_circuit(circuit, terms.device, **self._compile_kwargs(terms.calibration, health))
         return self._finish(plan, key, terms), False
 
@@ -165,23 +168,24 @@ class PlanCache:
 
     async def store(self, plan: Plan, job: str) -> None:
         """Store the plan (made for ``job``): a restarted scheduler, and the executor, read it back."""
-        await self._actor.request(
-            self._config.memory,
-            PutPlan(
-                plan=plan.id,
-                job=job,
-                device=self._config.device,
-                calibration=plan.calibration,
-                body=plan,
-                metrics={
-                    "total_duration_s": plan.metrics.total_duration_s,
-                    "phases": plan.metrics.phases,
-                    "compile_s": plan.metrics.compile_s,
-                    "min_slack_ns": plan.metrics.min_slack_ns if plan.metrics.min_slack_ns is not None else -1.0,
-                },
-            ),
-        )
+        await self._actor.request(self._config.memory, self.put(plan, job))
         self.stored.add(plan.id)
+
+    def put(self, plan: Plan, job: str) -> PutPlan:
+        """The request that stores the plan (made for ``job``): alone, or with the job (`PutJob.with_plan`)."""
+        return PutPlan(
+            plan=plan.id,
+            job=job,
+            device=self._config.device,
+            calibration=plan.calibration,
+            body=plan,
+            metrics={
+                "total_duration_s": plan.metrics.total_duration_s,
+                "phases": plan.metrics.phases,
+                "compile_s": plan.metrics.compile_s,
+                "min_slack_ns": plan.metrics.min_slack_ns if plan.metrics.min_slack_ns is not None else -1.0,
+            },
+        )
 
     def close(self) -> None:
         """Stop the worker processes (a plan being made in one is given up)."""
