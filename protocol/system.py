@@ -141,6 +141,38 @@ class GetStatus(Request[Status], frozen=True, kw_only=True):
     REPLY = Status
 
 
+MAX_SERIES = 512
+"""The most metric series one heartbeat carries."""
+
+MetricName = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")]
+LabelValues = Annotated[dict[Annotated[str, msgspec.Meta(max_length=64)], Label], msgspec.Meta(max_length=8)]
+
+
+class Series(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One labelled series of a metric: a counter's or gauge's ``value``; for a histogram, the cumulative
+    ``buckets`` counts (one per `Metric.bounds`, then +Inf), ``sum`` and ``count``."""
+
+    labels: LabelValues = msgspec.field(default_factory=dict)
+    value: float = 0.0
+    buckets: Annotated[list[Count], msgspec.Meta(max_length=64)] = msgspec.field(default_factory=list)
+    sum: float = 0.0
+    count: Count = 0
+
+
+class Metric(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A metric an actor keeps (`runtime.Metrics`), as its heartbeat reports it: Prometheus' data model.
+
+    ``name`` is the family's (``awen_shots_total``), in base units; ``bounds`` are a
+    histogram's bucket upper bounds.
+    """
+
+    name: MetricName
+    kind: Literal["counter", "gauge", "histogram"]
+    help: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    bounds: Annotated[list[float], msgspec.Meta(max_length=63)] = msgspec.field(default_factory=list)
+    series: Annotated[list[Series], msgspec.Meta(max_length=MAX_SERIES)] = msgspec.field(default_factory=list)
+
+
 class Heartbeat(Event, frozen=True, kw_only=True):
     """Published by every actor every ``interval`` seconds.
 
@@ -156,6 +188,9 @@ class Heartbeat(Event, frozen=True, kw_only=True):
     seq: Count
     interval: Seconds
     uptime: Seconds
+    metrics: Annotated[list[Metric], msgspec.Meta(max_length=MAX_SERIES)] | None = None
+    """The actor's metrics (decision 0015 §2), when any changed since its last heartbeat: every one it keeps,
+    so that a listener that missed beats, or started late, has them all from the next one."""
 
 
 class Stopping(Event, frozen=True, kw_only=True):
