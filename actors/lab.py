@@ -14,6 +14,7 @@ The actors, in the order the supervisor starts them::
     executor     actors.executor:ExecutorActor        runs plans on the device
     calibration  actors.calibration:CalibrationActor  from the factory calibration file
     door         actors.door:DoorActor                clients' one address (with ``door=ENDPOINTS``)
+    web          actors.web:WebActor                  the HTTP port (with ``web=HOST:PORT``)
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ FACTORIES = {
     "executor": "actors.executor:ExecutorActor",
     "calibration": "actors.calibration:CalibrationActor",
     "door": "actors.door:DoorActor",
+    "web": "actors.web:WebActor",
 }
 
 
@@ -57,6 +59,7 @@ def lab_system(
     transport: str = "ipc",
     config: Mapping[str, Mapping[str, Any]] | None = None,
     door: Sequence[str] | None = None,
+    web: str | None = None,
 ) -> SystemConfig:
     """The standard lab system on one device.
 
@@ -78,9 +81,13 @@ def lab_system(
         config: Per actor, settings merged into its ``config`` table (``{"executor": {"batch_shots": 2000}}``).
         door: Where clients connect (``ipc://...``, ``tcp://127.0.0.1:PORT``): the door actor starts
             last, at these endpoints. None: no door (the lab is reached through its actors).
+        web: Where the web actor serves HTTP (``127.0.0.1:7461``; port 0: any): it starts after the
+            door (decision 0015 §1). None: no web actor.
     """
     if door is not None:
         actors = [*actors, "door"]
+    if web is not None:
+        actors = [*actors, "web"]
     unknown = sorted(set(actors) - set(FACTORIES)) + sorted(set(config or {}) - set(actors))
     if unknown:
         raise ValueError(f"not actors of this lab: {', '.join(unknown)} (it runs {', '.join(actors)})")
@@ -93,6 +100,7 @@ def lab_system(
         "executor": {"device": device},
         "calibration": {"device": device},
         "door": {"endpoints": list(door or [])},
+        "web": {"listen": web},
     }
     if factory_calibration is not None:
         settings["calibration"]["factory"] = str(factory_calibration)
