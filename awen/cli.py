@@ -37,6 +37,8 @@ from runtime import (
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+DRAIN_TIMEOUT_S = 30.0
+"""How long ``awen up`` waits, on SIGTERM, for the running job to reach a phase boundary (``--drain-timeout``)."""
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -117,19 +119,22 @@ def _cmd_up(args: argparse.Namespace) -> int:
             print(daemon.refusal(refused[0]), file=sys.stderr)
             return EXIT_USAGE
         configure_logging(config.log_level)
-        trio.run(_serve, config, data_dir, daemon.lab_name(config), endpoints)
+        trio.run(_serve, config, data_dir, daemon.lab_name(config), endpoints, args.drain_timeout)
         return 0
     finally:
         daemon.remove_daemon_file(data_dir)
         lock.release()
 
 
-async def _serve(config: SystemConfig, data_dir: Path, lab: str, endpoints: list[str]) -> None:
-    from . import daemon
+async def _serve(
+    config: SystemConfig, data_dir: Path, lab: str, endpoints: list[str], drain_timeout: float = DRAIN_TIMEOUT_S
+) -> None:
+    from . import _notify, daemon
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
-            async with open_system(config) as supervisor:
+            async with open_system(config) as supervisor, trio.open_nursery() as beside:
+                reporting = trio.CancelScope()  # systemd hears of the lab while it runs (_notify.report)
                 await supervisor.wait_started()
                 daemon.write_daemon_file(
                     data_dir,
@@ -143,14 +148,40 @@ async def _serve(config: SystemConfig, data_dir: Path, lab: str, endpoints: list
                     f"system file {supervisor.system_file}",  # last: scripts take the line's last word
                     flush=True,
                 )
+                beside.start_soon(_notify.report, supervisor, reporting)
                 async for signum in signals:
                     daemon.remove_daemon_file(data_dir)
+                    reporting.cancel()  # no more READY or WATCHDOG: the lab is stopping
+                    await _drain(supervisor, signal.Signals(signum).name, signals, drain_timeout)
                     print(f"awen: {signal.Signals(signum).name}: stopping", flush=True)
                     supervisor.shutdown()
                     break
         finally:
             daemon.remove_daemon_file(data_dir)
     print("awen: stopped", flush=True)
+
+
+async def _drain(supervisor: Any, name: str, signals: Any, seconds: float) -> None:
+    """Drain the lab before it stops (decision 0015 §4): the running job leaves the device at a phase boundary.
+
+    Bounded by ``seconds``; a second signal meanwhile stops at once.
+    """
+    from . import _notify, daemon
+
+    print(f"awen: {name}: draining (at most {seconds:g} s; signal again to stop at once)", flush=True)
+    _notify.notify("STOPPING=1\nSTATUS=draining: the running job leaves the device at its next phase boundary")
+    async with trio.open_nursery() as nursery:
+
+        async def again() -> None:
+            async for signum in signals:
+                print(f"awen: {signal.Signals(signum).name} again: stopping at once", flush=True)
+                nursery.cancel_scope.cancel()
+                return
+
+        nursery.start_soon(again)
+        for line in await daemon.drain(supervisor, seconds):
+            print(f"awen: drained: {line}", flush=True)
+        nursery.cancel_scope.cancel()
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
@@ -430,6 +461,13 @@ def _add_lab_commands(commands: Commands) -> None:
     )
     up.add_argument("--seed", type=int, default=1, help="without a file: the simulated chip's seed (default 1)")
     up.add_argument("--modes", type=int, default=8, help="without a file: modes of the simulated chip (default 8)")
+    up.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=DRAIN_TIMEOUT_S,
+        metavar="S",
+        help=f"on SIGTERM: wait at most S s for the running job to reach a phase boundary ({DRAIN_TIMEOUT_S:g})",
+    )
     up.set_defaults(run=_cmd_up)
 
     config = commands.add_parser("config", help="system files")

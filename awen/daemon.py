@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Any
 
 import msgspec
+import trio
 
 from actors.lab import LAB_ACTORS, lab_system
 from protocol import PROTOCOL_VERSION, AwenError, ConfigError
@@ -43,7 +44,7 @@ from protocol.paths import (
     is_loopback,
     lock_file,
 )
-from runtime import ActorSpec, RuntimeOptions, SystemConfig
+from runtime import ActorSpec, RuntimeOptions, Supervisor, SystemConfig
 from runtime._system import load_catalog, load_factory
 
 DOOR_FACTORY = "actors.door:DoorActor"
@@ -539,3 +540,122 @@ def _check_system(report: Report, path: str | os.PathLike[str]) -> None:
             report.problems.append(f"{where}: {exc}")
             continue
         _check_actor_config(report, where, factory, config)
+
+
+# --- the running lab, as ``awen up`` sees it (decision 0015 §4) -------------------------------------
+
+LAB_ASK_S = 2.0
+"""How long a readiness or status question waits for each actor's answer."""
+
+
+def actors_of(supervisor: Supervisor, kind: str) -> list[str]:
+    """The lab's actors of a kind (``hal``, ``scheduler``, ``calibration``): by their factory's module."""
+    return [s.name for s in supervisor.system.actors if s.factory.partition(":")[0].rsplit(".", 1)[-1] == kind]
+
+
+async def _ask(supervisor: Supervisor, name: str, request: Any) -> Any:
+    """The actor's answer; an `AwenError` saying why not (no answer within `LAB_ASK_S` too)."""
+    try:
+        with trio.fail_after(LAB_ASK_S):
+            return await supervisor.request(name, request)
+    except trio.TooSlowError:
+        raise AwenError(f"{name} did not answer {request.TYPE} within {LAB_ASK_S:g} s") from None
+
+
+async def lab_ready(supervisor: Supervisor) -> tuple[bool, str]:
+    """Whether the lab is ready for work, and if not, why (one line).
+
+    Ready: every actor is up (its heartbeat fresh), every device of every HAL is
+    connected (or interlocked: the link is up, the interlock is the operator's),
+    and every calibration actor's chip is calibrated or being calibrated.
+    """
+    from protocol.calibration import GetCalibrationStatus
+    from protocol.hal import ListDevices
+
+    down = [s.name for s in supervisor.system.actors if supervisor.peer_state(s.name) != "up"]
+    if down:
+        return False, f"{', '.join(down)} not up"
+    problems: list[str] = []
+    for name in actors_of(supervisor, "hal"):
+        try:
+            devices = (await _ask(supervisor, name, ListDevices())).devices
+        except AwenError as exc:
+            problems.append(str(exc))
+            continue
+        for device in devices:
+            if device.state not in ("connected", "interlocked"):
+                problems.append(f"{device.name} is {device.state}" + (f" ({device.detail})" if device.detail else ""))
+    for name in actors_of(supervisor, "calibration"):
+        try:
+            status = await _ask(supervisor, name, GetCalibrationStatus())
+        except AwenError as exc:
+            problems.append(str(exc))
+            continue
+        if not (status.valid or status.calibrating):
+            why = f": {status.last_error}" if status.last_error else ""
+            problems.append(f"{status.device} has no valid calibration{why}")
+    return not problems, "; ".join(problems)
+
+
+async def status_line(supervisor: Supervisor) -> str:
+    """One line on the lab: jobs queued, the running job, the calibration version (systemd's ``STATUS=``)."""
+    from protocol.calibration import GetCalibrationStatus
+    from protocol.scheduler import GetQueue
+
+    parts: list[str] = []
+    for name in actors_of(supervisor, "scheduler"):
+        try:
+            queue = await _ask(supervisor, name, GetQueue())
+        except AwenError as exc:
+            parts.append(str(exc))
+            continue
+        waiting = sum(1 for j in queue.jobs if j.job != queue.running)
+        running = next((j for j in queue.jobs if j.job == queue.running), None)
+        part = f"{waiting} jobs queued, " + (
+            f"running {running.job} (phase {running.next_phase + 1}/{running.phases})" if running else "none running"
+        )
+        if queue.paused:
+            part += ", paused"
+        if queue.suspended:
+            part += ", suspended: " + ", ".join(queue.suspended)
+        parts.append(part)
+    for name in actors_of(supervisor, "calibration"):
+        try:
+            status = await _ask(supervisor, name, GetCalibrationStatus())
+        except AwenError as exc:
+            parts.append(str(exc))
+            continue
+        version = f"calibration v{status.version}" if status.version is not None else "no calibration"
+        parts.append(version + (" (calibrating)" if status.calibrating else "" if status.valid else " (not valid)"))
+    return "; ".join(parts)
+
+
+async def drain(supervisor: Supervisor, timeout_s: float) -> list[str]:
+    """Ask every scheduler to drain (``sched.drain``) before the lab stops; one line on how each went.
+
+    Bounded by ``timeout_s`` (and a few seconds for the answer): a running job that reaches no phase
+    boundary by then is interrupted by the stop, as without a drain.
+    """
+    from protocol.scheduler import Drain
+
+    lines: list[str] = []
+
+    async def one(name: str) -> None:
+        try:
+            with trio.fail_after(timeout_s + LAB_ASK_S):
+                reply = await supervisor.request(name, Drain(timeout_s=timeout_s))
+        except (AwenError, trio.TooSlowError) as exc:
+            lines.append(f"{name} did not drain: {exc or 'no answer'}")
+            return
+        if reply.job is None:
+            what = "no job was running"
+        elif reply.timed_out:
+            what = f"{reply.job} reached no phase boundary within {timeout_s:g} s: it is interrupted"
+        else:
+            what = f"{reply.job} left the device (preempted at a phase boundary, or it finished)"
+        lines.append(f"{name}: {what}; {reply.queued} jobs stay queued")
+
+    async with trio.open_nursery() as nursery:
+        for name in actors_of(supervisor, "scheduler"):
+            nursery.start_soon(one, name)
+    return lines

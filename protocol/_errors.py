@@ -45,6 +45,8 @@ class ErrorCode(enum.StrEnum):
     UNAVAILABLE = "unavailable"
     STATE_CHANGED = "state-changed"
     NOT_READY = "not-ready"
+    DRAINING = "draining"
+    QUEUE_FULL = "queue-full"
 
     @property
     def meaning(self) -> str:
@@ -87,6 +89,10 @@ _MEANINGS = {
     ErrorCode.UNAVAILABLE: "Something the request needs (the device, another actor) is not available now.",
     ErrorCode.STATE_CHANGED: "The device's state changed since the version the request expected; set it again.",
     ErrorCode.NOT_READY: "The actor, or what the request needs of it, is starting or recovering: retry with backoff.",
+    ErrorCode.DRAINING: "The lab is stopping: nothing new is accepted; submit again once it is back.",
+    ErrorCode.QUEUE_FULL: (
+        "The queue holds as many jobs as it may (its max_queue, named): submit again once some have run."
+    ),
 }
 
 

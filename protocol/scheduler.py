@@ -178,6 +178,29 @@ class Resume(Request[Ok], frozen=True, kw_only=True):
     REPLY = Ok
 
 
+class Drained(Reply, frozen=True, kw_only=True):
+    TYPE = "sched.drained"
+    job: JobId | None
+    """The job that was running when the drain began, if one was."""
+    timed_out: bool
+    """It still runs: it reached no phase boundary within ``timeout_s`` (stopping the lab interrupts it)."""
+    queued: Count
+    """Jobs left in the queue (stored: queued again at the next start), the preempted one among them."""
+
+
+class Drain(Request[Drained], frozen=True, kw_only=True):
+    """The lab is stopping: refuse new submissions (``draining``), dispatch nothing more, and let the running job
+    go back to waiting at its next phase boundary (its frames committed; it resumes at the next start).
+
+    Answered once no job runs (preempted, or it finished), or after ``timeout_s``. There is no undoing it:
+    the scheduler drains until it stops.
+    """
+
+    TYPE = "sched.drain"
+    REPLY = Drained
+    timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
+
+
 QueuedState = Literal["queued", "planned", "running", "interrupted"]
 """The states of a job on the scheduler's queue: every `protocol.memory.JobState` before its end."""
 
@@ -387,6 +410,8 @@ SCHEDULER_MESSAGES: Final = (
     Suspend,
     Unsuspend,
     ReportHealth,
+    Drain,
+    Drained,
     NextJob,
     Assignment,
     Checkpoint,

@@ -58,6 +58,8 @@ from protocol.scheduler import (
     Assignment,
     Cancel,
     Checkpoint,
+    Drain,
+    Drained,
     GetQueue,
     JobDispatched,
     JobFinished,
@@ -124,6 +126,22 @@ ABORT_WAIT_S = 2.0
 """How long cancelling a running job waits for its executor's ``exec.abort`` answer (else: at the checkpoint)."""
 
 
+DRAINING = "draining"
+"""The suspender a drain sets (`SchedulerActor._drain`): nothing is dispatched while the lab stops."""
+
+
+class Draining(AwenError):
+    """The lab is stopping (``sched.drain``): nothing new is accepted."""
+
+    code = ErrorCode.DRAINING
+
+
+class QueueFull(AwenError):
+    """The queue holds ``max_queue`` jobs already."""
+
+    code = ErrorCode.QUEUE_FULL
+
+
 def _new_job_id() -> str:
     return time.strftime("job-%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
@@ -149,6 +167,8 @@ class SchedulerActor(Actor):
         """Jobs a planner task is planning."""
         self._calibration_version: int | None = None
         self._calibration_known = False
+        self._draining = False
+        """A drain began (`_drain`): submissions are refused, nothing more is dispatched, until the actor stops."""
         self._taken_out: dict[str, None] = {}
         """Jobs taken out of the queue for good (cancelled, refused, finished), the latest `TAKEN_OUT_KEPT`:
         a resent submission does not queue them again while the store's record of it is on its way."""
@@ -264,6 +284,7 @@ class SchedulerActor(Actor):
 
     @handles(Submit)
     async def _submit(self, msg: Submit, env: Envelope) -> Accepted:
+        self._admit(msg.job, procedure=False)
         device = self._ready_now()
         circuit = msg.circuit
         # A plan at hand was compiled from this very circuit for this device as it is: it passed. Then
@@ -315,6 +336,22 @@ class SchedulerActor(Actor):
         # stored.job: the job asked for, or the one stored before under the same key (then not queued again)
         position = self.queue.position(stored.job) if stored.job in self.queue.jobs else 0
         return Accepted(job=stored.job, seq=stored.seq, position=position, created=stored.created)
+
+    def _admit(self, job: str | None, *, procedure: bool) -> None:
+        """Refuse a submission while the lab drains (`Draining`), or past ``max_queue`` (`QueueFull`).
+
+        A job the queue holds already (a resent submission) is answered as before; a calibration
+        procedure is not held to ``max_queue`` (the lab needs it to run anything).
+        """
+        if self._draining:
+            raise Draining("the lab is stopping: submit again once it is back")
+        if procedure or (job is not None and job in self.queue.jobs):
+            return
+        if len(self.queue.jobs) >= self.config.max_queue:
+            raise QueueFull(
+                f"the queue is full: it holds {len(self.queue.jobs)} jobs and its limit is "
+                f"max_queue = {self.config.max_queue}; submit again once some have run"
+            )
 
     async def _adopt(self, job_id: str) -> None:
         """Queue a job that a resent submission found stored, and that the queue does not hold.
@@ -404,6 +441,7 @@ class SchedulerActor(Actor):
 
     @handles(SubmitProcedure)
     async def _submit_procedure(self, msg: SubmitProcedure, env: Envelope) -> Accepted:
+        self._admit(msg.job, procedure=True)
         device = self._ready_now()
         validate_plan(msg.plan, device)
         plan = msg.plan
@@ -681,6 +719,31 @@ class SchedulerActor(Actor):
         self._ready_now()
         await self.request(self.config.memory, LogEvent(type=PAUSE_RECORD, body={"paused": paused, "reason": reason}))
 
+    @handles(Drain)
+    async def _drain(self, msg: Drain, env: Envelope) -> Drained:
+        """The lab stops: refuse submissions, dispatch nothing, and wait for the running job to leave the device.
+
+        The running job is preempted at its next checkpoint (the ``draining`` suspender, `_checkpoint`): its
+        frames are committed, it is stored planned and resumes at the next start; a job in its last phase
+        finishes. Answered once no job runs, or after ``timeout_s`` (then stopping the lab interrupts it).
+        """
+        if not self._draining:
+            self._draining = True
+            log.warning(
+                "%s: draining (asked by %s): submissions refused, nothing more dispatched", self.name, env.sender
+            )
+            self._suspend(DRAINING, "the lab is stopping")
+        job = self.queue.running
+        deadline = trio.current_time() + msg.timeout_s
+        while self.queue.running is not None and trio.current_time() < deadline:
+            changed = self._changed
+            with trio.move_on_at(deadline):
+                await changed.wait()
+        still = self.queue.running
+        if still is not None:
+            log.warning("%s: %s reached no phase boundary within %g s", self.name, still, msg.timeout_s)
+        return Drained(job=job, timed_out=still is not None, queued=len(self.queue.jobs))
+
     @handles(GetQueue)
     async def _get_queue(self, msg: GetQueue, env: Envelope) -> QueueState:
         self._ready_now()  # before recovery the queue would look empty
@@ -754,6 +817,8 @@ class SchedulerActor(Actor):
 
     @handles(Unsuspend)
     def _unsuspend_request(self, msg: Unsuspend, env: Envelope) -> None:
+        if msg.condition == DRAINING and self._draining:
+            raise AwenError("the lab is stopping: a drain is not undone (start the lab again)", field="condition")
         self._unsuspend(msg.condition)
 
     @subscribes("hal.")

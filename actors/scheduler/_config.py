@@ -10,6 +10,8 @@ Configured in the system file::
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from protocol.scheduler import StrategyConfig
@@ -29,6 +31,8 @@ class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         plan_workers: Worker processes for large circuits (0: plan everything in threads).
         process_threshold_ops: Circuits with more operations than this go to a worker process.
         deadline_check_s: How often waiting jobs' deadlines are checked.
+        max_queue: The most jobs the queue holds (waiting and running); a submission past it is refused
+            ``queue-full``, naming the limit. A calibration procedure is not refused: the lab needs it to run.
     """
 
     device: str = "chip"
@@ -40,3 +44,4 @@ class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     plan_workers: int = 1
     process_threshold_ops: int = 5000
     deadline_check_s: float = 0.5
+    max_queue: Annotated[int, msgspec.Meta(ge=1)] = 10_000
