@@ -37,6 +37,8 @@ from runtime import (
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+DEFAULT_HTTP = "127.0.0.1:7461"
+"""Where ``awen up`` serves HTTP by default (decision 0015 §1)."""
 DRAIN_TIMEOUT_S = 30.0
 """How long ``awen up`` waits, on SIGTERM, for the running job to reach a phase boundary (``--drain-timeout``)."""
 
@@ -83,6 +85,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
         if not is_loopback(url):
             print(daemon.refusal(url), file=sys.stderr)
             return EXIT_USAGE
+    web = None if args.no_http else args.http
+    if web is not None and not is_loopback(f"tcp://{web}"):
+        print(f"awen: error: refusing to serve HTTP on {web}: nothing is authenticated; use loopback", file=sys.stderr)
+        return EXIT_USAGE
     config: SystemConfig | None = None
     if args.config is not None:
         try:
@@ -104,7 +110,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     try:
         if config is None:
             config = daemon.default_lab(
-                data_dir, seed=args.seed, modes=args.modes, port=args.port, listen=args.listen or ()
+                data_dir, seed=args.seed, modes=args.modes, port=args.port, listen=args.listen or (), web=web
             )
         else:
             if args.data_dir:
@@ -139,13 +145,17 @@ async def _serve(
                 daemon.write_daemon_file(
                     data_dir,
                     daemon.daemon_info(
-                        data_dir=data_dir, lab=lab, endpoints=endpoints, system_file=supervisor.system_file
+                        data_dir=data_dir,
+                        lab=lab,
+                        endpoints=endpoints,
+                        system_file=supervisor.system_file,
+                        http=daemon.http_url(config),
                     ),
                 )
                 where = ", ".join(endpoints) or "no client endpoint (the system has no door)"
                 print(
                     f"awen: up, pid {os.getpid()}, data {data_dir}, listening on {where}, "
-                    f"system file {supervisor.system_file}",  # last: scripts take the line's last word
+                    f"{_http_part(config)}system file {supervisor.system_file}",  # last: scripts take the last word
                     flush=True,
                 )
                 beside.start_soon(_notify.report, supervisor, reporting)
@@ -182,6 +192,13 @@ async def _drain(supervisor: Any, name: str, signals: Any, seconds: float) -> No
         for line in await daemon.drain(supervisor, seconds):
             print(f"awen: drained: {line}", flush=True)
         nursery.cancel_scope.cancel()
+
+
+def _http_part(config: SystemConfig) -> str:
+    from . import daemon
+
+    url = daemon.http_url(config)
+    return "" if url is None else f"http {url}, "
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
@@ -461,6 +478,13 @@ def _add_lab_commands(commands: Commands) -> None:
     )
     up.add_argument("--seed", type=int, default=1, help="without a file: the simulated chip's seed (default 1)")
     up.add_argument("--modes", type=int, default=8, help="without a file: modes of the simulated chip (default 8)")
+    up.add_argument(
+        "--http",
+        default=DEFAULT_HTTP,
+        metavar="ADDR",
+        help=f"without a file: serve probes, metrics and the lab page on HOST:PORT (default {DEFAULT_HTTP})",
+    )
+    up.add_argument("--no-http", action="store_true", help="without a file: no web actor")
     up.add_argument(
         "--drain-timeout",
         type=float,

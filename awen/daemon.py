@@ -120,6 +120,7 @@ def daemon_info(
     endpoints: Sequence[str],
     system_file: str | os.PathLike[str] | None,
     started: float | None = None,
+    http: str | None = None,
 ) -> dict[str, Any]:
     """What ``awen.json`` holds about this process's daemon."""
     return {
@@ -131,7 +132,19 @@ def daemon_info(
         "lab": lab,
         "endpoints": list(endpoints),
         "system_file": None if system_file is None else str(system_file),
+        "http": http,
     }
+
+
+WEB_FACTORY = "actors.web:WebActor"
+
+
+def http_url(config: SystemConfig) -> str | None:
+    """Where the system's web actor serves HTTP (``http://127.0.0.1:7461``); None without one."""
+    for spec in config.actors:
+        if spec.factory == WEB_FACTORY:
+            return f"http://{spec.config.get('listen', '127.0.0.1:7461')}"
+    return None
 
 
 def write_daemon_file(data_dir: str | os.PathLike[str], info: Mapping[str, Any]) -> Path:
@@ -207,13 +220,15 @@ def default_lab(
     tcp: bool = True,
     listen: Sequence[str] = (),
     log_level: str = "info",
+    web: str | None = None,
 ) -> SystemConfig:
     """The standard lab on a seeded simulated chip, its store in ``data_dir``.
 
     The chip's factory calibration (what its maker would ship) is written into
     ``data_dir``, and the calibration actor calibrates at start (``auto``) when
     the store holds no valid calibration. With a door actor in the lab, it
-    listens on `client_endpoints`. The run directory is a fresh temporary one.
+    listens on `client_endpoints`; with ``web`` (``127.0.0.1:7461``), the web actor serves HTTP there
+    (decision 0015 §1). The run directory is a fresh temporary one.
     """
     import sim  # the CLI's layer starts the simulator
 
@@ -236,6 +251,7 @@ def default_lab(
         log_level=log_level,
         runtime=RuntimeOptions(request_timeout=60.0),
         config=config,
+        web=web,
         **door,
     )
 
