@@ -36,6 +36,7 @@ from ._handlers import subscribes as subscribes
 from ._logging import configure_logging as configure_logging
 from ._logging import describe_failure as describe_failure
 from ._logging import first_awen_error as first_awen_error
+from ._metrics import Metrics as Metrics
 from ._supervisor import Supervisor as Supervisor
 from ._supervisor import SupervisorGaveUp as SupervisorGaveUp
 from ._supervisor import open_system as open_system

@@ -42,6 +42,7 @@ from ._lifecycle import Lifecycle
 from ._liveness import Liveness, Peers
 from ._logging import RateLimitedLog
 from ._mailbox import Mailbox
+from ._metrics import Metrics, count_messages
 from ._requests import Requests
 from ._transport import Transport
 
@@ -80,6 +81,9 @@ class Actor:
         next_id = _envelope_ids()
         bad_frames = RateLimitedLog(log)  # one for all three ways in: a flood through any is logged a little
         self.__life = Lifecycle()
+        self.metrics = Metrics()
+        """Its metrics, reported on its heartbeats (decision 0015 §2); the runtime counts its messages here."""
+        count_messages(self.metrics, self)
         self.__handlers = Handlers(self.codec.catalog)
         self.__peers = Peers(name, runtime.directory)
         self.__requests = Requests(
@@ -95,6 +99,7 @@ class Actor:
             requests=self.__requests,
             publish=self.publish,
             life=self.__life,
+            metrics=self.metrics,
         )
         self.__events = Events(
             name, self.codec, next_id=next_id, life=self.__life, liveness=self.__liveness, bad_frames=bad_frames

@@ -7,6 +7,12 @@ requests pending on it fail at once; so do they when the supervisor says its
 process exited (``actor.exited``). A new incarnation in a heartbeat is a
 restart (``peer.up`` with ``restarted``): requests sent to the old one fail.
 A peer that says it is stopping (``sys.stopping``) is ``stopped``.
+
+A heartbeat carries the actor's metrics (`runtime.Metrics`, decision 0015 §2):
+all of them when any changed since the last beat, and every `REFRESH_BEATS`-th
+beat (the first included) whether or not, so that a listener that started
+late, or missed the beat that had them, has them within that many intervals
+even from an idle actor. Otherwise ``metrics`` is None, and the beat stays small.
 """
 
 from __future__ import annotations
@@ -25,9 +31,13 @@ from protocol.system import ActorExited, Heartbeat, PeerInfo, PeerLost, PeerStat
 from ._config import Address, RuntimeOptions
 from ._errors import PeerLostError
 from ._lifecycle import Lifecycle
+from ._metrics import Metrics
 from ._requests import Requests
 
 log = logging.getLogger("awen.actor")
+
+REFRESH_BEATS = 10
+"""Every this many heartbeats carry the actor's metrics, changed or not (the first does)."""
 
 
 @dataclass
@@ -88,6 +98,7 @@ class Liveness:
         requests: Its pending requests, failed when their peer goes.
         publish: How it publishes an event (heartbeats, ``peer.up``, ``peer.lost``).
         life: When it started, for the uptime its heartbeats carry.
+        metrics: What its heartbeats report.
     """
 
     WATCHED = (Heartbeat.TYPE, Stopping.TYPE, ActorExited.TYPE)
@@ -104,6 +115,7 @@ class Liveness:
         requests: Requests,
         publish: Callable[[Event], None],
         life: Lifecycle,
+        metrics: Metrics | None = None,
     ) -> None:
         self._name = name
         self._pid = pid
@@ -113,10 +125,12 @@ class Liveness:
         self._requests = requests
         self._publish = publish
         self._life = life
+        self._metrics = metrics if metrics is not None else Metrics()
 
     async def heartbeats(self) -> None:
         """Publish a heartbeat every ``heartbeat_interval`` (a task for as long as the actor runs)."""
         interval = self._options.heartbeat_interval
+        metrics = self._metrics
         for seq in itertools.count():
             self._publish(
                 Heartbeat(
@@ -126,6 +140,7 @@ class Liveness:
                     seq=seq,
                     interval=interval,
                     uptime=trio.current_time() - self._life.started_at,
+                    metrics=metrics.report(force=seq % REFRESH_BEATS == 0),
                 )
             )
             await trio.sleep(interval)

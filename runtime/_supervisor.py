@@ -215,6 +215,9 @@ class Supervisor(Actor):
         self._shutdown = trio.Event()
         self._started = trio.Event()
         self._shutting_down = False
+        self._restarts = self.metrics.counter("awen_actor_restarts_total", "Restarts after a crash.", ("actor",))
+        for spec in system.actors:
+            self._restarts.inc(0, actor=spec.name)  # 0 until it restarts: a rate needs the series from the start
 
     def child_runtime(self) -> Runtime:
         return self.system.runtime_for(local=self.local, context=self.runtime.context)
@@ -339,6 +342,7 @@ class Supervisor(Actor):
                 policy.max_restarts,
             )
         self.publish(ActorRestarting(actor=spec.name, delay=delay, restarts=crashes, window=policy.window))
+        self._restarts.inc(actor=spec.name)
         return delay
 
     @handles(Ready)

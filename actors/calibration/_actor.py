@@ -20,6 +20,7 @@ Configured in the system file::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
@@ -331,10 +332,19 @@ class CalibrationActor(Actor):
         self.last_error = ""
         self._starting = self.config.auto
         """Until the start-up check (``auto``) has the lock: reported as calibrating, since it is about to."""
+        self._latest_known: tuple[int, float] | None = None
+        """The latest calibration's version and when it was made, as last read: for the metrics."""
+        device = ("device",)
+        self._age = self.metrics.gauge("awen_calibration_age_seconds", "Age of the latest calibration.", device)
+        self._version = self.metrics.gauge("awen_calibration_version", "The latest calibration's version.", device)
+        self._fidelity = self.metrics.gauge("awen_drift_fidelity", "The last reference check's fidelity.", device)
+        self.metrics.on_collect(self._collect)
 
     async def main(self) -> None:
         for peer in (self.config.memory, self.config.scheduler, self.config.hal):
             await self.wait_peer(peer)
+        with contextlib.suppress(AwenError):  # the latest version and its age, for the metrics from the start
+            await self._latest()
         async with self._lock:
             try:
                 await self._adopt_unfinished_sweep()
@@ -394,6 +404,7 @@ class CalibrationActor(Actor):
             latest.data.detection_efficiency or latest.data.output_scales or np.ones(modes), dtype=np.float64
         )
         fidelity, events = reference_fidelity(reference_unitary(modes), counts, scales, measured)
+        self._fidelity.set(fidelity, device=device)
         self.publish(
             ReferenceResult(
                 device=device, version=latest.version, fidelity=fidelity, threshold=self.config.fidelity_threshold
@@ -430,11 +441,23 @@ class CalibrationActor(Actor):
 
     async def _latest(self) -> Calibration | None:
         try:
-            return await self.request(self.config.memory, GetCalibration(device=self.config.device))
+            latest = await self.request(self.config.memory, GetCalibration(device=self.config.device))
         except RemoteError as exc:
             if exc.code == ErrorCode.NOT_FOUND:
                 return None
             raise
+        self._saw(latest.version, latest.created)
+        return latest
+
+    def _saw(self, version: int, created: float) -> None:
+        if self._latest_known is None or version >= self._latest_known[0]:
+            self._latest_known = (version, created)
+
+    def _collect(self) -> None:
+        if self._latest_known is not None:
+            version, created = self._latest_known
+            self._version.set(version, device=self.config.device)
+            self._age.set(round(time.time() - created), device=self.config.device)
 
     async def _status(self) -> CalibrationStatus:
         latest = await self._latest()
@@ -556,6 +579,7 @@ class CalibrationActor(Actor):
         )
         note = f"sweep {job}: {len(plan.phases)} readings, {len(fit.fitted)} heaters fitted"
         version = await self._store(description, fit, data_stored, note)
+        self._saw(version, time.time())
         await self._report_degraded(weak)
         self.last_error = ""
         self.publish(CalibrationDone(device=device, version=version, residual_rms=fit.residual_rms))

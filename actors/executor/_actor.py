@@ -25,7 +25,7 @@ from runtime import Actor, PeerLostError, RemoteError, RequestTimeout, Runtime, 
 from ._config import ExecutorConfig
 from ._device import HalDevice
 from ._faults import Failed, NotAccepted
-from ._run import Ended, JobRun
+from ._run import Ended, JobRun, RunMetrics
 from ._volts import PhaseVolts
 
 log = logging.getLogger("awen.executor")
@@ -49,6 +49,7 @@ class ExecutorActor(Actor):
         self.failures = 0
         """Jobs failed in a row: at ``breaker_threshold`` the breaker opens."""
         self.jobs_run = 0
+        self.run_metrics = RunMetrics(self.metrics)
         self._finished: JobFinished | None = None
         """The job just finished, until the scheduler has heard of it."""
 
@@ -112,6 +113,7 @@ class ExecutorActor(Actor):
             self._finished = await run.finish(ended)
         self.jobs_run += 1
         seconds = time.monotonic() - began
+        self.run_metrics.job.observe(seconds)
         self.publish_soon(
             JobEnded(job=run.job, state=ended.state, reason=ended.reason, frames=ended.frames, seconds=seconds)
         )

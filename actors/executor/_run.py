@@ -48,7 +48,7 @@ from protocol.plan import Phase
 from protocol.results import CYCLE_SLOT, JOURNAL_SLOTS, Journal, powers_slot, register_histogram, result_slots
 from protocol.results import shot_values as phase_shot_values
 from protocol.scheduler import Assignment, Checkpoint, JobFinished
-from runtime import Actor, PeerLostError, RemoteError, RequestTimeout
+from runtime import Actor, Metrics, PeerLostError, RemoteError, RequestTimeout
 
 from ._config import ExecutorConfig
 from ._device import HalDevice
@@ -71,6 +71,16 @@ class Ended(NamedTuple):
     phase: int | None = None
     duration_s: float = 0.0
     failures: tuple[str, ...] = ()
+
+
+class RunMetrics:
+    """The executor's metrics (decision 0015 §2), in its actor's registry (registering them again returns them)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.shots = metrics.counter("awen_shots_total", "Shots fired (finite and continuous jobs).")
+        buckets = Metrics.DURATION_BUCKETS
+        self.job = metrics.histogram("awen_job_duration_seconds", "How long a job ran, to its end.", buckets)
+        self.phase = metrics.histogram("awen_phase_duration_seconds", "How long a phase ran (measured).", buckets)
 
 
 @dataclasses.dataclass
@@ -125,6 +135,7 @@ class JobRun:
         self._shots_total = sum(p.shots for p in self.plan.phases)
         self._rate = _Rate(0)
         self._resume = Backoff(first=config.backoff_s, longest=config.backoff_max_s, jitter=0)
+        self.metrics = RunMetrics(actor.metrics)
 
     def abort(self, reason: str) -> None:
         """Stop the job within its phase (``exec.abort``): the device goes safe, the job ends cancelled."""
@@ -254,6 +265,7 @@ class JobRun:
                     return Ended("cancelled", self.abort_reason, self.frames)
                 await self.fire_batch(phase, model, clock, final=final)
         measured = time.monotonic() - started
+        self.metrics.phase.observe(measured)
         self.actor.publish_soon(
             PhaseDone(
                 job=self.job,
@@ -380,6 +392,7 @@ class JobRun:
     def _progress(self, phase: int, shots: int) -> None:
         """Shots done so far (not after the last frame: the job's end says it)."""
         done = self._rate.add(shots)
+        self.metrics.shots.inc(shots)
         if not self.recorded:
             self.actor.publish(
                 Progress(
@@ -426,6 +439,7 @@ class JobRun:
             again=lambda: self.device.configure(self.plan.id, phase, model),
         )
         seconds = max(time.monotonic() - t0, 1e-9)
+        self.metrics.shots.inc(n)
         clicks = (np.asarray(shots.patterns) > 0).sum(axis=0)
         self.actor.publish(
             Rates(

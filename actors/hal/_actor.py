@@ -18,16 +18,18 @@ or with ``config = { config_file = "hal.toml" }`` holding ``[[device]]`` tables.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from protocol import AwenError, ErrorCode
+from protocol import AwenError, ErrorCode, Event
 from protocol.hal import (
     Configured,
     ConfigureInputs,
     Describe,
     Description,
+    DeviceReconnected,
     Devices,
     DeviceStatus,
     GetDeviceStatus,
@@ -36,9 +38,11 @@ from protocol.hal import (
     Heaters,
     HeatersSet,
     HeaterVolts,
+    InterlockTripped,
     ListDevices,
     Powers,
     Program,
+    ReadbackMismatch,
     ReadPowers,
     ResetInterlock,
     RunShots,
@@ -83,11 +87,33 @@ class HalActor(Actor):
         else:
             config = parse_hal_config({"device": devices or []}, source=f"{name} configuration")
         self.config: HalConfig = config
-        self.devices = {d.name: ManagedDevice(d, self.publish) for d in config.devices}
+        self.devices = {d.name: ManagedDevice(d, self._emit) for d in config.devices}
+        self._link_up = self.metrics.gauge("awen_device_link_up", "1 while the device takes requests.", ("device",))
+        device = ("device",)
+        self._counts: dict[type[Event], Callable[..., None]] = {
+            DeviceReconnected: self.metrics.counter("awen_device_reconnects_total", "Links regained.", device).inc,
+            InterlockTripped: self.metrics.counter("awen_interlocks_total", "Interlock trips.", device).inc,
+            ReadbackMismatch: self.metrics.counter("awen_readback_alarms_total", "Read-back alarms.", device).inc,
+        }
+        for name in self.devices:  # every series from the start, at 0: a rate needs it
+            for count in self._counts.values():
+                count(0, device=name)
+        self.metrics.on_collect(self._collect)
 
     async def setup(self) -> None:
         for device in self.devices.values():
             await self.start(device.run)
+
+    def _emit(self, event: Event) -> None:
+        """Publish a device's event, counting the ones that have a metric."""
+        count = self._counts.get(type(event))
+        if count is not None:
+            count(device=event.device)  # type: ignore[attr-defined]
+        self.publish(event)
+
+    def _collect(self) -> None:
+        for name, device in self.devices.items():
+            self._link_up.set(1 if device.state in ("connected", "interlocked") else 0, device=name)
 
     def device(self, name: str) -> ManagedDevice:
         device = self.devices.get(name)

@@ -21,6 +21,7 @@ Configured in the system file::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -203,6 +204,8 @@ class MemoryActor(Actor):
         self._writer = trio.CapacityLimiter(1)
         self._reader = trio.CapacityLimiter(1)
         self._checkpointer = trio.CapacityLimiter(1)
+        self._jobs_total = self.metrics.counter("awen_jobs_total", "Jobs moved into each state, at commit.", ("state",))
+        self._store_bytes = self.metrics.gauge("awen_store_bytes", "Bytes of the store's files (database and WAL).")
         for prefix in self.config.log_events:
             self.subscribe(prefix, self._log_event)
 
@@ -213,7 +216,9 @@ class MemoryActor(Actor):
         )
         await self.start(self._write_loop)
         self.start_soon(self._checkpoint_loop)
+        self._store_bytes.set(self._file_bytes())
         for job, reason in self.store.interrupted:
+            self._jobs_total.inc(state="interrupted")
             self.publish(JobStateChanged(job=job, state="interrupted", previous="running", reason=reason))
 
     async def teardown(self) -> None:
@@ -277,6 +282,7 @@ class MemoryActor(Actor):
                 await trio.to_thread.run_sync(store.checkpoint, limiter=self._checkpointer)
             except AwenError as exc:
                 log.warning("%s: %s", self.name, exc)
+            self._store_bytes.set(self._file_bytes())
 
     async def _write(self, run: WriteOp[T], then: Callable[[T], object] | None = None) -> T:
         """Run a write operation in the next transaction; returns once it has committed."""
@@ -507,8 +513,10 @@ class MemoryActor(Actor):
                 del self._storing[msg.job]
             stored.set()
         if created:
+            self._jobs_total.inc(state="queued")
             self.publish_soon(JobStateChanged(job=msg.job, state="queued", previous=None, reason="accepted"))
             if msg.plan is not None:
+                self._jobs_total.inc(state="planned")
                 planned = f"plan {msg.plan}"
                 self.publish_soon(JobStateChanged(job=msg.job, state="planned", previous="queued", reason=planned))
         return JobStored(job=job, seq=seq, created=created)
@@ -533,6 +541,7 @@ class MemoryActor(Actor):
     def _announce(self, job: str, state: JobState, reason: str, moved: tuple[JobState, int, int]) -> None:
         """A job's committed move to ``state`` (``moved``: the state it left, its frames and results)."""
         previous, frames, results = moved
+        self._jobs_total.inc(state=state)
         self.publish_soon(JobStateChanged(job=job, state=state, previous=previous, reason=reason))
         if state in TERMINAL_STATES:
             self.publish_soon(
@@ -634,16 +643,24 @@ class MemoryActor(Actor):
     async def _store_info(self, msg: GetStoreInfo, env: Envelope) -> StoreInfo:
         assert self.store is not None
         counts = await self._read(ops.counts())
-        path = self.store.path
-        size = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
         return StoreInfo(
-            path=str(path),
+            path=str(self.store.path),
             schema_version=self.store.schema_version,
-            file_bytes=size,
+            file_bytes=self._file_bytes(),
             allocated_jobs=len(self.slots.jobs),
             allocated_bytes=self.slots.nbytes,
             **counts,
         )
+
+    def _file_bytes(self) -> int:
+        """The store's size on disk: its database file and its WAL."""
+        assert self.store is not None
+        path = self.store.path
+        size = 0
+        for file in (path, path.with_name(path.name + "-wal")):
+            with contextlib.suppress(FileNotFoundError):  # the WAL comes and goes
+                size += file.stat().st_size
+        return size
 
 
 def _plan_op(msg: PutPlan) -> WriteOp[bool]:

@@ -163,6 +163,11 @@ class SchedulerActor(Actor):
         self._ready = trio.Event()
         self._changed = trio.Event()
         self._planners = trio.CapacityLimiter(2)
+        queued = self.metrics.gauge("awen_queue_jobs", "Jobs in the queue (the running one too).")
+        self.metrics.on_collect(lambda: queued.set(len(self.queue.jobs)))
+        self._submissions = self.metrics.counter("awen_submissions_total", "Circuits submitted.", ("outcome",))
+        for outcome in ("accepted", "refused"):
+            self._submissions.inc(0, outcome=outcome)
         self._planning: set[QueuedJob] = set()
         """Jobs a planner task is planning."""
         self._calibration_version: int | None = None
@@ -284,6 +289,15 @@ class SchedulerActor(Actor):
 
     @handles(Submit)
     async def _submit(self, msg: Submit, env: Envelope) -> Accepted:
+        try:
+            accepted = await self._submit_circuit(msg, env)
+        except Exception:
+            self._submissions.inc(outcome="refused")
+            raise
+        self._submissions.inc(outcome="accepted")
+        return accepted
+
+    async def _submit_circuit(self, msg: Submit, env: Envelope) -> Accepted:
         self._admit(msg.job, procedure=False)
         device = self._ready_now()
         circuit = msg.circuit
