@@ -87,7 +87,7 @@ def free_port() -> int:
 def awen_up(data_dir: Path, port: int) -> Iterator[dict[str, Any]]:
     """``awen up`` in ``data_dir`` until the block ends (SIGTERM, then SIGKILL); its ``awen.json``."""
     env = {**os.environ, "AWEN_DATA_DIR": str(data_dir)}
-    command = [sys.executable, "-m", "awen.cli", "up", "--port", str(port), "--modes", str(MODES)]
+    command = [sys.executable, "-m", "awen.cli", "up", "--port", str(port), "--modes", str(MODES), "--no-http"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     up = threading.Event()

@@ -93,7 +93,7 @@ class Daemon:
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()  # the one stopped before
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "awen.cli", "up", "--modes", "4", "--port", str(self.port)],
+            [sys.executable, "-m", "awen.cli", "up", "--modes", "4", "--port", str(self.port), "--no-http"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -35,7 +35,7 @@ def test_every_python_block_of_the_client_tutorial_runs(tmp_path, monkeypatch):
     monkeypatch.delenv("AWEN_CONNECT", raising=False)
     script = "\n\n".join(python_blocks(DOC.read_text()))
     (work / "tutorial.py").write_text(script)
-    with awen_process("up", "--port", str(free_port()), "--modes", "4") as (_proc, out):
+    with awen_process("up", "--port", str(free_port()), "--modes", "4", "--no-http") as (_proc, out):
         out.until("awen: up", timeout=60)
         env = {**os.environ, "MPLBACKEND": "Agg", "AWEN_DATA_DIR": str(data)}
         ran = subprocess.run(
