@@ -60,12 +60,14 @@ class _Family:
         self.name = name
         self.help = help
         self.labels: tuple[str, ...] = tuple(labels)
+        self._only = self.labels[0] if len(self.labels) == 1 else ""
+        """The one label's name, if it has one (the common case, made quick)."""
 
     def _key(self, labels: dict[str, str]) -> Key:
         """The series' key: its label values, in the order the labels were declared."""
         try:
             if len(labels) == len(self.labels):
-                return tuple([labels[name] for name in self.labels])
+                return (labels[self._only],) if self._only else tuple([labels[name] for name in self.labels])
         except KeyError:
             pass
         raise ValueError(f"{self.name} takes the labels {self.labels}, not {tuple(labels)}")
