@@ -114,6 +114,7 @@ def make_envelope(
     id: int,
     re: int | None = None,
     ts: float | None = None,
+    trace: int | None = None,
 ) -> Envelope:
     """An envelope for ``body``; the type comes from the body's declaration."""
     return Envelope(
@@ -123,6 +124,7 @@ def make_envelope(
         sender=sender,
         to=to,
         re=re,
+        trace=trace,
         ts=time.time() if ts is None else ts,
         body=body,
     )
@@ -263,7 +265,15 @@ class Codec:
                 *self._address(head),
             ) from None
         return Envelope(
-            v=head.v, id=head.id, type=head.type, sender=head.sender, to=head.to, re=head.re, ts=head.ts, body=body
+            v=head.v,
+            id=head.id,
+            type=head.type,
+            sender=head.sender,
+            to=head.to,
+            re=head.re,
+            trace=head.trace,
+            ts=head.ts,
+            body=body,
         )
 
     def _address(self, head: RawEnvelope) -> _Address:

@@ -121,8 +121,13 @@ Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
 """Longer free text (a note, a path, a device's detail): at most 65536 characters."""
 
 
-class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """What travels in every frame.
+
+    Only ``trace`` has a default, and it is left out of the frame when it is
+    None: a frame without a trace is the same bytes as before there were
+    traces, and every reader of protocol version 1 takes it. ``re`` is always
+    written (nil when absent), as it always was.
 
     Attributes:
         v: Protocol version.
@@ -130,7 +135,9 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
         type: The body's message type, a dotted name such as ``sys.ping``.
         sender: The sending actor's name (``from`` on the wire).
         to: The recipient actor's name; ``*`` for a published event.
-        re: For a reply, the ``id`` of the request it answers; otherwise absent.
+        re: For a reply, the ``id`` of the request it answers; otherwise None.
+        trace: The id of the client request this message descends from;
+            carried by every message sent while handling it (decision 0015 §3).
         ts: When the message was made, in seconds since the Unix epoch.
         body: The typed body.
     """
@@ -140,7 +147,8 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     type: TypeName
     sender: Peer = msgspec.field(name="from")
     to: Peer
-    re: U63 | None = None
+    re: U63 | None
+    trace: U63 | None = None
     ts: Timestamp
     body: Any
 
@@ -154,5 +162,6 @@ class RawEnvelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     sender: Peer = msgspec.field(name="from")
     to: Peer
     re: U63 | None = None
+    trace: U63 | None = None
     ts: Timestamp
     body: msgspec.Raw

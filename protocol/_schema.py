@@ -40,6 +40,8 @@ def protocol_schema(catalog: Catalog) -> dict[str, Any]:
     envelope_def = defs[Envelope.__name__]
     envelope_def["properties"]["type"]["enum"] = catalog.names()
     envelope_def["properties"]["body"] = {"description": "The body: its schema is messages[type].body"}
+    # ``re`` is always written, and read when absent too
+    envelope_def["required"] = [name for name in envelope_def["required"] if name != "re"]
     messages: dict[str, Any] = {}
     for cls, ref in zip(types, body_refs, strict=True):
         entry: dict[str, Any] = {"kind": cls.KIND, "body": ref}

@@ -13,7 +13,7 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from ._message import FLOAT_MAX, Count, Event, Index, Label, Priority, Reason, Reply, Request, Seconds, Text
+from ._message import FLOAT_MAX, U63, Count, Event, Index, Label, Priority, Reason, Reply, Request, Seconds, Text
 from .circuit import Circuit, CircuitProblem, RunMode
 from .hal import MAX_DELAY_LINES, MAX_MODES, Column, DelayLine, Mode
 from .memory import JobId, PlanId, SubmissionKey, Tags
@@ -286,6 +286,9 @@ class Assignment(Reply, frozen=True, kw_only=True):
     """The job's acceptance may still be committing (it was dispatched at once): its allocation says so
     (`Allocate` ``accepting``), and the memory actor waits for it. If the acceptance fails, or finds the job
     ended already, the allocation is refused and the job is dropped: it was never accepted."""
+    trace: U63 | None = None
+    """The trace of the job's submission (the client's request): the executor runs the job under it, so
+    that what the run sends and logs is linked to the request that caused it (decision 0015 §3)."""
 
 
 class JobFinished(Request[Ok], frozen=True, kw_only=True):

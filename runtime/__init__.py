@@ -46,6 +46,9 @@ from ._system import RestartPolicy as RestartPolicy
 from ._system import SystemConfig as SystemConfig
 from ._system import load_system as load_system
 from ._system import parse_system as parse_system
+from ._trace import current_job as current_job
+from ._trace import current_trace as current_trace
+from ._trace import traced as traced
 from ._transport import LocalNetwork as LocalNetwork
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -5,6 +5,9 @@ fan-out) only if a subscriber there takes its type, and is encoded only
 then; most of a job's play-by-play has nobody listening. The actor's own
 subscribers get it at once, without the wire. Events that arrive from peers
 feed liveness first (heartbeats, stop notices, exits), then the subscribers.
+An event carries the trace of the message being handled when it was
+published; its subscribers run with that trace (or, if it has none, the
+event's id) and its body's ``job`` set (`runtime._trace`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ._handlers import EventHandler
 from ._lifecycle import Lifecycle
 from ._liveness import Liveness
 from ._logging import RateLimitedLog
+from ._trace import current_job, current_trace, job_of
 from ._transport import Publisher, Subscriber, Transport, scheme_of
 
 log = logging.getLogger("awen.actor")
@@ -125,7 +129,7 @@ class Events:
 
     def publish(self, body: Event) -> None:
         if self._taken(body.TYPE):
-            self._publish(make_envelope(body, sender=self._name, to="*", id=self._next_id()))
+            self._publish(make_envelope(body, sender=self._name, to="*", id=self._next_id(), trace=current_trace.get()))
 
     def publish_soon(self, body: Event) -> None:
         work = self._life.work
@@ -134,7 +138,7 @@ class Events:
             return
         if not self._taken(body.TYPE):
             return
-        self._soon.append(make_envelope(body, sender=self._name, to="*", id=self._next_id()))
+        self._soon.append(make_envelope(body, sender=self._name, to="*", id=self._next_id(), trace=current_trace.get()))
         if len(self._soon) == 1:
             work.start_soon(self._publish_soon)
 
@@ -180,20 +184,31 @@ class Events:
         self._dispatch(env)
 
     def _dispatch(self, env: Envelope) -> None:
+        """Hand an event to each subscriber that takes it, with its trace and job set (`runtime._trace`)."""
         work = self._life.work
         if work is None or self._life.stopping:
             return
-        for prefix, handler in self._subscriptions:
-            if env.type.startswith(prefix):
-                if inspect.iscoroutinefunction(handler):
-                    work.start_soon(self._run_subscriber, handler, env)
-                else:
-                    try:
-                        handler(env.body, env)
-                    except Exception:
-                        log.exception("%s: subscriber for %r failed on %s", self._name, prefix, env.type)
+        trace = job = None
+        try:
+            for prefix, handler in self._subscriptions:
+                if env.type.startswith(prefix):
+                    if trace is None:  # set once, for the first subscriber that takes it
+                        trace = current_trace.set(env.trace if env.trace is not None else env.id)
+                        job = current_job.set(job_of(env.body))
+                    if inspect.iscoroutinefunction(handler):
+                        work.start_soon(self._run_subscriber, handler, env)
+                    else:
+                        try:
+                            handler(env.body, env)
+                        except Exception:
+                            log.exception("%s: subscriber for %r failed on %s", self._name, prefix, env.type)
+        finally:
+            if trace is not None and job is not None:
+                current_job.reset(job)
+                current_trace.reset(trace)
 
     async def _run_subscriber(self, handler: EventHandler, env: Envelope) -> None:
+        # Started while _dispatch had the event's trace and job set: trio copied them into this task.
         try:
             await handler(env.body, env)  # type: ignore[misc]
         except Exception:

@@ -7,7 +7,9 @@ or stops (``actor-stopped``), or when it is addressed to another actor or of
 a type nobody here handles. Otherwise its handler runs: a plain function
 inline, at once; an ``async def`` (or the awaitable a plain one returns) as a
 task, up to ``max_concurrent`` at a time, after which the mailbox stops
-reading and the transport's high-water mark pushes back on senders.
+reading and the transport's high-water mark pushes back on senders. Each
+handler runs with the message's trace (its ``trace``, or its own id when it
+has none: it starts one) and its body's ``job`` set (`runtime._trace`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from protocol.system import Error, GetStatus, Ok, Ping, bounded_error
 from ._handlers import Handler, Handlers
 from ._lifecycle import Lifecycle
 from ._logging import RateLimitedLog
+from ._trace import current_job, current_trace, job_of
 from ._transport import Inbound, Transport
 
 log = logging.getLogger("awen.actor")
@@ -147,12 +150,17 @@ class Mailbox:
         handler, inline = entry  # type: ignore[misc]  # there is one, or _refusal said why not
         rest: Awaitable[Reply | None] | None = None
         if inline:
+            trace = current_trace.set(env.trace if env.trace is not None else env.id)
+            job = current_job.set(job_of(body))
             try:
                 result = handler(body, env)
             except Exception as exc:  # noqa: BLE001 - a handler's bug must not stop the actor
                 self.handled += 1
                 self._answer_failure(route, env, exc)
                 return
+            finally:
+                current_job.reset(job)
+                current_trace.reset(trace)
             if not inspect.isawaitable(result):
                 self.handled += 1
                 if is_request:
@@ -192,6 +200,9 @@ class Mailbox:
         self, handler: Handler, route: Any, env: Envelope, rest: Awaitable[Reply | None] | None = None
     ) -> None:
         token = next(self._tokens)
+        # The task's own context (trio copies it at the start): set, never reset.
+        current_trace.set(env.trace if env.trace is not None else env.id)
+        current_job.set(job_of(env.body))
         if isinstance(env.body, Request):
             self._unanswered[token] = (route, env)
         try:

@@ -6,6 +6,7 @@ is enforced by one sweeper task for every request, far cheaper than a cancel
 scope each; whether the caller has a deadline of its own is asked only once
 the runtime's has passed, and then the caller's rules. A peer that answers
 ``not-ready`` is asked again, with `NOT_READY_BACKOFF`, until the deadline.
+What goes out carries the trace of the message being handled (`runtime._trace`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from protocol.system import Error
 from ._config import Runtime
 from ._errors import ActorStoppedError, RemoteError, RequestTimeout, UnknownPeer
 from ._logging import RateLimitedLog
+from ._trace import current_trace, traced
 from ._transport import Outbound, Transport
 
 log = logging.getLogger("awen.actor")
@@ -124,7 +126,8 @@ class Requests:
                 raise UnknownPeer(f"{peer!r} is not in {self._name}'s directory (known: {known})")
             if self._io is None or self._transport is None:
                 raise ActorStoppedError(f"{self._name} is not running; start it with nursery.start(actor.run)")
-            outbound = self._transport.connect(self._io, address.address, self.on_reply)
+            with traced(None):  # its tasks serve every request to this peer, not the one that opened it
+                outbound = self._transport.connect(self._io, address.address, self.on_reply)
             self._outbound[peer] = outbound
         return outbound
 
@@ -147,7 +150,7 @@ class Requests:
         """One request and its reply; a ``not-ready`` answer is returned (to be asked again), any other raised."""
         outbound = self._outbound_to(to)
         msg_id = self._next_id()
-        frame = self._codec.encode(make_envelope(body, sender=self._name, to=to, id=msg_id))
+        frame = self._codec.encode(make_envelope(body, sender=self._name, to=to, id=msg_id, trace=current_trace.get()))
         now = trio.current_time()
         pending = _Pending(to, body.TYPE, now, now + self._timeout)
         self._pending[msg_id] = pending
@@ -195,7 +198,8 @@ class Requests:
     async def send(self, to: str, body: Notice) -> None:
         """Send a notice; `Actor.send` says how long it may wait."""
         outbound = self._outbound_to(to)
-        frame = self._codec.encode(make_envelope(body, sender=self._name, to=to, id=self._next_id()))
+        env = make_envelope(body, sender=self._name, to=to, id=self._next_id(), trace=current_trace.get())
+        frame = self._codec.encode(env)
         try:
             outbound.send_nowait(frame)
         except trio.WouldBlock:

@@ -94,6 +94,8 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             directory (removed at exit) if omitted.
         supervisor: The supervisor's own actor name.
         log_level: For every process of the system.
+        log_format: For every process of the system: ``text`` lines, or
+            ``json`` objects one per line (``AWEN_LOG_FORMAT`` overrides it).
         catalog: ``"package.module:NAME"`` of the `protocol.Catalog` its actors
             speak: the runtime knows only its own messages; a lab's actors
             speak `protocol.catalog.CATALOG`, the default.
@@ -104,6 +106,7 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     run_dir: str | None = None
     supervisor: Name = "supervisor"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_format: Literal["text", "json"] = "text"
     catalog: str = DEFAULT_CATALOG
     runtime: RuntimeOptions = msgspec.field(default_factory=RuntimeOptions)
     actors: list[ActorSpec] = msgspec.field(default_factory=list, name="actor")
@@ -142,6 +145,7 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             supervisor=self.supervisor,
             run_dir=run_dir,
             log_level=self.log_level,
+            log_format=self.log_format,
             catalog=self.catalog,
             runtime=self.runtime,
             directory=entries,
@@ -166,6 +170,7 @@ class ResolvedSystem(msgspec.Struct, frozen=True, kw_only=True):
     runtime: RuntimeOptions
     directory: dict[str, Address]
     actors: list[ActorSpec]
+    log_format: str = "text"
 
     def spec(self, name: str) -> ActorSpec:
         for spec in self.actors:

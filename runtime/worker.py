@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except AwenError as exc:
         print(f"awen worker: {exc}", file=sys.stderr)
         return 2
-    configure_logging(system.log_level, actor=spec.name)
+    configure_logging(system.log_level, actor=spec.name, fmt=system.log_format)
     try:
         trio.run(serve, system, spec)
     except BaseException as exc:
