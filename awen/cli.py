@@ -124,7 +124,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
         if refused:
             print(daemon.refusal(refused[0]), file=sys.stderr)
             return EXIT_USAGE
-        configure_logging(config.log_level)
+        if args.log_format is not None:
+            config = msgspec.structs.replace(config, log_format=args.log_format)
+        configure_logging(config.log_level, fmt=config.log_format)
         trio.run(_serve, config, data_dir, daemon.lab_name(config), endpoints, args.drain_timeout)
         return 0
     finally:
@@ -485,6 +487,7 @@ def _add_lab_commands(commands: Commands) -> None:
         help=f"without a file: serve probes, metrics and the lab page on HOST:PORT (default {DEFAULT_HTTP})",
     )
     up.add_argument("--no-http", action="store_true", help="without a file: no web actor")
+    up.add_argument("--log-format", choices=["text", "json"], help="every process's log: text, or JSON lines")
     up.add_argument(
         "--drain-timeout",
         type=float,

@@ -20,7 +20,7 @@ import trio
 from protocol import AwenError, Backoff, Envelope, convert_settings
 from protocol.executor import Abort, ExecutorStatus, GetExecutorStatus, JobEnded
 from protocol.scheduler import Assignment, JobFinished, NextJob, Suspend, Unsuspend
-from runtime import Actor, PeerLostError, RemoteError, RequestTimeout, Runtime, handles, subscribes
+from runtime import Actor, PeerLostError, RemoteError, RequestTimeout, Runtime, handles, subscribes, traced
 
 from ._config import ExecutorConfig
 from ._device import HalDevice
@@ -84,9 +84,17 @@ class ExecutorActor(Actor):
                 await self.run_job(assignment)
 
     async def run_job(self, assignment: Assignment) -> None:
+        """Run one job to its end, under the trace of its submission: what it sends and logs is linked to it."""
+        with traced(assignment.trace, assignment.job):
+            await self._run_job(assignment)
+
+    async def _run_job(self, assignment: Assignment) -> None:
         """Run one job to its end; record the end, count it towards the breaker, tell who needs to know."""
         run = self.current = JobRun(self, self.config, self.device, self.volts, assignment)
         began = time.monotonic()
+        phases = len(run.plan.phases)
+        how = "fresh" if assignment.fresh else "resumed"
+        log.info("%s: runs %s from phase %d of %d (%s)", self.name, run.job, assignment.start_phase, phases, how)
         ended = Ended("failed", "", 0)
         try:
             ended = await run.run()
@@ -113,6 +121,7 @@ class ExecutorActor(Actor):
             self._finished = await run.finish(ended)
         self.jobs_run += 1
         seconds = time.monotonic() - began
+        log.info("%s: %s %s: %d frames in %.3f s", self.name, run.job, ended.state, ended.frames, seconds)
         self.run_metrics.job.observe(seconds)
         self.publish_soon(
             JobEnded(job=run.job, state=ended.state, reason=ended.reason, frames=ended.frames, seconds=seconds)

@@ -513,6 +513,7 @@ class MemoryActor(Actor):
                 del self._storing[msg.job]
             stored.set()
         if created:
+            log.debug("%s: stored %s: seq %d, %s", self.name, msg.job, seq, "planned" if msg.plan else "queued")
             self._jobs_total.inc(state="queued")
             self.publish_soon(JobStateChanged(job=msg.job, state="queued", previous=None, reason="accepted"))
             if msg.plan is not None:
@@ -541,6 +542,7 @@ class MemoryActor(Actor):
     def _announce(self, job: str, state: JobState, reason: str, moved: tuple[JobState, int, int]) -> None:
         """A job's committed move to ``state`` (``moved``: the state it left, its frames and results)."""
         previous, frames, results = moved
+        log.debug("%s: %s %s -> %s (%d frames): %s", self.name, job, previous, state, frames, reason[:200])
         self._jobs_total.inc(state=state)
         self.publish_soon(JobStateChanged(job=job, state=state, previous=previous, reason=reason))
         if state in TERMINAL_STATES:

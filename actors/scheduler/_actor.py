@@ -85,7 +85,7 @@ from protocol.scheduler import (
     Validate,
     Validation,
 )
-from runtime import Actor, RemoteError, Runtime, handles, subscribes
+from runtime import Actor, RemoteError, Runtime, current_job, current_trace, handles, subscribes, traced
 
 from ._analyse import analyse
 from ._compile import compile_circuit
@@ -305,6 +305,7 @@ class SchedulerActor(Actor):
         # the job is stored planned, in the same transaction.
         plan = self._plan_at_hand(circuit, device)
         job_id = msg.job or _new_job_id()
+        current_job.set(job_id)  # this handler's own task: what it logs names the job
         cached = True
         if plan is None:
             try:
@@ -327,6 +328,7 @@ class SchedulerActor(Actor):
             deadline=circuit.deadline,
             phase=JobPhase.QUEUED if plan is None else JobPhase.ACCEPTING,
             plan=plan,
+            trace=current_trace.get(),
         )
         put = PutJob(
             job=job_id,
@@ -349,6 +351,11 @@ class SchedulerActor(Actor):
             await self._adopt(stored.job)
         # stored.job: the job asked for, or the one stored before under the same key (then not queued again)
         position = self.queue.position(stored.job) if stored.job in self.queue.jobs else 0
+        if stored.created:
+            how = f"planned ({plan.id})" if plan is not None else "to be planned"
+            log.info("%s: accepted %s from %s: seq %d, %s", self.name, job_id, put.submitter, stored.seq, how)
+        else:
+            log.debug("%s: %s was submitted before: answered with %s", self.name, job_id, stored.job)
         return Accepted(job=stored.job, seq=stored.seq, position=position, created=stored.created)
 
     def _admit(self, job: str | None, *, procedure: bool) -> None:
@@ -484,8 +491,10 @@ class SchedulerActor(Actor):
                     deadline=None,
                     phase=JobPhase.PLANNED,
                     plan=plan,
+                    trace=current_trace.get(),
                 )
             )
+            log.info("%s: accepted procedure %s from %s: seq %d", self.name, msg.job, env.sender, stored.seq)
             self._wake()
         position = self.queue.position(msg.job) if msg.job in self.queue.jobs else 0
         return Accepted(job=msg.job, seq=stored.seq, position=position, created=stored.created)
@@ -526,6 +535,8 @@ class SchedulerActor(Actor):
         backoff, while the job is queued: a crash of the store fails no job.
         """
         assert job.circuit is not None
+        current_trace.set(job.trace)  # a planner's task of its own: it plans for the job's submission
+        current_job.set(job.job)
         try:
             for delay in PLAN_RETRY.delays():
                 try:
@@ -644,6 +655,7 @@ class SchedulerActor(Actor):
             await self._mark_planned(job.job, plan)
             job.move(JobEvent.PLANNED)
         job.plan = plan
+        log.debug("%s: %s planned: %s%s", self.name, job.job, plan.id, " (made before)" if cached else "")
         self.publish(JobPlanned(job=job.job, plan=plan.id, metrics=plan.metrics, cached=cached))
 
     async def _mark_planned(self, job: str, plan: Plan) -> None:
@@ -891,14 +903,26 @@ class SchedulerActor(Actor):
                 return Assignment()
 
     async def _assign(self, job: QueuedJob, executor: str, *, fresh: bool) -> Assignment:
+        """Hand a job to an executor, under the trace of its submission: the executor runs it under it too."""
+        with traced(job.trace, job.job):
+            return await self._hand_out(job, executor, fresh=fresh)
+
+    async def _hand_out(self, job: QueuedJob, executor: str, *, fresh: bool) -> Assignment:
         # Planned ahead, perhaps under a calibration that has since been superseded: the decision which
         # calibration a job runs under is made here, as it is handed out, not when it was planned.
         await self._replan_if_recalibrated(job)
         assert job.plan is not None
+        log.debug("%s: dispatched %s to %s from phase %d", self.name, job.job, executor, job.next_phase)
         self.publish_soon(JobDispatched(job=job.job, executor=executor, start_phase=job.next_phase))
         run = job.circuit.run if job.circuit is not None else Assignment().run
         return Assignment(
-            job=job.job, plan=job.plan, start_phase=job.next_phase, run=run, fresh=fresh, accepting=job.phase.accepting
+            job=job.job,
+            plan=job.plan,
+            start_phase=job.next_phase,
+            run=run,
+            fresh=fresh,
+            accepting=job.phase.accepting,
+            trace=job.trace,
         )
 
     async def _replan_if_recalibrated(self, job: QueuedJob) -> None:

@@ -125,6 +125,8 @@ class QueuedJob:
     """Cancelled while it runs: the executor learns it at the next phase boundary."""
     executor: str | None = None
     """The executor a running job went to: only it is offered the job again (None: any, after a restart)."""
+    trace: int | None = None
+    """The trace of its submission (the client's request): it runs under it (`Assignment.trace`)."""
 
     @property
     def order(self) -> tuple[int, int]:
