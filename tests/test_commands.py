@@ -68,7 +68,10 @@ class Lab:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     data_dir = tmp_path_factory.mktemp("commands")
     port = free_port()
-    with awen_process("up", "--data-dir", str(data_dir), "--port", str(port), "--modes", "4", "--no-http") as (proc, out):
+    with awen_process("up", "--data-dir", str(data_dir), "--port", str(port), "--modes", "4", "--no-http") as (
+        proc,
+        out,
+    ):
         out.until("awen: up", timeout=60)
         client = connect(f"tcp://127.0.0.1:{port}")
         try:

@@ -223,7 +223,17 @@ def test_awen_up_writes_awen_json_refuses_a_second_and_removes_it_on_sigterm(tmp
         assert info["pid"] == proc.pid
         assert info["data_dir"] == str(data)
         assert info["endpoints"] == expected_endpoints(data, port)
-        assert set(info) == {"awen", "protocol", "pid", "started", "data_dir", "lab", "endpoints", "system_file", "http"}
+        assert set(info) == {
+            "awen",
+            "protocol",
+            "pid",
+            "started",
+            "data_dir",
+            "lab",
+            "endpoints",
+            "system_file",
+            "http",
+        }
         assert info["http"] == "http://127.0.0.1:7461"  # the web actor's (decision 0015 §1)
         assert Path(info["system_file"]).is_file()
         assert not daemon_file_is_stale(data)
