@@ -148,7 +148,7 @@ MetricName = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r
 LabelValues = Annotated[dict[Annotated[str, msgspec.Meta(max_length=64)], Label], msgspec.Meta(max_length=8)]
 
 
-class Series(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Series(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """One labelled series of a metric: a counter's or gauge's ``value``; for a histogram, the cumulative
     ``buckets`` counts (one per `Metric.bounds`, then +Inf), ``sum`` and ``count``."""
 
