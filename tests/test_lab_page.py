@@ -91,7 +91,7 @@ def _drive(base: str, door: str, profile: Path, notes: dict[str, Any], lab_done:
 
             # A long job: the progress bar moves while it runs.
             with awen.connect(door) as lab:
-                job = lab.submit(str(ROOT / "examples" / "hom.json"), shots=400_000, tags=["page"])
+                job = lab.submit(str(ROOT / "examples" / "hom.json"), shots=1_000_000, tags=["page"])
             notes["job"] = job.id
             expect(page.get_by_test_id("running-job")).to_have_text(job.id, timeout=TIMEOUT_MS)
             first = _progress(page)
