@@ -579,38 +579,20 @@ async def _ask(supervisor: Supervisor, name: str, request: Any) -> Any:
 
 
 async def lab_ready(supervisor: Supervisor) -> tuple[bool, str]:
-    """Whether the lab is ready for work, and if not, why (one line).
+    """Whether the lab is ready for work, and if not, why (one line): `actors.health`'s checks, as
+    ``/readyz`` shows them, with the supervisor's word on each actor's heartbeats."""
+    from actors.health import Check, LabActors, lab_checks, summary
 
-    Ready: every actor is up (its heartbeat fresh), every device of every HAL is
-    connected (or interlocked: the link is up, the interlock is the operator's),
-    and every calibration actor's chip is calibrated or being calibrated.
-    """
-    from protocol.calibration import GetCalibrationStatus
-    from protocol.hal import ListDevices
-
-    down = [s.name for s in supervisor.system.actors if supervisor.peer_state(s.name) != "up"]
-    if down:
-        return False, f"{', '.join(down)} not up"
-    problems: list[str] = []
-    for name in actors_of(supervisor, "hal"):
-        try:
-            devices = (await _ask(supervisor, name, ListDevices())).devices
-        except AwenError as exc:
-            problems.append(str(exc))
-            continue
-        for device in devices:
-            if device.state not in ("connected", "interlocked"):
-                problems.append(f"{device.name} is {device.state}" + (f" ({device.detail})" if device.detail else ""))
-    for name in actors_of(supervisor, "calibration"):
-        try:
-            status = await _ask(supervisor, name, GetCalibrationStatus())
-        except AwenError as exc:
-            problems.append(str(exc))
-            continue
-        if not (status.valid or status.calibrating):
-            why = f": {status.last_error}" if status.last_error else ""
-            problems.append(f"{status.device} has no valid calibration{why}")
-    return not problems, "; ".join(problems)
+    heartbeats = {
+        s.name: Check(supervisor.peer_state(s.name) == "up", supervisor.peer_state(s.name))
+        for s in supervisor.system.actors
+    }
+    lab = LabActors(
+        memory=actors_of(supervisor, "memory"),
+        hal=actors_of(supervisor, "hal"),
+        calibration=actors_of(supervisor, "calibration"),
+    )
+    return summary(await lab_checks(supervisor, lab, heartbeats=heartbeats))
 
 
 async def status_line(supervisor: Supervisor) -> str:

@@ -657,6 +657,10 @@ class StoreInfo(Reply, frozen=True, kw_only=True):
     events: Count
     allocated_jobs: Count
     allocated_bytes: Count
+    writable: bool = True
+    """awen's user may write the store's file and its directory."""
+    free_bytes: Count = 0
+    """Free space on the store's file system, for awen's user."""
 
 
 class GetStoreInfo(Request[StoreInfo], frozen=True, kw_only=True):

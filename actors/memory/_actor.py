@@ -25,6 +25,7 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -645,12 +646,15 @@ class MemoryActor(Actor):
     async def _store_info(self, msg: GetStoreInfo, env: Envelope) -> StoreInfo:
         assert self.store is not None
         counts = await self._read(ops.counts())
+        path = self.store.path
         return StoreInfo(
-            path=str(self.store.path),
+            path=str(path),
             schema_version=self.store.schema_version,
             file_bytes=self._file_bytes(),
             allocated_jobs=len(self.slots.jobs),
             allocated_bytes=self.slots.nbytes,
+            writable=os.access(path, os.W_OK) and os.access(path.parent, os.W_OK),
+            free_bytes=shutil.disk_usage(path.parent).free,
             **counts,
         )
 

@@ -23,12 +23,13 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from actors.health import Check, LabActors, lab_checks
 from protocol import AwenError, ConfigError, Envelope, Request, convert_settings
 from protocol.calibration import CalibrationStatus, GetCalibrationStatus
 from protocol.door import assemble_result
 from protocol.executor import JobEnded, JobStarted, Progress
 from protocol.hal import DeviceInfo, DeviceStatus, GetDeviceStatus, GetHeaters, Heaters, ListDevices
-from protocol.memory import GetPlan, GetStoreInfo, JobRecord, QueryEvents, QueryJobs, QueryResults
+from protocol.memory import GetPlan, JobRecord, QueryEvents, QueryJobs, QueryResults
 from protocol.paths import is_loopback
 from protocol.scheduler import GetQueue, QueueState
 from protocol.system import Heartbeat, Metric
@@ -207,53 +208,19 @@ class WebActor(Actor):
         return {peer: age is not None and age <= self.stale_after_s for peer, age in ages.items()}
 
     async def readiness(self) -> dict[str, dict[str, Any]]:
-        """``/readyz``'s checks, by name: ``{"ok", "detail"}`` each, asked at once, each within 2 s."""
-        checks: dict[str, dict[str, Any]] = {}
+        """``/readyz``'s checks, by name: ``{"ok", "detail"}`` each (`actors.health`), asked at once."""
+        heartbeats: dict[str, Check] = {}
         for peer in sorted(self._peers):
             age = self.heartbeat_age(peer)
             fresh = age is not None and age <= self.stale_after_s
-            detail = "no heartbeat yet" if age is None else f"last heartbeat {age:.1f} s ago"
-            checks[f"heartbeat.{peer}"] = {"ok": fresh, "detail": detail}
-        asked = {
-            "store": (self.config.memory, self._check_store),
-            "devices": (self.config.hal, self._check_devices),
-            "calibration": (self.config.calibration, self._check_calibration),
-        }
-
-        async def run(name: str, check: Any) -> None:
-            try:
-                with trio.fail_after(CHECK_TIMEOUT_S):
-                    ok, detail = await check()
-            except trio.TooSlowError:
-                ok, detail = False, f"no answer within {CHECK_TIMEOUT_S:g} s"
-            except AwenError as exc:
-                ok, detail = False, str(exc) or type(exc).__name__
-            checks[name] = {"ok": ok, "detail": detail}
-
-        async with trio.open_nursery() as nursery:
-            for name, (actor, check) in asked.items():
-                if actor in self._peers:
-                    nursery.start_soon(run, name, check)
-        return dict(sorted(checks.items()))
-
-    async def _check_store(self) -> tuple[bool, str]:
-        info = await self.request(self.config.memory, GetStoreInfo())
-        return True, f"{info.path}: {info.file_bytes} bytes"
-
-    async def _check_devices(self) -> tuple[bool, str]:
-        reply = await self.request(self.config.hal, ListDevices())
-        bad = [d for d in reply.devices if d.state != "connected" or not d.identity]
-        if bad:
-            return False, "; ".join(f"{d.name} {d.state}{': ' + d.detail if d.detail else ''}" for d in bad)
-        return True, ", ".join(f"{d.name}: {d.identity}" for d in reply.devices) or "no devices"
-
-    async def _check_calibration(self) -> tuple[bool, str]:
-        status: CalibrationStatus = await self.request(self.config.calibration, GetCalibrationStatus())
-        if status.valid:
-            return True, f"{status.device}: version {status.version} valid"
-        if status.calibrating:
-            return True, f"{status.device}: being calibrated"
-        return False, f"{status.device}: no valid calibration{': ' + status.last_error if status.last_error else ''}"
+            heartbeats[peer] = Check(fresh, "no heartbeat yet" if age is None else f"last heartbeat {age:.1f} s ago")
+        lab = LabActors(
+            memory=[n for n in (self.config.memory,) if n in self._peers],
+            hal=[n for n in (self.config.hal,) if n in self._peers],
+            calibration=[n for n in (self.config.calibration,) if n in self._peers],
+        )
+        checks = await lab_checks(self, lab, heartbeats=heartbeats)
+        return {name: {"ok": check.ok, "detail": check.detail} for name, check in checks.items()}
 
     def metrics_text(self) -> bytes:
         return render(self.collector)
