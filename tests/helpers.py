@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -133,3 +138,35 @@ async def eventually(check: Any, *, within: float = 30.0, every: float = 0.02) -
             if result:
                 return result
             await trio.sleep(every)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now (the kernel's pick: no fixed ports in tests)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def children_of(pid: int) -> list[int]:
+    """The child processes of ``pid`` (the actors of an ``awen up``: each in a session of its own)."""
+    found: list[int] = []
+    with contextlib.suppress(FileNotFoundError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def wait_gone(pids: list[int], seconds: float) -> None:
+    """Until these processes exit; those still running after ``seconds`` are killed (they are the test's)."""
+    deadline = time.monotonic() + seconds
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -16,8 +16,7 @@ from protocol.scheduler import Cancel, GetQueue, Pause, Submit
 from runtime import RemoteError
 
 from .circuits import hom
-from .helpers import awen_process
-from .test_daemon import free_port
+from .helpers import awen_process, free_port
 from .test_scheduler import lab
 
 
@@ -72,7 +71,7 @@ def test_a_thousand_jobs_from_fifty_clients_grow_the_scheduler_and_the_store_by_
     import awen
 
     monkeypatch.setenv("AWEN_DATA_DIR", str(tmp_path / "data"))
-    with awen_process("up", "--modes", "4", "--port", str(free_port())) as (proc, out):
+    with awen_process("up", "--modes", "4", "--port", str(free_port()), "--no-http") as (proc, out):
         out.until("awen: up", timeout=60)
         with awen.connect() as client:
             deadline = time.monotonic() + 60

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -30,42 +29,11 @@ from awen.client._find import candidates
 from awen.daemon import write_daemon_file
 from protocol.paths import default_tcp_endpoint
 
-from .helpers import REPO, LineReader
+from .helpers import REPO, LineReader, children_of, free_port, wait_gone
 
 HOM = REPO / "examples" / "hom.json"
 LONG_SHOTS = 1_000_000
 """A HOM job of this many shots runs about 3-4 s on the simulated chip: long enough to act while it runs."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def children_of(pid: int) -> list[int]:
-    """The child processes of ``pid`` (the actors of an ``awen up``: each in a session of its own)."""
-    found: list[int] = []
-    with contextlib.suppress(FileNotFoundError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            found += [int(p) for p in (task / "children").read_text().split()]
-    return found
-
-
-def wait_gone(pids: list[int], seconds: float) -> None:
-    """Until these processes exit; those still running after ``seconds`` are killed (they are this test's)."""
-    deadline = time.monotonic() + seconds
-    for pid in pids:
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 class Daemon:

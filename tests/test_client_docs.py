@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import awen_process
-from .test_daemon import free_port
+from .helpers import awen_process, free_port
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "client.md"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,18 +22,11 @@ import pytest
 
 from awen.client import Result, connect
 
-from .helpers import REPO, awen_process
+from .helpers import REPO, awen_process, free_port
 
 pytestmark = pytest.mark.system
 
 HOM = REPO / "examples" / "hom.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Lab:

@@ -6,11 +6,9 @@ check`` on the example lab files and on a file with many problems.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -44,7 +42,7 @@ from protocol.paths import (
 )
 from runtime import RestartPolicy
 
-from .helpers import REPO, awen_cli, awen_process
+from .helpers import REPO, awen_cli, awen_process, children_of, free_port, wait_gone
 
 EXAMPLES = REPO / "examples"
 
@@ -165,36 +163,6 @@ def test_the_default_lab_is_the_standard_lab_on_a_seeded_chip_calibrating_at_sta
 
 
 # --- awen up -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def children_of(pid: int) -> list[int]:
-    """The child processes of ``pid`` (the actors of an ``awen up``)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(p) for p in (task / "children").read_text().split()]
-    return found
-
-
-def wait_gone(pids: list[int], seconds: float) -> None:
-    """Until these processes exit; those still running after ``seconds`` are killed (they are this test's)."""
-    deadline = time.monotonic() + seconds
-    for pid in pids:
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def expected_endpoints(data_dir: Path, port: int) -> list[str]:

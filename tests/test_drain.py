@@ -21,8 +21,7 @@ from protocol.scheduler import Checkpoint, Drain, GetQueue, NextJob, Submit, Uns
 from runtime import RemoteError
 
 from .circuits import hom, two_rounds
-from .helpers import REPO, awen_process
-from .test_daemon import free_port
+from .helpers import REPO, awen_process, free_port
 from .test_scheduler import lab
 
 
@@ -96,7 +95,7 @@ def test_sigterm_drains_the_running_job_and_the_next_start_completes_it_with_eve
     circuit = json.loads((REPO / "examples" / "hom.json").read_text())
     circuit["shots"] = LONG_SHOTS
     monkeypatch.setenv("AWEN_DATA_DIR", str(data))
-    args = ("up", "--modes", "4", "--drain-timeout", "20")
+    args = ("up", "--modes", "4", "--drain-timeout", "20", "--no-http")
     with awen_process(*args, "--port", str(free_port())) as (proc, out):
         out.until("awen: up", timeout=60)
         with awen.connect() as client:

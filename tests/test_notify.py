@@ -14,8 +14,7 @@ import pytest
 
 from awen._notify import notify, watchdog_interval
 
-from .helpers import awen_process
-from .test_daemon import free_port
+from .helpers import awen_process, free_port
 
 
 def datagram_socket(address: str) -> socket.socket:
@@ -88,7 +87,7 @@ def test_awen_up_tells_systemd_ready_watchdog_status_and_stopping(tmp_path, monk
     monkeypatch.setenv("WATCHDOG_USEC", "2000000")
     with (
         datagram_socket(str(path)) as sock,
-        awen_process("up", "--modes", "4", "--port", str(free_port())) as (
+        awen_process("up", "--modes", "4", "--port", str(free_port()), "--no-http") as (
             proc,
             out,
         ),
