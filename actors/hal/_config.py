@@ -24,6 +24,10 @@ class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     Attributes:
         name: How requests name the device.
         url: ``tcp://HOST:PORT``, ``serial:///dev/ttyUSB0?baud=115200`` or ``sim://?seed=1``.
+        identity: The identity the device must report (its ``*IDN?`` reply): the same
+            text, or, ending in ``*``, any reply that starts with what comes before it
+            (``"Photonica,PX-8,SN-000001,*"`` pins the serial number, any firmware).
+            A device answering otherwise is refused (see `identity_matches`).
         v_max: A voltage limit, applied where stricter than the device's: one for
             every heater (``v_max = 5.0``), one per heater (a list as long as the
             device has heaters), or for some heaters (``v_max = { "12" = 3.5 }``, with
@@ -43,6 +47,7 @@ class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
     name: Name
     url: str
+    identity: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     v_max: PerHeater | None = None
     power_max_w: PerHeater | None = None
     power_limit_w: Positive | None = None
@@ -62,6 +67,14 @@ class HalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ConfigError(f"device names must be unique; repeated: {', '.join(repeated)}", field="device.name")
+
+
+def identity_matches(configured: str, identity: str) -> bool:
+    """Whether a device answering ``identity`` is the configured one: equal, or, if ``configured``
+    ends in ``*``, starting with what comes before it."""
+    if configured.endswith("*"):
+        return identity.startswith(configured[:-1])
+    return identity == configured
 
 
 def per_heater(limit: PerHeater | None, count: int, *, what: str) -> np.ndarray:

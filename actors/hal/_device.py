@@ -58,7 +58,7 @@ from protocol.hal import (
 from protocol.mesh import MeshLayout
 from protocol.photonica import INTERLOCK_TRIPPED, DeviceDescription, StatusReport
 
-from ._config import DeviceConfig, per_heater
+from ._config import DeviceConfig, identity_matches, per_heater
 
 log = logging.getLogger("awen.hal")
 
@@ -76,6 +76,10 @@ class DeviceUnavailable(AwenError):
     """The device was refused (another identity, other capabilities, a configuration that does not fit it)."""
 
     code = ErrorCode.UNAVAILABLE
+
+
+class WrongIdentity(IdentityChanged):
+    """The device answers with another identity than the configured one (`DeviceConfig.identity`)."""
 
 
 class ManagedDevice:
@@ -206,6 +210,7 @@ class ManagedDevice:
         """
         driver = self.driver
         assert driver is not None
+        self._check_identity(driver.identity or "")
         description = driver.description
         assert description is not None
         self.description = description
@@ -241,6 +246,18 @@ class ManagedDevice:
         else:
             log.info("%s: reconnected and re-checked", self.name)
             self.emit(DeviceReconnected(device=self.name, identity=driver.identity or ""))
+
+    def _check_identity(self, identity: str) -> None:
+        """Refuse a device that answers as another than the configured one, before anything is sent to it.
+
+        Checked on every connection: a reconnect may find another device behind the address (a swapped cable).
+        """
+        configured = self.config.identity
+        if configured is not None and not identity_matches(configured, identity):
+            raise WrongIdentity(
+                f"answers as {identity!r}, configured as {configured!r}: is this the right device? "
+                "fix the address or the identity in the configuration"
+            )
 
     def _set_limits(self, description: DeviceDescription) -> None:
         """The limits the HAL enforces: the stricter of the device's and the configuration's, per heater."""
@@ -278,6 +295,8 @@ class ManagedDevice:
             if trio.current_time() - self._last_command >= period:
                 try:
                     await self.call(self._idle_readback)
+                except DeviceUnavailable:
+                    return  # refused: nothing more is sent to it
                 except (LinkError, DeviceError, InterlockError) as exc:
                     log.debug("%s: watchdog feed failed: %s", self.name, exc)
                     self._last_command = trio.current_time()
@@ -298,6 +317,8 @@ class ManagedDevice:
             await trio.sleep(self.config.temperature_every_s)
             try:
                 celsius = await self.call(self._read_temperature)
+            except DeviceUnavailable:
+                return
             except (LinkError, DeviceError, InterlockError, ValueError):
                 continue
             self.emit(Temperature(device=self.name, celsius=celsius))
@@ -332,8 +353,11 @@ class ManagedDevice:
                     raise InterlockError(f"{self.name}: interlock tripped: {exc.scpi_text}") from exc
                 raise
             except IdentityChanged as exc:  # a reconnect found another device behind the address
-                self._refuse(f"{exc}; refused until the HAL restarts")
-                raise DeviceUnavailable(f"{self.name}: refused: {exc}") from exc
+                why = str(exc).removeprefix(f"{self.name}: ").removesuffix("; refused")
+                if not isinstance(exc, WrongIdentity):
+                    why += ": is this the right device? check its cable and its address"
+                self._refuse(f"{why}; refused until the HAL restarts")
+                raise DeviceUnavailable(f"{self.name}: refused: {self.detail}") from exc
             finally:
                 self._last_command = trio.current_time()
 
