@@ -36,6 +36,28 @@ async def test_a_submission_past_max_queue_is_refused_queue_full_naming_the_limi
         assert len((await lab_.sched(GetQueue())).jobs) == 3
 
 
+async def test_concurrent_submissions_never_queue_past_max_queue(tmp_path, autojump_clock_for_threads):
+    """The check against ``max_queue`` and the reservation of a place are one step: 20 submissions at once,
+    each awaiting its planning and its store round trip, queue exactly 5 and are refused ``queue-full``."""
+    async with lab(tmp_path, max_queue=5) as lab_:
+        await lab_.sched(Pause(reason="filling the queue"))
+        accepted: list[str] = []
+        refused: list[ErrorCode] = []
+
+        async def submit(n: int) -> None:
+            try:
+                accepted.append((await lab_.sched(Submit(circuit=hom(shots=1000 + n), job=f"c{n}"))).job)
+            except RemoteError as exc:
+                refused.append(exc.code)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(20):
+                nursery.start_soon(submit, n)
+        assert len(accepted) == 5, accepted
+        assert refused == [ErrorCode.QUEUE_FULL] * 15
+        assert len((await lab_.sched(GetQueue())).jobs) == 5
+
+
 JOBS = 1000
 CLIENTS = 50
 RSS_GROWTH_BOUND_MB = 150.0

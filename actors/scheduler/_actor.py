@@ -20,6 +20,9 @@ import functools
 import logging
 import secrets
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import msgspec
@@ -172,6 +175,8 @@ class SchedulerActor(Actor):
         """Jobs a planner task is planning."""
         self._calibration_version: int | None = None
         self._calibration_known = False
+        self._admitting: Counter[str] = Counter()
+        """Submissions past `_admit` and not yet answered, by job id: places in the queue they have reserved."""
         self._draining = False
         """A drain began (`_drain`): submissions are refused, nothing more is dispatched, until the actor stops."""
         self._taken_out: dict[str, None] = {}
@@ -289,22 +294,22 @@ class SchedulerActor(Actor):
 
     @handles(Submit)
     async def _submit(self, msg: Submit, env: Envelope) -> Accepted:
+        job_id = msg.job or _new_job_id()
         try:
-            accepted = await self._submit_circuit(msg, env)
+            with self._admission(job_id):
+                accepted = await self._submit_circuit(msg, env, job_id)
         except Exception:
             self._submissions.inc(outcome="refused")
             raise
         self._submissions.inc(outcome="accepted")
         return accepted
 
-    async def _submit_circuit(self, msg: Submit, env: Envelope) -> Accepted:
-        self._admit(msg.job, procedure=False)
+    async def _submit_circuit(self, msg: Submit, env: Envelope, job_id: str) -> Accepted:
         device = self._ready_now()
         circuit = msg.circuit
         # A plan at hand was compiled from this very circuit for this device as it is: it passed. Then
         # the job is stored planned, in the same transaction.
         plan = self._plan_at_hand(circuit, device)
-        job_id = msg.job or _new_job_id()
         current_job.set(job_id)  # this handler's own task: what it logs names the job
         cached = True
         if plan is None:
@@ -358,21 +363,44 @@ class SchedulerActor(Actor):
             log.debug("%s: %s was submitted before: answered with %s", self.name, job_id, stored.job)
         return Accepted(job=stored.job, seq=stored.seq, position=position, created=stored.created)
 
-    def _admit(self, job: str | None, *, procedure: bool) -> None:
+    @contextmanager
+    def _admission(self, job: str) -> Iterator[None]:
+        """`_admit` a circuit's submission and reserve its place in the queue until it is answered.
+
+        The check and the reservation are one step (no await between), so submissions awaiting their
+        planning or their store round trip at once cannot together push the queue past ``max_queue``.
+        """
+        reserve = self._admit(job, procedure=False)
+        if reserve:
+            self._admitting[job] += 1
+        try:
+            yield
+        finally:
+            if reserve:
+                self._admitting[job] -= 1
+                if self._admitting[job] <= 0:
+                    del self._admitting[job]
+
+    def _admit(self, job: str | None, *, procedure: bool) -> bool:
         """Refuse a submission while the lab drains (`Draining`), or past ``max_queue`` (`QueueFull`).
 
         A job the queue holds already (a resent submission) is answered as before; a calibration
-        procedure is not held to ``max_queue`` (the lab needs it to run anything).
+        procedure is not held to ``max_queue`` (the lab needs it to run anything). True if the
+        submission needs a place in the queue (`_admission` reserves it).
         """
+        # A submission that passed this before a drain began may be accepted after: it was received before.
         if self._draining:
             raise Draining("the lab is stopping: submit again once it is back")
         if procedure or (job is not None and job in self.queue.jobs):
-            return
-        if len(self.queue.jobs) >= self.config.max_queue:
+            return False
+        # a submission queued already by the fast path (`_accept`) is still reserved: it counts once
+        held = len(self.queue.jobs) + sum(1 for j in self._admitting if j not in self.queue.jobs)
+        if held >= self.config.max_queue:
             raise QueueFull(
-                f"the queue is full: it holds {len(self.queue.jobs)} jobs and its limit is "
+                f"the queue is full: it holds or is accepting {held} jobs and its limit is "
                 f"max_queue = {self.config.max_queue}; submit again once some have run"
             )
+        return True
 
     async def _adopt(self, job_id: str) -> None:
         """Queue a job that a resent submission found stored, and that the queue does not hold.
