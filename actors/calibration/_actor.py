@@ -350,9 +350,10 @@ class CalibrationActor(Actor):
                 await self._adopt_unfinished_sweep()
             except AwenError as exc:
                 log.error("%s: the calibration left unfinished could not be completed: %s", self.name, exc)
-        self._starting = False
         if self.config.auto:
             async with self._lock:  # decided with the lock held: a calibration asked for meanwhile counts
+                # cleared only now the lock is held: readiness never sees "not valid, not calibrating" between
+                self._starting = False
                 status = await self._status()
                 if not status.valid:
                     try:
