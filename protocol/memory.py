@@ -409,6 +409,8 @@ class QueryJobs(Request[Jobs], frozen=True, kw_only=True):
     key: SubmissionKey | None = None
     tags: Tags = msgspec.field(default_factory=list)
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUERY)] = 1000
+    newest: bool = False
+    """The last ``limit`` jobs, newest first (a lab page's recent jobs), instead of the first, oldest first."""
 
 
 # --- plans --------------------------------------------------------------------------------

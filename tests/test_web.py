@@ -158,6 +158,31 @@ async def check_metrics(base: str) -> None:
     up = {s.labels["actor"]: s.value for s in families["awen_up"].samples}
     assert {name: up.get(name) for name in ACTORS} == dict.fromkeys(ACTORS, 1.0)
 
+    # What issue 17 names, after one job: each with the actor that reported it, no job id as a label.
+    def value(family: str, **labels: str) -> float:
+        samples = families[family].samples
+        return sum(s.value for s in samples if labels.items() <= s.labels.items() and s.name.endswith("_total"))
+
+    assert value("awen_shots", actor="executor") > 0
+    assert value("awen_jobs", state="completed") >= 1
+    kinds = {
+        "awen_job_duration_seconds": "histogram",
+        "awen_phase_duration_seconds": "histogram",
+        "awen_queue_jobs": "gauge",
+        "awen_device_link_up": "gauge",
+        "awen_device_reconnects": "counter",
+        "awen_interlocks": "counter",
+        "awen_readback_alarms": "counter",
+        "awen_calibration_age_seconds": "gauge",
+        "awen_drift_fidelity": "gauge",
+        "awen_actor_restarts": "counter",
+        "awen_messages_malformed": "counter",
+        "awen_store_bytes": "gauge",
+    }
+    assert {name: families[name].type for name in kinds if name in families} == kinds
+    assert [s.value for s in families["awen_device_link_up"].samples] == [1.0]
+    assert not any("job" in s.labels for f in families.values() for s in f.samples)
+
 
 async def test_readyz_names_the_failing_check_when_an_actor_stops_answering(tmp_path: Path) -> None:
     # The web actor finds a heartbeat stale after 1 s, before the supervisor (1.5 s) kills the hung actor.

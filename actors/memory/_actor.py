@@ -565,6 +565,7 @@ class MemoryActor(Actor):
             key=msg.key,
             tags=msg.tags,
             limit=msg.limit,
+            newest=msg.newest,
         )
         return Jobs(jobs=await self._read(query))
 

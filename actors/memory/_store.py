@@ -794,7 +794,9 @@ def query_jobs(
     key: str | None = None,
     tags: Sequence[str] = (),
     limit: int = 1000,
+    newest: bool = False,
 ) -> Callable[[sqlite3.Connection], list[JobRecord]]:
+    """Jobs in submission order, the first ``limit`` of them; with ``newest``, the last ``limit``, newest first."""
     where, args = _where(
         ("state IN ({})".format(",".join("?" * len(states))), list(states)) if states else None,
         ("device = ?", [device]) if device is not None else None,
@@ -805,7 +807,8 @@ def query_jobs(
     )
 
     def op(conn: sqlite3.Connection) -> list[JobRecord]:
-        rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs{where} ORDER BY seq LIMIT ?", (*args, limit))
+        order = "seq DESC" if newest else "seq"
+        rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs{where} ORDER BY {order} LIMIT ?", (*args, limit))
         return [_job_record(row) for row in rows]
 
     return op

@@ -44,7 +44,10 @@ CHECK_TIMEOUT_S = 2.0
 """Each readiness check, and each question the state asks an actor, waits this long."""
 
 RECENT_JOBS = 20
-RECENT_WINDOWS_S = (60.0, 3600.0, 86400.0, 30 * 86400.0, None)
+STATE_TTL_S = 0.25
+"""The lab page's state is built at most this often, for every open page together."""
+DEVICE_REFRESH_S = 2.0
+"""A device's heaters and status are read at most this often (over its link, beside the running job)."""
 """How far back the recent jobs are looked for: the first window holding enough of them."""
 
 DRIFT_POINTS = 1000
@@ -102,6 +105,9 @@ class WebActor(Actor):
     KIND = "web"
 
     def __init__(self, name: str, runtime: Runtime, **config: Any) -> None:
+        self._state_lock = trio.Lock()
+        self._state_cache: tuple[float, dict[str, Any]] | None = None
+        self._devices_cache: tuple[float, list[dict[str, Any]]] | None = None
         super().__init__(name, runtime)
         self.config = convert_settings(config, WebConfig, source=f"{name} configuration")
         self.url: str | None = None
@@ -228,7 +234,22 @@ class WebActor(Actor):
     # --- the page's state -----------------------------------------------------------------------
 
     async def state(self) -> dict[str, Any]:
-        """``/api/state``: what the lab page shows, asked of the actors at once (a part that fails is null)."""
+        """``/api/state``: what the lab page shows, at most `STATE_TTL_S` old.
+
+        One state for every open page and stream: however many tabs follow ``/events``, the actors
+        are asked at most once per `STATE_TTL_S`, and the device's heaters (a read over its link,
+        beside a running job's shots) at most once per `DEVICE_REFRESH_S`.
+        """
+        async with self._state_lock:
+            cached = self._state_cache
+            if cached is not None and trio.current_time() - cached[0] < STATE_TTL_S:
+                return cached[1]
+            state = await self._build_state()
+            self._state_cache = (trio.current_time(), state)
+            return state
+
+    async def _build_state(self) -> dict[str, Any]:
+        """The state, asked of the actors at once (a part that fails is null)."""
         parts: dict[str, Any] = {}
 
         async def get(key: str, fn: Any) -> None:
@@ -271,19 +292,20 @@ class WebActor(Actor):
     async def _recent(self) -> list[dict[str, Any]] | None:
         if self.config.memory not in self._peers:
             return None
-        now = time.time()
-        jobs: list[JobRecord] = []
-        for window in RECENT_WINDOWS_S:
-            since = None if window is None else now - window
-            jobs = (await self.request(self.config.memory, QueryJobs(since=since))).jobs
-            if len(jobs) >= RECENT_JOBS:
-                break
-        jobs.sort(key=lambda r: r.seq, reverse=True)
-        return [{key: getattr(r, key) for key in STATE_JOB_FIELDS} for r in jobs[:RECENT_JOBS]]
+        jobs: list[JobRecord] = (await self.request(self.config.memory, QueryJobs(limit=RECENT_JOBS, newest=True))).jobs
+        return [{key: getattr(r, key) for key in STATE_JOB_FIELDS} for r in jobs]
 
     async def _devices(self) -> list[dict[str, Any]] | None:
         if self.config.hal not in self._peers:
             return None
+        cached = self._devices_cache
+        if cached is not None and trio.current_time() - cached[0] < DEVICE_REFRESH_S:
+            return cached[1]
+        found = await self._read_devices()
+        self._devices_cache = (trio.current_time(), found)
+        return found
+
+    async def _read_devices(self) -> list[dict[str, Any]]:
         listed = (await self.request(self.config.hal, ListDevices())).devices
         found: list[dict[str, Any]] = [{} for _ in listed]
 

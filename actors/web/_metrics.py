@@ -38,7 +38,7 @@ class HeartbeatCollector:
         yield up
         families: dict[str, Family] = {}
         seen: dict[str, dict[tuple[tuple[str, str], ...], int]] = {}
-        for _actor, metrics in sorted(self._reports().items()):
+        for actor, metrics in sorted(self._reports().items()):
             for metric in metrics:
                 if metric.name == "awen_up":
                     continue
@@ -48,7 +48,7 @@ class HeartbeatCollector:
                     seen[metric.name] = {}
                 elif family.type != metric.kind:
                     continue  # two actors disagree on what the metric is: the first one's kind stands
-                _add_series(family, metric, seen[metric.name])
+                _add_series(family, metric, seen[metric.name], actor)
         yield from families.values()
 
 
@@ -59,10 +59,11 @@ def _base(metric: Metric) -> str:
     return metric.name
 
 
-def _add_series(family: Family, metric: Metric, seen: dict[tuple[tuple[str, str], ...], int]) -> None:
-    """``metric``'s series as ``family``'s samples; a series already there (same labels) is replaced."""
+def _add_series(family: Family, metric: Metric, seen: dict[tuple[tuple[str, str], ...], int], actor: str) -> None:
+    """``metric``'s series as ``family``'s samples, each labelled with the ``actor`` that reported it (two
+    executors' shots are two series, not one overwriting the other); a series already there is replaced."""
     for series in metric.series:
-        labels = {str(k): str(v) for k, v in series.labels.items()}
+        labels = {"actor": actor} | {str(k): str(v) for k, v in series.labels.items()}
         key = tuple(sorted(labels.items()))
         if key in seen:  # replace: drop the samples the earlier report gave
             family.samples = [s for s in family.samples if tuple(sorted(_own(s.labels).items())) != key]
