@@ -142,7 +142,7 @@ async def _serve(
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             async with open_system(config) as supervisor, trio.open_nursery() as beside:
-                reporting = trio.CancelScope()  # systemd hears of the lab while it runs (_notify.report)
+                reporting = trio.CancelScope()  # readiness on stdout, and to systemd, while it runs (_notify.report)
                 await supervisor.wait_started()
                 daemon.write_daemon_file(
                     data_dir,

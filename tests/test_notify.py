@@ -114,3 +114,36 @@ def test_awen_up_tells_systemd_ready_watchdog_status_and_stopping(tmp_path, monk
         assert "WATCHDOG=1" not in after  # nothing more once it stops
         assert "READY=1" not in after
         assert "awen: SIGTERM: draining" in "\n".join(out.seen + out.rest(timeout=5))
+
+
+@pytest.mark.system
+def test_awen_up_without_systemd_prints_when_the_lab_is_ready(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWEN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    with awen_process("up", "--modes", "4", "--port", str(free_port()), "--no-http") as (proc, out):
+        out.until("awen: up", timeout=60)
+        out.until("awen: ready", timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+@pytest.mark.system
+def test_awen_up_queues_a_calibration_when_none_is_valid_and_none_is_being_made(tmp_path, monkeypatch):
+    import msgspec
+
+    from actors.lab import system_toml
+    from awen.daemon import default_lab
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    lab = default_lab(tmp_path / "data", modes=4, port=free_port())
+    actors = [
+        msgspec.structs.replace(a, config={**a.config, "auto": False}) if a.name == "calibration" else a
+        for a in lab.actors
+    ]
+    path = tmp_path / "lab.toml"
+    path.write_text(system_toml(msgspec.structs.replace(lab, actors=actors)))
+    with awen_process("up", str(path)) as (proc, out):
+        out.until("awen: no valid calibration: calibrating now", timeout=60)
+        out.until("awen: ready", timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
