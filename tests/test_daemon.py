@@ -183,7 +183,8 @@ def test_awen_up_writes_awen_json_refuses_a_second_and_removes_it_on_sigterm(tmp
     data = tmp_path / "data"
     monkeypatch.setenv("AWEN_DATA_DIR", str(data))
     port = free_port()
-    with awen_process("up", "--port", str(port), "--modes", "4") as (proc, out):
+    http = f"127.0.0.1:{free_port()}"  # not the default 7461: a lab running on this machine may hold it
+    with awen_process("up", "--port", str(port), "--modes", "4", "--http", http) as (proc, out):
         line = out.until("awen: up", timeout=30)
         assert f"pid {proc.pid}" in line
         assert f"data {data}" in line
@@ -202,11 +203,11 @@ def test_awen_up_writes_awen_json_refuses_a_second_and_removes_it_on_sigterm(tmp
             "system_file",
             "http",
         }
-        assert info["http"] == "http://127.0.0.1:7461"  # the web actor's (decision 0015 §1)
+        assert info["http"] == f"http://{http}"  # the web actor's (decision 0015 §1)
         assert Path(info["system_file"]).is_file()
         assert not daemon_file_is_stale(data)
 
-        second = awen_cli("up", "--port", str(free_port()), "--modes", "4", timeout=30)
+        second = awen_cli("up", "--port", str(free_port()), "--modes", "4", "--no-http", timeout=30)
         assert second.returncode == 1
         assert second.stderr.strip() == (
             f"awen: error: another awen is running on {data} (pid {proc.pid}); "
@@ -221,10 +222,14 @@ def test_awen_up_writes_awen_json_refuses_a_second_and_removes_it_on_sigterm(tmp
     assert daemon_file_is_stale(data)
 
 
+NO_HTTP = ("--modes", "4", "--no-http")
+"""A small simulated chip, no web actor: the default HTTP port (7461) may be held by a lab on this machine."""
+
+
 @pytest.mark.system
 def test_kill_9_leaves_awen_json_stale_and_a_new_awen_up_starts(tmp_path):
     data = tmp_path / "data"
-    with awen_process("up", "--data-dir", str(data), "--port", str(free_port()), "--modes", "4") as (proc, out):
+    with awen_process("up", "--data-dir", str(data), "--port", str(free_port()), *NO_HTTP) as (proc, out):
         out.until("awen: up", timeout=30)
         actors = children_of(proc.pid)
         proc.kill()
@@ -236,7 +241,7 @@ def test_kill_9_leaves_awen_json_stale_and_a_new_awen_up_starts(tmp_path):
         assert daemon_file_is_stale(data)
     finally:
         wait_gone(actors, 10)  # the actors see their supervisor gone within a heartbeat or two
-    with awen_process("up", "--data-dir", str(data), "--port", str(free_port()), "--modes", "4") as (again, out):
+    with awen_process("up", "--data-dir", str(data), "--port", str(free_port()), *NO_HTTP) as (again, out):
         out.until("awen: up", timeout=30)
         assert json.loads((data / "awen.json").read_text())["pid"] == again.pid
         assert not daemon_file_is_stale(data)
