@@ -124,6 +124,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
         if refused:
             print(daemon.refusal(refused[0]), file=sys.stderr)
             return EXIT_USAGE
+        taken = daemon.ports_in_use(config, endpoints)
+        if taken:
+            print(
+                f"awen: error: {', '.join(taken)} in use (another awen, or another program): stop it, or choose "
+                "other ports with --port and --http (or --no-http)",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
         if args.log_format is not None:
             config = msgspec.structs.replace(config, log_format=args.log_format)
         configure_logging(config.log_level, fmt=config.log_format)

@@ -22,6 +22,7 @@ import inspect
 import json
 import os
 import re
+import socket
 import sys
 import tempfile
 import time
@@ -145,6 +146,32 @@ def http_url(config: SystemConfig) -> str | None:
         if spec.factory == WEB_FACTORY:
             return f"http://{spec.config.get('listen', '127.0.0.1:7461')}"
     return None
+
+
+def ports_in_use(config: SystemConfig, endpoints: Sequence[str]) -> list[str]:
+    """The TCP addresses the lab would listen on (the door's, the web actor's) that something holds already.
+
+    Asked before the lab starts, so that ``awen up`` says so in one line instead of starting an actor
+    that cannot bind, and is restarted, and keeps the lab from being ready. (Another program may
+    take a port between this look and the bind: then that actor says so in the log.)
+    """
+    wanted = [e.removeprefix("tcp://") for e in endpoints if e.startswith("tcp://")]
+    url = http_url(config)
+    if url is not None:
+        wanted.append(url.removeprefix("http://"))
+    taken: list[str] = []
+    for address in wanted:
+        host, _, port = address.rpartition(":")
+        if not port.isdigit() or int(port) == 0:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: a closed one's
+            try:  # connections in TIME_WAIT do not hold the port, a listener does
+                sock.bind((host.strip("[]"), int(port)))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    taken.append(address)
+    return taken
 
 
 def write_daemon_file(data_dir: str | os.PathLike[str], info: Mapping[str, Any]) -> Path:

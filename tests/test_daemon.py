@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -382,3 +383,17 @@ def test_awen_up_of_a_file_keeps_its_data_directory_and_door(tmp_path):
         done = awen_cli("up", str(path), timeout=30)
         assert done.returncode == 2
         assert done.stderr.startswith("awen: error: refusing to listen on tcp://0.0.0.0:7460: clients are not")
+
+
+def test_a_port_another_program_holds_is_named_and_awen_up_exits_1(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = awen_cli("up", "--data-dir", str(tmp_path), "--port", str(port), "--no-http", timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"awen: error: 127.0.0.1:{port} in use (another awen, or another program): stop it, or choose other ports "
+        "with --port and --http (or --no-http)"
+    ]
+    assert not (tmp_path / "awen.json").exists()
