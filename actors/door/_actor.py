@@ -66,6 +66,9 @@ LONG_REQUEST_S = {"cal.calibrate": 3600.0, "cal.check_reference": 600.0}
 
 STATUS_TIMEOUT_S = 2.0
 
+MAX_CLIENTS = 10_000
+"""Clients the door keeps (name, route, subscriptions) between its lease sweeps: a flood of names is bounded."""
+
 PLANS_KEPT = 256
 """Plans the door keeps, by id, to lay results out by (a plan never changes; a variational loop makes many)."""
 
@@ -162,6 +165,8 @@ class DoorActor(Actor):
         client = self.clients.get(env.sender)
         if client is None:
             self.clients[env.sender] = _Client(route=route, name=env.sender, seen=trio.current_time())
+            if len(self.clients) > MAX_CLIENTS:  # a flood of names: the longest known goes (it says hello again)
+                del self.clients[next(iter(self.clients))]
         else:
             client.route = route
             client.seen = trio.current_time()
