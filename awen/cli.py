@@ -353,6 +353,15 @@ def _cmd_sim_serve(args: argparse.Namespace) -> int:
                 path = await nursery.start(functools.partial(sim.serve_pty, server, link=link, on_path=moved))
                 print(path, flush=True)
                 print(f"awen sim: {server.banner()} on {path}" + (f" (link {link})" if link else ""), flush=True)
+            if args.control is not None:
+                host, _, port = args.control.rpartition(":")
+                if not port.isdigit():
+                    raise ConfigError(f"--control expects HOST:PORT, got {args.control!r}")
+                try:
+                    bound = await nursery.start(sim.serve_control, server, host or "127.0.0.1", int(port))
+                except ValueError as exc:
+                    raise ConfigError(str(exc)) from exc
+                print(f"awen sim: control on {bound[0]}:{bound[1]}", flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
         trio.run(serve)
@@ -634,6 +643,11 @@ def _add_sim_commands(commands: Commands) -> None:
         "--record",
         metavar="FILE",
         help="write every change that reaches the chip to FILE, one JSON line each, as it happens (an audit record)",
+    )
+    serve.add_argument(
+        "--control",
+        metavar="HOST:PORT",
+        help="also open a control port (loopback only; port 0: any free one) to inject faults and drift",
     )
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_cmd_sim_serve)

@@ -26,6 +26,9 @@ from ._config import SimConfigError as SimConfigError
 from ._config import load_config as load_config
 from ._config import parse_config as parse_config
 from ._config import parse_fault as parse_fault
+from ._control import SimControl as SimControl
+from ._control import SimControlError as SimControlError
+from ._control import serve_control as serve_control
 from ._device import Device as Device
 from ._factory import chip_of as chip_of
 from ._factory import factory_calibration as factory_calibration

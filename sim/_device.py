@@ -445,6 +445,40 @@ class Device:
         self._apply(voltages)
         self._note("heaters", command=command.short, heater=heater)
 
+    # --- the control port (sim._control) -------------------------------------------------
+
+    def trip_interlock(self, why: str) -> None:
+        """Trip the interlock now, as the device's own doing (an injected fault)."""
+        with self.attributed_to(None):
+            self._trip(f"injected: {why}")
+
+    def rearm_interlock(self) -> None:
+        """Re-arm a tripped interlock (the control port clearing its own fault)."""
+        if self.interlock:
+            self.interlock = False
+            with self.attributed_to(None):
+                self._note("interlock_reset", command="control")
+
+    def stick(self, heater: int, volts: float | None = None) -> None:
+        """Keep ``heater`` at ``volts`` (default: what it gets now) whatever it is set to."""
+        self._check_heater(heater)
+        self.chip.stuck[heater] = float(self.chip.applied_voltages()[heater]) if volts is None else float(volts)
+        self.chip.set_voltages(self.chip.voltages, self.clock)
+        self.received.append((self.clock, self.chip.applied_voltages()))
+
+    def unstick(self, heater: int) -> None:
+        """Let ``heater`` follow its set voltage again."""
+        if self.chip.stuck.pop(heater, None) is not None:
+            self.chip.set_voltages(self.chip.voltages, self.clock)
+            self.received.append((self.clock, self.chip.applied_voltages()))
+
+    def advance(self, seconds: float) -> None:
+        """Move device time on by ``seconds`` at once, the heaters drifting as they would meanwhile."""
+        if not seconds >= 0 or not math.isfinite(seconds):
+            raise ValueError(f"cannot advance device time by {seconds!r} s")
+        self.clock += seconds  # a ``wall`` clock then stays ahead of the host's by as much
+        self.chip.phases(self.clock)  # draws the drift over the whole span now, deterministically
+
     # --- commands -----------------------------------------------------------------------
 
     def _reset(self, command: Command, args: list[Any]) -> None:

@@ -50,6 +50,8 @@ class DeviceServer:
         self._poke = trio.Event()
         self._watching_until = math.inf
         self.connections = 0
+        self.slow = 0.0
+        """Seconds every reply is held back (the control port's ``slow``), on top of any ``delay`` fault."""
 
     @property
     def device(self) -> Device:
@@ -160,8 +162,9 @@ class DeviceServer:
                 reply = bytes(corrupted)
         if reply is None:
             return None
-        if "delay" in transport:
-            await trio.sleep(transport["delay"].seconds)
+        delay = self.slow + (transport["delay"].seconds if "delay" in transport else 0.0)
+        if delay > 0:
+            await trio.sleep(delay)
         return reply + b"\n"
 
 
