@@ -99,10 +99,8 @@ def test_a_thousand_jobs_from_fifty_clients_grow_the_scheduler_and_the_store_by_
     with awen_process("up", "--modes", "4", "--port", str(free_port()), "--no-http") as (proc, out):
         out.until("awen: up", timeout=60)
         with awen.connect() as client:
-            deadline = time.monotonic() + 60
-            while not client.calibration_status().valid:  # the door takes circuits once the chip is calibrated
-                assert time.monotonic() < deadline, "the chip was not calibrated within 60 s"
-                time.sleep(0.2)
+            if not client.calibration_status().valid:  # the door takes circuits once the chip is calibrated
+                client.calibrate()  # joins the lab's first calibration: back once it is made
             client.pause("the test fills the queue")
             pids = {a.name: a.status.pid for a in client.status().actors if a.status is not None}
         assert {"scheduler", "memory", "door"} <= set(pids), pids

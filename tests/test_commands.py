@@ -67,10 +67,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         out.until("awen: up", timeout=60)
         client = connect(f"tcp://127.0.0.1:{port}")
         try:
-            deadline = time.monotonic() + 60
-            while not client.calibration_status().valid:
-                assert time.monotonic() < deadline, "the lab's first calibration did not end within 60 s"
-                time.sleep(0.2)
+            if not client.calibration_status().valid:
+                client.calibrate()  # joins the lab's first calibration: back once it is made
         finally:
             client.close()
         yield Lab(data_dir, port)
