@@ -310,11 +310,9 @@ def test_a_wait_spans_a_restart_of_the_daemon_and_the_job_runs_once(tmp_path, ho
 
         waiter = threading.Thread(target=wait, daemon=True)
         waiter.start()
-        deadline = time.monotonic() + 10
-        while job.state() != "running":
-            assert time.monotonic() < deadline, "the job did not start"
-            time.sleep(0.05)
-        time.sleep(0.5)
+        for done, _total in job.progress():  # pushed by the door: no polling
+            if done > 0:
+                break  # it runs, and has shots committed: a restart now interrupts it mid-way
         if how == "sigterm":
             assert daemon.terminate() == 0
         else:
@@ -347,6 +345,7 @@ WAITING = """
     lab = awen.connect()
     job = lab.submit("examples/hom.json", shots=int(sys.argv[1]), key="ctrl-c")
     print(job.id, flush=True)
+    print("waiting", flush=True)
     job.wait()
     print("waited", flush=True)
 """
@@ -366,7 +365,7 @@ def test_ctrl_c_abandons_the_wait_not_the_job(daemon):
         assert proc.stdout is not None
         job_id = proc.stdout.readline().strip()
         assert job_id.startswith("job-"), proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.5)
+        assert proc.stdout.readline().strip() == "waiting"  # at (or entering) job.wait(): Ctrl-C now
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)  # no hang
         assert proc.returncode != 0
@@ -479,10 +478,7 @@ def test_a_refused_circuit_lists_every_problem_with_its_op(daemon):
 def test_a_cancelled_job_raises_job_failed_with_its_partial_result(daemon):
     with awen.connect(daemon.url) as lab:
         job = lab.submit(HOM, shots=LONG_SHOTS, key="cancelled")
-        deadline = time.monotonic() + 10
-        while job.state() != "running":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        next(iter(job.progress()))  # its first progress: it runs
         job.cancel()
         with pytest.raises(JobFailed) as caught:
             job.wait(timeout=30)
