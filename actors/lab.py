@@ -19,15 +19,13 @@ The actors, in the order the supervisor starts them::
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from protocol import toml_text
 from runtime import RestartPolicy, RuntimeOptions, SystemConfig, parse_system
 
 LAB_ACTORS = ("memory", "hal", "scheduler", "executor", "calibration")
@@ -124,76 +122,10 @@ def lab_system(
 
 # --- the system file ----------------------------------------------------------------------------
 
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
 
 def system_toml(system: SystemConfig) -> str:
     """``system`` as the TOML file ``awen up`` reads (`runtime.load_system` gives it back).
 
     Every setting is written out, defaults too, so the file says what runs.
     """
-    data = _without_none(msgspec.to_builtins(system))
-    return _table(data, ())
-
-
-def _without_none(value: Any) -> Any:
-    """TOML has no null: an unset setting is left out (and takes its default when read)."""
-    if isinstance(value, dict):
-        return {k: _without_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_none(v) for v in value]
-    return value
-
-
-def _is_table(value: Any) -> bool:
-    return isinstance(value, dict) and bool(value)
-
-
-def _is_array_of_tables(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(_is_table(v) for v in value)
-
-
-def _table(data: dict[str, Any], path: tuple[str, ...]) -> str:
-    """A table's ``key = value`` lines, then its sub-tables and arrays of tables under headers of their own."""
-    lines = [f"{_key(k)} = {_value(v)}" for k, v in data.items() if not (_is_table(v) or _is_array_of_tables(v))]
-    text = "".join(line + "\n" for line in lines)
-    for k, v in data.items():
-        name = (*path, k)
-        header = ".".join(_key(part) for part in name)
-        if _is_table(v):
-            text += f"\n[{header}]\n" + _table(v, name)
-        elif _is_array_of_tables(v):
-            for item in v:
-                text += f"\n[[{header}]]\n" + _table(item, name)
-    return text
-
-
-def _key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else _string(key)
-
-
-def _string(text: str) -> str:
-    # A JSON string is a TOML basic string, but for DEL, which TOML wants escaped; non-ASCII stays
-    # as it is (JSON would write astral characters as surrogate pairs, which TOML refuses).
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
-def _value(value: Any) -> str:
-    """One value inline: a string, a number, a boolean, an array or an inline table."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return _string(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + " }" if value else "{}"
-    raise TypeError(f"a system file cannot hold {type(value).__name__} {value!r}")
+    return toml_text(msgspec.to_builtins(system))

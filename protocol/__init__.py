@@ -40,6 +40,7 @@ from ._errors import UnknownMessageType as UnknownMessageType
 from ._errors import UnsupportedVersion as UnsupportedVersion
 from ._files import convert_settings as convert_settings
 from ._files import load_settings as load_settings
+from ._files import toml_text as toml_text
 from ._message import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._message import SUPPORTED_VERSIONS as SUPPORTED_VERSIONS
 from ._message import Envelope as Envelope
