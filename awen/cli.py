@@ -613,6 +613,12 @@ def _add_client_commands(commands: Commands) -> None:
     pause.add_argument("--reason", default="", help="why (kept with the pause)")
     add("resume", "dispatch jobs again", run.resume)
     add("devices", "the lab's devices and the state of their links", run.devices)
+    reset = add(
+        "reset-interlock",
+        "re-arm a tripped interlock once its cause is gone (the heaters stay at 0 V)",
+        run.reset_interlock,
+    )
+    reset.add_argument("device", nargs="?", help="the device (default: the lab's first)")
     watch = add("watch", "print the lab's events as they come, one line each, until Ctrl-C", run.watch)
     watch.add_argument(
         "prefixes", nargs="*", metavar="PREFIX", help="only event types starting with one (sched., exec.)"

@@ -455,7 +455,18 @@ def _print_queue(args: argparse.Namespace, queue: Any) -> int:
 
 @command
 def devices(args: argparse.Namespace) -> int:
+    return _print_devices(args, _connect(args))
+
+
+@command
+def reset_interlock(args: argparse.Namespace) -> int:
+    """The operator's reset, once whatever tripped the interlock is gone; the devices after it."""
     lab = _connect(args)
+    lab.reset_interlock(args.device)
+    return _print_devices(args, lab)
+
+
+def _print_devices(args: argparse.Namespace, lab: Any) -> int:
     found = lab.devices()
     if args.json:
         _print_json({"devices": found})

@@ -66,12 +66,14 @@ FORWARDED: Final[Mapping[str, frozenset[str]]] = {
         }
     ),
     "calibration": frozenset({"cal.calibrate", "cal.get_status", "cal.check_reference"}),
-    "hal": frozenset({"hal.list_devices", "hal.describe", "hal.get_device_status"}),
+    "hal": frozenset({"hal.list_devices", "hal.describe", "hal.get_device_status", "hal.reset_interlock"}),
     "executor": frozenset({"exec.get_status", "exec.abort"}),
 }
 """Per actor kind, the requests the door forwards to an actor of that kind; ``sys.ping`` and
 ``sys.get_status`` go to any. Nothing that sets the chip (``hal.set_heaters``) or writes the store
-(``mem.put_job``) is here: a client reaches them only through the scheduler's checks."""
+(``mem.put_job``) is here: a client reaches them only through the scheduler's checks. The one device
+action is ``hal.reset_interlock``, the operator's once the cause is gone: it re-arms the interlock and
+leaves every heater at 0 V (decision 0016, "Resetting the interlock")."""
 
 ANY_ACTOR: Final = frozenset({"sys.ping", "sys.get_status"})
 

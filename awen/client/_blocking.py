@@ -204,6 +204,9 @@ class Lab:
     def calibration(self, version: int | None = None, *, device: str | None = None) -> Calibration:
         return self._call(functools.partial(self._lab.calibration, version, device=device))
 
+    def reset_interlock(self, device: str | None = None) -> None:
+        self._call(self._lab.reset_interlock, device)
+
     def devices(self) -> list[DeviceInfo]:
         return self._call(self._lab.devices)
 

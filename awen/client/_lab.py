@@ -28,7 +28,7 @@ from protocol.calibration import Calibrate, Calibrated, CalibrationStatus, GetCa
 from protocol.catalog import CATALOG
 from protocol.circuit import Circuit, CircuitBuilder, load_circuit, parse_circuit
 from protocol.door import DOOR, GetLabStatus, GetResult, Hello, LabStatus, Subscribe, WaitJob, Welcome
-from protocol.hal import DeviceInfo, ListDevices
+from protocol.hal import DeviceInfo, ListDevices, ResetInterlock
 from protocol.memory import (
     TERMINAL_STATES,
     Calibration,
@@ -309,6 +309,15 @@ class AsyncLab:
         name = device or (self.welcome.devices[0] if self.welcome.devices else "chip")
         found: Calibration = await self._ask(self._actor("memory"), GetCalibration(device=name, version=version))
         return found
+
+    async def reset_interlock(self, device: str | None = None) -> None:
+        """Re-arm the chip's tripped interlock, once whatever tripped it is gone; its heaters stay at 0 V.
+
+        The scheduler dispatches again once the HAL reports the reset. A device still tripped refuses,
+        and the error says so.
+        """
+        name = device or (self.welcome.devices[0] if self.welcome.devices else "chip")
+        await self._ask(self._actor("hal"), ResetInterlock(device=name))
 
     async def devices(self) -> list[DeviceInfo]:
         reply = await self._ask(self._actor("hal"), ListDevices())
