@@ -34,10 +34,17 @@ _CLIENT = (
 )
 
 
+_CIRCUIT = ("Circuit", "CircuitBuilder")
+
+
 def __getattr__(name: str) -> Any:
     # The client is imported when first used, so that the command line starts without it.
     if name in _CLIENT:
         from . import client
 
         return getattr(client, name)
+    if name in _CIRCUIT:  # how a circuit is written (docs/circuits.md), beside the client that submits it
+        from protocol import circuit
+
+        return getattr(circuit, name)
     raise AttributeError(f"module 'awen' has no attribute {name!r}")
