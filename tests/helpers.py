@@ -101,17 +101,20 @@ def awen_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[st
 
 
 @contextmanager
-def awen_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], LineReader]]:
+def awen_process(
+    *args: str, python: str | Path = sys.executable, cwd: Path = REPO
+) -> Iterator[tuple[subprocess.Popen[str], LineReader]]:
     """``python -m awen.cli ARGS`` as an operator runs it; its stdout and stderr as one stream of lines.
 
-    Ended on the way out (SIGTERM, then SIGKILL if it does not go), never left behind.
+    ``python`` is this suite's by default (another venv's: awen as installed there). Ended on the way
+    out (SIGTERM, then SIGKILL if it does not go), never left behind.
     """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "awen.cli", *args],
+        [str(python), "-m", "awen.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        cwd=REPO,
+        cwd=cwd,
     )
     try:
         yield proc, LineReader(proc.stdout)
