@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/scheduler.py
 	$(BIN)/python benchmarks/end_to_end.py
 	$(BIN)/python benchmarks/client.py
+	$(BIN)/python benchmarks/testbench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
