@@ -166,6 +166,8 @@ class Controller:
             "messages": device.faults.count,
             "interlock": device.interlock,
             "drift_rad_rms": float(np.sqrt(np.mean(device.chip.drift**2))),
+            # The true offsets (phi0 plus the drift accrued so far), for comparing a calibration with the truth.
+            "phase_offsets_rad": np.mod(device.chip.phi0 + device.chip.drift, 2 * math.pi).tolist(),
         }
 
 

@@ -11,9 +11,17 @@ The output phase shifters change no power reading, so their ``phi0`` and
 ``alpha`` cannot be measured this way (nor do they change a photon-counting
 result); they are kept at their starting values and reported as such.
 
-Levenberg-Marquardt over all parameters at once (numpy least squares on the
-normal equations), starting from the factory calibration; uncertainties from
-the covariance, scaled by the reduced chi-square so that model error shows in
+Levenberg-Marquardt (numpy least squares on the normal equations), starting
+from the latest calibration or the factory's, in two stages: first the phase
+offsets and output scales alone, ``alpha`` and the crosstalk held at their
+starting values, then every parameter at once from there. What moves between
+calibrations is mostly ``phi0`` (drift); fitted all at once from offsets a few
+tenths of a radian off, the first Gauss-Newton steps trade the phase error
+for wrong ``alpha`` or crosstalk values (a negative crosstalk, an ``alpha``
+several times too large) and the fit settles in a local minimum that
+reproduces the sweep badly (reduced chi-square in the thousands), and that a
+recalibration started from it does not leave. Uncertainties from the
+covariance, scaled by the reduced chi-square so that model error shows in
 them.
 """
 
@@ -135,32 +143,39 @@ class _Problem:
         r: np.ndarray = ((predicted - self.data.powers) / self.sigma).ravel()
         return r
 
-    def jacobian(self, p: np.ndarray, r0: np.ndarray) -> np.ndarray:
-        jac = np.empty((r0.size, p.size))
-        for i in range(p.size):
+    def offsets_and_scales(self) -> np.ndarray:
+        """Indices (in the parameter vector) of the phase offsets and the output scales."""
+        k, e = len(self.fitted), len(self.pairs)
+        return np.concatenate([np.arange(k), np.arange(2 * k + e, 2 * k + e + self.layout.modes)])
+
+    def jacobian(self, p: np.ndarray, r0: np.ndarray, free: np.ndarray | None = None) -> np.ndarray:
+        """d residuals / d p, over the parameters ``free`` (all if none), in that order."""
+        columns = np.arange(p.size) if free is None else free
+        jac = np.empty((r0.size, columns.size))
+        for c, i in enumerate(columns):
             step = 1e-6 * max(1.0, abs(p[i]))
             moved = p.copy()
             moved[i] += step
-            jac[:, i] = (self.residuals(moved) - r0) / step
+            jac[:, c] = (self.residuals(moved) - r0) / step
         return jac
 
 
-def fit_sweeps(
-    layout: MeshLayout, data: SweepData, start: CalibrationModel, *, version: int, max_iterations: int = 60
-) -> FitResult:
-    """Fit phi0, alpha, crosstalk and output scales to the sweep data, starting from ``start``."""
-    problem = _Problem(layout, data, start)
-    p = problem.initial()
+def _levenberg_marquardt(
+    problem: _Problem, p: np.ndarray, free: np.ndarray | None, max_iterations: int
+) -> tuple[np.ndarray, np.ndarray, float, int, list[float]]:
+    """Minimise the residuals over the parameters ``free`` (all if none), the others held: (p, r, cost, its, costs)."""
     r = problem.residuals(p)
     cost = float(r @ r)
     history = [cost]
     damping = 1e-3
     iterations = 0
     for iterations in range(1, max_iterations + 1):  # noqa: B007 - reported below
-        jac = problem.jacobian(p, r)
+        jac = problem.jacobian(p, r, free)
         normal = jac.T @ jac
         gradient = jac.T @ r
         improved = False
+        relative = 0.0
+        step = np.zeros(0)
         for _ in range(12):
             lhs = normal + damping * np.diag(np.diag(normal) + 1e-12)
             try:
@@ -168,7 +183,11 @@ def fit_sweeps(
             except np.linalg.LinAlgError:
                 damping *= 10
                 continue
-            trial = p + step
+            trial = p.copy()
+            if free is None:
+                trial += step
+            else:
+                trial[free] += step
             r_trial = problem.residuals(trial)
             trial_cost = float(r_trial @ r_trial)
             if trial_cost < cost:
@@ -179,10 +198,61 @@ def fit_sweeps(
                 break
             damping *= 5
         history.append(cost)
-        if not improved or relative < 1e-12 or float(np.abs(step).max()) < 1e-10:
+        if not improved or relative < 1e-12 or float(np.abs(step).max(initial=0.0)) < 1e-10:
             break
+    return p, r, cost, iterations, history
+
+
+RETRY_CHI2 = 10.0
+"""A fit whose reduced chi-square ends above this is tried again from typical alpha and crosstalk values.
+
+The readings' sigma is set generously (1e-4 of a typical reading): a fit that found the chip ends well
+under 1; one caught in a local minimum ends in the thousands.
+"""
+
+
+def _staged(problem: _Problem, max_iterations: int) -> tuple[np.ndarray, np.ndarray, float, int, list[float]]:
+    """The two stages from the problem's start: offsets and scales alone, then everything. (p, r, cost, its, costs)."""
+    p, r, cost, first, history = _levenberg_marquardt(
+        problem, problem.initial(), problem.offsets_and_scales(), max_iterations
+    )
+    p, r, cost, second, more = _levenberg_marquardt(problem, p, None, max_iterations)
+    return p, r, cost, first + second, history + more[1:]
+
+
+def _typical(start: CalibrationModel, problem: _Problem) -> CalibrationModel:
+    """``start`` with every fitted crosstalk at the median of its own, and any alpha over 2x off the median at it."""
+    fitted = problem.fitted
+    alpha = start.alpha.copy()
+    median = float(np.median(alpha[fitted]))
+    odd = fitted[(alpha[fitted] > 2 * median) | (alpha[fitted] < 0.5 * median)]
+    alpha[odd] = median
+    crosstalk = start.crosstalk.copy()
+    if problem.pairs:
+        rows = np.array([i for i, _ in problem.pairs])
+        cols = np.array([j for _, j in problem.pairs])
+        crosstalk[rows, cols] = max(0.0, float(np.median(crosstalk[rows, cols])))
+    return CalibrationModel(version=start.version, phi0=start.phi0.copy(), alpha=alpha, crosstalk=crosstalk)
+
+
+def fit_sweeps(
+    layout: MeshLayout, data: SweepData, start: CalibrationModel, *, version: int, max_iterations: int = 60
+) -> FitResult:
+    """Fit phi0, alpha, crosstalk and output scales to the sweep data, starting from ``start``."""
+    problem = _Problem(layout, data, start)
+    p, r, cost, iterations, history = _staged(problem, max_iterations)
     dof = max(1, r.size - p.size)
     reduced = cost / dof
+    if not reduced <= RETRY_CHI2:
+        # A start that is itself a local minimum's (a calibration stored from a bad fit: a wrong alpha or
+        # crosstalk the offsets-first stage holds) keeps the fit there: again from typical values of both.
+        retry = _Problem(layout, data, _typical(start, problem))
+        p2, r2, cost2, iterations2, history2 = _staged(retry, max_iterations)
+        iterations += iterations2
+        history += history2
+        if cost2 < cost or not np.isfinite(cost):
+            problem, p, r, cost = retry, p2, r2, cost2
+            reduced = cost / dof
     jac = problem.jacobian(p, r)
     try:
         covariance = np.linalg.pinv(jac.T @ jac) * max(reduced, 1.0)
@@ -191,11 +261,11 @@ def fit_sweeps(
     sigma = np.sqrt(np.clip(np.diag(covariance), 0, None))
     phi0, alpha, cross, scales = problem.unpack(p)
     k, e = len(problem.fitted), len(problem.pairs)
-    full_phi0 = start.phi0.copy()
-    full_alpha = start.alpha.copy()
+    full_phi0 = problem.start.phi0.copy()
+    full_alpha = problem.start.alpha.copy()
     full_phi0[problem.fitted] = np.mod(phi0, 2 * math.pi)
     full_alpha[problem.fitted] = alpha
-    crosstalk = start.crosstalk.copy()
+    crosstalk = problem.start.crosstalk.copy()
     for (i, j), value in zip(problem.pairs, cross, strict=True):
         crosstalk[i, j] = value
     phi0_sigma = np.full(problem.n, math.inf)
