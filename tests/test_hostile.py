@@ -341,7 +341,7 @@ def bodies() -> st.SearchStrategy[tuple[str, Any]]:
     return st.sampled_from(list(CATALOG)).flatmap(for_type)
 
 
-@settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bodies(), st.fixed_dictionaries({}, optional={k: values() for k in HEADER}))
 def test_random_envelopes_of_every_catalog_type_raise_only_protocol_errors(typed_body, header_changes):
     msg_type, body = typed_body
