@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/awen run examples/hom.json
 
+# Test files spread over up to 4 processes (pytest-xdist; one file stays in one process, so its
+# module fixtures are shared as written): 7 minutes instead of 9.5 on 2 cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --numprocesses auto --maxprocesses 4 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
