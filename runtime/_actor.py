@@ -180,21 +180,28 @@ class Actor:
             try:
                 async with trio.open_nursery() as work:
                     life.work = work
-                    if self.address is not None:
-                        await self.__mailbox.bind(transport, io, self.address.address)
-                        await self.__events.bind(transport, io, self.address.events)
-                    peers = (address.events for peer, address in self.runtime.directory.items() if peer != self.name)
-                    self.__events.connect(transport, io, peers)
-                    if self.__events.publishing:
-                        work.start_soon(self.__liveness.heartbeats)
-                    work.start_soon(self.__liveness.watch)
-                    work.start_soon(self.__requests.sweep_deadlines)
-                    await self.setup()
-                    life.serving = True
-                    task_status.started()
-                    log.debug("%s: serving at %s", self.name, self.address)
-                    await self.main()
-                    work.cancel_scope.cancel()
+                    try:
+                        if self.address is not None:
+                            await self.__mailbox.bind(transport, io, self.address.address)
+                            await self.__events.bind(transport, io, self.address.events)
+                        peers = (a.events for peer, a in self.runtime.directory.items() if peer != self.name)
+                        self.__events.connect(transport, io, peers)
+                        if self.__events.publishing:
+                            work.start_soon(self.__liveness.heartbeats)
+                        work.start_soon(self.__liveness.watch)
+                        work.start_soon(self.__requests.sweep_deadlines)
+                        await self.setup()
+                        life.serving = True
+                        task_status.started()
+                        log.debug("%s: serving at %s", self.name, self.address)
+                        await self.main()
+                    finally:
+                        # From here the nursery takes no new task, while its tasks wind down: a request,
+                        # an event's subscriber or start_soon arriving now is refused as the actor's
+                        # stop, never started in it ("Nursery is closed to new arrivals").
+                        life.work = None
+                        life.stopping = True
+                        work.cancel_scope.cancel()
             finally:
                 life.work = None  # closed: teardown runs without background work
                 with trio.CancelScope(shield=True):

@@ -16,6 +16,7 @@ from protocol import Codec, ErrorCode, make_envelope
 from protocol.system import GetStatus, Heartbeat, Ping
 from runtime import (
     Actor,
+    ActorStoppedError,
     Address,
     Directory,
     LocalNetwork,
@@ -253,6 +254,49 @@ async def test_a_stopping_actor_answers_what_it_still_owes(tmp_path):
                 await client.request("counter", Add(n=1, delay=1000.0))
         assert caught.value.code == ErrorCode.ACTOR_STOPPED
         outer.cancel_scope.cancel()
+
+
+class Lingering(Counter):
+    """A counter whose background task takes its time to wind down once the actor stops (a last flush)."""
+
+    def __init__(self, name: str, runtime: Runtime) -> None:
+        super().__init__(name, runtime)
+        self.winding = trio.Event()
+        self.release = trio.Event()
+
+    async def setup(self) -> None:
+        self.start_soon(self._linger)
+
+    async def _linger(self) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                self.winding.set()
+                await self.release.wait()
+
+
+async def test_while_its_work_winds_down_a_stopping_actor_refuses_new_work_instead_of_crashing(tmp_path):
+    # The window between the end of main and the end of the actor's work: its tasks are being
+    # cancelled and the nursery takes no new one. A request or start_soon arriving then used to raise
+    # "Nursery is closed to new arrivals" inside the actor (seen as a traceback when awen up stopped).
+    rt = runtime("mem", ["client", "lingering"], tmp_path, request_timeout=60.0)
+    client, lingering = Actor("client", rt), Lingering("lingering", rt)
+    async with trio.open_nursery() as outer:
+        await outer.start(client.run)
+        running = await start_running(outer, lingering)
+        running.scope.cancel()
+        with trio.fail_after(5):
+            await lingering.winding.wait()
+            assert not lingering.running
+            with pytest.raises(ActorStoppedError):
+                lingering.start_soon(trio.sleep, 0)
+            with pytest.raises(RemoteError) as caught:
+                await client.request("lingering", Add(n=1, delay=0.01))
+            assert caught.value.code == ErrorCode.ACTOR_STOPPED
+        lingering.release.set()
+        outer.cancel_scope.cancel()
+    assert lingering.total == 0
 
 
 async def test_teardown_is_cut_off_after_stop_timeout(tmp_path, autojump_clock):
