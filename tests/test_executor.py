@@ -380,15 +380,16 @@ async def test_shots_are_fired_only_on_the_device_as_the_executor_set_it_while_a
                 else:
                     await b.ask("hal", ConfigureInputs(device="chip", inputs=[InputSetting(mode=1, state="vacuum")]))
                 intruded += 1
-                await trio.sleep(0.015)
+                await trio.sleep(0.03)  # room for the executor's set-and-fire, even on a loaded machine
 
+        records = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(intruder)
-            records = [await b.run(hom(6000), f"hom-{i}") for i in range(4)]
+            while len(records) < 4 or intruded <= 10:  # at least 4 jobs, and at least 10 intrusions among them
+                records.append(await b.run(hom(6000), f"hom-{len(records)}"))
             nursery.cancel_scope.cancel()
-        assert intruded > 10
-        assert [r.state for r in records] == ["completed"] * 4, [r.reason for r in records]
-        for i in range(4):
+        assert [r.state for r in records] == ["completed"] * len(records), [r.reason for r in records]
+        for i in range(len(records)):
             assert (await b.counts(f"hom-{i}", "p0.c")).sum() == 6000
         assert runs
         assert {inputs[:2] for _, inputs in runs} == {("PHOT", "PHOT")}, "shots fired with another client's inputs"
