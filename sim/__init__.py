@@ -43,5 +43,8 @@ from ._server import DeviceServer as DeviceServer
 from ._server import InProcessStream as InProcessStream
 from ._server import serve_pty as serve_pty
 from ._server import serve_tcp as serve_tcp
+from ._source import SourceError as SourceError
+from ._source import SourceModel as SourceModel
+from ._source import click_distribution as click_distribution
 
 __all__ = [name for name in dir() if not name.startswith("_")]

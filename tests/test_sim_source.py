@@ -1,0 +1,140 @@
+"""Imperfect sources (decision 0017 §1-2): the exact click distribution, against Perceval and a brute force."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from sim import SourceError, SourceModel, click_distribution, output_probabilities
+from sim._source import glynn_permanents, moebius
+
+BALANCED = np.array([[1, 1j], [1j, 1]]) / math.sqrt(2)
+
+
+def haar(m: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    z = (rng.standard_normal((m, m)) + 1j * rng.standard_normal((m, m))) / math.sqrt(2)
+    q, r = np.linalg.qr(z)
+    return q * (np.diagonal(r) / np.abs(np.diagonal(r)))
+
+
+def test_two_sources_on_a_balanced_splitter_give_perceval_s_numbers():
+    # perceval-quandela 1.3.1: Simulator(SLOSBackend()).probs_svd((Source(0.9, 0.02, 0.92), |1,1>),
+    # detectors=[Detector.threshold()] * 2) at precision 1e-20.
+    p = click_distribution(BALANCED, [0, 1], SourceModel(brightness=0.9, g2=0.02, indistinguishability=0.92))
+    assert p[0b00] == pytest.approx(0.01, abs=1e-14)
+    assert p[0b01] == pytest.approx(0.474832068093243, abs=1e-14)
+    assert p[0b10] == pytest.approx(0.474832068093243, abs=1e-14)
+    assert p[0b11] == pytest.approx(0.040335863813514075, abs=1e-14)
+
+
+def test_the_emission_probabilities_are_perceval_s():
+    # perceval's tests/components/test_source.py: Source(0.4, 0.1) emits |2> with 0.008336953374561418.
+    p0, p1, p2 = SourceModel(brightness=0.4, g2=0.1).emission()
+    assert p2 == pytest.approx(0.008336953374561418, abs=1e-15)
+    assert p0 == pytest.approx(0.6)
+    assert p1 + p2 == pytest.approx(0.4)
+    assert 2 * p2 / (p1 + 2 * p2) ** 2 == pytest.approx(0.1, abs=1e-14)  # the g2 it was asked for
+
+
+def test_without_noise_the_hom_visibility_is_the_indistinguishability():
+    for m_value in (1.0, 0.92, 0.5, 0.0):
+        source = SourceModel(indistinguishability=m_value)
+        dip = click_distribution(BALANCED, [0, 1], source)[0b11]
+        reference = click_distribution(np.eye(2), [0, 1], source)[0b11]
+        assert 1 - 2 * dip / reference == pytest.approx(m_value, abs=1e-14)
+
+
+def test_ideal_lossy_sources_give_the_thinned_permanent_distribution():
+    u = haar(5, seed=3)
+    eta = np.array([0.9, 0.7, 0.95, 0.6, 0.8])
+    p = click_distribution(u, [0, 2, 3], efficiency=eta)
+    expected = np.zeros(32)
+    states, probs = output_probabilities(u, [1, 0, 1, 1, 0])
+    for state, prob in zip(states, probs, strict=True):
+        for kept in itertools.product(*(range(int(n) + 1) for n in state)):
+            w = prob * math.prod(
+                math.comb(int(n), k) * eta[j] ** k * (1 - eta[j]) ** (int(n) - k)
+                for j, (n, k) in enumerate(zip(state, kept, strict=True))
+            )
+            expected[sum(1 << j for j, k in enumerate(kept) if k)] += w
+    np.testing.assert_allclose(p, expected, atol=1e-13)
+
+
+def brute_force(u, inputs, models, eta, dark):
+    """Every source's state enumerated, each wavepacket's photons by permanents, convolved, then detected."""
+    m = u.shape[0]
+    states_of = []
+    for model in models:
+        p0, p1, p2 = model.emission()
+        s = math.sqrt(model.indistinguishability)
+        # (probability, shared signal photons, private photons)
+        states_of.append([(p0, 0, 0), (s * p1, 1, 0), ((1 - s) * p1, 0, 1), (s * p2, 1, 1), ((1 - s) * p2, 0, 2)])
+    clicks = np.zeros(1 << m)
+    for config in itertools.product(*states_of):
+        weight = math.prod(c[0] for c in config)
+        if weight == 0:
+            continue
+        shared = [0] * m
+        private: list[int] = []
+        for mode, (_, sh, pr) in zip(inputs, config, strict=True):
+            shared[mode] += sh
+            private += [mode] * pr
+        fock = {(0,) * m: 1.0}
+        groups = [shared] + [[1 if j == mode else 0 for j in range(m)] for mode in private]
+        for group in groups:
+            if not any(group):
+                continue
+            states, probs = output_probabilities(u, group)
+            merged: dict[tuple[int, ...], float] = defaultdict(float)
+            for a, pa in fock.items():
+                for b, pb in zip(states.tolist(), probs, strict=True):
+                    merged[tuple(x + y for x, y in zip(a, b, strict=True))] += pa * pb
+            fock = dict(merged)
+        for state, prob in fock.items():
+            none = [(1 - eta[j]) ** n * (1 - dark[j]) for j, n in enumerate(state)]
+            for pattern in range(1 << m):
+                clicks[pattern] += (
+                    weight * prob * math.prod((1 - none[j]) if pattern >> j & 1 else none[j] for j in range(m))
+                )
+    return clicks
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_imperfect_sources_lossy_detectors_and_dark_counts_agree_with_a_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    m, n = 4, 3
+    u = haar(m, seed)
+    inputs = sorted(rng.choice(m, size=n, replace=False).tolist())
+    models = [
+        SourceModel(brightness=rng.uniform(0.3, 1), g2=rng.uniform(0, 0.2), indistinguishability=rng.uniform(0.3, 1))
+        for _ in range(n)
+    ]
+    eta = rng.uniform(0.5, 1, size=m)
+    dark = rng.uniform(0, 0.05, size=m)
+    # 20 % lost on the way, the same for every path: in the (sub-unitary) matrix, or in the outputs' efficiency.
+    p = click_distribution(u * math.sqrt(0.8), inputs, models, efficiency=eta, dark=dark)
+    np.testing.assert_allclose(p, brute_force(u, inputs, models, 0.8 * eta, dark), atol=1e-13)
+    assert p.sum() == pytest.approx(1.0, abs=1e-12)
+    assert p.min() > -1e-15
+
+
+def test_glynn_gives_the_permanent_and_moebius_inverts_the_zeta_transform():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((3, 4, 4)) + 1j * rng.standard_normal((3, 4, 4))
+    by_definition = [sum(math.prod(x[i, s[i]] for i in range(4)) for s in itertools.permutations(range(4))) for x in a]
+    np.testing.assert_allclose(glynn_permanents(a), by_definition, atol=1e-12)
+    p = rng.random(16)
+    zeta = np.array([sum(p[s] for s in range(16) if s & ~t == 0) for t in range(16)])
+    np.testing.assert_allclose(moebius(zeta, 4), p, atol=1e-14)
+
+
+def test_a_source_outside_its_range_is_refused_naming_the_parameter():
+    with pytest.raises(SourceError, match="indistinguishability must lie in"):
+        SourceModel(indistinguishability=1.2)
+    with pytest.raises(SourceError, match="2 x brightness x g2"):
+        SourceModel(brightness=1.0, g2=0.6)
