@@ -34,7 +34,7 @@ from protocol.circuit import Circuit, CircuitError, HomVisibility, Transmission,
 from protocol.paths import default_data_dir, ipc_endpoint
 from protocol.results import joint_slot, result_slot
 from runtime import RuntimeOptions, Supervisor, SystemConfig, open_system
-from sim import chip_of, parse_config, write_factory_calibration
+from sim import chip_of, click_distribution, parse_config, write_factory_calibration
 
 from .client import AsyncLab, JobFailed, open_lab
 from .daemon import DaemonLock, daemon_file_is_stale, read_daemon_file
@@ -221,6 +221,27 @@ def _detection(sim_config: Any, seed: int) -> np.ndarray:
     return result
 
 
+def _hom_expected(plan: Any, counts: dict[str, np.ndarray], figure: HomVisibility, sim_config: Any, seed: int) -> float:
+    """The visibility the chip's sources give (decision 0017): exact coincidences behind a balanced
+    coupler and without one, on the register's two outputs with their detection, the two sources
+    the phase feeds."""
+    found = analysis.register_counts(plan, counts, figure.register)
+    if found is None:
+        return 1.0
+    read, phase, _ = found
+    columns = [c % plan.modes for c in read.columns][:2]
+    fed = [i.mode for i in phase.inputs if i.state == "photon"][:2]
+    if len(columns) < 2 or len(fed) < 2:
+        return 1.0
+    eta = _detection(sim_config, seed)[columns]
+    dark = 1.0 - np.exp(-chip_of(sim_config, seed).dark_rate[columns] * sim_config.detectors.gate_s)
+    sources = [sim_config.sources.model(mode) for mode in fed]
+    balanced = np.array([[1, 1j], [1j, 1]]) / math.sqrt(2)
+    dip = click_distribution(balanced, [0, 1], sources, efficiency=eta, dark=dark)[0b11]
+    reference = click_distribution(np.eye(2), [0, 1], sources, efficiency=eta, dark=dark)[0b11]
+    return float(1 - 2 * dip / reference) if reference > 0 else 1.0
+
+
 def figures(
     circuit: Circuit, plan: Any, counts: dict[str, np.ndarray], sim_config: Any, seed: int
 ) -> dict[str, dict[str, Any]]:
@@ -232,7 +253,7 @@ def figures(
         if result is None:
             continue
         if isinstance(figure, HomVisibility):
-            result["expected"] = 1.0
+            result["expected"] = _hom_expected(plan, counts, figure, sim_config, seed)
         elif isinstance(figure, Transmission) and result["rounds"] is not None:
             found = analysis.register_counts(plan, counts, figure.register)
             column = found[0].columns[0] % plan.modes if found is not None else 0

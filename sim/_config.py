@@ -27,6 +27,8 @@ from protocol.photonica import (
     SourceSpec,
 )
 
+from ._source import SourceError, SourceModel
+
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
@@ -108,8 +110,57 @@ class DetectorConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     powermeter_gain_spread: NonNegative = 0.001
 
 
+PUBLISHED_SOURCE = {"brightness": 0.6, "g2": 0.025, "indistinguishability": 0.92}
+"""A state-of-the-art quantum-dot source, for a device file's ``[sources]`` (docs/simulator.md):
+Wang et al., Nat. Photonics 13, 770 (2019), polarized single-photon efficiency 0.60 and purity
+0.975; Wang et al., PRL 116, 213601 (2016), HOM visibility 92.1 % between photons microseconds apart,
+as photons of one demultiplexed source are when they feed several inputs."""
+
+
+class SinglePhotonConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One input's single-photon source, where it differs from the rest (``[sources.per_input]``)."""
+
+    brightness: Fraction | None = None
+    g2: Fraction | None = None
+    indistinguishability: Fraction | None = None
+
+
 class SourceConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The sources: a calibration laser's power limit, and the single-photon sources (decision 0017 §1).
+
+    ``brightness``, ``g2`` and ``indistinguishability`` have Perceval's meaning
+    (`sim.SourceModel`); ``per_input`` overrides them by input mode (``"3" = {g2 = 0.05}``).
+    """
+
     coherent_max_w: Positive = 0.01
+    brightness: Fraction = 1.0
+    g2: Fraction = 0.0
+    indistinguishability: Fraction = 1.0
+    """Ideal by default until the calibration learns the source (decision 0017, plan step 4); a
+    published quantum-dot source is ``PUBLISHED_SOURCE``."""
+    per_input: dict[str, SinglePhotonConfig] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for mode in self.per_input:
+            if not mode.isdigit():
+                raise ValueError(f"sources.per_input: {mode!r} is not an input mode (0, 1, ...)")
+            self.model(int(mode))  # a combination no source has is refused here, naming the input
+        self.model(-1)
+
+    def model(self, mode: int) -> SourceModel:
+        """The source on input ``mode`` (-1: the common one)."""
+        own = self.per_input.get(str(mode), SinglePhotonConfig())
+        try:
+            return SourceModel(
+                brightness=self.brightness if own.brightness is None else own.brightness,
+                g2=self.g2 if own.g2 is None else own.g2,
+                indistinguishability=(
+                    self.indistinguishability if own.indistinguishability is None else own.indistinguishability
+                ),
+            )
+        except SourceError as exc:
+            where = "sources" if mode < 0 else f"sources.per_input.{mode}"
+            raise ValueError(f"{where}: {exc}") from None
 
 
 class DelayLineConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -194,6 +245,9 @@ class SimConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True)
     faults: list[FaultConfig] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
+        beyond = sorted(int(mode) for mode in self.sources.per_input if int(mode) >= self.modes)
+        if beyond:
+            raise ValueError(f"sources.per_input: input {beyond[0]} does not exist on a {self.modes}-mode chip")
         volts = np.array(self.power_on_volts)
         v_max = self.heater_v_max
         over = np.flatnonzero(volts > np.array(v_max))

@@ -40,7 +40,15 @@ from protocol.scpi import ScpiError
 from ._chip import Chip
 from ._config import FaultConfig, SimConfig
 from ._record import RecordEntry, RecordEvent, RecordTarget, recorder
-from ._sampling import Detection, Stored, TwoPass, sample_ideal, sample_two_pass
+from ._sampling import Detection, Stored, TwoPass, _dead_time, _pick, sample_ideal, sample_two_pass
+from ._source import (
+    EXACT_CLICK_MODES,
+    SourceModel,
+    click_distribution,
+    patterns_of,
+    sample_photons,
+    source_configurations,
+)
 
 ERROR_QUEUE = 32
 TRANSPORT_FAULTS = ("close", "delay", "corrupt")
@@ -141,6 +149,7 @@ class Device:
         chip_seed, shot_seed, fault_seed = np.random.SeedSequence(self.seed).spawn(3)
         self.chip = Chip(config, np.random.default_rng(chip_seed))  # sim.chip_of draws the same chip
         self.rng = np.random.default_rng(shot_seed)
+        self._clicks: tuple[tuple[object, ...], np.ndarray] | None = None  # the last setting's click distribution
         self.faults = FaultPlan(list(config.faults), np.random.default_rng(fault_seed))
         for fault in config.faults:
             if fault.kind == "stuck":
@@ -616,17 +625,20 @@ class Device:
             raise device_error(SOURCES_DISABLED, f"switch them on with {px.ENABLE_SOURCES.compose(True).decode()}")
         photons = [1 if item.kind == "PHOT" else 0 for item in self.inputs]
         unitary = self.chip.unitary(self.clock)
+        sources = [self.config.sources.model(mode) for mode, n in enumerate(photons) if n]
+        imperfect = any(not source.ideal for source in sources)
         if self.program.delay_lines:
-            patterns = sample_two_pass(
-                unitary,
-                photons,
-                self._two_pass(),
-                self._detection(1, True),
-                self._detection(1, False),
-                shots,
-                self.rng,
-            )
+            groups: Any = photons  # one group of identical photons, or each shot's groups (decision 0017)
+            configuration = None
+            if imperfect:
+                inputs = [mode for mode, n in enumerate(photons) if n]
+                groups, configuration = source_configurations(inputs, sources, self.config.modes, shots, self.rng)
+            first, second = self._detection(1, True), self._detection(1, False)
+            patterns = sample_two_pass(unitary, groups, self._two_pass(), first, second, shots, self.rng, configuration)
             width = 2 * self.config.modes
+        elif imperfect:
+            patterns = self._imperfect_shots(unitary, photons, sources, shots)
+            width = self.config.modes
         else:
             counts = sample_ideal(unitary, photons, shots, self.rng)
             patterns = self._detection(1, True).apply(counts, self.rng)
@@ -634,6 +646,24 @@ class Device:
         self.results = Results(np.ascontiguousarray(patterns, dtype=np.uint8), width)
         self._note("shots", command=command.short, shots=shots)
         self._tick(shots / self.config.shot_rate_hz)
+
+    def _imperfect_shots(
+        self, unitary: np.ndarray, photons: list[int], sources: list[SourceModel], shots: int
+    ) -> np.ndarray:
+        """Detector readings of ``shots`` shots from imperfect sources (decision 0017 §2), exactly."""
+        detection = self._detection(1, True)
+        inputs = [mode for mode, n in enumerate(photons) if n]
+        m = self.config.modes
+        if detection.kind == "threshold" and m <= EXACT_CLICK_MODES:
+            key = (unitary.tobytes(), tuple(inputs), tuple(sources), detection.survive.tobytes())
+            if self._clicks is None or self._clicks[0] != key:
+                dark = 1.0 - np.exp(-detection.dark)
+                p = click_distribution(unitary, inputs, sources, efficiency=detection.survive, dark=dark)
+                self._clicks = (key, np.clip(p, 0.0, None))
+            readings = patterns_of(_pick(self._clicks[1], shots, self.rng), m)
+            return _dead_time(readings, detection.blind_shots) if detection.blind_shots else readings
+        counts = sample_photons(unitary, inputs, sources, shots, self.rng, sample_ideal)
+        return detection.apply(counts, self.rng)
 
     def _two_pass(self) -> TwoPass:
         lines = self.config.delay_lines

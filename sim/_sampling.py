@@ -19,6 +19,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -177,14 +178,73 @@ def _by_key(states: np.ndarray, columns: list[int]) -> list[tuple[int, ...]]:
     return [tuple(row) for row in states[:, columns].tolist()]
 
 
+class _TwoPassGroup:
+    """Identical photons through a two-pass program: their first pass, and their stored photons' states.
+
+    Distinguishable groups of photons (decision 0017) cross the mesh independently; only the
+    detectors (which add their photon numbers) and the feed-forward (which reads all of the first
+    pass's clicks) see them together.
+    """
+
+    def __init__(self, u: np.ndarray, photons: Sequence[int], program: TwoPass) -> None:
+        m = u.shape[0]
+        n = sum(photons)
+        self.u, self.program = u, program
+        stored_modes = [s.out_mode for s in program.stored]
+        self.detected = [j for j in range(m) if j not in stored_modes]
+        input_factorial = math.prod(math.factorial(p) for p in photons)
+        states, coefficients = permanent_amplitudes(u, photons)
+        factorials = np.array([math.factorial(k) for k in range(n + 1)], dtype=np.float64)
+        self.amplitudes = coefficients / np.sqrt(factorials[states.astype(np.int64)].prod(axis=1) * input_factorial)
+        self.d_keys = _by_key(states, self.detected)
+        self.s_keys = _by_key(states, stored_modes)
+        marginal: dict[tuple[int, ...], float] = defaultdict(float)
+        for key, amp in zip(self.d_keys, self.amplitudes, strict=True):
+            marginal[key] += abs(amp) ** 2
+        self.d_outcomes = list(marginal)
+        self.d_probabilities = np.array([marginal[k] for k in self.d_outcomes])
+        self._mixtures: dict[int, Any] = {}
+
+    def first(self, shots: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(picks, photon numbers on the first pass's detected modes, (shots, m))."""
+        picks = _pick(self.d_probabilities, shots, rng)
+        counts = np.zeros((shots, self.u.shape[0]), dtype=np.int64)
+        if self.detected:
+            counts[:, self.detected] = np.array(self.d_outcomes, dtype=np.int64)[picks]
+        return picks, counts
+
+    def second(
+        self, picks: np.ndarray, ff_keys: np.ndarray, rng: np.random.Generator, out: np.ndarray, rows: np.ndarray
+    ) -> None:
+        """Add the second pass's photon numbers of the shots ``rows`` (their picks and feed-forward keys) to ``out``."""
+        program = self.program
+        for pick in np.unique(picks).tolist():
+            in_pick = np.flatnonzero(picks == pick)
+            if pick not in self._mixtures:
+                self._mixtures[pick] = _stored_mixture(
+                    self.d_outcomes[pick], self.d_keys, self.s_keys, self.amplitudes, program.stored
+                )
+            _patterns, probabilities, states_after = self._mixtures[pick]
+            lost = _pick(probabilities, len(in_pick), rng)
+            for branch in np.unique(lost).tolist():
+                in_branch = in_pick[lost == branch]
+                for key in np.unique(ff_keys[in_branch]).tolist():
+                    members = in_branch[ff_keys[in_branch] == key]
+                    bits = format(key, f"0{len(program.ff_modes)}b") if program.rules else ""
+                    phases = program.rules.get(bits, {})
+                    probabilities2, outputs2 = _second_pass(self.u, states_after[branch], program.stored, phases)
+                    out[rows[members]] += outputs2[_pick(probabilities2, len(members), rng)]
+
+
 def sample_two_pass(
     unitary: np.ndarray,
-    photons: Sequence[int],
+    photons: Sequence[int] | Sequence[Sequence[Sequence[int]]],
     program: TwoPass,
     first: Detection,
     second: Detection,
     shots: int,
     rng: np.random.Generator,
+    configuration: np.ndarray | None = None,
 ) -> np.ndarray:
     """(shots, 2m) readings: first-pass detections (stored modes read 0), then the second pass.
 
@@ -193,46 +253,39 @@ def sample_two_pass(
     photons in the delay lines (a mixture, drawn per shot), take the
     feed-forward phases chosen by the first pass's clicks, and cross the mesh
     again.
+
+    ``photons`` is one input occupation (identical photons), or, with ``configuration`` (each
+    shot's index into it), a list of configurations, each a list of occupations that are
+    distinguishable from one another (decision 0017: imperfect sources).
     """
     u = np.asarray(unitary, dtype=np.complex128)
     m = u.shape[0]
-    n = sum(photons)
+    if configuration is None:
+        configurations: list[list[tuple[int, ...]]] = [[tuple(int(p) for p in photons)]]  # type: ignore[arg-type]
+        configuration = np.zeros(shots, dtype=np.int64)
+    else:
+        configurations = [[tuple(group) for group in config] for config in photons]  # type: ignore[union-attr]
     stored_modes = [s.out_mode for s in program.stored]
-    detected = [j for j in range(m) if j not in stored_modes]
-    input_factorial = math.prod(math.factorial(p) for p in photons)
-    states, coefficients = permanent_amplitudes(u, photons)
-    factorials = np.array([math.factorial(k) for k in range(n + 1)], dtype=np.float64)
-    amplitudes = coefficients / np.sqrt(factorials[states.astype(np.int64)].prod(axis=1) * input_factorial)
-    d_keys = _by_key(states, detected)
-    s_keys = _by_key(states, stored_modes)
-    marginal: dict[tuple[int, ...], float] = defaultdict(float)
-    for key, amp in zip(d_keys, amplitudes, strict=True):
-        marginal[key] += abs(amp) ** 2
-    d_outcomes = list(marginal)
-    picks = _pick(np.array([marginal[k] for k in d_outcomes]), shots, rng)
-    counts1 = np.zeros((shots, m), dtype=np.uint8)
-    counts1[:, detected] = np.array(d_outcomes, dtype=np.uint8)[picks] if detected else 0
-    readings1 = first.apply(counts1, rng)
+    groups: dict[tuple[int, ...], _TwoPassGroup] = {}
+    counts1 = np.zeros((shots, m), dtype=np.int64)
+    drawn: list[tuple[_TwoPassGroup, np.ndarray, np.ndarray]] = []  # (group, its shots, their picks)
+    for index, config in enumerate(configurations):
+        rows = np.flatnonzero(configuration == index)
+        for occupation in config:
+            if not any(occupation) or not len(rows):
+                continue
+            group = groups.get(occupation) or groups.setdefault(occupation, _TwoPassGroup(u, occupation, program))
+            picks, counts = group.first(len(rows), rng)
+            counts1[rows] += counts
+            drawn.append((group, rows, picks))
+    readings1 = first.apply(np.minimum(counts1, 255).astype(np.uint8), rng)
     readings1[:, stored_modes] = 0
     clicks = (readings1[:, program.ff_modes] > 0).astype(np.int64)
     ff_keys = clicks @ (1 << np.arange(len(program.ff_modes))[::-1]) if program.rules else np.zeros(shots, np.int64)
-
-    readings2 = np.zeros((shots, m), dtype=np.uint8)
-    for pick in np.unique(picks).tolist():
-        in_pick = np.flatnonzero(picks == pick)
-        _patterns, probabilities, states_after = _stored_mixture(
-            d_outcomes[pick], d_keys, s_keys, amplitudes, program.stored
-        )
-        lost = _pick(probabilities, len(in_pick), rng)
-        for branch in np.unique(lost).tolist():
-            in_branch = in_pick[lost == branch]
-            for key in np.unique(ff_keys[in_branch]).tolist():
-                members = in_branch[ff_keys[in_branch] == key]
-                bits = format(key, f"0{len(program.ff_modes)}b") if program.rules else ""
-                phases = program.rules.get(bits, {})
-                probabilities2, outputs2 = _second_pass(u, states_after[branch], program.stored, phases)
-                readings2[members] = outputs2[_pick(probabilities2, len(members), rng)]
-    readings2 = second.apply(readings2, rng)
+    counts2 = np.zeros((shots, m), dtype=np.int64)
+    for group, rows, picks in drawn:
+        group.second(picks, ff_keys[rows], rng, counts2, rows)
+    readings2 = second.apply(np.minimum(counts2, 255).astype(np.uint8), rng)
     return np.concatenate([readings1, readings2], axis=1)
 
 

@@ -9,7 +9,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from sim import SourceError, SourceModel, click_distribution, output_probabilities
+from sim import Device, SimConfigError, SourceError, SourceModel, click_distribution, output_probabilities, parse_config
+from sim._config import PUBLISHED_SOURCE
 from sim._source import glynn_permanents, moebius
 
 BALANCED = np.array([[1, 1j], [1j, 1]]) / math.sqrt(2)
@@ -138,3 +139,88 @@ def test_a_source_outside_its_range_is_refused_naming_the_parameter():
         SourceModel(indistinguishability=1.2)
     with pytest.raises(SourceError, match="2 x brightness x g2"):
         SourceModel(brightness=1.0, g2=0.6)
+
+
+# --- on the device -------------------------------------------------------------------------------
+
+
+def hom_on_the_device(kind: str, shots: int, **sources: object) -> tuple[np.ndarray, np.ndarray]:
+    """Two sources into one balanced MZI, then into a straight-through one: each round's patterns."""
+    from tests.test_sim_physics import program, quiet_config
+
+    config = quiet_config(
+        modes=2,
+        sources=sources,
+        detectors={"kind": kind, "dark_rate_hz": 0},
+        loss={"input_db": 1.0, "mzi_db": 0, "output_db": 0.5},
+    )
+    device = Device(config, seed=11)
+    rounds = []
+    for theta in (math.pi / 2, 0.0):  # balanced, then bar: no interference
+        program(device, np.array([theta, 0, 0, 0]))
+        device.handle(f"INP:STAT 0,PHOT;INP:STAT 1,PHOT;SOUR:ENAB ON;RUN:SHOT {shots}".encode())
+        assert device.handle(b"SYST:ERR?") == b'0,"No error"'
+        rounds.append(np.frombuffer(device.handle(b"FETC:PATT?")[6:], dtype=np.uint8).reshape(-1, 2))
+    return rounds[0], rounds[1]
+
+
+@pytest.mark.parametrize("kind", ["threshold", "pnr"])
+def test_the_device_s_hom_visibility_is_the_one_its_sources_give(kind):
+    shots = 200_000
+    sources = {"brightness": 0.8, "g2": 0.03, "indistinguishability": 0.9}
+    dip, reference = hom_on_the_device(kind, shots, **sources)
+    coincidences = int(np.sum((dip[:, 0] > 0) & (dip[:, 1] > 0)))
+    reference_coincidences = int(np.sum((reference[:, 0] > 0) & (reference[:, 1] > 0)))
+    visibility = 1 - 2 * coincidences / reference_coincidences
+    # The exact answer, from the click distributions of the same chip (threshold: a click is n > 0).
+    model = SourceModel(brightness=0.8, g2=0.03, indistinguishability=0.9)
+    eta = 10 ** (-1.5 / 10) * 0.93
+    expected_dip = click_distribution(BALANCED, [0, 1], model, efficiency=eta)[0b11]
+    expected_reference = click_distribution(np.eye(2), [0, 1], model, efficiency=eta)[0b11]
+    expected = 1 - 2 * expected_dip / expected_reference
+    sigma = 2 * math.sqrt(coincidences) / reference_coincidences * math.sqrt(1 + coincidences / reference_coincidences)
+    assert visibility == pytest.approx(expected, abs=4 * sigma)
+    assert expected == pytest.approx(0.9 - 1.9 * 0.03, abs=0.02)  # Ollivier et al.: M - (1 + M) g2, to first order
+    assert visibility < 0.9  # not the ideal chip's 1
+
+
+def test_a_source_s_own_values_and_a_bad_device_file():
+    config = parse_config({"modes": 4, "sources": {"g2": 0.01, "per_input": {"2": {"indistinguishability": 0.5}}}})
+    assert config.sources.model(2) == SourceModel(g2=0.01, indistinguishability=0.5)
+    assert config.sources.model(0) == SourceModel(g2=0.01)
+    with pytest.raises(SimConfigError, match="input 7 does not exist"):
+        parse_config({"modes": 4, "sources": {"per_input": {"7": {"g2": 0.1}}}})
+    with pytest.raises(SimConfigError, match=r"sources\.per_input\.1: g2 0\.9"):
+        parse_config({"modes": 4, "sources": {"per_input": {"1": {"g2": 0.9}}}})
+
+
+@pytest.mark.parametrize("rounds", [15, 30])
+def test_a_stored_photon_of_an_imperfect_source_comes_back_as_often_as_its_source_and_line_allow(rounds):
+    from tests.test_sim_physics import program, quiet_config
+
+    config = quiet_config(
+        modes=2,
+        sources={"brightness": 0.7, "g2": 0.05, "indistinguishability": 0.8},
+        loss={"input_db": 0, "mzi_db": 0, "output_db": 0},
+        detectors={"efficiency": 1.0, "dark_rate_hz": 0},
+        delay_lines={"rounds_at_1_over_e": 30.0, "max_rounds": 60},
+    )
+    device = Device(config, seed=rounds)
+    program(device, np.array([math.pi, 0, 0, 0]))  # straight through
+    device.handle(f"INP:STAT 0,PHOT;DLIN:ROUT 0,0,0,{rounds};SOUR:ENAB ON;RUN:SHOT 50000".encode())
+    assert device.handle(b"SYST:ERR?") == b'0,"No error"'
+    counts = np.array(device.handle(b"FETC:COUN?").split(b","), dtype=int)
+    _, p1, p2 = SourceModel(brightness=0.7, g2=0.05, indistinguishability=0.8).emission()
+    t = math.exp(-rounds / 30)
+    expected = p1 * t + p2 * (1 - (1 - t) ** 2)  # one photon, or either of a pair, comes back
+    assert counts[0] == 0  # stored: nothing on the first pass
+    assert counts[2] / 50000 == pytest.approx(expected, abs=4 * math.sqrt(expected * (1 - expected) / 50000))
+
+
+def test_the_published_source_gives_a_hom_visibility_below_one():
+    config = parse_config({"modes": 2, "sources": PUBLISHED_SOURCE})
+    model = config.sources.model(0)
+    dip = click_distribution(BALANCED, [0, 1], model)[0b11]
+    reference = click_distribution(np.eye(2), [0, 1], model)[0b11]
+    visibility = 1 - 2 * dip / reference
+    assert 0.85 < visibility < 0.9  # M - (1 + M) g2 = 0.872 to first order
