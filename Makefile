@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/messaging.py
 	$(BIN)/python benchmarks/simulator.py
+	$(BIN)/python benchmarks/sources.py
 	$(BIN)/python benchmarks/hal.py
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/scheduler.py

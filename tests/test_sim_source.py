@@ -126,9 +126,12 @@ def test_imperfect_sources_lossy_detectors_and_dark_counts_agree_with_a_brute_fo
 
 def test_glynn_gives_the_permanent_and_moebius_inverts_the_zeta_transform():
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((3, 4, 4)) + 1j * rng.standard_normal((3, 4, 4))
-    by_definition = [sum(math.prod(x[i, s[i]] for i in range(4)) for s in itertools.permutations(range(4))) for x in a]
-    np.testing.assert_allclose(glynn_permanents(a), by_definition, atol=1e-12)
+    for k in (2, 3, 4, 5):  # 2 and 3 by their expansion, larger by Glynn's formula
+        a = rng.standard_normal((3, k, k)) + 1j * rng.standard_normal((3, k, k))
+        by_definition = [
+            sum(math.prod(x[i, s[i]] for i in range(k)) for s in itertools.permutations(range(k))) for x in a
+        ]
+        np.testing.assert_allclose(glynn_permanents(a), by_definition, atol=1e-12)
     p = rng.random(16)
     zeta = np.array([sum(p[s] for s in range(16) if s & ~t == 0) for t in range(16)])
     np.testing.assert_allclose(moebius(zeta, 4), p, atol=1e-14)
