@@ -194,7 +194,7 @@ def _split(
     both = (s > _EPS) & (c > _EPS)
     phi = np.where(both, np.angle(w00) - np.angle(w01), 0.0)
     e = np.exp(1j * phi)
-    with np.errstate(divide="ignore", invalid="ignore"):  # each where() keeps the branch that is defined
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # where() keeps the defined branch
         x = np.where(c > _EPS, w01 / (g * norm_c), w00 / (g * e * norm_s))
         y = np.where(s > _EPS, -w11 / (g * norm_s), w10 / (g * e * norm_c))
     return x, y, theta, np.mod(phi, TWO_PI)

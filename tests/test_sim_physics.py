@@ -341,3 +341,15 @@ def test_feed_forward_phase_steers_a_stored_photon_only_when_it_arrives_in_time(
     assert list(plain > 0) == [False, True, False]
     assert list(steered > 0) == [False, False, True]
     assert list(too_early > 0) == [False, True, False]
+
+
+def test_an_mzi_whose_bar_amplitude_is_subnormal_splits_without_an_overflow():
+    # Found by Hypothesis through the scheduler: a swap whose bar amplitudes are 1e-309 (subnormal).
+    # The branch np.where does not keep divided by sin(theta / 2) ~ 1e-309 and overflowed (a warning).
+    from protocol.mesh import _split
+
+    tiny = np.array([-8.41412978e-310 + 4.24430023e-309j])
+    x, y, theta, phi = _split(tiny, np.array([4.6e-17 + 1j]), np.array([-1.7e-16 + 1j]), -np.conj(tiny))
+    assert np.all(np.isfinite([x, y, theta, phi]))
+    assert abs(x[0]) == pytest.approx(1.0)
+    assert abs(y[0]) == pytest.approx(1.0)
