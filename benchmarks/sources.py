@@ -33,29 +33,17 @@ import argparse
 import functools
 import itertools
 import math
-import statistics
-import time
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 import sim
-from benchmarks.simulator import haar, perceval_or_none
+from benchmarks.simulator import haar, perceval_or_none, timed
 
 SOURCE = {"brightness": 0.9, "g2": 0.02, "indistinguishability": 0.92}
 AGREEMENT = [(2, 2), (2, 4), (3, 5)]
 SPEED = [(4, 16), (6, 12)]
-
-
-def timed(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def perceval_clicks(pcvl: Any, u: np.ndarray, n: int, precision: float | None) -> tuple[np.ndarray, float]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors.calibration import fit_sweeps, sweep_plan
+from actors.calibration import fit_sweeps
 from actors.calibration._actor import sweep_data
 from actors.calibration._outcome import Outcome
 from protocol import AwenError
@@ -22,7 +21,7 @@ from protocol.scheduler import Pause, Resume
 from runtime import RemoteError
 from sim import chip_of, factory_calibration, write_factory_calibration
 
-from .chips import CHIP, truth
+from .chips import CHIP, sweep_readings, truth
 from .circuits import hom
 from .helpers import eventually
 from .test_executor import bench
@@ -79,15 +78,7 @@ async def test_without_a_starting_point_calibration_refuses_and_says_why(tmp_pat
 def test_the_fit_alone_recovers_the_chip_from_sweep_readings():
     """The fit on readings computed straight from the simulated chip, without the stack in between."""
     chip = chip_of(CHIP, 3)
-    description = CHIP.description()
-    plan = sweep_plan("t", description, [7.0] * description.heaters.count, points=6, power_w=1e-4, device="chip")
-    rng = np.random.default_rng(0)
-    powers = {}
-    for phase in plan.phases:
-        chip.set_voltages(np.asarray(phase.volts), 0.0)
-        by_mode = sorted(phase.inputs, key=lambda i: i.mode)
-        field = np.array([math.sqrt(i.power_w) * np.exp(1j * i.phase_rad) for i in by_mode])
-        powers[phase.index] = chip.powers(1.0, field, rng)
+    plan, powers = sweep_readings(chip, points=6)
     start = CalibrationModel.from_fits(0, factory_calibration(CHIP, 3))
     fit = fit_sweeps(clements_layout(CHIP.modes), sweep_data(plan, powers), start, version=1)
     assert fit.reduced_chi2 < 1

@@ -6,36 +6,21 @@ import math
 
 import numpy as np
 
-from actors.calibration import fit_sweeps, sweep_plan
+from actors.calibration import fit_sweeps
 from actors.calibration._actor import sweep_data
 from actors.calibration._fit import FitResult
 from protocol.calibration_model import CalibrationModel
 from protocol.mesh import clements_layout
-from protocol.plan import Plan
 from sim import chip_of
 from sim._chip import Chip
 
-from .chips import CHIP
+from .chips import CHIP, sweep_readings
 
 WEEK_H = 24 * 7
 
 
 def wrapped(x: np.ndarray) -> np.ndarray:
     return np.angle(np.exp(1j * x))
-
-
-def readings(chip: Chip, points: int = 10) -> tuple[Plan, dict[int, np.ndarray]]:
-    """A sweep plan and the photodiode readings the chip gives for it."""
-    description = CHIP.description()
-    plan = sweep_plan("t", description, [7.0] * description.heaters.count, points=points, power_w=1e-4, device="chip")
-    rng = np.random.default_rng(0)
-    powers = {}
-    for phase in plan.phases:
-        chip.set_voltages(np.asarray(phase.volts), 0.0)
-        by_mode = sorted(phase.inputs, key=lambda i: i.mode)
-        field = np.array([math.sqrt(i.power_w) * np.exp(1j * i.phase_rad) for i in by_mode])
-        powers[phase.index] = chip.powers(1.0, field, rng)
-    return plan, powers
 
 
 def drifted(seed: int, drift_seed: int, hours: float) -> tuple[Chip, CalibrationModel]:
@@ -59,7 +44,7 @@ def test_after_a_week_of_drift_the_fit_from_the_last_calibration_finds_the_chip(
     # This draw (offsets up to 0.53 rad off) once ended with crosstalk[11, 10] = -0.14 (truth +0.03), reduced
     # chi2 ~3000: the phase error traded for a wrong crosstalk on the first all-parameter steps.
     chip, before = drifted(2, 9, WEEK_H)
-    plan, powers = readings(chip)
+    plan, powers = sweep_readings(chip)
     fit = fit_sweeps(clements_layout(CHIP.modes), sweep_data(plan, powers), before, version=1)
     assert_found(fit, chip)
 
@@ -73,7 +58,7 @@ def test_a_calibration_stored_from_a_bad_fit_does_not_keep_the_next_one_there():
     alpha = chip.alpha.copy()
     alpha[5] *= 4
     bad = CalibrationModel(2, chip.phi0.copy(), alpha, crosstalk)
-    plan, powers = readings(chip)
+    plan, powers = sweep_readings(chip)
     fit = fit_sweeps(clements_layout(CHIP.modes), sweep_data(plan, powers), bad, version=3)
     assert_found(fit, chip)
 
@@ -83,6 +68,6 @@ def test_drifts_of_a_week_are_all_recovered():
     for seed in (1, 2, 5):
         for drift_seed in range(10):
             chip, before = drifted(seed, drift_seed, WEEK_H)
-            plan, powers = readings(chip)
+            plan, powers = sweep_readings(chip)
             fit = fit_sweeps(layout, sweep_data(plan, powers), before, version=1)
             assert fit.reduced_chi2 < 1, f"chip {seed}, drift {drift_seed}: reduced chi2 {fit.reduced_chi2:.1f}"
