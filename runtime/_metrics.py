@@ -110,6 +110,16 @@ class _Scalar(_Family):
             self._values[key] = amount
             self._registry.version += 1
 
+    def _assign(self, value: float, labels: dict[str, str]) -> None:
+        """The series of ``labels`` to ``value``; the registry changes only if the value did."""
+        key = self._key(labels) if labels else ()
+        old = self._values.get(key)
+        if old is None:
+            self._add(key, value)
+        elif old != value:
+            self._values[key] = value
+            self._registry.version += 1
+
     def _series(self) -> list[Series]:
         return [Series(labels=self._labels(key), value=v) for key, v in self._values.items()]
 
@@ -133,13 +143,7 @@ class Counter(_Scalar):
 
     def set_total(self, total: float, **labels: str) -> None:
         """Set the series to ``total``: for a count kept elsewhere (which must not go down), read at collection."""
-        key = self._key(labels) if labels else ()
-        old = self._values.get(key)
-        if old is None:
-            self._add(key, total)
-        elif old != total:
-            self._values[key] = total
-            self._registry.version += 1
+        self._assign(total, labels)
 
 
 class Gauge(_Scalar):
@@ -149,13 +153,7 @@ class Gauge(_Scalar):
 
     def set(self, value: float, **labels: str) -> None:
         """Set the series of ``labels`` to ``value`` (setting the value it has changes nothing)."""
-        key = self._key(labels) if labels else ()
-        old = self._values.get(key)
-        if old is None:
-            self._add(key, value)
-        elif old != value:
-            self._values[key] = value
-            self._registry.version += 1
+        self._assign(value, labels)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         key = self._key(labels) if labels else ()
