@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -164,12 +165,14 @@ def wait_gone(pids: list[int], seconds: float) -> None:
     """Until these processes exit; those still running after ``seconds`` are killed (they are the test's)."""
     deadline = time.monotonic() + seconds
     for pid in pids:
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        try:
+            fd = os.pidfd_open(pid)  # readable once the process has exited: waited on, not polled
+        except ProcessLookupError:
+            continue
+        try:
+            readable, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not readable:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        finally:
+            os.close(fd)
