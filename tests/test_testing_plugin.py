@@ -14,7 +14,11 @@ pytest_plugins = ["pytester"]
 HOM = REPO / "examples" / "hom.json"
 
 INNER = f"""
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
+
+import awen
 
 from awen.client import JobFailed
 from awen.testing import assert_figure
@@ -35,12 +39,24 @@ def test_only_on_the_real_lab(awen_client):
     raise AssertionError("an awen_hardware test ran without --awen-connect")
 
 
-def test_an_interlock_fails_the_job(awen_client, awen_faults):
+def test_an_interlock_fails_the_job(awen_client, awen_faults, awen_lab):
     awen_faults.interlock()
     job = awen_client.submit(HOM, shots=2000)
     with pytest.raises(JobFailed, match="interlock"):
         job.wait(timeout=60)
     assert awen_faults.state()["interlock"] is True
+    # The operator's reset, from 8 clients at once while a job waits: each is answered, the job runs once.
+    awen_faults.clear()
+    waiting = awen_client.submit(HOM, shots=500)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: reset_from_a_client_of_its_own(awen_lab.endpoint), range(8)))
+    assert int(waiting.wait(timeout=60).counts("hom").sum()) == 500
+    assert [d.state for d in awen_client.devices()] == ["connected"]
+
+
+def reset_from_a_client_of_its_own(endpoint):
+    with awen.connect(endpoint) as lab:
+        lab.reset_interlock()
 
 
 def test_the_next_test_finds_the_interlock_reset(awen_client):

@@ -313,8 +313,8 @@ class AsyncLab:
     async def reset_interlock(self, device: str | None = None) -> None:
         """Re-arm the chip's tripped interlock, once whatever tripped it is gone; its heaters stay at 0 V.
 
-        The scheduler dispatches again once the HAL reports the reset. A device still tripped refuses,
-        and the error says so.
+        The scheduler dispatches again once the HAL reports the reset. The reset does not remove a
+        cause: a setting over the power limit trips the interlock again at its next heater write.
         """
         name = device or (self.welcome.devices[0] if self.welcome.devices else "chip")
         await self._ask(self._actor("hal"), ResetInterlock(device=name))
