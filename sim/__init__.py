@@ -20,6 +20,8 @@ from ._boson import lossy_probabilities as lossy_probabilities
 from ._boson import output_distribution as output_distribution
 from ._boson import output_probabilities as output_probabilities
 from ._boson import permanent_amplitudes as permanent_amplitudes
+from ._config import IDEAL_SOURCE as IDEAL_SOURCE
+from ._config import PUBLISHED_SOURCE as PUBLISHED_SOURCE
 from ._config import FaultConfig as FaultConfig
 from ._config import SimConfig as SimConfig
 from ._config import SimConfigError as SimConfigError

@@ -3,7 +3,9 @@
 A heater's phase is ``phi0 + alpha * V**2`` plus thermal crosstalk from its
 neighbours (a fraction of *their* heating) plus a slow random walk of phi0
 (drift). After a change, each phase approaches its new value exponentially
-with the settling time constant. ``phi0``, ``alpha`` (from each heater's
+with the settling time constant. Each source's indistinguishability walks
+too (decision 0017 §4), on a stream of its own so that the phases' drift is
+the same whether the sources drift or not. ``phi0``, ``alpha`` (from each heater's
 resistance and power per pi), crosstalk, losses and detector figures are drawn
 once from the seed, around the configured values.
 """
@@ -17,6 +19,7 @@ import numpy as np
 from protocol.mesh import MeshLayout, clements_layout, mesh_unitary
 
 from ._config import SimConfig
+from ._source import SourceModel
 
 HOUR = 3600.0
 
@@ -60,6 +63,12 @@ class Chip:
         self._drift_rng = rng
         self.drift = np.zeros(n)
         self._drift_time = 0.0
+        seeds = getattr(rng.bit_generator, "seed_seq", None)
+        self._source_rng = np.random.default_rng(
+            seeds.spawn(1)[0] if isinstance(seeds, np.random.SeedSequence) else int(rng.integers(2**63))
+        )
+        self.source_drift = np.zeros(m)  # added to each input's indistinguishability, then reflected
+        self._source_time = 0.0
         self.voltages = np.zeros(n)  # as set
         self._from = np.zeros(n)  # heating phase when the last change began
         self._to = np.zeros(n)  # heating phase it is settling towards
@@ -141,6 +150,26 @@ class Chip:
             wanted[negative] += 2 * math.pi
         volts: np.ndarray = np.sqrt(np.clip(heating, 0, None) / self.alpha)
         return volts
+
+    def source(self, mode: int, now: float) -> SourceModel:
+        """The single-photon source on input ``mode`` at device time ``now``, its M drifted.
+
+        M walks by ``sources.indistinguishability_drift_per_sqrt_hour`` per sqrt(hour)
+        (Gaussian steps, seeded), reflected at 0 and 1 so it stays a fraction.
+        """
+        base = self.config.sources.model(mode)
+        rate = self.config.sources.indistinguishability_drift_per_sqrt_hour
+        elapsed = now - self._source_time
+        if elapsed > 0 and rate > 0:
+            self.source_drift += (
+                rate * math.sqrt(elapsed / HOUR) * self._source_rng.standard_normal(len(self.source_drift))
+            )
+        self._source_time = max(self._source_time, now)
+        drifted = float(np.mod(base.indistinguishability + self.source_drift[mode], 2.0))
+        drifted = 2.0 - drifted if drifted > 1.0 else drifted
+        if drifted == base.indistinguishability:
+            return base
+        return SourceModel(brightness=base.brightness, g2=base.g2, indistinguishability=drifted)
 
     def unitary(self, now: float) -> np.ndarray:
         """The lossless transfer matrix of the mesh as it is at ``now``."""

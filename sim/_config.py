@@ -106,6 +106,9 @@ class DetectorConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     dark_rate_hz: NonNegative = 10.0
     dead_time_s: NonNegative = 40e-9
     gate_s: Positive = 1e-9
+    jitter_s: NonNegative = 50e-12
+    """RMS timing jitter of a click (SNSPDs: Korzh et al., Nat. Photonics 14, 250 (2020)). A click
+    further than ``gate_s / 2`` from the pulse's time is lost from its shot (decision 0017 §3)."""
     powermeter_noise_w: NonNegative = 1e-9
     powermeter_gain_spread: NonNegative = 0.001
 
@@ -115,6 +118,15 @@ PUBLISHED_SOURCE = {"brightness": 0.6, "g2": 0.025, "indistinguishability": 0.92
 Wang et al., Nat. Photonics 13, 770 (2019), polarized single-photon efficiency 0.60 and purity
 0.975; Wang et al., PRL 116, 213601 (2016), HOM visibility 92.1 % between photons microseconds apart,
 as photons of one demultiplexed source are when they feed several inputs."""
+
+
+IDEAL_SOURCE = {
+    "brightness": 1.0,
+    "g2": 0.0,
+    "indistinguishability": 1.0,
+    "indistinguishability_drift_per_sqrt_hour": 0.0,
+}
+"""Perfect single photons, one per pulse, identical and steady: for a device file's ``[sources]``."""
 
 
 class SinglePhotonConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -133,11 +145,14 @@ class SourceConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """
 
     coherent_max_w: Positive = 0.01
-    brightness: Fraction = 1.0
-    g2: Fraction = 0.0
-    indistinguishability: Fraction = 1.0
-    """Ideal by default until the calibration learns the source (decision 0017, plan step 4); a
-    published quantum-dot source is ``PUBLISHED_SOURCE``."""
+    brightness: Fraction = 0.6
+    g2: Fraction = 0.025
+    indistinguishability: Fraction = 0.92
+    """Defaults: a published quantum-dot source (``PUBLISHED_SOURCE``, docs/simulator.md); perfect
+    photons are ``IDEAL_SOURCE``."""
+    indistinguishability_drift_per_sqrt_hour: NonNegative = 0.005
+    """Each input's M walks at random by this much per sqrt(hour) of device time, reflected
+    into [0, 1] (decision 0017 §4): what the calibration's drift check watches."""
     per_input: dict[str, SinglePhotonConfig] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:

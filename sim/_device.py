@@ -600,7 +600,10 @@ class Device:
     def _detection(self, mesh_passes: int, include_input: bool) -> Detection:
         chip = self.chip
         transmission = chip.mesh_transmission**mesh_passes * (chip.input_transmission if include_input else 1.0)
-        survive = transmission * chip.output_transmission * chip.efficiency
+        detectors = self.config.detectors
+        # A click further than half the gate from the pulse is lost from its shot (decision 0017 §3).
+        in_gate = math.erf(detectors.gate_s / (2 * math.sqrt(2) * detectors.jitter_s)) if detectors.jitter_s else 1.0
+        survive = transmission * chip.output_transmission * chip.efficiency * in_gate
         period = 1.0 / self.config.shot_rate_hz
         dead = self.config.detectors.dead_time_s
         blind = max(0, math.ceil(dead / period) - 1) if dead > period else 0
@@ -625,7 +628,7 @@ class Device:
             raise device_error(SOURCES_DISABLED, f"switch them on with {px.ENABLE_SOURCES.compose(True).decode()}")
         photons = [1 if item.kind == "PHOT" else 0 for item in self.inputs]
         unitary = self.chip.unitary(self.clock)
-        sources = [self.config.sources.model(mode) for mode, n in enumerate(photons) if n]
+        sources = [self.chip.source(mode, self.clock) for mode, n in enumerate(photons) if n]
         imperfect = any(not source.ideal for source in sources)
         if self.program.delay_lines:
             groups: Any = photons  # one group of identical photons, or each shot's groups (decision 0017)

@@ -11,8 +11,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sim
+from protocol import scpi
 from protocol.mesh import clements_layout
-from sim import Device, SimConfig, clements, clifford_clifford, mesh_unitary, mzi, output_distribution, parse_config
+from sim import (
+    IDEAL_SOURCE,
+    Device,
+    SimConfig,
+    clements,
+    clifford_clifford,
+    mesh_unitary,
+    mzi,
+    output_distribution,
+    parse_config,
+)
 from sim._sampling import sample_ideal
 
 
@@ -177,6 +188,7 @@ def quiet_config(**overrides: object) -> SimConfig:
         },
         "loss": {"output_spread_db": 0},
         "detectors": {"efficiency_spread": 0, "powermeter_gain_spread": 0},
+        "sources": dict(IDEAL_SOURCE),
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
@@ -228,7 +240,7 @@ def test_photon_number_resolving_detectors_see_the_bunched_pairs():
     device = Device(config, seed=5)
     program(device, np.array([math.pi / 2, 0, 0, 0]))  # one balanced MZI, output phases 0
     device.handle(b"INP:STAT 0,PHOT;INP:STAT 1,PHOT;SOUR:ENAB ON;RUN:SHOT 100000")
-    patterns = np.frombuffer(device.handle(b"FETC:PATT?")[6:], dtype=np.uint8).reshape(-1, 2)
+    patterns = np.frombuffer(scpi.unblock(device.handle(b"FETC:PATT?")), dtype=np.uint8).reshape(-1, 2)
     totals = patterns.sum(axis=1)
     coincidences = np.mean((patterns[:, 0] == 1) & (patterns[:, 1] == 1))
     assert coincidences == 0  # Hong-Ou-Mandel: both photons leave together

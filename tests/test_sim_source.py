@@ -9,8 +9,17 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from sim import Device, SimConfigError, SourceError, SourceModel, click_distribution, output_probabilities, parse_config
-from sim._config import PUBLISHED_SOURCE
+from protocol import scpi
+from sim import (
+    PUBLISHED_SOURCE,
+    Device,
+    SimConfigError,
+    SourceError,
+    SourceModel,
+    click_distribution,
+    output_probabilities,
+    parse_config,
+)
 from sim._source import glynn_permanents, moebius
 
 BALANCED = np.array([[1, 1j], [1j, 1]]) / math.sqrt(2)
@@ -163,7 +172,7 @@ def hom_on_the_device(kind: str, shots: int, **sources: object) -> tuple[np.ndar
         program(device, np.array([theta, 0, 0, 0]))
         device.handle(f"INP:STAT 0,PHOT;INP:STAT 1,PHOT;SOUR:ENAB ON;RUN:SHOT {shots}".encode())
         assert device.handle(b"SYST:ERR?") == b'0,"No error"'
-        rounds.append(np.frombuffer(device.handle(b"FETC:PATT?")[6:], dtype=np.uint8).reshape(-1, 2))
+        rounds.append(np.frombuffer(scpi.unblock(device.handle(b"FETC:PATT?")), dtype=np.uint8).reshape(-1, 2))
     return rounds[0], rounds[1]
 
 
@@ -189,8 +198,9 @@ def test_the_device_s_hom_visibility_is_the_one_its_sources_give(kind):
 
 def test_a_source_s_own_values_and_a_bad_device_file():
     config = parse_config({"modes": 4, "sources": {"g2": 0.01, "per_input": {"2": {"indistinguishability": 0.5}}}})
-    assert config.sources.model(2) == SourceModel(g2=0.01, indistinguishability=0.5)
-    assert config.sources.model(0) == SourceModel(g2=0.01)
+    published = PUBLISHED_SOURCE["brightness"]  # the default brightness: a published source's
+    assert config.sources.model(2) == SourceModel(brightness=published, g2=0.01, indistinguishability=0.5)
+    assert config.sources.model(0) == SourceModel(brightness=published, g2=0.01, indistinguishability=0.92)
     with pytest.raises(SimConfigError, match="input 7 does not exist"):
         parse_config({"modes": 4, "sources": {"per_input": {"7": {"g2": 0.1}}}})
     with pytest.raises(SimConfigError, match=r"sources\.per_input\.1: g2 0\.9"):
