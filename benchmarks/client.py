@@ -55,10 +55,12 @@ import trio
 import awen
 from actors.scheduler import compile_circuit
 from benchmarks.end_to_end import MODES, SEED, hom, percentile
+from protocol import photonica as px
 from protocol import scpi
 from protocol.calibration_model import CalibrationFits, CalibrationModel
 from protocol.circuit import Circuit, CircuitBuilder
 from protocol.memory import LogEvent
+from protocol.results import register_histogram
 from protocol.system import Ping
 from runtime import Actor, ResolvedSystem
 from sim import Device, parse_config
@@ -219,19 +221,21 @@ def direct(fits: CalibrationFits, circuits: list[Circuit]) -> list[float]:
     description = sim_config.description()
     model = CalibrationModel.from_fits(1, fits)
     plans = [compile_circuit(c, description) for c in circuits]
-    weights = 2 ** np.arange(MODES)[::-1]
 
     def run(plan: Any, shots: int) -> None:
         for phase in plan.phases:
             volts = model.volts_for(phase.mesh_phases)
             inputs = ";".join(f":INP:STAT {i.mode},PHOT" for i in phase.inputs)
-            device.handle(b"HEAT:VOLT:ALL " + scpi.block(volts.astype("<f8").tobytes()) + b";:SYST:ERR?\n")
-            device.handle(b"HEAT:VOLT:ALL?;:SYST:ERR?\n")
-            device.handle(f"INP:CLE;{inputs};:SOUR:ENAB ON;:SYST:ERR?\n".encode())
-            device.handle(b"*OPC?;:SYST:ERR?\n")
-            device.handle(f"RUN:SHOT {shots};:FETC:PATT?;:SYST:ERR?\n".encode())
-            patterns = np.zeros((shots, MODES), dtype=np.uint8)
-            _ = np.bincount((patterns > 0) @ weights, minlength=2**MODES)
+            device.handle(b"HEAT:VOLT:ALL " + scpi.block(volts.astype("<f8").tobytes()) + b";:SYST:ERR?")
+            device.handle(b"HEAT:VOLT:ALL?;:SYST:ERR?")
+            device.handle(f"INP:CLE;{inputs};:SOUR:ENAB ON;:SYST:ERR?".encode())
+            device.handle(b"*OPC?;:SYST:ERR?")
+            reply = device.handle(f"RUN:SHOT {shots};:FETC:HIST?;:SYST:ERR?".encode())
+            if reply is None or not reply.endswith(b'0,"No error"'):
+                raise RuntimeError(f"the simulator refused a message of the baseline: {reply!r}")
+            patterns, counts = px.decode_histogram(scpi.unblock(reply[: reply.rindex(b";")]), MODES)
+            for read in phase.registers:  # counted into the registers, as the executor does
+                register_histogram(patterns, list(read.columns), counts)
 
     for plan, circuit in list(zip(plans, circuits, strict=True))[:10]:
         run(plan, circuit.shots)

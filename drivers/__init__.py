@@ -15,6 +15,7 @@ from ._link import IdentityChanged as IdentityChanged
 from ._link import ReconnectPolicy as ReconnectPolicy
 from ._photonica import Batch as Batch
 from ._photonica import PhotonicaDriver as PhotonicaDriver
+from ._photonica import ShotCounts as ShotCounts
 from ._photonica import open_driver as open_driver
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -17,14 +17,14 @@ import itertools
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import trio
 
-from protocol import LinkError, scpi
+from protocol import LinkError, ProtocolError, scpi
 from protocol import photonica as px
-from protocol.hal import DelayRoute, InputSetting
+from protocol.hal import MAX_MODES, DelayRoute, InputSetting
 from protocol.photonica import Command, DeviceDescription, StatusReport
 
 from . import _replies as replies
@@ -32,6 +32,18 @@ from ._endpoint import Endpoint, endpoint_from_url
 from ._link import EventHook, Link, ReconnectPolicy, SetUp
 
 T = TypeVar("T")
+
+
+class ShotCounts(NamedTuple):
+    """A run's detections: each distinct pattern (k x width uint8) and how many shots read it (k int64).
+
+    ``per_shot``: ``patterns`` holds every shot's, in firing order, and each count is 1.
+    """
+
+    patterns: np.ndarray
+    counts: np.ndarray
+    width: int
+    per_shot: bool = False
 
 
 class Batch:
@@ -213,10 +225,28 @@ class PhotonicaDriver:
             batch.add(px.ADD_FEEDFORWARD_RULE, pattern, *itertools.chain.from_iterable(phases.items()))
         await self.send(batch)
 
-    async def run_shots(self, shots: int) -> tuple[np.ndarray, int]:
-        """Fire ``shots`` and fetch their patterns in one exchange: (shots x width uint8, width)."""
-        batch = Batch().add(px.RUN_SHOTS, shots).add(px.PATTERNS)
-        return await self.ask(batch, replies.patterns(shots), reply_timeout=self._shots_timeout(shots))
+    async def run_shots(self, shots: int, *, per_shot: bool = False) -> ShotCounts:
+        """Fire ``shots`` and fetch how often each pattern came, in one exchange (``FETCh:HISTogram?``).
+
+        ``per_shot``: fetch every shot's pattern instead, in firing order (``FETCh:PATTerns?``,
+        shots x width bytes), each counted once.
+        """
+        timeout = self._shots_timeout(shots)
+        if per_shot:
+            batch = Batch().add(px.RUN_SHOTS, shots).add(px.PATTERNS)
+            patterns, width = await self.ask(batch, replies.patterns(shots), reply_timeout=timeout)
+            return ShotCounts(patterns, np.ones(shots, dtype=np.int64), width, per_shot=True)
+        modes = self.description.modes if self.description is not None else None
+        widths = [modes, 2 * modes] if modes else range(1, 2 * MAX_MODES + 1)
+        batch = Batch().add(px.RUN_SHOTS, shots).add(px.HISTOGRAM)
+        data, fits = await self.ask(batch, replies.histogram(shots, widths), reply_timeout=timeout)
+        width = fits[0]
+        if len(fits) > 1:  # records that read as more than one width (almost never): the device says which
+            width = await self._ask(int, px.WIDTH)
+            if width not in fits:
+                raise ProtocolError(f"{self._link.name}: a histogram of {shots} shots does not read at width {width}")
+        patterns, counts = px.decode_histogram(data, width)
+        return ShotCounts(patterns, counts, width)
 
     async def read_powers(self) -> np.ndarray:
         """Photodiode power per output mode, in W."""

@@ -8,13 +8,20 @@ it may (`drivers._link`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 import numpy as np
 
 from protocol import scpi
-from protocol.photonica import DeviceDescription, StatusReport, decode_description, decode_status
+from protocol.photonica import (
+    DeviceDescription,
+    StatusReport,
+    decode_description,
+    decode_status,
+    histogram_widths,
+)
 
 
 def flag(reply: bytes) -> bool:
@@ -64,5 +71,24 @@ def patterns(shots: int) -> Any:
         if rest or not width:
             raise ValueError(f"{len(data)} bytes of patterns do not divide into {shots} shots")
         return np.frombuffer(data, np.uint8).reshape(shots, width).copy(), width
+
+    return parse
+
+
+def histogram(shots: int, widths: Iterable[int]) -> Any:
+    """A parser for ``FETCh:HISTogram?`` records counting ``shots`` shots: (the payload, the widths it reads at).
+
+    A record does not say its width, so the parser tries each of ``widths`` (the device's
+    modes, or twice that with a second pass): records whose counts do not add up to ``shots``
+    at any of them were garbled.
+    """
+    candidates = list(widths)
+
+    def parse(reply: bytes) -> tuple[bytes, list[int]]:
+        data = scpi.unblock(reply)
+        fits = histogram_widths(data, shots, candidates)
+        if not fits:
+            raise ValueError(f"{len(data)} bytes of histogram records do not count {shots} shots")
+        return data, fits
 
     return parse

@@ -1,7 +1,7 @@
 """Messages of the HAL actor: requests about devices, events about them.
 
 The HAL speaks volts; phases are calibration's business. Every request names
-its device; arrays (voltages, shot patterns, powers) travel as numpy arrays.
+its device; arrays (voltages, shot histograms, powers) travel as numpy arrays.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ MAX_ROUNDS = 65_535
 """The most round trips a stored photon may be asked to make."""
 
 MAX_SHOTS_PER_RUN = 1_000_000
-"""The most shots one ``hal.run_shots`` fires (its reply holds shots x width bytes)."""
+"""The most shots one ``hal.run_shots`` fires (a ``per_shot`` reply holds shots x width bytes)."""
 
 MAX_RULES = 65_536
 """The most feed-forward rules (click patterns) one program holds."""
@@ -215,22 +215,40 @@ class Program(Request[Configured], frozen=True, kw_only=True):
 
 
 class Shots(Reply, frozen=True, kw_only=True):
-    """``patterns`` is (shots, width) uint8: one detection value per column per shot."""
+    """A run's detections as counts (decision 0017 §6): what results need, a few KB however many shots.
+
+    ``patterns`` is (k, width) uint8, one detection value per column, each distinct pattern once;
+    ``counts`` is (k,) int64, how many of the shots read it. With `RunShots` ``per_shot``,
+    ``patterns`` holds every shot's, in the order they were fired, and ``counts`` is all ones.
+    """
 
     TYPE = "hal.shots"
     device: DeviceName
     patterns: np.ndarray
+    counts: np.ndarray
     width: Index
+    per_shot: bool = False
+
+    @property
+    def shots(self) -> int:
+        """How many shots these are."""
+        return int(self.counts.sum())
 
 
 class RunShots(Request[Shots], frozen=True, kw_only=True):
-    """Fire shots; with ``expect_version``, only if the device is still as the sender set it."""
+    """Fire shots; with ``expect_version``, only if the device is still as the sender set it.
+
+    The reply counts each distinct pattern (``FETCh:HISTogram?``); ``per_shot`` asks for every
+    shot's pattern in firing order instead (``FETCh:PATTerns?``: shots x width bytes), for a
+    reader that needs the order.
+    """
 
     TYPE = "hal.run_shots"
     REPLY = Shots
     device: DeviceName
     shots: Annotated[int, msgspec.Meta(ge=1, le=MAX_SHOTS_PER_RUN)]
     expect_version: Version | None = None
+    per_shot: bool = False
 
 
 class Powers(Reply, frozen=True, kw_only=True):

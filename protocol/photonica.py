@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, SupportsFloat, SupportsIndex, cast
 
 import msgspec
+import numpy as np
 
 from .mesh import MeshLayout, clements_layout
 from .scpi import (
@@ -183,6 +184,62 @@ def encode_status(status: StatusReport) -> bytes:
 
 def decode_status(data: bytes) -> StatusReport:
     return msgspec.json.decode(data, type=StatusReport)
+
+
+# --- a run's histogram (``FETCh:HISTogram?``) -------------------------------------------------
+
+MAX_HISTOGRAM_COUNT = 2**32 - 1
+"""The most shots one pattern of a ``FETCh:HISTogram?`` record can count (a uint32)."""
+
+
+def encode_histogram(patterns: np.ndarray, counts: np.ndarray) -> bytes:
+    """``FETCh:HISTogram?``'s payload: per distinct pattern, its ``width`` uint8 values, then its count (uint32 LE).
+
+    Args:
+        patterns: (k, width) detection values, each row once.
+        counts: (k,) how many shots read each, from 1 to `MAX_HISTOGRAM_COUNT`.
+    """
+    patterns = np.asarray(patterns)
+    counts = np.asarray(counts)
+    k, width = patterns.shape
+    if counts.shape != (k,) or (k and not 1 <= int(counts.min()) <= int(counts.max()) <= MAX_HISTOGRAM_COUNT):
+        raise ValueError(f"{k} patterns need {k} counts in 1..{MAX_HISTOGRAM_COUNT}, got shape {counts.shape}")
+    records = np.empty((k, width + 4), dtype=np.uint8)
+    records[:, :width] = patterns
+    records[:, width:] = counts.astype("<u4").reshape(k, 1).view(np.uint8)
+    return records.tobytes()
+
+
+def histogram_widths(data: bytes, shots: int, widths: Iterable[int]) -> list[int]:
+    """Of ``widths``, those at which ``data`` reads as `encode_histogram` records counting ``shots`` shots in all.
+
+    A record does not say its width: the reader knows the shots it fired and the widths the
+    device may answer with (``modes``, or ``2 * modes`` with a second pass), and more than one
+    fits almost never (then ``FETCh:WIDTh?`` says which).
+    """
+    fits = []
+    for width in widths:
+        size = width + 4
+        if width < 0 or len(data) % size:
+            continue
+        counts = np.frombuffer(data, np.uint8).reshape(-1, size)[:, width:].copy().view("<u4").ravel()
+        if int(counts.sum(dtype=np.int64)) == shots and (counts > 0).all():
+            fits.append(width)
+    return fits
+
+
+def decode_histogram(data: bytes, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """`encode_histogram`'s payload back: (patterns (k, width) uint8, counts (k,) int64).
+
+    Raises:
+        ValueError: ``data`` is not whole records of that width.
+    """
+    size = width + 4
+    if width < 0 or len(data) % size:
+        raise ValueError(f"{len(data)} bytes are not whole histogram records of {width} values and a count")
+    records = np.frombuffer(data, np.uint8).reshape(-1, size)
+    counts = records[:, width:].copy().view("<u4").ravel().astype(np.int64)
+    return records[:, :width].copy(), counts
 
 
 # --- the command set ------------------------------------------------------------------------

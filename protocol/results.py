@@ -150,27 +150,49 @@ def result_slots(plan: Plan, *, cyclic: bool = False) -> list[SlotSpec]:
     return slots
 
 
-def register_histogram(patterns: np.ndarray, columns: list[int]) -> np.ndarray:
-    """How often each value of a register occurred in a batch of shot patterns (shots x columns).
+def register_histogram(patterns: np.ndarray, columns: list[int], counts: np.ndarray | None = None) -> np.ndarray:
+    """How often each value of a register occurred in a batch of shots.
 
-    A column that clicked (non-zero) is a 1 bit; ``columns[0]`` is the most
-    significant. The histogram has ``2**len(columns)`` int64 entries.
+    ``patterns`` is (rows, width): every shot's pattern, or, with ``counts``
+    (one per row), each distinct pattern and how many shots read it (what
+    ``hal.shots`` carries). A column that clicked (non-zero) is a 1 bit;
+    ``columns[0]`` is the most significant. The histogram has
+    ``2**len(columns)`` int64 entries.
     """
     clicks = (np.asarray(patterns)[:, columns] > 0).astype(np.int64)
     weights = 1 << np.arange(len(columns) - 1, -1, -1, dtype=np.int64)
-    counts: np.ndarray = np.bincount(clicks @ weights, minlength=2 ** len(columns)).astype(np.int64)
-    return counts
+    values = clicks @ weights
+    size = 2 ** len(columns)
+    if counts is None:
+        histogram: np.ndarray = np.bincount(values, minlength=size).astype(np.int64)
+        return histogram
+    histogram = np.zeros(size, dtype=np.int64)
+    np.add.at(histogram, values, np.asarray(counts, dtype=np.int64))
+    return histogram
 
 
-def shot_values(phase: Phase, patterns: np.ndarray) -> list[SlotValue]:
-    """A batch of a phase's shots as its result slots hold them: each register's histogram, and the joint one."""
+def click_totals(patterns: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+    """Per column, how many of the shots clicked there (``patterns``, ``counts`` as `register_histogram` takes them)."""
+    clicked = np.asarray(patterns) > 0
+    if counts is None:
+        totals: np.ndarray = clicked.sum(axis=0)
+        return totals
+    totals = np.asarray(counts, dtype=np.int64) @ clicked.astype(np.int64)
+    return totals
+
+
+def shot_values(phase: Phase, patterns: np.ndarray, counts: np.ndarray | None = None) -> list[SlotValue]:
+    """A batch of a phase's shots as its result slots hold them: each register's histogram, and the joint one.
+
+    ``patterns`` and ``counts`` as `register_histogram` takes them.
+    """
     values = [
-        SlotValue(slot=result_slot(phase.index, r.name), value=register_histogram(patterns, r.columns))
+        SlotValue(slot=result_slot(phase.index, r.name), value=register_histogram(patterns, r.columns, counts))
         for r in phase.registers
     ]
     if has_joint_slot(phase):
         columns = [c for r in phase.registers for c in r.columns]
-        values.append(SlotValue(slot=joint_slot(phase.index), value=register_histogram(patterns, columns)))
+        values.append(SlotValue(slot=joint_slot(phase.index), value=register_histogram(patterns, columns, counts)))
     return values
 
 

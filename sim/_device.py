@@ -40,7 +40,17 @@ from protocol.scpi import ScpiError
 from ._chip import Chip
 from ._config import FaultConfig, SimConfig
 from ._record import RecordEntry, RecordEvent, RecordTarget, recorder
-from ._sampling import Detection, Stored, TwoPass, _dead_time, _pick, sample_ideal, sample_two_pass
+from ._sampling import (
+    Detection,
+    Histogram,
+    Stored,
+    TwoPass,
+    _dead_time,
+    _pick,
+    sample_counts,
+    sample_ideal,
+    sample_two_pass,
+)
 from ._source import (
     EXACT_CLICK_MODES,
     SourceModel,
@@ -106,10 +116,36 @@ class Input:
     phase: float = 0.0
 
 
-@dataclass
 class Results:
-    patterns: np.ndarray
-    width: int
+    """The last run's detections, ``width`` values a shot.
+
+    Drawn shot by shot (every shot's reading, in firing order), or, when the shots are
+    exchangeable (no dead time), drawn as a histogram at once (decision 0017 §6). Each form is
+    made from the other the first time it is asked for: a histogram's shots are put in a
+    random order (``order``), which is how exchangeable shots come.
+    """
+
+    def __init__(self, readings: np.ndarray | Histogram, width: int, order: np.random.Generator | None = None) -> None:
+        self.width = width
+        self._patterns = None if isinstance(readings, Histogram) else np.ascontiguousarray(readings, dtype=np.uint8)
+        self._histogram = readings if isinstance(readings, Histogram) else None
+        self._order = order
+
+    @property
+    def patterns(self) -> np.ndarray:
+        """Every shot's reading: (shots, width) uint8."""
+        if self._patterns is None:
+            assert self._histogram is not None
+            assert self._order is not None
+            self._patterns = self._histogram.in_order(self._order)
+        return self._patterns
+
+    @property
+    def histogram(self) -> Histogram:
+        """Each distinct reading and how many shots read it."""
+        if self._histogram is None:
+            self._histogram = Histogram.of(self.patterns)
+        return self._histogram
 
 
 @dataclass
@@ -630,6 +666,7 @@ class Device:
         unitary = self.chip.unitary(self.clock)
         sources = [self.chip.source(mode, self.clock) for mode, n in enumerate(photons) if n]
         imperfect = any(not source.ideal for source in sources)
+        patterns: np.ndarray | Histogram  # every shot's readings, in order, or their histogram
         if self.program.delay_lines:
             groups: Any = photons  # one group of identical photons, or each shot's groups (decision 0017)
             configuration = None
@@ -646,14 +683,20 @@ class Device:
             counts = sample_ideal(unitary, photons, shots, self.rng)
             patterns = self._detection(1, True).apply(counts, self.rng)
             width = self.config.modes
-        self.results = Results(np.ascontiguousarray(patterns, dtype=np.uint8), width)
+        order = self.rng.spawn(1)[0] if isinstance(patterns, Histogram) else None  # for its shots, if asked
+        self.results = Results(patterns, width, order)
         self._note("shots", command=command.short, shots=shots)
         self._tick(shots / self.config.shot_rate_hz)
 
     def _imperfect_shots(
         self, unitary: np.ndarray, photons: list[int], sources: list[SourceModel], shots: int
-    ) -> np.ndarray:
-        """Detector readings of ``shots`` shots from imperfect sources (decision 0017 §2), exactly."""
+    ) -> np.ndarray | Histogram:
+        """Detector readings of ``shots`` shots from imperfect sources (decision 0017 §2), exactly.
+
+        From the exact click distribution (threshold detectors, up to `EXACT_CLICK_MODES` modes),
+        the shots are one multinomial draw, a histogram (decision 0017 §6), unless dead time makes
+        each shot depend on the ones before it: then they are drawn one by one, in order.
+        """
         detection = self._detection(1, True)
         inputs = [mode for mode, n in enumerate(photons) if n]
         m = self.config.modes
@@ -663,8 +706,10 @@ class Device:
                 dark = 1.0 - np.exp(-detection.dark)
                 p = click_distribution(unitary, inputs, sources, efficiency=detection.survive, dark=dark)
                 self._clicks = (key, np.clip(p, 0.0, None))
-            readings = patterns_of(_pick(self._clicks[1], shots, self.rng), m)
-            return _dead_time(readings, detection.blind_shots) if detection.blind_shots else readings
+            if not detection.blind_shots:
+                outcomes, counts = sample_counts(self._clicks[1], shots, self.rng)
+                return Histogram.drawn(patterns_of(outcomes, m), counts)
+            return _dead_time(patterns_of(_pick(self._clicks[1], shots, self.rng), m), detection.blind_shots)
         counts = sample_photons(unitary, inputs, sources, shots, self.rng, sample_ideal)
         return detection.apply(counts, self.rng)
 
@@ -689,16 +734,11 @@ class Device:
         return self.results
 
     def _histogram(self, command: Command, args: list[Any]) -> bytes:
-        results = self._results()
-        patterns, counts = np.unique(results.patterns, axis=0, return_counts=True)
-        records = bytearray()
-        for row, count in zip(patterns, counts, strict=True):
-            records += row.astype(np.uint8).tobytes() + int(count).to_bytes(4, "little")
-        return scpi.block(bytes(records))
+        histogram = self._results().histogram
+        return scpi.block(px.encode_histogram(histogram.patterns, histogram.counts))
 
     def _counts(self, command: Command, args: list[Any]) -> str:
-        totals = self._results().patterns.astype(np.int64).sum(axis=0)
-        return ",".join(str(int(t)) for t in totals)
+        return ",".join(str(int(t)) for t in self._results().histogram.totals())
 
     def _powers(self, command: Command, args: list[Any]) -> str:
         fields = np.array(

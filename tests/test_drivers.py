@@ -124,11 +124,13 @@ async def test_every_typed_command_against_the_simulator():
         photons = [InputSetting(mode=0, state="photon"), InputSetting(mode=1, state="photon")]
         await driver.configure_inputs(photons, clear=True, sources_on=True)
         assert await driver.sources()
-        patterns, width = await driver.run_shots(100)
-        assert (patterns.shape, width) == ((100, 4), 4)
+        shots = await driver.run_shots(100)
+        assert (shots.width, shots.patterns.shape[1], int(shots.counts.sum()), shots.per_shot) == (4, 4, 100, False)
+        in_order = await driver.run_shots(100, per_shot=True)
+        assert (in_order.patterns.shape, in_order.width, in_order.per_shot) == ((100, 4), 4, True)
         await driver.program([0], {"1": {3: 1.5}}, [DelayRoute(line=0, out_mode=3, in_mode=3, rounds=10)])
         assert device.program.rules == {"1": {3: 1.5}}
-        assert (await driver.run_shots(10))[1] == 8
+        assert (await driver.run_shots(10)).width == 8
         await driver.program([], {}, [])
         coherent = [InputSetting(mode=2, state="coherent", power_w=1e-3, phase_rad=0.5)]
         await driver.configure_inputs(coherent, clear=True, sources_on=True)

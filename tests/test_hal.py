@@ -124,9 +124,17 @@ async def test_every_request_over_tcp_and_serial(kind):
             )
         )
         shots = await b.ask(RunShots(device="chip", shots=2000))
-        assert shots.patterns.shape == (2000, 4)
+        # Counts per distinct pattern, not a row per shot: each pattern once, the counts adding up to the shots.
         assert shots.patterns.dtype == np.uint8
-        assert 0 < shots.patterns.sum() < 4000
+        assert shots.patterns.shape[1] == 4
+        assert not shots.per_shot
+        assert len(np.unique(shots.patterns, axis=0)) == len(shots.patterns) == len(shots.counts) <= 16
+        assert shots.shots == 2000
+        assert 0 < shots.counts @ shots.patterns.sum(axis=1) < 4000
+        in_order = await b.ask(RunShots(device="chip", shots=2000, per_shot=True))
+        assert in_order.per_shot
+        assert in_order.patterns.shape == (2000, 4)
+        assert (in_order.counts == 1).all()
         await b.ask(
             Program(
                 device="chip",
@@ -307,7 +315,7 @@ async def test_a_shot_run_cut_off_by_the_link_is_reported_not_repeated():
         assert error.code == ErrorCode.LINK_ERROR
         assert "may or may not have been carried out" in str(error)
         assert b.server.device.results is before  # the run itself never happened: the link dropped first
-        assert (await b.ask(RunShots(device="chip", shots=10))).patterns.shape == (10, 4)
+        assert (await b.ask(RunShots(device="chip", shots=10))).shots == 10
 
 
 async def test_a_late_reply_is_discarded_and_the_command_repeated():

@@ -16,6 +16,7 @@ from protocol.results import (
     POWERS,
     Journal,
     ResultSlot,
+    click_totals,
     joint_slot,
     parse_result_slot,
     powers_slot,
@@ -70,6 +71,20 @@ def test_a_histogram_counts_register_values_first_column_most_significant():
     assert counts.tolist() == [1, 1, 1, 2]  # 00, 01, 10, 11
     assert register_histogram(patterns, [2, 0]).tolist() == [1, 1, 1, 2]  # 01 and 10 swap
     assert register_histogram(patterns[:0], [1]).tolist() == [0, 0]
+
+
+def test_counts_per_distinct_pattern_give_the_histogram_of_every_shot():
+    # What hal.shots carries: each pattern once, and how many shots read it (two distinct rows may
+    # still read the same register value: [0, 0, 2] and [0, 1, 2] are both 01 on columns 0 and 2).
+    distinct = np.array([[1, 0, 0], [0, 0, 2], [0, 1, 2], [1, 0, 1], [0, 0, 0]], dtype=np.uint8)
+    counts = np.array([3, 1, 4, 2, 7])
+    every_shot = np.repeat(distinct, counts, axis=0)
+    for columns in ([0, 2], [2, 0], [1], [0, 1, 2]):
+        histogram = register_histogram(distinct, columns, counts)
+        assert histogram.dtype == np.int64
+        assert histogram.tolist() == register_histogram(every_shot, columns).tolist()
+    assert register_histogram(distinct, [0, 2], counts).tolist() == [7, 5, 3, 2]
+    assert click_totals(distinct, counts).tolist() == [5, 4, 7] == click_totals(every_shot).tolist()
 
 
 def test_the_layout_of_a_job_names_every_register_the_joint_histogram_and_the_cycle():

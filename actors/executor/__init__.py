@@ -35,7 +35,7 @@ Configured in the system file::
     [[actor]]
     name = "executor"
     factory = "actors.executor:ExecutorActor"
-    config = { device = "chip", batch_shots = 10000 }
+    config = { device = "chip", batch_shots = 50000 }
 """
 
 from ._actor import ExecutorActor as ExecutorActor

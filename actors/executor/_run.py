@@ -45,7 +45,15 @@ from protocol.calibration_model import CalibrationModel
 from protocol.executor import EndState, JobStarted, PhaseDone, PhaseTimes, Progress, Rates
 from protocol.memory import Allocate, Free, Read, SetJobState, SlotValue, Write
 from protocol.plan import Phase
-from protocol.results import CYCLE_SLOT, JOURNAL_SLOTS, Journal, powers_slot, register_histogram, result_slots
+from protocol.results import (
+    CYCLE_SLOT,
+    JOURNAL_SLOTS,
+    Journal,
+    click_totals,
+    powers_slot,
+    register_histogram,
+    result_slots,
+)
 from protocol.results import shot_values as phase_shot_values
 from protocol.scheduler import Assignment, Checkpoint, JobFinished
 from runtime import Actor, Metrics, PeerLostError, RemoteError, RequestTimeout
@@ -320,7 +328,7 @@ class JobRun:
         last = done >= phase.shots
         cycle = self.journal.cycle
         journal = Journal(phase=phase.index + 1, shots=0, cycle=cycle) if last else Journal(phase.index, done, cycle)
-        values = phase_shot_values(phase, shots.patterns) + journal.values()
+        values = phase_shot_values(phase, shots.patterns, shots.counts) + journal.values()
         if self.assignment.run.mode == "cyclic":
             values.append(SlotValue(slot=CYCLE_SLOT, value=cycle))
         await self.commit_frame(values, "completed" if final and last else None)
@@ -440,7 +448,7 @@ class JobRun:
         )
         seconds = max(time.monotonic() - t0, 1e-9)
         self.metrics.shots.inc(n)
-        clicks = (np.asarray(shots.patterns) > 0).sum(axis=0)
+        clicks = click_totals(shots.patterns, shots.counts)
         self.actor.publish(
             Rates(
                 job=self.job,
@@ -449,7 +457,8 @@ class JobRun:
                 seconds=seconds,
                 rates=(clicks / seconds).tolist(),
                 registers={
-                    r.name: (register_histogram(shots.patterns, r.columns) / n).tolist() for r in phase.registers
+                    r.name: (register_histogram(shots.patterns, r.columns, shots.counts) / n).tolist()
+                    for r in phase.registers
                 },
             )
         )

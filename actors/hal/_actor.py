@@ -184,8 +184,11 @@ class HalActor(Actor):
 
     @handles(RunShots)
     async def _run_shots(self, msg: RunShots, env: Any) -> Shots:
-        patterns, width = await self.device(msg.device).run_shots(msg.shots, expect_version=msg.expect_version)
-        return Shots(device=msg.device, patterns=patterns, width=width)
+        device = self.device(msg.device)
+        shots = await device.run_shots(msg.shots, expect_version=msg.expect_version, per_shot=msg.per_shot)
+        return Shots(
+            device=msg.device, patterns=shots.patterns, counts=shots.counts, width=shots.width, per_shot=shots.per_shot
+        )
 
     @handles(ReadPowers)
     async def _read_powers(self, msg: ReadPowers, env: Any) -> Powers:

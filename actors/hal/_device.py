@@ -29,7 +29,7 @@ from typing import TypeVar
 import numpy as np
 import trio
 
-from drivers import IdentityChanged, PhotonicaDriver, endpoint_from_url
+from drivers import IdentityChanged, PhotonicaDriver, ShotCounts, endpoint_from_url
 from protocol import (
     AwenError,
     ConfigError,
@@ -538,10 +538,12 @@ class ManagedDevice:
 
         return await self.call(change)
 
-    async def run_shots(self, shots: int, *, expect_version: int | None = None) -> tuple[np.ndarray, int]:
-        async def run(driver: PhotonicaDriver) -> tuple[np.ndarray, int]:
+    async def run_shots(self, shots: int, *, expect_version: int | None = None, per_shot: bool = False) -> ShotCounts:
+        """Fire ``shots``: how many read each distinct pattern (``per_shot``: every shot's, in order)."""
+
+        async def run(driver: PhotonicaDriver) -> ShotCounts:
             self._expect(expect_version)
-            return await driver.run_shots(shots)
+            return await driver.run_shots(shots, per_shot=per_shot)
 
         return await self.call(run)
 
