@@ -515,7 +515,13 @@ def calibrate(args: argparse.Namespace) -> int:
     if args.plot:
         plot_calibration(stored, Path(args.plot))
     if args.json:
-        fit = {"fits": stored.fits, "uncertainties": stored.uncertainties, "residuals": stored.residuals}
+        fit = {
+            "fits": stored.fits,
+            "uncertainties": stored.uncertainties,
+            "residuals": stored.residuals,
+            "sources": stored.data.sources,
+            "hom": stored.data.hom,
+        }
         _print_json({"version": stored.version, "calibrated": done, **msgspec.to_builtins(fit)})
     else:
         _print_calibration(done, stored)
@@ -562,6 +568,26 @@ def _print_calibration(done: Any, stored: Any) -> None:
             ]
         )
     console.print(_table(None, ["heater", "what", "phi0 (rad)", "+-", "alpha (rad/V^2)", "+-"], rows))
+    if stored.data.sources:
+        console.print(f"single-photon sources (HBT and HOM, job {stored.data.sources_job}):")
+        source_rows = [
+            [
+                f.mode,
+                f"{f.efficiency:.4f}",
+                f"{f.g2:.4f}",
+                _sigma(f.g2_sigma),
+                f"{f.indistinguishability:.4f}",
+                _sigma(f.indistinguishability_sigma),
+            ]
+            for f in stored.data.sources
+        ]
+        headers = ["input", "clicks per pulse", "g2", "+-", "indistinguishability M", "+-"]
+        console.print(_table(None, headers, source_rows))
+        hom_rows = [
+            [f"{h.modes[0]}, {h.modes[1]}", f"{h.visibility:.4f}", _sigma(h.visibility_sigma), h.coincidences]
+            for h in stored.data.hom
+        ]
+        console.print(_table(None, ["inputs", "HOM visibility", "+-", "coincidences"], hom_rows))
 
 
 def _sigma(value: float | None) -> str:

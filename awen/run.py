@@ -33,8 +33,9 @@ from protocol import AwenError, analysis
 from protocol.circuit import Circuit, CircuitError, HomVisibility, Transmission, load_circuit
 from protocol.paths import default_data_dir, ipc_endpoint
 from protocol.results import joint_slot, result_slot
+from protocol.sources import hom_visibility
 from runtime import RuntimeOptions, Supervisor, SystemConfig, open_system
-from sim import chip_of, click_distribution, parse_config, write_factory_calibration
+from sim import chip_of, parse_config, write_factory_calibration
 
 from .client import AsyncLab, JobFailed, open_lab
 from .daemon import DaemonLock, daemon_file_is_stale, read_daemon_file
@@ -182,6 +183,12 @@ async def _run_on(lab: AsyncLab, circuit: Circuit, display: Display, predict: tu
             f"awen: calibration version {cal.version}: {cal.heaters_fitted} heaters fitted, phi0 within "
             f"{cal.phi0_sigma_max:.1e} rad, residual {cal.residual_rms:.1e}, {cal.seconds:.1f} s"
         )
+        for fit in (await lab.calibration(cal.version)).data.sources:
+            display.say(
+                f"awen:   source on input {fit.mode}: g2 {fit.g2:.4f} +- {max(fit.g2_sigma, 0):.4f}, "
+                f"indistinguishability {fit.indistinguishability:.3f} +- {max(fit.indistinguishability_sigma, 0):.3f}, "
+                f"{fit.efficiency:.3f} clicks per pulse"
+            )
     else:
         display.say(f"awen: using calibration version {status.version} ({status.age_s or 0:.0f} s old)")
     job = await lab.submit(circuit)
@@ -196,10 +203,14 @@ async def _run_on(lab: AsyncLab, circuit: Circuit, display: Display, predict: tu
     body = result.body
     counts: dict[str, np.ndarray] = {result_slot(r.phase, r.name): np.asarray(r.counts) for r in body.registers}
     counts |= {joint_slot(j.phase): np.asarray(j.counts) for j in body.joint}
-    if predict is not None and body.plan is not None:
-        figures_found = figures(circuit, await lab.plan(body.plan), counts, *predict)
+    plan = await lab.plan(body.plan) if body.plan is not None else None
+    if predict is not None and plan is not None:
+        figures_found = figures(circuit, plan, counts, *predict)
     else:
         figures_found = dict(body.figures)
+    if plan is not None and result.calibration is not None:
+        calibration = await lab.calibration(result.calibration)
+        analysis.calibration_predictions(circuit, plan, counts, figures_found, calibration.version, calibration.data)
     return {
         "job": job.id,
         "state": result.state,
@@ -217,7 +228,11 @@ async def _run_on(lab: AsyncLab, circuit: Circuit, display: Display, predict: tu
 def _detection(sim_config: Any, seed: int) -> np.ndarray:
     """Each output's chance to register a photon that entered the chip: the simulator's parameters."""
     chip = chip_of(sim_config, seed)
-    result: np.ndarray = chip.input_transmission * chip.mesh_transmission * chip.output_transmission * chip.efficiency
+    d = sim_config.detectors
+    in_gate = math.erf(d.gate_s / (2 * math.sqrt(2) * d.jitter_s)) if d.jitter_s else 1.0  # decision 0017 §3
+    result: np.ndarray = (
+        chip.input_transmission * chip.mesh_transmission * chip.output_transmission * chip.efficiency * in_gate
+    )
     return result
 
 
@@ -235,11 +250,8 @@ def _hom_expected(plan: Any, counts: dict[str, np.ndarray], figure: HomVisibilit
         return 1.0
     eta = _detection(sim_config, seed)[columns]
     dark = 1.0 - np.exp(-chip_of(sim_config, seed).dark_rate[columns] * sim_config.detectors.gate_s)
-    sources = [sim_config.sources.model(mode) for mode in fed]
-    balanced = np.array([[1, 1j], [1j, 1]]) / math.sqrt(2)
-    dip = click_distribution(balanced, [0, 1], sources, efficiency=eta, dark=dark)[0b11]
-    reference = click_distribution(np.eye(2), [0, 1], sources, efficiency=eta, dark=dark)[0b11]
-    return float(1 - 2 * dip / reference) if reference > 0 else 1.0
+    chip = chip_of(sim_config, seed)
+    return hom_visibility([chip.source(mode, 0.0) for mode in fed], efficiency=eta, dark=dark)
 
 
 def figures(
@@ -257,14 +269,15 @@ def figures(
         elif isinstance(figure, Transmission) and result["rounds"] is not None:
             found = analysis.register_counts(plan, counts, figure.register)
             column = found[0].columns[0] % plan.modes if found is not None else 0
-            result["expected"] = (
-                chip.input_transmission
-                * chip.mesh_transmission
+            fed = [i.mode for i in found[1].inputs if i.state == "photon"] if found is not None else []
+            t = (
+                _detection(sim_config, seed)[column]
                 * sim_config.delay_line_transmission ** result["rounds"]
                 * chip.mesh_transmission
-                * chip.output_transmission[column]
-                * chip.efficiency[column]
             )
+            # The register clicks when one of the source's photons survives: p1 t + p2 (1 - (1 - t)^2).
+            _, p1, p2 = chip.source(fed[0], 0.0).emission() if fed else (0.0, 1.0, 0.0)
+            result["expected"] = p1 * t + p2 * (1 - (1 - t) ** 2)
     return measured
 
 
@@ -301,12 +314,34 @@ def print_report(report: dict[str, Any], stream: Any) -> None:
             print(f"    {format(int(value), f'0{bits}b')}  {int(counts[value]):>8}", file=stream)
     for name, figure in report["figures"].items():
         text = _value_text(figure["value"], figure.get("sigma"))
+        predictions = []
+        if figure.get("calibrated") is not None:
+            predictions.append(
+                f"calibration version {figure['calibration_version']}'s sources predict "
+                f"{_value_text(figure['calibrated'], figure['calibrated_sigma'])}"
+                f"{_agreement(figure['value'], figure.get('sigma'), figure['calibrated'], figure['calibrated_sigma'])}"
+            )
         if figure.get("expected") is not None:
-            text += f" (the simulator's parameters predict {figure['expected']:.4f})"
+            predictions.append(f"the simulator's parameters predict {figure['expected']:.4f}")
+        if predictions:
+            text += f" ({'; '.join(predictions)})"
         print(f"  {name} ({figure['figure']}): {text}", file=stream)
         for key, value in figure.items():
-            if key not in ("figure", "value", "sigma", "expected") and value is not None:
+            if key not in PRINTED and value is not None:
                 print(f"    {key}: {value}", file=stream)
+
+
+PRINTED = ("figure", "value", "sigma", "expected", "calibrated", "calibrated_sigma", "calibration_version")
+"""A figure's keys `print_report` shows on its first line."""
+
+
+def _agreement(value: float, sigma: float | None, predicted: float, predicted_sigma: float) -> str:
+    """``, within 1.2 sigma`` (or ``, 3.4 sigma apart``): the measurement against a prediction."""
+    combined = math.hypot(sigma or 0.0, predicted_sigma)
+    if combined == 0:
+        return ""
+    apart = abs(value - predicted) / combined
+    return f", within {apart:.1f} sigma" if apart <= 2 else f", {apart:.1f} sigma apart"
 
 
 def _value_text(value: Any, sigma: Any) -> str:

@@ -16,8 +16,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgspec
 import numpy as np
 
+from .calibration_model import CalibrationData, predicted_visibility
 from .circuit import (
     BeamSplitter,
     Circuit,
@@ -115,6 +117,49 @@ def hom_visibility(c_hom: float, c_ref: float) -> dict[str, Any] | None:
         "reference_coincidences": int(c_ref),
         "note": "1 - 2 C(50:50) / C(no coupler): indistinguishable photons give 1, distinguishable 0",
     }
+
+
+def calibration_predictions(
+    circuit: Circuit,
+    plan: Any,
+    counts: dict[str, np.ndarray],
+    found: dict[str, dict[str, Any]],
+    version: int,
+    data: CalibrationData,
+) -> None:
+    """Add to each HOM visibility what the calibration's measured sources predict (decision 0017 §5):
+    ``calibrated`` and ``calibrated_sigma`` (M moved by its uncertainty), and the version."""
+    sources = {f.mode: f for f in data.sources}
+    for figure in circuit.analysis:
+        result = found.get(figure.label())
+        if result is None or not isinstance(figure, HomVisibility):
+            continue
+        located = register_counts(plan, counts, figure.register)
+        if located is None:
+            continue
+        read, phase, _ = located
+        columns = [c % plan.modes for c in read.columns][:2]
+        fed = [i.mode for i in phase.inputs if i.state == "photon"][:2]
+        if len(fed) < 2 or len(columns) < 2 or not all(j in sources for j in fed):
+            continue
+        dark_per_shot = data.dark_counts_per_shot
+        dark = (
+            (dark_per_shot[columns[0]], dark_per_shot[columns[1]]) if len(dark_per_shot) == plan.modes else (0.0, 0.0)
+        )
+        a, b = fed
+        value = predicted_visibility(sources, a, b, (columns[0], columns[1]), dark)
+        spread = []
+        for sign in (-1.0, 1.0):
+            moved = {
+                j: msgspec.structs.replace(
+                    f, indistinguishability=f.indistinguishability + sign * max(f.indistinguishability_sigma, 0.0)
+                )
+                for j, f in sources.items()
+            }
+            spread.append(predicted_visibility(moved, a, b, (columns[0], columns[1]), dark))
+        result["calibrated"] = value
+        result["calibrated_sigma"] = abs(spread[1] - spread[0]) / 2
+        result["calibration_version"] = version
 
 
 def conditional(plan: Plan, counts: Mapping[str, np.ndarray], register: str, given: str) -> dict[str, Any] | None:

@@ -67,7 +67,13 @@ class ReferenceChecked(Reply, frozen=True, kw_only=True):
     recalibrated: bool
     new_version: CalibrationVersion | None
     reason: Text
-    """Why it recalibrated (fidelity below threshold, calibration too old), or empty."""
+    """Why it recalibrated (fidelity below threshold, the sources' HOM visibility moved, calibration
+    too old), or empty."""
+    visibility: float | None = None
+    """The HOM visibility of the calibration's first source pair, measured now (none: not checked)."""
+    visibility_sigma: float | None = None
+    visibility_calibrated: float | None = None
+    """The same pair's visibility when the calibration was made."""
 
 
 class CheckReference(Request[ReferenceChecked], frozen=True, kw_only=True):

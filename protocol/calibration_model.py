@@ -19,6 +19,7 @@ import numpy as np
 from ._errors import AwenError
 from ._message import Count, Finite, Label, Text
 from .hal import MAX_HEATERS, MAX_MODES
+from .sources import SourceModel, hom_visibility, survival_for
 
 TWO_PI = 2 * math.pi
 
@@ -83,6 +84,77 @@ class FitResiduals(_S, frozen=True, kw_only=True):
     iterations: Count = 0
 
 
+class SourceFit(_S, frozen=True, kw_only=True):
+    """One single-photon source as the calibration measured it (decision 0017 §5), each figure
+    with one standard deviation (-1: it cannot tell).
+
+    A source's brightness cannot be told apart from the loss after it, and a loss the same on
+    every output cannot be told from one on every input. So the calibration measures how often
+    the source's pulses click on its own output (``efficiency``) and how the outputs compare
+    (``output_efficiency``, from the light a balanced coupler sends both ways), and takes the
+    brightness as configured (the source's datasheet): the rest is the path's ``transmission()``."""
+
+    mode: Count
+    """The input the source feeds (and the output it reaches through the identity)."""
+    efficiency: Finite
+    efficiency_sigma: Finite
+    output_efficiency: Finite = 1.0
+    """The output ``mode``'s detection relative to the best measured output (1: the best)."""
+    brightness: Finite = 1.0
+    """As configured: the calibration cannot tell it from the losses after the source."""
+    g2: Finite
+    """g2(0) from a Hanbury Brown-Twiss measurement behind a balanced coupler."""
+    g2_sigma: Finite
+    indistinguishability: Finite
+    """M, from the HOM visibilities of the pairs it took part in (decision 0017 §5)."""
+    indistinguishability_sigma: Finite
+
+    def model(self, overlap: float | None = None) -> SourceModel:
+        """The source as `protocol.sources` models it; ``overlap`` replaces M (a pair's sqrt(M_i M_j))."""
+        g2 = min(max(self.g2, 0.0), 1.0)
+        brightness = min(max(self.brightness, 0.0), 1.0)
+        if 2 * brightness * g2 > 1:
+            g2 = 0.5 / brightness
+        m = self.indistinguishability if overlap is None else overlap
+        return SourceModel(brightness=brightness, g2=g2, indistinguishability=min(max(m, 0.0), 1.0))
+
+    def transmission(self) -> float:
+        """Each photon's chance to reach the chip's mesh: what makes its own output click as measured."""
+        output = max(self.output_efficiency, 1e-12)
+        return min(survival_for(max(self.efficiency, 0.0), self.model()) / output, 1.0)
+
+
+class HomFit(_S, frozen=True, kw_only=True):
+    """A pair of sources' HOM visibility, 1 - 2 C(coupler) / C(no coupler), as measured."""
+
+    modes: Annotated[list[Count], msgspec.Meta(min_length=2, max_length=2)]
+    visibility: Finite
+    visibility_sigma: Finite
+    coincidences: Count
+    """Coincidences behind the coupler and without it, together: how much the figure rests on."""
+
+
+def predicted_visibility(
+    sources: dict[int, SourceFit],
+    a: int,
+    b: int,
+    outputs: tuple[int, int] | None = None,
+    dark: tuple[float, float] = (0.0, 0.0),
+) -> float:
+    """The HOM visibility the calibrated sources on inputs ``a`` and ``b`` give, read on ``outputs``
+    (default: ``a`` and ``b``), exactly (decision 0017 §5)."""
+    fa, fb = sources[a], sources[b]
+    overlap = math.sqrt(max(fa.indistinguishability, 0.0) * max(fb.indistinguishability, 0.0))
+    c, d = outputs if outputs is not None else (a, b)
+    efficiency = tuple(sources[j].output_efficiency if j in sources else 1.0 for j in (c, d))
+    return hom_visibility(
+        [fa.model(overlap), fb.model(overlap)],
+        efficiency=efficiency,
+        dark=dark,
+        transmission=(fa.transmission(), fb.transmission()),
+    )
+
+
 class CalibrationData(_S, frozen=True, kw_only=True):
     """What a calibration was made from, and what it found besides the fit (empty: not known)."""
 
@@ -102,6 +174,10 @@ class CalibrationData(_S, frozen=True, kw_only=True):
     """Outputs reported to the scheduler as degraded (too weak)."""
     started_from: Text = ""
     """``factory``, or the version the fit started from."""
+    sources_job: Text = ""
+    """The source measurement's job id (HOM and HBT, decision 0017 §5)."""
+    sources: Annotated[list[SourceFit], msgspec.Meta(max_length=MAX_MODES)] = msgspec.field(default_factory=list)
+    hom: Annotated[list[HomFit], msgspec.Meta(max_length=MAX_MODES)] = msgspec.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -148,11 +224,12 @@ class CalibrationModel:
         Solves (1 + crosstalk) @ heating = (phases - phi0) mod 2 pi for
         non-negative heating, adding 2 pi where a heater would need to cool.
         """
-        wanted = np.mod(np.asarray(phases, dtype=np.float64) - self.phi0, TWO_PI)
-        if wanted.shape != self.phi0.shape:
+        target = np.asarray(phases, dtype=np.float64)
+        if target.shape != self.phi0.shape:  # checked first: a job planned for another chip fails, named
             raise CalibrationUnusable(
-                f"the plan sets {wanted.size} heaters; calibration version {self.version} knows {self.phi0.size}"
+                f"the plan sets {target.size} heaters; calibration version {self.version} knows {self.phi0.size}"
             )
+        wanted = np.mod(target - self.phi0, TWO_PI)
         coupling = np.eye(len(wanted)) + self.crosstalk
         heating = np.linalg.solve(coupling, wanted)
         for _ in range(50):

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import analysis
 from ._message import Count, Finite, Index, Label, Pid, Reply, Request, Text, Timestamp
+from .calibration_model import CalibrationData
 from .memory import (
     TERMINAL_STATES,
     CalibrationVersion,
@@ -238,11 +239,17 @@ DOOR_MESSAGES: Final = (
 
 
 def assemble_result(
-    record: JobRecord, plan: Plan | None, results: Iterable[ResultRecord], *, partial: bool
+    record: JobRecord,
+    plan: Plan | None,
+    results: Iterable[ResultRecord],
+    *,
+    partial: bool,
+    calibration: CalibrationData | None = None,
 ) -> JobResult:
     """The client's view of a job: its result records summed per slot, laid out by the plan.
 
-    ``plan`` is None for a job that was never planned (no counts then).
+    ``plan`` is None for a job that was never planned (no counts then). ``calibration``: the data of
+    the calibration the job ran under, whose measured sources predict its HOM visibilities.
     """
     totals: dict[str, np.ndarray] = {}
     for r in results:
@@ -283,7 +290,12 @@ def assemble_result(
             elif parsed.kind == "powers":
                 powers[str(parsed.phase)] = value
         if record.circuit is not None and record.circuit.analysis:
-            figures = _jsonable(analysis.figures(record.circuit, plan, totals))
+            declared = analysis.figures(record.circuit, plan, totals)
+            if calibration is not None and record.calibration is not None:
+                analysis.calibration_predictions(
+                    record.circuit, plan, totals, declared, record.calibration, calibration
+                )
+            figures = _jsonable(declared)
     ended = record.updated if record.state in TERMINAL_STATES else None
     return JobResult(
         job=record.job,

@@ -322,9 +322,12 @@ def campaign_system(data_dir: Path, run_dir: Path, port: int, factory: Path, log
     the chip safe and every running job waits), and waits at most 1 s before a restart: the campaign
     measures whether jobs survive deaths, not the supervisor's policy for an actor that keeps dying.
     Heartbeats are 1 s apart and a peer is lost after 10 missed ones, so that a process starved of
-    CPU on a loaded machine is not taken for a hung one.
+    CPU on a loaded machine is not taken for a hung one. The calibration does not measure the
+    sources (1.6 million shots, half a minute at a slow campaign's shot rate): the campaign's jobs
+    count shots, they do not read the sources.
     """
     return lab_system(
+        config={"calibration": {"source_shots": 0}},
         data_dir=data_dir,
         device_url=f"tcp://127.0.0.1:{port}",
         factory_calibration=factory,

@@ -9,11 +9,15 @@ import numpy as np
 from actors.calibration import sweep_plan
 from protocol.calibration_model import CalibrationModel
 from protocol.plan import Plan
-from sim import DeviceServer, parse_config
+from sim import IDEAL_SOURCE, DeviceServer, parse_config
 from sim._chip import Chip
 
-CHIP = parse_config({"modes": 4, "heaters": {"drift_rad_per_sqrt_hour": 0.0}})
-"""Four modes, heaters that do not drift: a calibration stays true for the whole test."""
+CHIP = parse_config({"modes": 4, "heaters": {"drift_rad_per_sqrt_hour": 0.0}, "sources": IDEAL_SOURCE})
+"""Four modes, heaters that do not drift, perfect photons: a calibration stays true for the whole test,
+and a dip is a dip (the default chip's sources are a published source's, decision 0017)."""
+
+REAL_CHIP = parse_config({"modes": 4, "heaters": {"drift_rad_per_sqrt_hour": 0.0}})
+"""CHIP with the default, imperfect sources (brightness 0.6, g2 0.025, M 0.92, M drifting)."""
 
 DEVICE = parse_config({"modes": 8}).description()
 BIG = parse_config({"modes": 32}).description()

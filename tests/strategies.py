@@ -90,7 +90,8 @@ def for_type(info: Any) -> st.SearchStrategy[Any]:
     if isinstance(info, mi.UnionType):
         return st.one_of(*(for_type(t) for t in info.types))
     if isinstance(info, mi.ListType):
-        return st.lists(for_type(info.item_type), max_size=4)
+        least = info.min_length or 0
+        return st.lists(for_type(info.item_type), min_size=least, max_size=min(info.max_length or 4, max(4, least)))
     if isinstance(info, mi.DictType):
         return st.dictionaries(for_type(info.key_type), for_type(info.value_type), max_size=3)
     if isinstance(info, mi.CustomType) and info.cls is np.ndarray:

@@ -26,13 +26,15 @@ from actors.hal import HalActor
 from actors.jobs import wait_for_job
 from actors.memory import MemoryActor
 from actors.scheduler import SchedulerActor
+from protocol.calibration_model import CalibrationFits
 from protocol.circuit import CircuitBuilder, RunMode
 from protocol.executor import Abort, GetExecutorStatus
 from protocol.hal import ConfigureInputs, InputSetting, SetHeaters
 from protocol.memory import GetJob, GetPlan, PutCalibration, QueryResults
+from protocol.results import shot_values
 from protocol.scheduler import GetQueue, SetStrategy, StrategyConfig, Submit
 from runtime import Actor
-from sim import DeviceServer, parse_fault, serve_tcp
+from sim import DeviceServer, SimConfig, parse_fault, serve_tcp
 
 from .chips import CHIP, truth
 from .circuits import feed_forward, hom, two_rounds
@@ -78,11 +80,12 @@ async def bench(
     calibrate: bool = True,
     calibration: dict[str, Any] | None = None,
     quiet_hal: bool = False,
+    chip: SimConfig = CHIP,
     **executor: Any,
 ) -> AsyncIterator[Bench]:
-    """The whole stack on a simulated chip. ``calibrate``: store the chip's truth as version 1;
-    ``calibration``: also run a calibration actor with this configuration."""
-    server = DeviceServer(CHIP, seed=7)
+    """The whole stack on a simulated chip (``chip``, seed 7). ``calibrate``: store the chip's truth as
+    version 1; ``calibration``: also run a calibration actor with this configuration."""
+    server = DeviceServer(chip, seed=7)
     runtime = mem_runtime("memory", "hal", "scheduler", "executor", "calibration", "me")
     async with trio.open_nursery() as outside:
         host, port = await outside.start(serve_tcp, server, "127.0.0.1", 0)
@@ -102,7 +105,7 @@ async def bench(
                     "memory", PutCalibration(device="chip", identity="simulator truth", fits=model.fits())
                 )
             await nursery.start(scheduler.run)
-            executor_actor = ExecutorActor("executor", runtime, batch_shots=2000, backoff_s=0.01, **executor)
+            executor_actor = ExecutorActor("executor", runtime, **({"batch_shots": 2000, "backoff_s": 0.01} | executor))
             await nursery.start(executor_actor.run)
             calibration_actor = None
             if calibration is not None:
@@ -160,6 +163,20 @@ async def test_a_circuit_without_calibration_fails_with_the_reason(tmp_path):
         assert "has no calibration: calibrate it before running circuits" in record.reason
 
 
+async def test_a_calibration_for_another_chip_fails_the_job_by_name_and_the_executor_goes_on(tmp_path):
+    """A version with fits for 64 heaters (an 8-mode chip's) on this 4-mode chip: before, the executor
+    crashed on it and, restarted, took the same job again, for ever."""
+    async with bench(tmp_path) as b:
+        wrong = CalibrationFits(phi0=[0.0] * 64, alpha=[1.0] * 64)
+        await b.ask("memory", PutCalibration(device="chip", identity="another chip", fits=wrong))
+        record = await b.run(hom(100), "other-chip")
+        assert record.state == "failed"
+        assert "the plan sets 16 heaters; calibration version 2 knows 64" in record.reason
+        await b.ask("memory", PutCalibration(device="chip", identity="this chip", fits=truth(b.server).fits()))
+        after = await b.run(hom(100), "this-chip")
+        assert after.state == "completed", after.reason
+
+
 async def test_a_dropped_link_is_retried_and_the_job_completes(tmp_path):
     async with bench(tmp_path) as b:
         b.fault_next("close", offset=2)  # the second of three shot runs
@@ -210,6 +227,48 @@ async def test_a_stored_photon_comes_back_through_its_delay_line_with_the_expect
         # mesh once more: relative to a first-pass detection it is seen exp(-12/30) * 0.4 dB as often.
         expected = math.exp(-12 / 30) * 10 ** (-0.04)
         assert abs(stored[1] / a[1] - expected) < 0.08, (stored, a)
+
+
+def _two_registers(shots: int, passes: int) -> Any:
+    if passes == 2:  # the second pass depends on each shot's first (feed-forward)
+        first_pass = CircuitBuilder(3, shots=shots).input(0).input(1).store(0, "m").measure([1], "a")
+        return feed_forward(first_pass, wait_ns=300).measure([2], "b").build()
+    builder = CircuitBuilder(3, shots=shots).input(0).input(1).bs(0, 1).bs(1, 2, theta=0.4)
+    return builder.measure([0], "a").measure([1, 2], "b").build()
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+async def test_a_100k_shot_job_stores_what_every_shot_s_pattern_gives(tmp_path, passes):
+    """The shots come back as counts per pattern; the stored registers are what a row per shot gave before.
+
+    Two registers and their joint slot, in one pass (drawn as one histogram from the exact
+    distribution) or two (feed-forward); every shot the device fired is kept aside, in order,
+    and counted the old way.
+    """
+    circuit = _two_registers(100_000, passes)
+    async with bench(tmp_path, quiet_hal=True, batch_shots=30_000) as b:
+        device = b.server.device
+        fired: list[np.ndarray] = []
+        handle = device.handle
+
+        def keeping_every_shot(message: bytes, *args: Any, **kwargs: Any) -> bytes | None:
+            reply = handle(message, *args, **kwargs)
+            if message.startswith(b"RUN:SHOT"):
+                fired.append(device.results.patterns.copy())  # every shot's pattern, in firing order
+            return reply
+
+        device.handle = keeping_every_shot  # type: ignore[method-assign]
+        record = await b.run(circuit, "big")
+        assert record.state == "completed", record.reason
+        assert record.frames == 4  # 30,000 + 30,000 + 30,000 + 10,000
+        plan = (await b.ask("memory", GetPlan(plan=record.plan))).body
+        every_shot = np.concatenate(fired)
+        assert every_shot.shape[0] == 100_000
+        expected = {v.slot: v.value for v in shot_values(plan.phases[0], every_shot)}
+        assert set(expected) == {"p0.a", "p0.b", "p0.joint"}
+        for slot, counts in expected.items():
+            assert np.array_equal(await b.counts("big", slot), counts), slot
+        assert np.count_nonzero(expected["p0.joint"]) > 2
 
 
 async def test_a_corrupted_reply_is_caught_and_the_job_still_completes_with_every_shot(tmp_path):

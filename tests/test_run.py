@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -34,6 +35,11 @@ def test_hom_visibility_agrees_with_the_simulator(data_dir):
     visibility = report["figures"]["visibility"]  # as examples/hom.json names it
     assert visibility["figure"] == "hom_visibility"
     assert abs(visibility["value"] - visibility["expected"]) < 3 * visibility["sigma"] + 0.002
+    # A published source's photons (decision 0017): below 1, and what the calibration's sources predict.
+    assert visibility["value"] < 0.95
+    assert visibility["calibration_version"] == 1
+    combined = math.hypot(visibility["sigma"], visibility["calibrated_sigma"])
+    assert abs(visibility["value"] - visibility["calibrated"]) < 4 * combined
     assert set(report["registers"]) == {"hom", "reference"}
     assert sum(report["registers"]["hom"]["counts"]) == 20_000
 
@@ -71,10 +77,11 @@ def test_a_stored_photon_comes_back_into_the_mode_it_left(data_dir, tmp_path):
 
 def test_feed_forward_sees_the_photons_bunch(data_dir):
     figure = awen_run("feed_forward", data_dir, "--shots", "10000")["figures"]["conditional"]
-    # A HOM pair: a click on mode 0 means both photons went there, so the delay line holds none.
+    # A HOM pair: a click on mode 0 means both photons went there, so the delay line holds none
+    # (but for the few pairs a published source's imperfect photons do not bunch, decision 0017).
     b_given_a0, b_given_a1 = figure["value"]
-    assert b_given_a1 < 0.01
-    assert b_given_a0 > 0.2
+    assert b_given_a0 > 0.1  # brightness 0.6 and the delay line's loss
+    assert b_given_a1 < 0.2 * b_given_a0
 
 
 def test_a_circuit_named_like_an_example_but_shaped_otherwise_runs_to_its_end(data_dir, tmp_path):

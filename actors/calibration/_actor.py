@@ -51,6 +51,8 @@ from protocol.calibration_model import (
     FactoryCalibration,
     FitResiduals,
     FitUncertainties,
+    HomFit,
+    SourceFit,
 )
 from protocol.circuit import Circuit, CircuitBuilder
 from protocol.hal import Describe, Description, InputSetting
@@ -64,6 +66,7 @@ from runtime import Actor, RemoteError, Runtime, handles
 
 from ._fit import FitFailed, FitResult, SweepData, fit_sweeps
 from ._outcome import Outcome
+from ._sources import Histogram, SourceCheck, fit_sources, source_pairs, source_plan, visibility
 
 log = logging.getLogger("awen.calibration")
 
@@ -104,6 +107,15 @@ class CalibrationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     reference_shots: int = 20_000
     detector_shots: int = 20_000
     """Shots per detector measurement (dark, and one photon into each mode)."""
+    source_shots: int = 100_000
+    """Shots per phase of the source measurement (HBT and HOM, decision 0017 §5); 0: not measured."""
+    source_brightness: float = 0.6
+    """The sources' brightness (their datasheet's): a calibration cannot tell it from the loss after
+    them, and the M it finds depends on it slightly (decision 0017 §5). The default is a published
+    quantum-dot source's, as the simulated chip's."""
+    check_sources: bool = True
+    """The drift check also repeats the HOM of inputs 0 and 1 and recalibrates when its visibility
+    moved beyond 3 sigma of the calibration's."""
     fidelity_threshold: float = 0.98
     """Below this reference fidelity the chip is recalibrated."""
     degraded_scale: float = 0.5
@@ -232,6 +244,14 @@ def detector_plan(
     return procedure_plan(job, description, phases, device=device, reconfigurations=1)
 
 
+def degraded(detection: np.ndarray, scale: float, shots: int) -> list[int]:
+    """Outputs detecting under ``scale`` of the median, by more than 3 standard deviations of their
+    counts: too few clicks to tell (a very lossy chip) is not a weak output."""
+    median = float(np.median(detection))
+    sigma = np.sqrt(np.maximum(detection, median * scale) / max(shots, 1))
+    return [int(j) for j in np.flatnonzero((detection < scale * median) & (scale * median - detection > 3 * sigma))]
+
+
 def clicks_per_detector(counts: np.ndarray, modes: int) -> np.ndarray:
     """Clicks on each detector from a histogram of the register over every mode (first mode most significant)."""
     values = np.arange(len(counts))
@@ -275,20 +295,24 @@ def reference_circuit(modes: int, shots: int, *, priority: int, measured: list[i
 
 
 def reference_fidelity(
-    u: np.ndarray, counts: np.ndarray, efficiency: np.ndarray, measured: list[int]
+    u: np.ndarray, counts: np.ndarray, efficiency: np.ndarray, measured: list[int], overlap: float = 1.0
 ) -> tuple[float, int]:
     """Classical fidelity of the measured two-click patterns against the two-photon model; and the events.
 
-    For photons in inputs 0 and 1, outputs a < b click together with probability
-    |u[a,0] u[b,1] + u[a,1] u[b,0]|^2 times their detection efficiencies; only
-    pairs of ``measured`` outputs (the register's bits, in order) count.
+    For photons in inputs 0 and 1 that share their wavepacket with probability ``overlap`` (the
+    calibrated sqrt(M_0 M_1), decision 0017 §5), outputs a < b click together with probability
+    overlap |u[a,0] u[b,1] + u[a,1] u[b,0]|^2 + (1 - overlap)(|u[a,0] u[b,1]|^2 + |u[a,1] u[b,0]|^2)
+    times their detection efficiencies; only pairs of ``measured`` outputs (the register's bits, in
+    order) count.
     """
     k = len(measured)
     model: dict[int, float] = {}
     for i, a in enumerate(measured):
         for j in range(i + 1, k):
             b = measured[j]
-            p = abs(u[a, 0] * u[b, 1] + u[a, 1] * u[b, 0]) ** 2 * efficiency[a] * efficiency[b]
+            together = abs(u[a, 0] * u[b, 1] + u[a, 1] * u[b, 0]) ** 2
+            apart = abs(u[a, 0] * u[b, 1]) ** 2 + abs(u[a, 1] * u[b, 0]) ** 2
+            p = (overlap * together + (1 - overlap) * apart) * efficiency[a] * efficiency[b]
             model[(1 << (k - 1 - i)) | (1 << (k - 1 - j))] = p
     seen = {v: int(counts[v]) for v in model}
     events = sum(seen.values())
@@ -404,8 +428,13 @@ class CalibrationActor(Actor):
         scales = np.asarray(
             latest.data.detection_efficiency or latest.data.output_scales or np.ones(modes), dtype=np.float64
         )
-        fidelity, events = reference_fidelity(reference_unitary(modes), counts, scales, measured)
+        fits = {f.mode: f for f in latest.data.sources}
+        overlap = (
+            math.sqrt(fits[0].indistinguishability * fits[1].indistinguishability) if 0 in fits and 1 in fits else 1.0
+        )
+        fidelity, events = reference_fidelity(reference_unitary(modes), counts, scales, measured, overlap)
         self._fidelity.set(fidelity, device=device)
+        hom = await self._check_sources(latest, modes) if self.config.check_sources else None
         self.publish(
             ReferenceResult(
                 device=device, version=latest.version, fidelity=fidelity, threshold=self.config.fidelity_threshold
@@ -414,6 +443,8 @@ class CalibrationActor(Actor):
         reason = ""
         if fidelity < self.config.fidelity_threshold:
             reason = f"reference fidelity {fidelity:.4f} < {self.config.fidelity_threshold}"
+        elif hom is not None and hom.moved:
+            reason = hom.why
         elif age > self.config.max_age_s:
             reason = f"calibration version {latest.version} is {age:.0f} s old (max_age_s {self.config.max_age_s:g})"
         new_version = None
@@ -438,7 +469,31 @@ class CalibrationActor(Actor):
             recalibrated=new_version is not None,
             new_version=new_version,
             reason=reason,
+            visibility=None if hom is None else hom.now,
+            visibility_sigma=None if hom is None else hom.now_sigma,
+            visibility_calibrated=None if hom is None else hom.calibrated,
         )
+
+    async def _check_sources(self, latest: Calibration, modes: int) -> SourceCheck | None:
+        """The HOM of the first calibrated pair again (dip and reference), against the calibration's."""
+        if not latest.data.hom or modes < 2:
+            return None
+        calibrated = latest.data.hom[0]
+        a, b = calibrated.modes
+        described = await self.request(self.config.hal, Describe(device=self.config.device))
+        job = time.strftime("src-check-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+        plan = source_plan(
+            job,
+            described.description,
+            CalibrationModel.from_fits(latest.version, latest.fits),
+            [(a, b)],
+            shots=self.config.source_shots,
+            device=self.config.device,
+            kinds=("dip", "reference"),
+        )
+        phases = await self._procedure(job, plan, "source check (HOM)")
+        now, sigma = visibility(phases[0], phases[1])
+        return SourceCheck((a, b), now, sigma, calibrated.visibility, calibrated.visibility_sigma)
 
     async def _latest(self) -> Calibration | None:
         try:
@@ -566,7 +621,10 @@ class CalibrationActor(Actor):
         layout = clements_layout(description.modes)
         fit = await trio.to_thread.run_sync(lambda: fit_sweeps(layout, data, start, version=version_hint))
         detection, dark = await self._detectors(description, fit.model)
-        weak = [int(j) for j in np.flatnonzero(detection < self.config.degraded_scale * float(np.median(detection)))]
+        weak = degraded(detection, self.config.degraded_scale, self.config.detector_shots)
+        sources_job, sources, homs = "", list[SourceFit](), list[HomFit]()
+        if self.config.source_shots and description.modes >= 2:
+            sources_job, sources, homs = await self._sources(description, fit.model, detection, dark)
         data_stored = CalibrationData(
             job=job,
             points=points,
@@ -577,6 +635,9 @@ class CalibrationActor(Actor):
             dark_rate_hz=(dark / description.detectors.gate_s).tolist(),
             degraded_outputs=weak,
             started_from="factory" if latest is None else f"version {latest.version}",
+            sources_job=sources_job,
+            sources=sources,
+            hom=homs,
         )
         note = f"sweep {job}: {len(plan.phases)} readings, {len(fit.fitted)} heaters fitted"
         version = await self._store(description, fit, data_stored, note)
@@ -673,23 +734,52 @@ class CalibrationActor(Actor):
         job = time.strftime("det-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
         shots = self.config.detector_shots
         plan = detector_plan(job, description, model, shots=shots, device=self.config.device)
+        totals = {i: c.counts for i, c in (await self._procedure(job, plan, "detector characterisation")).items()}
+        m = description.modes
+        dark = clicks_per_detector(totals[0], m) / shots
+        detection = np.array([clicks_per_detector(totals[1 + j], m)[j] / shots for j in range(m)]) - dark
+        return np.clip(detection, 0.0, 1.0), dark
+
+    async def _procedure(self, job: str, plan: Plan, what: str) -> dict[int, Histogram]:
+        """Queue a procedure of shots, wait for it, and return each phase's register histogram."""
         await self.request(
             self.config.scheduler,
-            SubmitProcedure(job=job, plan=plan, priority=self.config.priority, description="detector characterisation"),
+            SubmitProcedure(job=job, plan=plan, priority=self.config.priority, description=what),
         )
         record = await self._wait(job)
         if record.state != "completed":
-            raise AwenError(f"the detector characterisation {job} ended {record.state}: {record.reason}")
+            raise AwenError(f"the {what} {job} ended {record.state}: {record.reason}")
         results = (await self.request(self.config.memory, QueryResults(job=job))).results
-        m = description.modes
         totals: dict[int, np.ndarray] = {}
         for r in results:
             slot = parse_result_slot(r.slot)
             if slot is not None and slot.kind == "register":
                 totals[slot.phase] = totals.get(slot.phase, 0) + np.asarray(r.value)
-        dark = clicks_per_detector(totals[0], m) / shots
-        detection = np.array([clicks_per_detector(totals[1 + j], m)[j] / shots for j in range(m)]) - dark
-        return np.clip(detection, 0.0, 1.0), dark
+        return {index: Histogram(counts, plan.phases[index].shots) for index, counts in totals.items()}
+
+    async def _sources(
+        self, description: DeviceDescription, model: CalibrationModel, detection: np.ndarray, dark: np.ndarray
+    ) -> tuple[str, list[SourceFit], list[HomFit]]:
+        """HBT and HOM through the queue with the new fit, then g2 and M per source (decision 0017 §5)."""
+        job = time.strftime("src-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+        pairs = source_pairs(description.modes)
+        shots = self.config.source_shots
+        plan = source_plan(job, description, model, pairs, shots=shots, device=self.config.device)
+        phases = await self._procedure(job, plan, "source measurement (HBT and HOM)")
+        sources, homs = fit_sources(
+            pairs, phases, detection, self.config.detector_shots, dark, brightness=self.config.source_brightness
+        )
+        for f in sources:
+            log.info(
+                "%s: source %d: g2 %.4f +- %.4f, M %.4f +- %.4f",
+                self.name,
+                f.mode,
+                f.g2,
+                f.g2_sigma,
+                f.indistinguishability,
+                f.indistinguishability_sigma,
+            )
+        return job, sources, homs
 
     async def _wait(self, job: str) -> JobRecord:
         """Until a job this actor submitted (or adopted) has ended in the store."""

@@ -24,6 +24,7 @@ import trio
 
 from protocol import AwenError, ConfigError, Envelope, ErrorCode, Message, Request, convert_settings
 from protocol.calibration import CalibrationStatus, GetCalibrationStatus
+from protocol.calibration_model import CalibrationData
 from protocol.door import (
     ANY_ACTOR,
     CLIENT_PROTOCOL,
@@ -44,6 +45,8 @@ from protocol.door import (
 from protocol.hal import ListDevices
 from protocol.memory import (
     TERMINAL_STATES,
+    Calibration,
+    GetCalibration,
     GetJob,
     GetPlan,
     Job,
@@ -130,6 +133,8 @@ class DoorActor(Actor):
         self._waiters: dict[str, set[trio.Event]] = {}
         self._kinds: dict[str, str] = {}
         self._plans: dict[str, Plan] = {}
+        self._calibrations: dict[tuple[str, int], CalibrationData] = {}
+        """Calibrations' data by (device, version), for the figures' predictions (decision 0017 §5)."""
         self._fetching: dict[str, trio.Event] = {}
         self._started = time.time()
         self._calibrated = False
@@ -348,7 +353,25 @@ class DoorActor(Actor):
         record = results.record
         assert record is not None  # asked for
         plan = None if record.plan is None else await self._plan(record.plan)
-        return record, assemble_result(record, plan, results.results, partial=results.partial)
+        calibration = None if record.calibration is None else await self._calibration(record.device, record.calibration)
+        return record, assemble_result(record, plan, results.results, partial=results.partial, calibration=calibration)
+
+    async def _calibration(self, device: str, version: int) -> CalibrationData | None:
+        """A calibration's data by version, kept (a stored version never changes); None if it is gone."""
+        key = (device, version)
+        if key not in self._calibrations:
+            try:
+                found: Calibration = await self.request(
+                    self.config.memory, GetCalibration(device=device, version=version)
+                )
+            except RemoteError as exc:
+                if exc.code != ErrorCode.NOT_FOUND:
+                    raise _error(exc.code, exc.remote_message, exc.field) from None
+                return None
+            self._calibrations[key] = found.data
+            while len(self._calibrations) > PLANS_KEPT:
+                del self._calibrations[next(iter(self._calibrations))]
+        return self._calibrations[key]
 
     async def _plan(self, plan_id: str) -> Plan:
         """A plan by id: kept (a plan never changes), or being read already, or read now."""

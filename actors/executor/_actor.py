@@ -18,6 +18,7 @@ from typing import Any, Literal
 import trio
 
 from protocol import AwenError, Backoff, Envelope, convert_settings
+from protocol.calibration_model import CalibrationUnusable
 from protocol.executor import Abort, ExecutorStatus, GetExecutorStatus, JobEnded
 from protocol.scheduler import Assignment, JobFinished, NextJob, Suspend, Unsuspend
 from runtime import Actor, PeerLostError, RemoteError, RequestTimeout, Runtime, handles, subscribes, traced
@@ -111,6 +112,8 @@ class ExecutorActor(Actor):
             ended = Ended("failed", f"lost contact with a peer: {exc}", 0)
         except RemoteError as exc:  # the store refused results, or the scheduler no longer knows the job
             ended = Ended("failed", str(exc), 0)
+        except CalibrationUnusable as exc:  # e.g. a job queued for a chip with another number of heaters
+            ended = Ended("failed", exc.message, 0)
         if ended.state == "failed":
             await self._failed(run.job, ended.reason)
         else:

@@ -10,6 +10,7 @@ the running job's progress (``exec.progress``), and a change counter that
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -29,11 +30,11 @@ from protocol.calibration import CalibrationStatus, GetCalibrationStatus
 from protocol.door import assemble_result
 from protocol.executor import JobEnded, JobStarted, Progress
 from protocol.hal import DeviceInfo, DeviceStatus, GetDeviceStatus, GetHeaters, Heaters, ListDevices
-from protocol.memory import GetPlan, JobRecord, QueryEvents, QueryJobs, QueryResults
+from protocol.memory import GetCalibration, GetPlan, JobRecord, QueryEvents, QueryJobs, QueryResults
 from protocol.paths import is_loopback
 from protocol.scheduler import GetQueue, QueueState
 from protocol.system import Heartbeat, Metric
-from runtime import Actor, Runtime
+from runtime import Actor, RemoteError, Runtime
 
 from ._app import make_app
 from ._metrics import HeartbeatCollector, render
@@ -375,7 +376,12 @@ class WebActor(Actor):
         record = results.record
         assert record is not None  # asked for
         plan = None if record.plan is None else (await self.request(self.config.memory, GetPlan(plan=record.plan))).body
-        return assemble_result(record, plan, results.results, partial=results.partial)
+        calibration = None
+        if record.calibration is not None:
+            with contextlib.suppress(RemoteError):  # gone from the store: the figures go without its prediction
+                got = GetCalibration(device=record.device, version=record.calibration)
+                calibration = (await self.request(self.config.memory, got)).data
+        return assemble_result(record, plan, results.results, partial=results.partial, calibration=calibration)
 
     async def ask(self, to: str, msg: Request[Any]) -> Any:
         with trio.fail_after(CHECK_TIMEOUT_S):

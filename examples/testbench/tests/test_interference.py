@@ -24,13 +24,15 @@ ACCEPTANCE = 0.8
 
 
 def test_the_hom_dip_is_deep_enough_and_our_analysis_agrees_with_awen(awen_client: Lab) -> None:
-    result = awen_client.submit(hom(shots=4000)).wait(timeout=60)
-    assert result.shots == 4000
-    assert int(result.counts("hom").sum()) == 4000
+    result = awen_client.submit(hom(shots=20_000)).wait(timeout=60)
+    assert result.shots == 20_000
+    assert int(result.counts("hom").sum()) == 20_000
     ours, sigma = hom_visibility(result.counts("hom"), result.counts("reference"))
     theirs = result.figures["visibility"]
     assert ours == theirs["value"]  # the same counts, the same formula
-    assert ours - 4 * sigma > ACCEPTANCE, f"visibility {ours:.3f} +- {sigma:.3f}"
+    assert ours - 3 * sigma > ACCEPTANCE, f"visibility {ours:.3f} +- {sigma:.3f}"
+    # Our sources are not perfect; the calibration measured them, and the dip is what it predicts.
+    assert_figure(ours, theirs["calibrated"], float(np.hypot(sigma, theirs["calibrated_sigma"])), name="visibility")
 
 
 def test_the_splitter_sweep_fits_the_visibility_the_dip_measures(awen_client: Lab) -> None:
