@@ -116,6 +116,8 @@ class Events:
                 send.send_nowait(env)
             except trio.WouldBlock:
                 log.warning("%s: event stream for %r is full; dropped %s", self._name, prefix, env.type)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the stream is closing (its reader left at a checkpoint before the unsubscribe): nobody reads
 
         self.subscribe(prefix, deliver)
         try:

@@ -440,3 +440,28 @@ async def test_a_not_ready_peer_is_asked_until_the_callers_deadline_then_the_err
             await client.request("counter", Add(n=1))
         assert counter.total == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_leaving_an_event_stream_while_events_arrive_loses_nothing_else(tmp_path, caplog):
+    """A stream's reader leaves at a checkpoint before its subscription ends: an event published
+    in that moment is dropped for it, not raised into the publisher (BrokenResourceError did)."""
+    rt = runtime("ipc", ["client", "counter"], tmp_path)
+    client, counter = Actor("client", rt), Counter("counter", rt)
+    async with started(client, counter):
+        with trio.fail_after(30):
+            await client.wait_peer("counter")
+            totals = []
+
+            async def adding() -> None:
+                for _ in range(1000):
+                    totals.append((await client.request("counter", Add(n=1))).total)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(adding)
+                while len(totals) < 1000:
+                    for actor in (counter, client):  # its own events, and a peer's from the wire
+                        async with actor.open_event_stream("test.") as stream:
+                            with trio.move_on_after(0.001):
+                                await stream.receive()
+    assert totals == list(range(1, 1001))  # every request answered, in order
+    assert not [r for r in caplog.records if "BrokenResourceError" in r.getMessage() or r.exc_info]
