@@ -27,7 +27,7 @@ from protocol.results import powers_by_phase, procedure_plan_id
 from runtime import open_system
 from sim import parse_config
 
-from .run import Display, _with_progress, prepare, system_config, wait_started
+from .run import Display, _with_progress, prepare, source_lines, system_config, wait_started
 
 
 async def calibrate(
@@ -75,6 +75,8 @@ def table(outcome: dict[str, Any], stream: Any) -> None:
             f"{alpha_sigma[h]:<8.1e}",
             file=stream,
         )
+    for line in source_lines(stored.data):
+        print(f"  {line}", file=stream)
 
 
 def plot(outcome: dict[str, Any], path: Path) -> None:

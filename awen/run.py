@@ -183,12 +183,8 @@ async def _run_on(lab: AsyncLab, circuit: Circuit, display: Display, predict: tu
             f"awen: calibration version {cal.version}: {cal.heaters_fitted} heaters fitted, phi0 within "
             f"{cal.phi0_sigma_max:.1e} rad, residual {cal.residual_rms:.1e}, {cal.seconds:.1f} s"
         )
-        for fit in (await lab.calibration(cal.version)).data.sources:
-            display.say(
-                f"awen:   source on input {fit.mode}: g2 {fit.g2:.4f} +- {max(fit.g2_sigma, 0):.4f}, "
-                f"indistinguishability {fit.indistinguishability:.3f} +- {max(fit.indistinguishability_sigma, 0):.3f}, "
-                f"{fit.efficiency:.3f} clicks per pulse"
-            )
+        for line in source_lines((await lab.calibration(cal.version)).data):
+            display.say(f"awen:   {line}")
     else:
         display.say(f"awen: using calibration version {status.version} ({status.age_s or 0:.0f} s old)")
     job = await lab.submit(circuit)
@@ -223,6 +219,19 @@ async def _run_on(lab: AsyncLab, circuit: Circuit, display: Display, predict: tu
         "joint": {" ".join(j.registers): {"bits": list(j.bits), "counts": np.asarray(j.counts)} for j in body.joint},
         "figures": figures_found,
     }
+
+
+def source_lines(data: Any) -> list[str]:
+    """One line per source a calibration measured (decision 0017 §5): g2, M, clicks per pulse."""
+
+    def sigma(value: float) -> str:
+        return f"{value:.4f}" if value >= 0 else "?"
+
+    return [
+        f"source on input {f.mode}: g2 {f.g2:.4f} +- {sigma(f.g2_sigma)}, indistinguishability "
+        f"{f.indistinguishability:.3f} +- {sigma(f.indistinguishability_sigma)}, {f.efficiency:.3f} clicks per pulse"
+        for f in data.sources
+    ]
 
 
 def _detection(sim_config: Any, seed: int) -> np.ndarray:

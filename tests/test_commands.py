@@ -211,6 +211,9 @@ def test_calibrate_talks_to_the_running_lab_and_plots(lab, tmp_path):
     document = json.loads(done.stdout)
     assert document["version"] == document["calibrated"]["version"] >= 2
     assert len(document["fits"]["phi0"]) == 16  # 4 modes: 6 MZIs, 12 heaters, and 4 output phases
+    assert [f["mode"] for f in document["sources"]] == [0, 1, 2, 3]  # HBT and HOM (decision 0017 §5)
+    assert all(0 < f["g2"] < 0.1 and 0.7 < f["indistinguishability"] <= 1 for f in document["sources"])
+    assert [h["modes"] for h in document["hom"]] == [[0, 1], [1, 2], [2, 3], [0, 2]]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     after = lab.json("jobs", "--state", "completed")["jobs"]
     assert any(j["job"] == document["calibrated"]["job"] for j in after)

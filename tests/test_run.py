@@ -114,5 +114,8 @@ def test_awen_calibrate_prints_the_fit_per_heater_and_plots_it(tmp_path):
     assert lines[0].startswith("calibration version 1 of chip")
     assert sum("theta of MZI" in line and "+-" in line for line in lines) == 6
     assert sum("not measurable by photodiodes" in line for line in lines) == 4
+    sources = [line for line in lines if line.strip().startswith("source on input")]
+    assert len(sources) == 4  # g2 and M of each source, measured by HBT and HOM (decision 0017 §5)
+    assert all("g2 0.0" in line and "indistinguishability 0." in line for line in sources), sources
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 20_000
