@@ -128,7 +128,10 @@ def calibration_predictions(
     data: CalibrationData,
 ) -> None:
     """Add to each HOM visibility what the calibration's measured sources predict (decision 0017 §5):
-    ``calibrated`` and ``calibrated_sigma`` (M moved by its uncertainty), and the version."""
+    ``calibrated`` and ``calibrated_sigma`` (M moved by its uncertainty), and the version.
+
+    Sources whose M the calibration could tell only together (a lone pair) still predict their own
+    pair, with that pair's measured spread; an M it could not tell at all predicts nothing."""
     sources = {f.mode: f for f in data.sources}
     for figure in circuit.analysis:
         result = found.get(figure.label())
@@ -142,24 +145,32 @@ def calibration_predictions(
         fed = [i.mode for i in phase.inputs if i.state == "photon"][:2]
         if len(fed) < 2 or len(columns) < 2 or not all(j in sources for j in fed):
             continue
+        a, b = fed
+        pair = next((h for h in data.hom if set(h.modes) == {a, b} and h.visibility_sigma >= 0), None)
+        alone = all(sources[j].indistinguishability_sigma >= 0 for j in fed)
+        if not alone and pair is None:
+            continue  # an M the calibration could not tell predicts nothing
         dark_per_shot = data.dark_counts_per_shot
         dark = (
             (dark_per_shot[columns[0]], dark_per_shot[columns[1]]) if len(dark_per_shot) == plan.modes else (0.0, 0.0)
         )
-        a, b = fed
         value = predicted_visibility(sources, a, b, (columns[0], columns[1]), dark)
+        result["calibrated"] = value
+        result["calibration_version"] = version
+        if not alone:  # measured only together: their product is known, the pair's own measurement its spread
+            assert pair is not None
+            result["calibrated_sigma"] = pair.visibility_sigma
+            continue
         spread = []
         for sign in (-1.0, 1.0):
             moved = {
                 j: msgspec.structs.replace(
-                    f, indistinguishability=f.indistinguishability + sign * max(f.indistinguishability_sigma, 0.0)
+                    f, indistinguishability=f.indistinguishability + sign * f.indistinguishability_sigma
                 )
                 for j, f in sources.items()
             }
             spread.append(predicted_visibility(moved, a, b, (columns[0], columns[1]), dark))
-        result["calibrated"] = value
         result["calibrated_sigma"] = abs(spread[1] - spread[0]) / 2
-        result["calibration_version"] = version
 
 
 def conditional(plan: Plan, counts: Mapping[str, np.ndarray], register: str, given: str) -> dict[str, Any] | None:

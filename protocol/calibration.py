@@ -74,6 +74,8 @@ class ReferenceChecked(Reply, frozen=True, kw_only=True):
     visibility_sigma: float | None = None
     visibility_calibrated: float | None = None
     """The same pair's visibility when the calibration was made."""
+    visibility_inputs: list[int] = msgspec.field(default_factory=list)
+    """The pair of inputs checked (each check the next pair the calibration measured)."""
 
 
 class CheckReference(Request[ReferenceChecked], frozen=True, kw_only=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -17,7 +18,7 @@ from protocol.calibration import Calibrate, CheckReference
 from protocol.calibration_model import predicted_visibility
 from protocol.memory import GetCalibration, GetJob
 from protocol.sources import BALANCED, SourceModel, click_distribution, hom_visibility
-from sim import write_factory_calibration
+from sim import parse_config, write_factory_calibration
 
 from .chips import REAL_CHIP
 from .test_executor import bench
@@ -55,10 +56,10 @@ def own_clicks(sources: dict[int, SourceModel], eta: np.ndarray) -> np.ndarray:
     return np.array([click_distribution(np.eye(1), [0], sources[j], efficiency=eta[j])[1] for j in sorted(sources)])
 
 
-@pytest.mark.parametrize("modes", [2, 4])
+@pytest.mark.parametrize("modes", [3, 4])
 def test_the_fit_recovers_each_source_s_g2_and_m_within_its_uncertainty(modes: int) -> None:
     rng = np.random.default_rng(modes)
-    m_true = [0.95, 0.88, 0.80, 0.92][:modes] if modes > 2 else [0.9, 0.9]
+    m_true = [0.95, 0.88, 0.80, 0.92][:modes]
     g2_true = [0.02, 0.035, 0.025, 0.01][:modes]
     sources = {j: SourceModel(brightness=0.6, g2=g2_true[j], indistinguishability=m_true[j]) for j in range(modes)}
     eta = np.array([0.45, 0.52, 0.38, 0.5])[:modes]
@@ -157,19 +158,98 @@ async def test_a_calibration_measures_the_sources_through_the_queue_and_the_drif
             assert abs(f.indistinguishability - truth.indistinguishability) < 4 * f.indistinguishability_sigma, f
             assert f.indistinguishability_sigma < 0.02
 
-        steady = await b.ask("calibration", CheckReference())
-        assert steady.fidelity > 0.98  # imperfect photons are not taken for a drifted mesh
-        assert not steady.recalibrated
-        assert steady.visibility is not None
-        assert steady.visibility_calibrated == stored.data.hom[0].visibility
+        for pair in stored.data.hom[:2]:  # each check repeats the next pair the calibration measured
+            steady = await b.ask("calibration", CheckReference())
+            assert steady.fidelity > 0.98  # imperfect photons are not taken for a drifted mesh
+            assert not steady.recalibrated, steady.reason
+            assert steady.visibility_inputs == pair.modes
+            assert steady.visibility_calibrated == pair.visibility
 
-        device.chip.source_drift[[0, 1]] -= 0.15  # the sources' M fell (a temperature change at the dot)
+        device.chip.source_drift[:] -= 0.15  # every source's M fell (a temperature change at the dots)
         drifted = await b.ask("calibration", CheckReference())
         assert drifted.recalibrated, drifted
-        assert "HOM visibility of inputs 0 and 1" in drifted.reason
+        assert "HOM visibility of inputs 2 and 3" in drifted.reason
         assert (drifted.version, drifted.new_version) == (done.version, done.version + 1)
         again = await b.ask("memory", GetCalibration(device="chip"))
-        for f in again.data.sources[:2]:
+        for f in again.data.sources:
             truth = device.chip.source(f.mode, device.clock).indistinguishability
             assert abs(f.indistinguishability - truth) < 4 * f.indistinguishability_sigma, f
             assert f.indistinguishability < 0.85
+
+        # Sources no longer measured: the drift check goes on with the fidelity and the age alone.
+        assert b.calibration is not None
+        b.calibration.config = msgspec.structs.replace(b.calibration.config, source_shots=0)
+        plain = await b.ask("calibration", CheckReference())
+        assert (plain.visibility, plain.visibility_inputs, plain.recalibrated) == (None, [], False)
+
+
+async def test_a_dim_source_is_not_taken_for_a_weak_output(tmp_path):
+    """Input 3's source is dim (brightness 0.2): its clicks per pulse are low, its detector is fine."""
+    chip = parse_config(
+        {
+            "modes": 4,
+            "heaters": {"drift_rad_per_sqrt_hour": 0.0},
+            "sources": {"per_input": {"3": {"brightness": 0.2}}},
+        }
+    )
+    factory = tmp_path / "factory.json"
+    write_factory_calibration(factory, chip, 7)
+    config = {"factory": str(factory), "points": 6, "reference_every_s": None, "source_shots": 50_000}
+    async with bench(tmp_path, calibrate=False, calibration=config, chip=chip) as b:
+        await b.ask("calibration", Calibrate())
+        stored = await b.ask("memory", GetCalibration(device="chip"))
+        assert stored.data.detection_efficiency[3] < 0.5 * float(np.median(stored.data.detection_efficiency))
+        assert stored.data.degraded_outputs == []
+        assert b.scheduler.health.detectors == frozenset()
+
+
+def test_a_lone_pair_tells_its_product_not_each_m_and_still_predicts_its_own_dip() -> None:
+    """Two sources measured only together (a 2-mode chip): sqrt(M_0 M_1) is known, each M is not."""
+    rng = np.random.default_rng(3)
+    sources = {
+        0: SourceModel(brightness=0.6, g2=0.02, indistinguishability=0.97),
+        1: SourceModel(brightness=0.6, g2=0.02, indistinguishability=0.85),
+    }
+    eta = np.array([0.45, 0.5])
+    pairs = source_pairs(2)
+    fits, homs = fit_sources(
+        pairs, draw(pairs, sources, eta, 1_000_000, rng), own_clicks(sources, eta), 10**6, [0, 0], brightness=0.6
+    )
+    assert [f.indistinguishability_sigma for f in fits] == [-1.0, -1.0]  # cannot tell
+    product = math.sqrt(fits[0].indistinguishability * fits[1].indistinguishability)
+    assert product == pytest.approx(math.sqrt(0.97 * 0.85), abs=0.01)
+    exact = hom_visibility([sources[0], sources[1]], efficiency=eta)
+    assert predicted_visibility({f.mode: f for f in fits}, 0, 1) == pytest.approx(
+        exact, abs=4 * homs[0].visibility_sigma
+    )
+
+
+def test_a_dark_source_leaves_the_others_m_undetermined_instead_of_equal() -> None:
+    """3 modes, source 1 dark: only (0, 2) is measured, so M_0 and M_2 cannot be told apart."""
+    rng = np.random.default_rng(4)
+    sources = {j: SourceModel(brightness=0.6, g2=0.02, indistinguishability=m) for j, m in enumerate([0.97, 0.9, 0.85])}
+    sources[1] = SourceModel(brightness=0.0)
+    eta = np.array([0.45, 0.5, 0.4])
+    pairs = source_pairs(3)
+    fits, _ = fit_sources(
+        pairs, draw(pairs, sources, eta, 500_000, rng), own_clicks(sources, eta), 500_000, [0] * 3, brightness=0.6
+    )
+    assert [f.indistinguishability_sigma for f in fits] == [-1.0, -1.0, -1.0]
+    assert fits[1].g2_sigma == -1.0  # no light, no g2
+
+
+@pytest.mark.parametrize("dark", [1e-8, 1e-3, 1e-2])
+def test_dark_counts_are_taken_out_of_g2_exactly(dark: float) -> None:
+    """SPAD-like dark counts (1e-2 per gate) against 3 % of the pulses clicking: g2 still 0.025."""
+    sources = {j: SourceModel(brightness=0.6, g2=0.025, indistinguishability=0.92) for j in range(3)}
+    eta = np.array([0.05, 0.05, 0.05])
+    pairs = source_pairs(3)
+    phases = {}
+    for a, b in pairs:  # expected counts of the HBT phases (10^12 shots: no noise to speak of)
+        for inputs, model in (([0], sources[a]), ([1], sources[b])):
+            p = click_distribution(BALANCED, inputs, [model], efficiency=eta[[a, b]], dark=dark)
+            phases[len(phases)] = Histogram(np.round(p[REGISTER_ORDER] * 1e12), 10**12)
+        phases[len(phases)] = Histogram(np.array([10**12, 0, 0, 0]), 10**12)  # no dip or reference: not the point
+        phases[len(phases)] = Histogram(np.array([10**12, 0, 0, 0]), 10**12)
+    fits, _ = fit_sources(pairs, phases, own_clicks(sources, eta), 10**12, [dark] * 3, brightness=0.6)
+    assert [round(f.g2, 4) for f in fits] == [0.025, 0.025, 0.025]

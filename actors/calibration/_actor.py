@@ -323,6 +323,19 @@ def reference_fidelity(
     return float(fidelity), events
 
 
+def reference_overlap(data: CalibrationData) -> float:
+    """The chance the reference circuit's two photons (inputs 0 and 1) share their wavepacket,
+    sqrt(M_0 M_1), as the calibration measured it; 1 where it could not tell (decision 0017 §5)."""
+    fits = {f.mode: f for f in data.sources}
+    if 0 not in fits or 1 not in fits:
+        return 1.0
+    told = all(fits[j].indistinguishability_sigma >= 0 for j in (0, 1))
+    together = any(set(h.modes) == {0, 1} and h.visibility_sigma >= 0 for h in data.hom)
+    if not told and not together:
+        return 1.0
+    return math.sqrt(fits[0].indistinguishability * fits[1].indistinguishability)
+
+
 def load_factory(path: str, heaters: int) -> CalibrationModel:
     try:
         with open(path, "rb") as f:
@@ -361,6 +374,8 @@ class CalibrationActor(Actor):
         device = ("device",)
         self._age = self.metrics.gauge("awen_calibration_age_seconds", "Age of the latest calibration.", device)
         self._version = self.metrics.gauge("awen_calibration_version", "The latest calibration's version.", device)
+        self._source_checks = 0
+        """Source checks the drift check made: which calibrated pair the next one repeats."""
         self._fidelity = self.metrics.gauge("awen_drift_fidelity", "The last reference check's fidelity.", device)
         self.metrics.on_collect(self._collect)
 
@@ -428,13 +443,16 @@ class CalibrationActor(Actor):
         scales = np.asarray(
             latest.data.detection_efficiency or latest.data.output_scales or np.ones(modes), dtype=np.float64
         )
-        fits = {f.mode: f for f in latest.data.sources}
-        overlap = (
-            math.sqrt(fits[0].indistinguishability * fits[1].indistinguishability) if 0 in fits and 1 in fits else 1.0
+        fidelity, events = reference_fidelity(
+            reference_unitary(modes), counts, scales, measured, reference_overlap(latest.data)
         )
-        fidelity, events = reference_fidelity(reference_unitary(modes), counts, scales, measured, overlap)
         self._fidelity.set(fidelity, device=device)
-        hom = await self._check_sources(latest, modes) if self.config.check_sources else None
+        hom = None
+        if self.config.check_sources and self.config.source_shots:
+            try:
+                hom = await self._check_sources(latest, modes)
+            except AwenError as exc:  # the fidelity and the age still decide
+                log.warning("%s: the sources' check failed: %s", self.name, exc)
         self.publish(
             ReferenceResult(
                 device=device, version=latest.version, fidelity=fidelity, threshold=self.config.fidelity_threshold
@@ -472,13 +490,17 @@ class CalibrationActor(Actor):
             visibility=None if hom is None else hom.now,
             visibility_sigma=None if hom is None else hom.now_sigma,
             visibility_calibrated=None if hom is None else hom.calibrated,
+            visibility_inputs=[] if hom is None else list(hom.pair),
         )
 
     async def _check_sources(self, latest: Calibration, modes: int) -> SourceCheck | None:
-        """The HOM of the first calibrated pair again (dip and reference), against the calibration's."""
-        if not latest.data.hom or modes < 2:
+        """The HOM of one calibrated pair again (dip and reference), against the calibration's: each
+        check the next pair the calibration measured, so every source is watched in turn."""
+        measured = [h for h in latest.data.hom if h.visibility_sigma >= 0]
+        if not measured or modes < 2:
             return None
-        calibrated = latest.data.hom[0]
+        calibrated = measured[self._source_checks % len(measured)]
+        self._source_checks += 1
         a, b = calibrated.modes
         described = await self.request(self.config.hal, Describe(device=self.config.device))
         job = time.strftime("src-check-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
@@ -625,6 +647,10 @@ class CalibrationActor(Actor):
         sources_job, sources, homs = "", list[SourceFit](), list[HomFit]()
         if self.config.source_shots and description.modes >= 2:
             sources_job, sources, homs = await self._sources(description, fit.model, detection, dark)
+            # Clicks per pulse are the source's and the output's together: a dim source is not a weak output.
+            relative = {f.mode: f.output_efficiency for f in sources}
+            typical = float(np.median(list(relative.values()))) if relative else 0.0
+            weak = [j for j in weak if j not in relative or relative[j] < self.config.degraded_scale * typical]
         data_stored = CalibrationData(
             job=job,
             points=points,

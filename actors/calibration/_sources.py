@@ -124,10 +124,15 @@ class Histogram:
     def both(self) -> int:
         return int(self.counts[3])
 
-    def clicks(self) -> tuple[float, float]:
-        """P(a clicks), P(b clicks)."""
-        c = self.counts
-        return (float(c[2] + c[3]) / self.shots, float(c[1] + c[3]) / self.shots)
+    def light(self, dark_a: float, dark_b: float) -> tuple[float, float, float]:
+        """P(a clicks), P(b clicks), P(both click) from the light alone: dark clicks (independent, with
+        these chances per shot) taken out exactly, P(no click) = P(no light click) (1 - dark)."""
+        c = self.counts / self.shots
+        none_a = (c[0] + c[1]) / (1 - dark_a)  # a did not click: neither, or b only
+        none_b = (c[0] + c[2]) / (1 - dark_b)
+        neither = c[0] / ((1 - dark_a) * (1 - dark_b))
+        qa, qb = max(1 - none_a, 0.0), max(1 - none_b, 0.0)
+        return qa, qb, max(neither - none_a - none_b + 1, 0.0)
 
 
 def visibility(dip: Histogram, reference: Histogram) -> tuple[float, float]:
@@ -217,26 +222,26 @@ def fit_sources(
         brightness: The sources' brightness as configured (it cannot be told from the loss after
             them; the M found depends on it slightly, decision 0017 §5).
     """
-    coincidences: dict[int, float] = {}
+    coincidences: dict[int, float] = {}  # N P(11) of the light, dark clicks taken out exactly
     expected: dict[int, float] = {}  # N P(1.) P(.1): what the coincidences would be for g2 = 1
+    raw: dict[int, int] = {}  # the coincidences counted: their Poisson error is the figure's
     ratios: list[Row] = []  # log(eta_b / eta_a) per pair: the light a balanced coupler sends both ways
     for p, (a, b) in enumerate(pairs):
         da, db = float(dark[a]), float(dark[b])
         towards_a = towards_b = 0.0
         for kind, source in (("hbt-a", a), ("hbt-b", b)):
             counts = phases[4 * p + KINDS.index(kind)]
-            pa, pb = counts.clicks()
-            accidental = counts.shots * (da * pb + db * pa)
-            coincidences[source] = coincidences.get(source, 0.0) + counts.both - accidental
-            expected[source] = expected.get(source, 0.0) + counts.shots * max(pa - da, 0.0) * max(pb - db, 0.0)
-            towards_a += max(pa - da, 0.0) * counts.shots
-            towards_b += max(pb - db, 0.0) * counts.shots
-        if towards_a > 0 and towards_b > 0:
-            ratios.append(
-                ({b: 1.0, a: -1.0}, math.log(towards_b / towards_a), math.sqrt(1 / towards_a + 1 / towards_b))
-            )
+            qa, qb, q11 = counts.light(da, db)
+            coincidences[source] = coincidences.get(source, 0.0) + counts.shots * q11
+            expected[source] = expected.get(source, 0.0) + counts.shots * qa * qb
+            raw[source] = raw.get(source, 0) + counts.both
+            towards_a += qa * counts.shots
+            towards_b += qb * counts.shots
+        if towards_a > 0 or towards_b > 0:  # light one way only: the other output is dead (half a count)
+            a_side, b_side = max(towards_a, 0.5), max(towards_b, 0.5)
+            ratios.append(({b: 1.0, a: -1.0}, math.log(b_side / a_side), math.sqrt(1 / a_side + 1 / b_side)))
     measured = sorted(coincidences)
-    g2 = {j: _g2(coincidences[j], expected[j]) for j in measured}
+    g2 = {j: _g2(coincidences[j], expected[j], raw[j]) for j in measured}
     eff = {
         j: (float(efficiency[j]), math.sqrt(max(efficiency[j] * (1 - efficiency[j]), 0.0) / efficiency_shots))
         for j in measured
@@ -276,7 +281,7 @@ def fit_sources(
             if math.isfinite(sigma_x):
                 x = max(x, FLOOR)  # log M: an overlap measured at 0 is a very small one
                 overlaps.append(({a: 0.5, b: 0.5}, math.log(x), sigma_x / x))
-    log_m = _solve_logs(measured, overlaps)
+    log_m = _solve_logs(measured, overlaps, undetermined=True)
     fits = []
     for j in measured:
         if j in log_m:
@@ -287,11 +292,12 @@ def fit_sources(
     return fits, homs
 
 
-def _g2(coincidences: float, expected: float) -> tuple[float, float]:
-    """g2 and its standard deviation (Poisson; at least one count's worth); -1: cannot tell."""
+def _g2(coincidences: float, expected: float, counted: int) -> tuple[float, float]:
+    """g2 and its standard deviation (Poisson on the ``counted`` coincidences, at least one's worth);
+    -1: cannot tell."""
     if expected <= 0:
         return 0.0, -1.0
-    return max(coincidences, 0.0) / expected, math.sqrt(max(coincidences, 1.0)) / expected
+    return max(coincidences, 0.0) / expected, math.sqrt(max(counted, 1)) / expected
 
 
 Row = tuple[dict[int, float], float, float]
@@ -301,12 +307,14 @@ FLOOR = 1e-4
 """The least overlap taken into the log fit (a pair measured as fully distinguishable)."""
 
 
-def _solve_logs(unknowns: list[int], rows: list[Row]) -> dict[int, tuple[float, float]]:
+def _solve_logs(unknowns: list[int], rows: list[Row], *, undetermined: bool = False) -> dict[int, tuple[float, float]]:
     """Weighted least squares for log quantities per source: each value and its standard deviation.
 
-    Unknowns no row touches are left out. An underdetermined system (one pair for two M's, or
-    ratios that fix only differences) gets the least-norm solution: equal M for a lone pair;
-    efficiencies up to a common factor, which the caller fixes.
+    Unknowns no row touches are left out. An underdetermined system gets the least-norm solution:
+    equal M across a lone pair; efficiencies up to a common factor, which the caller fixes. With
+    ``undetermined``, an unknown the rows do not fix on its own (it is not in their row space: two
+    sources measured only together, or a chain with no triangle) gets sigma inf, "cannot tell";
+    products the rows do fix (a measured pair's sqrt(M_a M_b)) are still right.
     """
     index = {j: i for i, j in enumerate(unknowns)}
     if not rows:
@@ -322,6 +330,13 @@ def _solve_logs(unknowns: list[int], rows: list[Row]) -> dict[int, tuple[float, 
     weighted = a * w[:, None]
     solution, *_ = np.linalg.lstsq(weighted, y * w, rcond=None)
     covariance = np.linalg.pinv(weighted.T @ weighted)
-    return {
-        j: (float(solution[i]), math.sqrt(max(float(covariance[i, i]), 0.0))) for j, i in index.items() if a[:, i].any()
-    }
+    _, singular, vt = np.linalg.svd(a)
+    rank = int(np.sum(singular > 1e-9 * max(singular.max(initial=0.0), 1e-300)))
+    null = vt[rank:]  # directions the rows do not see
+    out = {}
+    for j, i in index.items():
+        if not a[:, i].any():
+            continue
+        free = undetermined and null.size > 0 and float(np.abs(null[:, i]).max()) > 1e-9
+        out[j] = (float(solution[i]), math.inf if free else math.sqrt(max(float(covariance[i, i]), 0.0)))
+    return out
