@@ -59,13 +59,14 @@ from protocol.hal import Describe, Description, InputSetting
 from protocol.memory import Calibration, GetCalibration, GetPlan, JobRecord, PutCalibration, QueryJobs, QueryResults
 from protocol.mesh import clements, clements_layout, embed_phases
 from protocol.photonica import DeviceDescription
-from protocol.plan import Phase, Placement, Plan, PlanMetrics, RegisterRead, Resources
-from protocol.results import parse_result_slot, powers_by_phase, procedure_plan_id, result_slot
+from protocol.plan import Phase, Plan, RegisterRead, Resources
+from protocol.results import parse_result_slot, powers_by_phase, result_slot
 from protocol.scheduler import ReportHealth, Submit, SubmitProcedure
 from runtime import Actor, RemoteError, Runtime, handles
 
 from ._fit import FitFailed, FitResult, SweepData, fit_sweeps
 from ._outcome import Outcome
+from ._procedure import procedure_phase, procedure_plan
 from ._sources import Histogram, SourceCheck, fit_sources, source_pairs, source_plan, visibility
 
 log = logging.getLogger("awen.calibration")
@@ -133,32 +134,6 @@ def input_patterns(modes: int, power_w: float) -> list[list[InputSetting]]:
     return patterns
 
 
-def procedure_plan(
-    job: str, description: DeviceDescription, phases: list[Phase], *, device: str, reconfigurations: int
-) -> Plan:
-    """A plan an actor made itself (not compiled from a circuit), named after its job."""
-    metrics = PlanMetrics(
-        total_duration_s=sum(p.duration_s for p in phases),
-        phases=len(phases),
-        ops=0,
-        min_slack_ns=None,
-        compile_s=0.0,
-        reconfigurations=reconfigurations,
-    )
-    return Plan(
-        id=procedure_plan_id(job),
-        circuit="",
-        device=device,
-        identity=description.identity.idn(),
-        calibration=None,
-        strategy="procedure",
-        kind="procedure",
-        modes=description.modes,
-        phases=phases,
-        metrics=metrics,
-    )
-
-
 def sweep_plan(
     job: str, description: DeviceDescription, limits_v: list[float], *, points: int, power_w: float, device: str
 ) -> Plan:
@@ -166,8 +141,6 @@ def sweep_plan(
     m = description.modes
     layout = clements_layout(m)
     n = layout.heater_count
-    settle = 5 * description.heaters.settle_s
-    placement = [Placement(logical=q, physical=q, pass_=1) for q in range(m)]
     resources = Resources(modes=list(range(m)), detectors=[], delay_lines=[], ff_shifters=0)
     phases: list[Phase] = []
     for inputs in input_patterns(m, power_w):
@@ -177,27 +150,7 @@ def sweep_plan(
                 volts = [0.0] * n
                 volts[heater] = float(math.sqrt(v2))
                 phases.append(
-                    Phase(
-                        index=len(phases),
-                        round=0,
-                        ops=[],
-                        depends_on=[],
-                        mesh_phases=[],
-                        volts=volts,
-                        readout="powers",
-                        inputs=inputs,
-                        delay_lines=[],
-                        ff_modes=[],
-                        branches=[],
-                        registers=[],
-                        placement=placement,
-                        resources=resources,
-                        shots=1,
-                        width=m,
-                        settle_s=settle,
-                        duration_s=settle + 1e-3,
-                        deadlines=[],
-                    )
+                    procedure_phase(description, len(phases), volts=volts, inputs=inputs, resources=resources)
                 )
     return procedure_plan(job, description, phases, device=device, reconfigurations=len(phases))
 
@@ -213,31 +166,12 @@ def detector_plan(
     """
     m = description.modes
     volts = model.volts_for(embed_phases(clements(np.eye(m)), m)).tolist()
-    settle = 5 * description.heaters.settle_s
-    placement = [Placement(logical=q, physical=q, pass_=1) for q in range(m)]
     register = RegisterRead(name="d", columns=list(range(m)), modes=list(range(m)), pass_=1)
+    resources = Resources(modes=list(range(m)), detectors=list(range(m)), delay_lines=[], ff_shifters=0)
     setups: list[list[InputSetting]] = [[]] + [[InputSetting(mode=j, state="photon")] for j in range(m)]
     phases = [
-        Phase(
-            index=i,
-            round=0,
-            ops=[],
-            depends_on=[],
-            mesh_phases=[],
-            volts=volts,
-            readout="shots",
-            inputs=inputs,
-            delay_lines=[],
-            ff_modes=[],
-            branches=[],
-            registers=[register],
-            placement=placement,
-            resources=Resources(modes=list(range(m)), detectors=list(range(m)), delay_lines=[], ff_shifters=0),
-            shots=shots,
-            width=m,
-            settle_s=settle,
-            duration_s=settle + shots / description.shot_rate_hz,
-            deadlines=[],
+        procedure_phase(
+            description, i, volts=volts, inputs=inputs, resources=resources, registers=[register], shots=shots
         )
         for i, inputs in enumerate(setups)
     ]

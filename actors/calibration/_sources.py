@@ -33,8 +33,10 @@ from protocol.calibration_model import CalibrationModel, HomFit, SourceFit
 from protocol.hal import InputSetting
 from protocol.mesh import clements, embed_phases
 from protocol.photonica import DeviceDescription
-from protocol.plan import Phase, Placement, Plan, RegisterRead, Resources
+from protocol.plan import Phase, Plan, RegisterRead, Resources
 from protocol.sources import BALANCED, hom_visibility
+
+from ._procedure import procedure_phase, procedure_plan
 
 REGISTER = "s"
 """The register every phase reads: the pair's two outputs, a first."""
@@ -69,16 +71,13 @@ def source_plan(
     kinds: tuple[str, ...] = KINDS,
 ) -> Plan:
     """The procedure: for each pair, the phases ``kinds`` names (all four by default), in order."""
-    from ._actor import procedure_plan  # the plan's common frame lives with the other procedures
-
     m = description.modes
-    settle = 5 * description.heaters.settle_s
-    placement = [Placement(logical=q, physical=q, pass_=1) for q in range(m)]
     identity = model.volts_for(embed_phases(clements(np.eye(m)), m)).tolist()
     phases: list[Phase] = []
     for a, b in pairs:
         mixed = model.volts_for(embed_phases(clements(coupler(m, a, b)), m)).tolist()
         register = RegisterRead(name=REGISTER, columns=[a, b], modes=[a, b], pass_=1)
+        resources = Resources(modes=[a, b], detectors=[a, b], delay_lines=[], ff_shifters=0)
         setups = {
             "hbt-a": ([a], mixed),
             "hbt-b": ([b], mixed),
@@ -87,27 +86,16 @@ def source_plan(
         }
         for kind in kinds:
             fed, volts = setups[kind]
+            inputs = [InputSetting(mode=j, state="photon") for j in fed]
             phases.append(
-                Phase(
-                    index=len(phases),
-                    round=0,
-                    ops=[],
-                    depends_on=[],
-                    mesh_phases=[],
+                procedure_phase(
+                    description,
+                    len(phases),
                     volts=volts,
-                    readout="shots",
-                    inputs=[InputSetting(mode=j, state="photon") for j in fed],
-                    delay_lines=[],
-                    ff_modes=[],
-                    branches=[],
+                    inputs=inputs,
+                    resources=resources,
                     registers=[register],
-                    placement=placement,
-                    resources=Resources(modes=[a, b], detectors=[a, b], delay_lines=[], ff_shifters=0),
                     shots=shots,
-                    width=m,
-                    settle_s=settle,
-                    duration_s=settle + shots / description.shot_rate_hz,
-                    deadlines=[],
                 )
             )
     return procedure_plan(job, description, phases, device=device, reconfigurations=2 * len(pairs))
