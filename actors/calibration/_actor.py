@@ -64,7 +64,7 @@ from protocol.results import parse_result_slot, powers_by_phase, result_slot
 from protocol.scheduler import ReportHealth, Submit, SubmitProcedure
 from runtime import Actor, RemoteError, Runtime, handles
 
-from ._fit import FitFailed, FitResult, SweepData, fit_sweeps
+from ._fit import FitFailed, FitResult, SweepData, fit_sweeps, refuse_unfound
 from ._outcome import Outcome
 from ._procedure import procedure_phase, procedure_plan
 from ._sources import Histogram, SourceCheck, fit_sources, source_pairs, source_plan, visibility
@@ -121,6 +121,10 @@ class CalibrationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     """Below this reference fidelity the chip is recalibrated."""
     degraded_scale: float = 0.5
     """An output transmitting less than this fraction of the median is reported degraded to the scheduler."""
+    max_reduced_chi2: float = 10.0
+    """A fit whose reduced chi-square ends above this (after its restarts from other starting points) does
+    not explain the sweep and is refused, not stored. Fits that found the chip end near 0.1 or under (the
+    readings' sigma is generous); local minima in the thousands."""
 
 
 def input_patterns(modes: int, power_w: float) -> list[list[InputSetting]]:
@@ -575,7 +579,11 @@ class CalibrationActor(Actor):
         data = sweep_data(plan, powers_by_phase(results))
         version_hint = (latest.version + 1) if latest is not None else 1
         layout = clements_layout(description.modes)
-        fit = await trio.to_thread.run_sync(lambda: fit_sweeps(layout, data, start, version=version_hint))
+        limit = self.config.max_reduced_chi2
+        fit = await trio.to_thread.run_sync(
+            lambda: fit_sweeps(layout, data, start, version=version_hint, chi2_limit=limit)
+        )
+        refuse_unfound(fit, None if latest is None else latest.version)  # a wrong chip model is never stored
         detection, dark = await self._detectors(description, fit.model)
         weak = degraded(detection, self.config.degraded_scale, self.config.detector_shots)
         sources_job, sources, homs = "", list[SourceFit](), list[HomFit]()

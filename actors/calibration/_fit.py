@@ -23,6 +23,14 @@ reproduces the sweep badly (reduced chi-square in the thousands), and that a
 recalibration started from it does not leave. Uncertainties from the
 covariance, scaled by the reduced chi-square so that model error shows in
 them.
+
+A fit still far off (reduced chi-square above a limit, 10 by default) is
+tried again from other starting points, the best kept: typical ``alpha`` and
+crosstalk; the offsets scanned on a coarse grid, heater by heater from the
+start's and MZI by MZI from the fit's; random offsets around the start's.
+After a month of drift (~0.5 rad rms, some offsets 1.5 rad off) one fit in
+nine needs them. One that ends above the limit anyway says so
+(`FitResult.found`), and the calibration actor refuses to store it.
 """
 
 from __future__ import annotations
@@ -66,6 +74,12 @@ class FitResult:
     """Relative: rms of (model - data) / data scale."""
     reduced_chi2: float
     iterations: int
+    found: bool = True
+    """The reduced chi-square ended within ``chi2_limit``; if not, the model does not explain the sweep
+    (every restart ended in a local minimum, or the readings are wrong) and must not be used."""
+    chi2_limit: float = 10.0
+    restarts: int = 0
+    """Starting points tried after the first."""
     history: list[float] = field(default_factory=list)
 
 
@@ -148,6 +162,49 @@ class _Problem:
         k, e = len(self.fitted), len(self.pairs)
         return np.concatenate([np.arange(k), np.arange(2 * k + e, 2 * k + e + self.layout.modes)])
 
+    def scan_offsets(self, phi0: np.ndarray, groups: list[list[int]], grid: tuple[int, ...], passes: int) -> np.ndarray:
+        """``phi0`` with each group of heaters' offsets moved to the best of a coarse grid, one group at a time.
+
+        Alpha and the crosstalk are held at the start's. A group's candidates are its current offsets
+        plus ``2 pi k / grid[i]`` on its ``i``-th heater (every combination), each scored by the chi-square
+        over every reading, the output scales at their best (a linear least squares per output), every
+        other heater at its current offset. Goes over the groups until none moves, or ``passes`` times;
+        the current offsets are a candidate, so a group moves only if that lowers the cost.
+        """
+        phi0 = phi0.copy()
+        own = self.v2 * self.start.alpha
+        heating = own
+        if self.pairs:
+            rows = np.array([i for i, _ in self.pairs])
+            cols = np.array([j for _, j in self.pairs])
+            coupling = np.zeros((self.n, self.n))
+            coupling[rows, cols] = self.start.crosstalk[rows, cols]
+            heating = own + own @ coupling.T
+        steps = [2 * math.pi * np.arange(g) / g for g in grid]
+        shifts = np.stack(np.meshgrid(*steps, indexing="ij"), axis=-1).reshape(-1, len(grid))
+        count = len(shifts)
+        inputs = np.tile(self.data.inputs, (count, 1))
+        readings = self.data.powers
+        for _ in range(passes):
+            moved = False
+            for group in groups:
+                phases = np.repeat((phi0 + heating)[None], count, axis=0)
+                phases[:, :, group] += shifts[:, None, :]
+                fields = propagate(self.layout, phases.reshape(-1, self.n), inputs)
+                powers = (np.abs(fields) ** 2).reshape(count, *readings.shape)
+                # Output scales at their best: what is left of sum d^2 is sum d^2 - (p.d)^2 / (p.p), per output.
+                overlap = np.einsum("crj,rj->cj", powers, readings)
+                norm = np.einsum("crj,crj->cj", powers, powers)
+                cost = -np.sum(overlap**2 / np.maximum(norm, 1e-300), axis=1)
+                best = int(np.argmin(cost))
+                if cost[best] < cost[0]:
+                    phi0[group] += shifts[best]
+                    moved = True
+            if not moved:
+                break
+        result: np.ndarray = np.mod(phi0, 2 * math.pi)
+        return result
+
     def jacobian(self, p: np.ndarray, r0: np.ndarray, free: np.ndarray | None = None) -> np.ndarray:
         """d residuals / d p, over the parameters ``free`` (all if none), in that order."""
         columns = np.arange(p.size) if free is None else free
@@ -204,11 +261,26 @@ def _levenberg_marquardt(
 
 
 RETRY_CHI2 = 10.0
-"""A fit whose reduced chi-square ends above this is tried again from typical alpha and crosstalk values.
+"""A fit whose reduced chi-square ends above this is tried again from other starting points; the default limit
+of a fit that found the chip (`FitResult.found`).
 
 The readings' sigma is set generously (1e-4 of a typical reading): a fit that found the chip ends well
-under 1; one caught in a local minimum ends in the thousands.
+under 1 (0.02 to 0.11 on the simulated chips, with or without a month of drift); one caught in a local
+minimum ends in the thousands (8e3 to 3e6).
 """
+
+SCAN_GRID = 16
+"""Candidate offsets per heater in a scan (`_Problem.scan_offsets`): every 2 pi / 16, within 0.2 rad of any value."""
+SCAN_PHI_GRID = 4
+"""Candidate ``phi`` offsets in the scan of an MZI's two (a reflected MZI's is off by pi; 16 x 16 candidates
+per MZI would take minutes on 8 modes)."""
+SCAN_PASSES = 4
+"""Times a scan goes over the heaters at most."""
+RANDOM_RESTARTS = 8
+"""Random starting points tried, at most, after the scans. Of 300 draws of a month's drift on 4 modes, 33
+needed a restart: typical values found the chip in 1, the scans in 27, random restarts in 5 (4 at most)."""
+RANDOM_SPREAD = 0.5
+"""Standard deviation of a random restart's offsets around the starting calibration's, in rad."""
 
 
 def _staged(problem: _Problem, max_iterations: int) -> tuple[np.ndarray, np.ndarray, float, int, list[float]]:
@@ -236,17 +308,62 @@ def _typical(start: CalibrationModel, problem: _Problem) -> CalibrationModel:
 
 
 def fit_sweeps(
-    layout: MeshLayout, data: SweepData, start: CalibrationModel, *, version: int, max_iterations: int = 60
+    layout: MeshLayout,
+    data: SweepData,
+    start: CalibrationModel,
+    *,
+    version: int,
+    max_iterations: int = 60,
+    chi2_limit: float = RETRY_CHI2,
+    restarts: int = RANDOM_RESTARTS,
 ) -> FitResult:
-    """Fit phi0, alpha, crosstalk and output scales to the sweep data, starting from ``start``."""
+    """Fit phi0, alpha, crosstalk and output scales to the sweep data, starting from ``start``.
+
+    A fit ending with a reduced chi-square above ``chi2_limit`` is tried again from other starting points
+    (typical alpha and crosstalk; two scans of the offsets; up to ``restarts`` random ones), the best kept;
+    ``FitResult.found`` says whether it ended within the limit.
+    """
     problem = _Problem(layout, data, start)
     p, r, cost, iterations, history = _staged(problem, max_iterations)
     dof = max(1, r.size - p.size)
     reduced = cost / dof
-    if not reduced <= RETRY_CHI2:
+    typical_tried = False
+    if not reduced <= chi2_limit:
         # A start that is itself a local minimum's (a calibration stored from a bad fit: a wrong alpha or
         # crosstalk the offsets-first stage holds) keeps the fit there: again from typical values of both.
+        typical_tried = True
         retry = _Problem(layout, data, _typical(start, problem))
+        p2, r2, cost2, iterations2, history2 = _staged(retry, max_iterations)
+        iterations += iterations2
+        history += history2
+        if cost2 < cost or not np.isfinite(cost):
+            problem, p, r, cost = retry, p2, r2, cost2
+            reduced = cost / dof
+    # Still far off: the fit ended in a local minimum of the offsets (a month of drift moves them ~0.5 rad
+    # rms, beyond the fit's basin for some heaters). From other starting points, best chi-square kept:
+    # a scan of each heater's offset from the start's; a scan of each MZI's two offsets from the fit's
+    # (a minimum with one MZI's offsets reflected, theta -> -theta and phi -> phi + pi); random offsets
+    # around the start's, every other one scanned. Seeded: the same data give the same fit.
+    fitted = problem.fitted
+    singles = [[int(h)] for h in fitted]
+    mzis = [[block.theta_heater, block.phi_heater] for block in layout.mzis]
+    rng = np.random.default_rng(0)
+    attempts = 0
+    while not reduced <= chi2_limit and attempts < 2 + restarts:
+        scan = _Problem(layout, data, start)
+        if attempts == 0:
+            phi0 = scan.scan_offsets(start.phi0, singles, (SCAN_GRID,), SCAN_PASSES)
+        elif attempts == 1:
+            here = problem.start.phi0.copy()
+            here[problem.fitted] = problem.unpack(p)[0]
+            phi0 = scan.scan_offsets(here, mzis, (SCAN_GRID, SCAN_PHI_GRID), SCAN_PASSES)
+        else:
+            phi0 = start.phi0.copy()
+            phi0[fitted] += RANDOM_SPREAD * rng.standard_normal(fitted.size)
+            if attempts % 2:
+                phi0 = scan.scan_offsets(phi0, singles, (SCAN_GRID,), SCAN_PASSES)
+        attempts += 1
+        retry = _Problem(layout, data, CalibrationModel(start.version, phi0, start.alpha, start.crosstalk))
         p2, r2, cost2, iterations2, history2 = _staged(retry, max_iterations)
         iterations += iterations2
         history += history2
@@ -288,5 +405,30 @@ def fit_sweeps(
         residual_rms=relative,
         reduced_chi2=reduced,
         iterations=iterations,
+        found=bool(reduced <= chi2_limit),
+        chi2_limit=chi2_limit,
+        restarts=attempts + (1 if typical_tried else 0),
         history=history,
+    )
+
+
+def refuse_unfound(fit: FitResult, version: int | None) -> None:
+    """Raise `FitFailed` when ``fit`` did not find the chip, so that its model is never stored.
+
+    ``version``: the stored calibration the fit started from; none: it started from the factory's.
+    """
+    if fit.found:
+        return
+    origin = "the factory calibration" if version is None else f"version {version}"
+    advice = (
+        "a fit from the factory calibration (config.factory) may find it, but the actor starts from that table "
+        "only when no calibration is stored"
+        if version is not None
+        else "check that config.factory is this chip's table"
+    )
+    raise FitFailed(
+        f"the calibration fit does not explain the sweep: reduced chi-square {fit.reduced_chi2:.3g}, above the limit "
+        f"{fit.chi2_limit:g} (config.max_reduced_chi2), after {fit.restarts} restarts; nothing was stored. Either "
+        "the readings are wrong (check the coherent light, the photodiodes and the device, then calibrate again) "
+        f"or the chip moved too far from {origin} for the fit to find it: {advice}"
     )
