@@ -74,7 +74,7 @@ class ReferenceChecked(Reply, frozen=True, kw_only=True):
     visibility_sigma: float | None = None
     visibility_calibrated: float | None = None
     """The same pair's visibility when the calibration was made."""
-    visibility_inputs: list[int] = msgspec.field(default_factory=list)
+    visibility_inputs: Annotated[list[Index], msgspec.Meta(max_length=2)] = msgspec.field(default_factory=list)
     """The pair of inputs checked (each check the next pair the calibration measured)."""
 
 
