@@ -327,18 +327,23 @@ def fit_sweeps(
     p, r, cost, iterations, history = _staged(problem, max_iterations)
     dof = max(1, r.size - p.size)
     reduced = cost / dof
-    typical_tried = False
-    if not reduced <= chi2_limit:
-        # A start that is itself a local minimum's (a calibration stored from a bad fit: a wrong alpha or
-        # crosstalk the offsets-first stage holds) keeps the fit there: again from typical values of both.
-        typical_tried = True
-        retry = _Problem(layout, data, _typical(start, problem))
+
+    def attempt(retry: _Problem) -> None:
+        """Fit again from ``retry``'s start; keep it if its chi-square is the best so far."""
+        nonlocal problem, p, r, cost, reduced, iterations, history
         p2, r2, cost2, iterations2, history2 = _staged(retry, max_iterations)
         iterations += iterations2
         history += history2
         if cost2 < cost or not np.isfinite(cost):
             problem, p, r, cost = retry, p2, r2, cost2
             reduced = cost / dof
+
+    typical_tried = False
+    if not reduced <= chi2_limit:
+        # A start that is itself a local minimum's (a calibration stored from a bad fit: a wrong alpha or
+        # crosstalk the offsets-first stage holds) keeps the fit there: again from typical values of both.
+        typical_tried = True
+        attempt(_Problem(layout, data, _typical(start, problem)))
     # Still far off: the fit ended in a local minimum of the offsets (a month of drift moves them ~0.5 rad
     # rms, beyond the fit's basin for some heaters). From other starting points, best chi-square kept:
     # a scan of each heater's offset from the start's; a scan of each MZI's two offsets from the fit's
@@ -363,13 +368,7 @@ def fit_sweeps(
             if attempts % 2:
                 phi0 = scan.scan_offsets(phi0, singles, (SCAN_GRID,), SCAN_PASSES)
         attempts += 1
-        retry = _Problem(layout, data, CalibrationModel(start.version, phi0, start.alpha, start.crosstalk))
-        p2, r2, cost2, iterations2, history2 = _staged(retry, max_iterations)
-        iterations += iterations2
-        history += history2
-        if cost2 < cost or not np.isfinite(cost):
-            problem, p, r, cost = retry, p2, r2, cost2
-            reduced = cost / dof
+        attempt(_Problem(layout, data, CalibrationModel(start.version, phi0, start.alpha, start.crosstalk)))
     jac = problem.jacobian(p, r)
     try:
         covariance = np.linalg.pinv(jac.T @ jac) * max(reduced, 1.0)
