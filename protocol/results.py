@@ -161,23 +161,16 @@ def register_histogram(patterns: np.ndarray, columns: list[int], counts: np.ndar
     """
     clicks = (np.asarray(patterns)[:, columns] > 0).astype(np.int64)
     weights = 1 << np.arange(len(columns) - 1, -1, -1, dtype=np.int64)
-    values = clicks @ weights
-    size = 2 ** len(columns)
-    if counts is None:
-        histogram: np.ndarray = np.bincount(values, minlength=size).astype(np.int64)
-        return histogram
-    histogram = np.zeros(size, dtype=np.int64)
-    np.add.at(histogram, values, np.asarray(counts, dtype=np.int64))
-    return histogram
+    weight = None if counts is None else np.asarray(counts, dtype=np.float64)  # exact below 2**53 shots
+    histogram: np.ndarray = np.bincount(clicks @ weights, weights=weight, minlength=2 ** len(columns))
+    return histogram.astype(np.int64)
 
 
 def click_totals(patterns: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
     """Per column, how many of the shots clicked there (``patterns``, ``counts`` as `register_histogram` takes them)."""
-    clicked = np.asarray(patterns) > 0
-    if counts is None:
-        totals: np.ndarray = clicked.sum(axis=0)
-        return totals
-    totals = np.asarray(counts, dtype=np.int64) @ clicked.astype(np.int64)
+    clicked = (np.asarray(patterns) > 0).astype(np.int64)
+    weight = np.ones(len(clicked), dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
+    totals: np.ndarray = weight @ clicked
     return totals
 
 
