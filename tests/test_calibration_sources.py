@@ -8,10 +8,12 @@ whole stack on the published source's chip.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import msgspec
 import numpy as np
 import pytest
+import trio
 
 from actors.calibration._sources import KINDS, Histogram, SourceCheck, fit_sources, source_pairs
 from protocol.calibration import Calibrate, CheckReference
@@ -253,3 +255,38 @@ def test_dark_counts_are_taken_out_of_g2_exactly(dark: float) -> None:
         phases[len(phases)] = Histogram(np.array([10**12, 0, 0, 0]), 10**12)
     fits, _ = fit_sources(pairs, phases, own_clicks(sources, eta), 10**12, [dark] * 3, brightness=0.6)
     assert [round(f.g2, 4) for f in fits] == [0.025, 0.025, 0.025]
+
+
+async def test_many_drift_checks_at_once_recalibrate_once_when_the_sources_moved(tmp_path):
+    """Six clients ask for the drift check at once after every M fell: each sees the move, and the
+    decision to recalibrate, made under the calibration lock against the latest version, is taken once."""
+    factory = tmp_path / "factory.json"
+    write_factory_calibration(factory, REAL_CHIP, 7)
+    config = {
+        "factory": str(factory),
+        "points": 6,
+        "reference_every_s": None,
+        "reference_shots": 5_000,
+        "source_shots": 50_000,
+    }
+    async with bench(tmp_path, calibrate=False, calibration=config, chip=REAL_CHIP) as b:
+        first = await b.ask("calibration", Calibrate())
+        b.server.device.chip.source_drift[:] -= 0.2
+        answers: list[Any] = []
+
+        async def check() -> None:
+            answers.append(await b.ask("calibration", CheckReference()))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(check)
+        assert len(answers) == 6
+        assert sum(a.recalibrated for a in answers) == 1, [a.reason for a in answers]
+        for a in answers:  # the one that recalibrated; those that found version 2 stored since; those run under it
+            if a.version == first.version:
+                assert "HOM visibility" in a.reason
+                assert a.recalibrated or "was stored since" in a.reason
+            else:
+                assert (a.version, a.reason, a.recalibrated) == (first.version + 1, "", False)
+        latest = await b.ask("memory", GetCalibration(device="chip"))
+        assert latest.version == first.version + 1
